@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: set up .venv if needed, then lint, type-check and run the test suite.
+# Extra arguments go to pytest (for example: -k ingest, or -m slow with CARINSPECT_SLOW=1).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$ROOT"
+ruff check src tests
+mypy src
+pytest "$@"

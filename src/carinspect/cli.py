@@ -1,0 +1,138 @@
+"""``carinspect``: one command per pipeline stage, plus data and (later) serving utilities.
+
+This is the adapter dvc.yaml calls: it reads params.yaml into the typed config and hands each
+stage its section and paths. Stages never read params.yaml or the environment themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from carinspect.config import ConfigError, Params, load_params
+from carinspect.logs import configure_logging
+
+logger = logging.getLogger("carinspect")
+
+app = typer.Typer(
+    help="carinspect: labelled vehicle photos in, a served and versioned classifier out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="params.yaml to read (one section per stage).")
+]
+
+
+class _UserError(Exception):
+    """Raised inside commands for bad input; printed without a traceback."""
+
+
+def _params(path: Path) -> Params:
+    try:
+        return load_params(path)
+    except ConfigError as err:
+        raise _UserError(str(err)) from None
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    configure_logging(verbose)
+
+
+@app.command()
+def ingest(
+    params: ParamsOpt = Path("params.yaml"),
+    out: Annotated[
+        Path, typer.Option(help="Output folder: images/, manifest.csv, report.*")
+    ] = Path("data/ingest"),
+    source: Annotated[
+        str | None,
+        typer.Option(help="Override data.source (folder, CSV, COCO, s3://, dvc://, demo)."),
+    ] = None,
+) -> None:
+    """Decode and validate every image of data.source into a resized cache + manifest.csv."""
+    from carinspect.stages import ingest as stage
+
+    cfg = _params(params)
+    data = cfg.data if source is None else cfg.data.model_copy(update={"source": source})
+    result = stage.run(data, cfg.ingest, out)
+    typer.echo(
+        f"{result.images} images in {len(result.classes)} classes {list(result.classes)}; "
+        f"{result.dropped} dropped; report: {result.out / 'report.md'}"
+    )
+    if result.shortcut_warning:
+        typer.echo("WARNING: a trivial feature separates the classes; see the report.", err=True)
+
+
+@app.command()
+def split(
+    params: ParamsOpt = Path("params.yaml"),
+    manifest: Annotated[Path, typer.Option(help="manifest.csv from ingest.")] = Path(
+        "data/ingest/manifest.csv"
+    ),
+    out: Annotated[Path, typer.Option(help="Output folder: splits.csv, report.*")] = Path(
+        "data/split"
+    ),
+) -> None:
+    """Assign images to train/val/test: stratified, near-duplicates and groups kept together."""
+    from carinspect.stages import split as stage
+
+    result = stage.run(_params(params).split, manifest, out)
+    typer.echo(
+        ", ".join(f"{s}: {sum(c.values())}" for s, c in result.counts.items())
+        + f"; written to {result.splits}"
+    )
+
+
+@data_app.command("demo")
+def data_demo(
+    params: ParamsOpt = Path("params.yaml"),
+    out: Annotated[Path, typer.Option(help="Folder to write <class>/<image> into.")] = Path(
+        "data/demo"
+    ),
+    per_class: Annotated[int | None, typer.Option(help="Override data.demo.per_class.")] = None,
+) -> None:
+    """Write the generated demo dataset as a folder per class (what `data.source: demo` reads)."""
+    from carinspect.data.demo import write_demo
+
+    demo = _params(params).data.demo
+    if per_class is not None:
+        demo = demo.model_copy(update={"per_class": per_class})
+    n = write_demo(demo, out)
+    typer.echo(f"{n} files written to {out}")
+
+
+def main() -> None:
+    """Console-script entry point: bad input exits 2 with a one-paragraph message."""
+    from carinspect.data.manifest import ManifestError
+    from carinspect.data.sources import SourceError
+    from carinspect.stages.ingest import IngestError
+    from carinspect.stages.split import SplitError
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    try:
+        app(standalone_mode=False)
+    except (_UserError, ConfigError, SourceError, ManifestError, IngestError, SplitError) as err:
+        logger.error("%s", err)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as err:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise

@@ -1,0 +1,144 @@
+"""Typed models of params.yaml: one section per stage, validated strictly at load.
+
+A stage never reads params.yaml itself: the CLI and the KFP components call :func:`load_params`
+(or build the section models directly) and pass the section to the stage's ``run``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+
+class DemoConfig(_Section):
+    """The generated demo dataset (``data.source: demo``)."""
+
+    per_class: int = Field(160, ge=4, le=100_000, description="images generated per class")
+    seed: int = 0
+    broken: bool = Field(True, description="add deliberately broken/duplicate files")
+
+
+class DataConfig(_Section):
+    """Where the labelled images come from.
+
+    ``source`` is one of: ``demo``; a local folder with one subfolder per class; a CSV manifest
+    (``path,label[,split][,group]``); a COCO JSON file; ``s3://bucket/prefix`` (one sub-prefix per
+    class); ``dvc://<repo>@<rev>#<path>`` (a folder per class inside a DVC/git repo).
+    """
+
+    source: str = "demo"
+    demo: DemoConfig = DemoConfig()
+
+    @model_validator(mode="after")
+    def _source_not_empty(self) -> DataConfig:
+        if not self.source.strip():
+            raise ValueError("data.source must not be empty")
+        return self
+
+
+class IngestConfig(_Section):
+    """Decoding, validation and the resized image cache."""
+
+    short_side: int = Field(
+        128, ge=16, le=4096, description="cache images resized to this short side"
+    )
+    min_side: int = Field(32, ge=1, description="images with a smaller side are dropped")
+    max_pixels: int = Field(
+        50_000_000, ge=1, description="decompression-bomb guard: width*height above this is dropped"
+    )
+    max_bytes: int = Field(50 * 1024 * 1024, ge=1, description="files larger than this are dropped")
+    workers: int = Field(2, ge=1, le=64, description="parallel decoders (threads)")
+    near_duplicate_distance: int = Field(
+        4, ge=0, le=64, description="max Hamming distance of 64-bit perceptual hashes"
+    )
+    shortcut_auc: float = Field(
+        0.8, gt=0.5, le=1.0, description="warn when size/aspect/grayscale alone reach this AUC"
+    )
+    shortcut_folds: int = Field(5, ge=2, le=20)
+
+
+class SplitConfig(_Section):
+    """Stratified, group-aware train/val/test split."""
+
+    train: float = Field(0.7, ge=0.0, le=1.0)
+    val: float = Field(0.15, ge=0.0, le=1.0)
+    test: float = Field(0.15, ge=0.0, le=1.0)
+    seed: int = 42
+    respect_manifest_split: bool = Field(
+        True, description="keep the split column of a CSV manifest when it has one"
+    )
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions train+val+test must sum to 1, got {total:g}")
+        if self.train <= 0:
+            raise ValueError("split.train must be greater than 0")
+        return self
+
+    def fractions(self) -> dict[str, float]:
+        """Fraction per split name, in SPLIT_NAMES order."""
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+class Params(_Section):
+    """The whole of params.yaml."""
+
+    data: DataConfig = DataConfig()
+    ingest: IngestConfig = IngestConfig()
+    split: SplitConfig = SplitConfig()
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid parameters"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            lines.append(f"  {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, path: Path | str = "<params>") -> Params:
+    """Validate an already-parsed params mapping; errors name ``path`` and each bad key."""
+    path = Path(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(path, err)) from None
+
+
+def load_params(path: Path | str) -> Params:
+    """Read and validate a params.yaml file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, path)

@@ -1,0 +1,232 @@
+"""A generated, deterministic clean-vs-dirty car dataset for demos and tests (no download).
+
+Each image is a side view of a car on a street: sky, buildings, road, body, cabin, windows and
+wheels, in random colours, sizes and aspect ratios. "dirty" cars carry mud splatter and a dust
+film of varying strength, from heavy to barely visible; "clean" cars sometimes have dark
+confounders (shadows, leaves) and reflections. Sizes, aspect ratios, file formats and grayscale
+are drawn from the same distributions for both classes, so no trivial feature gives the label away.
+
+With ``broken`` on, a handful of deliberately bad files (empty, truncated, not an image, a
+decompression bomb header, too small, unsupported format, an exact and a near duplicate) give
+validation something to do.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from carinspect.config import DemoConfig
+from carinspect.io import staged_dir
+
+CLASSES: tuple[str, ...] = ("clean", "dirty")
+
+_BODY_COLOURS = [
+    (235, 235, 232), (25, 25, 28), (170, 172, 176), (180, 30, 35), (30, 60, 150),
+    (95, 98, 104), (205, 190, 160), (30, 80, 50), (230, 190, 40), (120, 80, 50),
+]  # fmt: skip
+_MUD_COLOURS = [(92, 70, 45), (120, 98, 70), (70, 60, 50), (140, 125, 100)]
+
+
+@dataclass(frozen=True)
+class DemoFile:
+    """One file of the demo dataset, produced lazily by ``make``."""
+
+    label: str
+    name: str
+    make: Callable[[], bytes]
+
+
+def _jitter(rng: np.random.Generator, colour: tuple[int, ...], amount: int) -> tuple[int, ...]:
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
+
+
+def _draw_scene(rng: np.random.Generator, dirty: bool, size: tuple[int, int]) -> Image.Image:
+    """Render one car at 2x and downsample (cheap anti-aliasing)."""
+    w, h = size[0] * 2, size[1] * 2
+    img = Image.new("RGB", (w, h))
+    d = ImageDraw.Draw(img, "RGBA")
+    horizon = int(h * rng.uniform(0.45, 0.65))
+    sky = _jitter(rng, (150, 180, 215) if rng.random() < 0.7 else (175, 175, 180), 25)
+    for y in range(horizon):  # vertical sky gradient
+        t = y / max(1, horizon)
+        d.line([(0, y), (w, y)], fill=tuple(int(c * (1 - 0.25 * t)) for c in sky))
+    for _ in range(int(rng.integers(2, 7))):  # buildings
+        bx = int(rng.uniform(-0.1, 1.0) * w)
+        bw, bh = int(rng.uniform(0.1, 0.35) * w), int(rng.uniform(0.15, 0.5) * h)
+        d.rectangle([bx, horizon - bh, bx + bw, horizon], fill=_jitter(rng, (140, 130, 120), 50))
+    d.rectangle([0, horizon, w, h], fill=_jitter(rng, (85, 85, 90), 20))  # road
+
+    cw = int(w * rng.uniform(0.55, 0.85))
+    ch = int(cw * rng.uniform(0.2, 0.28))
+    x0 = int((w - cw) * rng.uniform(0.1, 0.9))
+    y1 = int(horizon + (h - horizon) * rng.uniform(0.45, 0.8))
+    y0 = y1 - ch
+    body = _jitter(rng, _BODY_COLOURS[int(rng.integers(len(_BODY_COLOURS)))], 18)
+    d.ellipse(
+        [x0 - cw * 0.02, y1 - ch * 0.1, x0 + cw * 1.02, y1 + ch * 0.35], fill=(30, 30, 30, 120)
+    )
+    d.rounded_rectangle([x0, y0, x0 + cw, y1], radius=max(2, ch // 3), fill=body)
+    cab_l, cab_r = x0 + cw * rng.uniform(0.15, 0.3), x0 + cw * rng.uniform(0.7, 0.85)
+    cab_h = ch * rng.uniform(0.55, 0.85)
+    d.polygon(
+        [(cab_l, y0), (cab_l + cw * 0.1, y0 - cab_h), (cab_r - cw * 0.08, y0 - cab_h), (cab_r, y0)],
+        fill=body,
+    )
+    glass = _jitter(rng, (60, 75, 95), 15)
+    inset = cab_h * 0.15
+    mid = (cab_l + cab_r) / 2
+    d.polygon([(cab_l + inset, y0 - 2), (cab_l + cw * 0.1 + inset, y0 - cab_h + inset),
+               (mid - 2, y0 - cab_h + inset), (mid - 2, y0 - 2)], fill=glass)  # fmt: skip
+    d.polygon([(mid + 2, y0 - 2), (mid + 2, y0 - cab_h + inset),
+               (cab_r - cw * 0.08 - inset, y0 - cab_h + inset), (cab_r - inset, y0 - 2)], fill=glass)  # fmt: skip
+    r = ch * rng.uniform(0.38, 0.48)
+    for cx in (x0 + cw * 0.2, x0 + cw * 0.8):
+        d.ellipse([cx - r, y1 - r, cx + r, y1 + r], fill=(20, 20, 20))
+        d.ellipse([cx - r * 0.5, y1 - r * 0.5, cx + r * 0.5, y1 + r * 0.5], fill=(150, 150, 155))
+    d.rectangle([x0 + cw * 0.95, y0 + ch * 0.2, x0 + cw, y0 + ch * 0.4], fill=(240, 220, 140))
+
+    def splotches(
+        count: int, colour: tuple[int, ...], alpha: tuple[int, int], scale: float
+    ) -> None:
+        for _ in range(count):
+            sx = x0 + cw * rng.uniform(0.0, 1.0)
+            sy = y0 + ch * rng.beta(2.5, 1.2)  # denser towards the sills
+            sr = ch * scale * rng.uniform(0.3, 1.0)
+            a = int(rng.integers(*alpha))
+            d.ellipse([sx - sr, sy - sr * 0.7, sx + sr, sy + sr * 0.7], fill=(*colour, a))
+
+    if dirty:
+        level = rng.uniform(0.1, 1.0)  # from barely visible to caked
+        mud = _jitter(rng, _MUD_COLOURS[int(rng.integers(len(_MUD_COLOURS)))], 15)
+        d.rectangle([x0, y0 + ch * 0.5, x0 + cw, y1], fill=(*mud, int(70 * level)))  # dust film
+        splotches(int(4 + 50 * level), mud, (int(60 + 80 * level), int(100 + 140 * level)), 0.14)
+    else:
+        hx = x0 + cw * rng.uniform(0.2, 0.6)  # a reflection along the body
+        d.ellipse([hx, y0 + ch * 0.15, hx + cw * 0.3, y0 + ch * 0.35], fill=(255, 255, 255, 70))
+        if rng.random() < 0.35:  # shadows, leaves, a parking sticker: not dirt
+            splotches(int(rng.integers(2, 10)), _jitter(rng, (40, 40, 35), 20), (60, 160), 0.12)
+
+    out = img.resize(size, Image.Resampling.BILINEAR)
+    arr = np.asarray(out, dtype=np.float32)
+    arr = arr * rng.uniform(0.7, 1.25) + rng.uniform(-20, 20)  # exposure
+    arr += rng.normal(0.0, rng.uniform(2, 10), arr.shape)  # sensor noise
+    out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    if rng.random() < 0.3:
+        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    return out
+
+
+def _encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+_EXTENSIONS = {3: "png", 5: "webp", 7: "png", 11: "png", 13: "jpg", 17: "png", 19: "jpg", 21: "png"}
+
+
+def _file_name(class_idx: int, i: int) -> str:
+    return f"{CLASSES[class_idx]}_{i:04d}.{_EXTENSIONS.get(i % 25, 'jpg')}"
+
+
+def _image_bytes(seed: int, class_idx: int, i: int) -> bytes:
+    """Bytes of the i-th image of a class; format and colour mode vary with the index."""
+    rng = np.random.default_rng([seed, class_idx, i])
+    aspect = rng.choice([4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4])
+    width = int(rng.integers(72, 200))
+    img = _draw_scene(rng, dirty=class_idx == 1, size=(width, max(40, int(width / aspect))))
+    if rng.random() < 0.08:
+        img = img.convert("L")
+    variant = i % 25
+    if variant == 3:
+        return _encode(img.convert("P", palette=Image.Palette.ADAPTIVE), "PNG")
+    if variant == 5:
+        return _encode(img, "WEBP", quality=85)
+    if variant == 7:
+        rgba = img.convert("RGBA")
+        rgba.putalpha(Image.new("L", img.size, 230))
+        return _encode(rgba, "PNG")
+    if variant == 11:
+        return _encode(img.convert("LA"), "PNG")
+    if variant == 13:
+        return _encode(img.convert("CMYK"), "JPEG", quality=90)
+    if variant == 17:
+        gray16 = np.asarray(img.convert("L"), dtype=np.uint16) * 257
+        return _encode(Image.fromarray(gray16.astype(np.uint16)), "PNG")
+    if variant == 19:  # stored sideways with an EXIF orientation tag, as phones do
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        return _encode(img.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif)
+    if variant == 21:
+        return _encode(img, "PNG")
+    return _encode(img, "JPEG", quality=int(rng.integers(60, 96)))
+
+
+def _pixel_bomb_png(width: int, height: int) -> bytes:
+    """Make a tiny PNG whose header claims ``width`` x ``height`` pixels."""
+    png = _encode(Image.new("L", (1, 1)), "PNG")
+    ihdr_start = 8 + 4  # signature, chunk length
+    body = bytearray(png[ihdr_start : ihdr_start + 4 + 13])  # b"IHDR" + 13 data bytes
+    body[4:12] = struct.pack(">II", width, height)
+    crc = struct.pack(">I", zlib.crc32(bytes(body)) & 0xFFFFFFFF)
+    return png[:ihdr_start] + bytes(body) + crc + png[ihdr_start + 17 + 4 :]
+
+
+def demo_files(cfg: DemoConfig) -> list[DemoFile]:
+    """Every file of the demo dataset, in a fixed order; bytes are made on demand."""
+
+    def image(c: int, i: int) -> Callable[[], bytes]:
+        return lambda: _image_bytes(cfg.seed, c, i)
+
+    files = [
+        DemoFile(label, _file_name(c, i), image(c, i))
+        for c, label in enumerate(CLASSES)
+        for i in range(cfg.per_class)
+    ]
+    if not cfg.broken:
+        return files
+
+    def truncated() -> bytes:
+        data = _image_bytes(cfg.seed, 0, 1)
+        return data[: len(data) * 6 // 10]
+
+    def near_duplicate() -> bytes:  # the same photo, re-encoded smaller
+        img = Image.open(io.BytesIO(_image_bytes(cfg.seed, 0, 2))).convert("RGB")
+        return _encode(img.resize((img.width * 9 // 10, img.height * 9 // 10)), "JPEG", quality=70)
+
+    files += [
+        DemoFile("clean", "broken_zero_bytes.jpg", lambda: b""),
+        DemoFile("clean", "broken_truncated.jpg", truncated),
+        DemoFile("dirty", "broken_not_an_image.jpg", lambda: b"this is not an image\n" * 20),
+        DemoFile("dirty", "broken_pixel_bomb.png", lambda: _pixel_bomb_png(40_000, 40_000)),
+        DemoFile(
+            "clean", "broken_too_small.png", lambda: _encode(Image.new("RGB", (20, 14)), "PNG")
+        ),
+        DemoFile(
+            "dirty", "broken_unsupported.ppm", lambda: _encode(Image.new("RGB", (64, 48)), "PPM")
+        ),
+        DemoFile("dirty", "dirty_0004_copy.jpg", image(1, 4)),
+        DemoFile("clean", "resaved_clean_0002.jpg", near_duplicate),
+    ]
+    return files
+
+
+def write_demo(cfg: DemoConfig, out: Path) -> int:
+    """Write the demo dataset as ``out/<class>/<file>``, replacing ``out`` atomically.
+
+    Returns the number of files written.
+    """
+    files = demo_files(cfg)
+    with staged_dir(Path(out)) as tmp:
+        for f in files:
+            (tmp / f.label).mkdir(exist_ok=True)
+            (tmp / f.label / f.name).write_bytes(f.make())
+    return len(files)

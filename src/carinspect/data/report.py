@@ -1,0 +1,114 @@
+"""Markdown renderings of the ingest and split reports (report.json is the source of truth)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _mmm(d: dict[str, float]) -> str:
+    return f"{d['min']:g} / {d['median']:g} / {d['max']:g}"
+
+
+def render_ingest_report(report: dict[str, Any]) -> str:
+    """report.md for ingest."""
+    src = report["source"]
+    out = [
+        "# Data report: ingest",
+        "",
+        f"Source: `{src['uri']}` ({src['kind']}). Manifest sha256: `{report['manifest_sha256']}`.",
+        "",
+        f"**{report['images']} images** in {report['classes']} classes kept; "
+        f"**{report['dropped']} files dropped**; imbalance ratio {report['imbalance_ratio']:g} "
+        "(largest class / smallest).",
+        "",
+    ]
+    shortcut = report["shortcut"]
+    if shortcut.get("warning"):
+        out += [
+            "> **WARNING: shortcut.** "
+            f"{', '.join(shortcut['features'])} alone separate the classes "
+            f"(cross-validated AUC >= {shortcut['threshold']:g}). A model can score well here "
+            "without looking at the vehicle: balance sizes and colour modes across classes, or "
+            "evaluate on a subset where they do not differ.",
+            "",
+        ]
+    out += ["## Classes", ""]
+    out += _table(
+        [
+            "class",
+            "images",
+            "width min/med/max",
+            "height min/med/max",
+            "aspect min/med/max",
+            "grayscale",
+            "formats",
+        ],
+        [
+            [
+                label,
+                s["count"],
+                _mmm(s["width"]),
+                _mmm(s["height"]),
+                _mmm(s["aspect_ratio"]),
+                f"{s['grayscale_fraction']:.1%}",
+                ", ".join(f"{k} {v}" for k, v in s["formats"].items()),
+            ]
+            for label, s in report["per_class"].items()
+        ],
+    )
+    out += ["", "## Shortcut check", ""]
+    if shortcut.get("checked"):
+        out.append(
+            f"Logistic regression on trivial features, {shortcut['folds']}-fold cross-validated AUC "
+            f"(warning at {shortcut['threshold']:g}):"
+        )
+        out.append("")
+        out += _table(["features", "AUC"], [[k, f"{v:.3f}"] for k, v in shortcut["auc"].items()])
+    else:
+        out.append(f"Not checked: {shortcut['reason']}.")
+    out += ["", f"## Dropped files ({report['dropped']})", ""]
+    if report["dropped_files"]:
+        out += _table(
+            ["file", "label", "reason", "detail"],
+            [
+                [f"`{d['source']}`", d["label"], d["reason"], d["detail"]]
+                for d in report["dropped_files"]
+            ],
+        )
+    else:
+        out.append("None.")
+    out += ["", f"## Near-duplicates ({report['near_duplicate_groups']} groups)", ""]
+    out.append("Near-duplicates are kept, and the split stage keeps each group in one split.")
+    out.append("")
+    for g in report["near_duplicates"]:
+        mixed = " **(labels differ: check them)**" if len(g["labels"]) > 1 else ""
+        out.append(f"- {', '.join(f'`{s}`' for s in g['sources'])}{mixed}")
+    return "\n".join(out) + "\n"
+
+
+def render_split_report(report: dict[str, Any]) -> str:
+    """report.md for split."""
+    splits = list(report["splits"])
+    classes = sorted({c for s in report["splits"].values() for c in s["class_counts"]})
+    out = [
+        "# Data report: split",
+        "",
+        f"{report['images']} images in {report['units']} units (near-duplicate clusters and "
+        f"groups move together); method: {report['method']}; seed {report['seed']}.",
+        "",
+    ]
+    out += _table(
+        ["class", *splits],
+        [[c, *(report["splits"][s]["class_counts"].get(c, 0) for s in splits)] for c in classes]
+        + [["**total**", *(report["splits"][s]["images"] for s in splits)]]
+        + [["fraction", *(f"{report['splits'][s]['fraction']:.3f}" for s in splits)]],
+    )
+    if report["warnings"]:
+        out += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,296 @@
+"""Turn ``data.source`` into a list of labelled files, whatever the kind of source.
+
+Kinds: ``demo``; a local folder (one subfolder per class); a CSV manifest
+(``path,label[,split][,group]``); COCO JSON (one category per image); ``s3://bucket/prefix``
+(one sub-prefix per class, boto3's standard credential chain, ``AWS_ENDPOINT_URL`` honoured);
+``dvc://<repo>@<rev>#<path>`` (a folder per class inside a git+DVC repository, via dvc.api).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from carinspect.config import SPLIT_NAMES, DemoConfig
+
+logger = logging.getLogger(__name__)
+
+
+class SourceError(ValueError):
+    """A source that cannot be read at all (as opposed to single bad files, which are dropped)."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One labelled file: ``source`` is how reports name it, ``read`` fetches its bytes."""
+
+    source: str
+    label: str
+    read: Callable[[], bytes]
+    split: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A file refused before decoding (missing, unlabelled, ambiguous)."""
+
+    source: str
+    label: str
+    reason: str
+    detail: str
+
+
+@dataclass
+class ResolvedSource:
+    """What a source holds: the files to decode and those already refused."""
+
+    kind: str
+    uri: str
+    items: list[SourceItem] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def source_kind(source: str) -> str:
+    """Classify a ``data.source`` string: demo, s3, dvc, csv, coco or folder."""
+    if source == "demo":
+        return "demo"
+    if source.startswith("s3://"):
+        return "s3"
+    if source.startswith("dvc://"):
+        return "dvc"
+    suffix = Path(source).suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix == ".json":
+        return "coco"
+    return "folder"
+
+
+def _read_file(path: Path) -> Callable[[], bytes]:
+    return path.read_bytes
+
+
+def _folder(root: Path, display: str) -> ResolvedSource:
+    if not root.is_dir():
+        raise SourceError(
+            f"data.source {display!r}: not found, or not a folder, .csv, .json, s3:// or dvc://"
+        )
+    resolved = ResolvedSource("folder", display)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise SourceError(
+            f"data.source {display!r}: no class subfolders (expected <class>/<image>)"
+        )
+    for class_dir in class_dirs:
+        for path in sorted(class_dir.rglob("*")):
+            if path.is_file() and not any(
+                part.startswith(".") for part in path.relative_to(root).parts
+            ):
+                shown = f"{display.rstrip('/')}/{path.relative_to(root).as_posix()}"
+                resolved.items.append(SourceItem(shown, class_dir.name, _read_file(path)))
+    return resolved
+
+
+def _csv(path: Path) -> ResolvedSource:
+    if not path.is_file():
+        raise SourceError(f"data.source {str(path)!r}: CSV manifest not found")
+    resolved = ResolvedSource("csv", str(path))
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = set(reader.fieldnames or [])
+        missing = {"path", "label"} - columns
+        if missing:
+            raise SourceError(
+                f"{path}: CSV manifest lacks column(s) {sorted(missing)}; "
+                "expected header path,label[,split][,group]"
+            )
+        for line, row in enumerate(reader, start=2):
+            raw_path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+            split = (row.get("split") or "").strip() or None
+            group = (row.get("group") or "").strip() or None
+            if split is not None and split not in SPLIT_NAMES:
+                raise SourceError(
+                    f"{path}, line {line}: split {split!r} is not one of {list(SPLIT_NAMES)}"
+                )
+            file_path = Path(raw_path) if Path(raw_path).is_absolute() else path.parent / raw_path
+            if not raw_path:
+                raise SourceError(f"{path}, line {line}: empty path")
+            if not label:
+                resolved.rejected.append(
+                    Rejected(raw_path, "", "no_label", f"line {line} has no label")
+                )
+            elif not file_path.is_file():
+                resolved.rejected.append(
+                    Rejected(raw_path, label, "missing_file", f"{file_path} not found")
+                )
+            else:
+                resolved.items.append(
+                    SourceItem(raw_path, label, _read_file(file_path), split, group)
+                )
+    return resolved
+
+
+def _require(obj: Any, key: str, where: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise SourceError(f"{where}: missing key {key!r}")
+    return obj[key]
+
+
+def _coco(path: Path) -> ResolvedSource:
+    if not path.is_file():
+        raise SourceError(f"data.source {str(path)!r}: COCO JSON file not found")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SourceError(f"{path}: not valid JSON: {err}") from None
+    images, annotations = (
+        _require(doc, "images", str(path)),
+        _require(doc, "annotations", str(path)),
+    )
+    categories = {
+        _require(c, "id", f"{path}: categories[{i}]"): str(
+            _require(c, "name", f"{path}: categories[{i}]")
+        )
+        for i, c in enumerate(_require(doc, "categories", str(path)))
+    }
+    labels: dict[Any, set[str]] = defaultdict(set)
+    for i, ann in enumerate(annotations):
+        where = f"{path}: annotations[{i}]"
+        cat = _require(ann, "category_id", where)
+        if cat not in categories:
+            raise SourceError(f"{where}: category_id {cat!r} is not in categories")
+        labels[_require(ann, "image_id", where)].add(categories[cat])
+    resolved = ResolvedSource("coco", str(path))
+    for i, image in enumerate(images):
+        where = f"{path}: images[{i}]"
+        name = str(_require(image, "file_name", where))
+        found = labels.get(_require(image, "id", where), set())
+        file_path = path.parent / name
+        if not found:
+            resolved.rejected.append(Rejected(name, "", "no_annotation", "image has no annotation"))
+        elif len(found) > 1:
+            resolved.rejected.append(
+                Rejected(name, "", "multiple_categories", f"annotated as {sorted(found)}")
+            )
+        elif not file_path.is_file():
+            resolved.rejected.append(
+                Rejected(name, next(iter(found)), "missing_file", f"{file_path} not found")
+            )
+        else:
+            resolved.items.append(SourceItem(name, next(iter(found)), _read_file(file_path)))
+    return resolved
+
+
+def _s3(uri: str) -> ResolvedSource:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise SourceError(f"data.source {uri!r}: no bucket name")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    client = boto3.client("s3")
+    resolved = ResolvedSource("s3", uri)
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    except (ClientError, BotoCoreError) as err:
+        raise SourceError(f"data.source {uri!r}: cannot list objects: {err}") from None
+
+    def reader(key: str) -> Callable[[], bytes]:
+        def read() -> bytes:
+            body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            return body
+
+        return read
+
+    for key in sorted(keys):
+        rel = key[len(prefix) :]
+        label, sep, rest = rel.partition("/")
+        if (
+            not sep
+            or not rest
+            or rest.endswith("/")
+            or any(p.startswith(".") for p in rel.split("/"))
+        ):
+            continue  # objects beside the class prefixes, folder markers, hidden files
+        resolved.items.append(SourceItem(f"s3://{bucket}/{key}", label, reader(key)))
+    if not resolved.items:
+        raise SourceError(f"data.source {uri!r}: no objects under <class>/ sub-prefixes")
+    return resolved
+
+
+def parse_dvc_uri(uri: str) -> tuple[str, str | None, str]:
+    """Split ``dvc://<repo>@<rev>#<path>`` into (repo, rev or None, path)."""
+    body = uri[len("dvc://") :]
+    repo_rev, sep, path = body.partition("#")
+    if not sep or not path.strip("/"):
+        raise SourceError(f"data.source {uri!r}: expected dvc://<repo>@<rev>#<path>")
+    repo, rev = repo_rev, None
+    at = repo_rev.rfind("@")
+    if at > 0 and ":" not in repo_rev[at + 1 :]:  # git@host:org/repo has no rev
+        repo, rev = repo_rev[:at], repo_rev[at + 1 :] or None
+    if not repo:
+        raise SourceError(f"data.source {uri!r}: no repository")
+    return repo, rev, path.strip("/")
+
+
+@contextlib.contextmanager
+def _dvc(uri: str) -> Iterator[ResolvedSource]:
+    from dvc.api import DVCFileSystem
+
+    repo, rev, path = parse_dvc_uri(uri)
+    with tempfile.TemporaryDirectory(prefix="carinspect-dvc-") as tmp:
+        try:
+            fs = DVCFileSystem(repo, rev=rev)
+            if not fs.isdir(path):
+                raise SourceError(
+                    f"data.source {uri!r}: {path!r} is not a folder at {rev or 'HEAD'}"
+                )
+            fs.get(path, tmp, recursive=True)
+        except SourceError:
+            raise
+        except Exception as err:  # dvc/scmrepo raise many unrelated types
+            raise SourceError(f"data.source {uri!r}: cannot read through DVC: {err}") from err
+        resolved = _folder(Path(tmp), uri)
+        resolved.kind = "dvc"
+        yield resolved
+
+
+def _demo(cfg: DemoConfig) -> ResolvedSource:
+    from carinspect.data.demo import demo_files
+
+    resolved = ResolvedSource("demo", "demo")
+    for f in demo_files(cfg):
+        resolved.items.append(SourceItem(f"demo://{f.label}/{f.name}", f.label, f.make))
+    return resolved
+
+
+@contextlib.contextmanager
+def open_source(source: str, demo: DemoConfig | None = None) -> Iterator[ResolvedSource]:
+    """Resolve ``source``; files stay readable until the block ends (dvc:// uses a temp copy)."""
+    kind = source_kind(source)
+    logger.info("reading %s source %s", kind, source)
+    if kind == "dvc":
+        with _dvc(source) as resolved:
+            yield resolved
+        return
+    if kind == "demo":
+        yield _demo(demo or DemoConfig())
+    elif kind == "s3":
+        yield _s3(source)
+    elif kind == "csv":
+        yield _csv(Path(source))
+    elif kind == "coco":
+        yield _coco(Path(source))
+    else:
+        yield _folder(Path(source), source)

@@ -1,0 +1,234 @@
+"""ingest: decode and validate every source image into a resized, content-addressed cache.
+
+Output folder ``out``: ``images/<aa>/<sha256>.png`` (short side ``ingest.short_side``),
+``manifest.csv``, ``report.json`` and ``report.md``. The folder is built under a temporary
+name and renamed into place, so a failed or interrupted run leaves the previous output intact.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+import logging
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from carinspect.config import DataConfig, IngestConfig
+from carinspect.data import quality
+from carinspect.data.fingerprint import dhash, near_duplicate_groups, sha256_bytes
+from carinspect.data.images import (
+    ImageError,
+    ImageLimits,
+    decode_image,
+    grayscale_spread,
+    resize_short_side,
+)
+from carinspect.data.manifest import ManifestRow, manifest_csv
+from carinspect.data.report import render_ingest_report
+from carinspect.data.sources import Rejected, SourceItem, open_source
+from carinspect.io import staged_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+GRAYSCALE_SPREAD = 8.0  # mean channel spread below which an image counts as grayscale
+
+
+class IngestError(ValueError):
+    """The source as a whole cannot make a dataset (too few classes, nothing decodable)."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Paths and headline figures of one ingest run."""
+
+    out: Path
+    manifest: Path
+    report: Path
+    images: int
+    dropped: int
+    classes: tuple[str, ...]
+    manifest_sha256: str
+    shortcut_warning: bool
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    row: ManifestRow
+    dhash: int
+
+
+def _process(
+    item: SourceItem, limits: ImageLimits, short_side: int, root: Path
+) -> _Accepted | Rejected:
+    """Read, validate, fingerprint and cache one file (runs on a worker thread)."""
+    try:
+        data = item.read()
+    except Exception as err:  # any transport error: the file is reported, the run goes on
+        return Rejected(item.source, item.label, "unreadable", f"{type(err).__name__}: {err}")
+    try:
+        decoded = decode_image(data, limits)
+    except ImageError as err:
+        return Rejected(item.source, item.label, err.reason, err.detail)
+    sha = sha256_bytes(data)
+    rel = f"images/{sha[:2]}/{sha}.png"
+    buf = io.BytesIO()
+    resize_short_side(decoded.image, short_side).save(buf, format="PNG", compress_level=6)
+    write_bytes_atomic(root / rel, buf.getvalue())
+    row = ManifestRow(
+        sha256=sha,
+        path=rel,
+        source=item.source,
+        label=item.label,
+        width=decoded.width,
+        height=decoded.height,
+        format=decoded.format,
+        mode=decoded.mode,
+        grayscale=int(grayscale_spread(decoded.image) < GRAYSCALE_SPREAD),
+        near_dup_group="",
+        split=item.split or "",
+        group=item.group or "",
+    )
+    return _Accepted(row, dhash(decoded.image))
+
+
+def _decode_all(
+    items: list[SourceItem], cfg: IngestConfig, root: Path
+) -> list[_Accepted | Rejected]:
+    limits = ImageLimits(min_side=cfg.min_side, max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes)
+    results: list[_Accepted | Rejected | None] = [None] * len(items)
+    with cf.ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+        futures = {
+            pool.submit(_process, item, limits, cfg.short_side, root): i
+            for i, item in enumerate(items)
+        }
+        with tqdm(total=len(items), desc="ingest", unit="img", disable=None) as bar:
+            for fut in cf.as_completed(futures):
+                results[futures[fut]] = fut.result()
+                bar.update()
+    return [r for r in results if r is not None]
+
+
+def _deduplicate(accepted: list[_Accepted], root: Path) -> tuple[list[_Accepted], list[Rejected]]:
+    """Keep the first copy of identical files; drop every copy when copies disagree on the label."""
+    by_sha: dict[str, list[_Accepted]] = {}
+    for a in accepted:
+        by_sha.setdefault(a.row.sha256, []).append(a)
+    kept: list[_Accepted] = []
+    dropped: list[Rejected] = []
+    for a in accepted:
+        copies = by_sha[a.row.sha256]
+        labels = sorted({c.row.label for c in copies})
+        if len(labels) > 1:
+            dropped.append(Rejected(a.row.source, a.row.label, "conflicting_labels",
+                                    f"identical bytes are labelled {labels}"))  # fmt: skip
+            (root / a.row.path).unlink(missing_ok=True)
+        elif copies[0] is a:
+            kept.append(a)
+        else:
+            dropped.append(Rejected(a.row.source, a.row.label, "exact_duplicate",
+                                    f"same bytes as {copies[0].row.source}"))  # fmt: skip
+    return kept, dropped
+
+
+def _near_duplicates(
+    kept: list[_Accepted], max_distance: int
+) -> tuple[list[ManifestRow], list[dict[str, Any]]]:
+    """Give every row its near-duplicate cluster id; list clusters with more than one image."""
+    ids = near_duplicate_groups([a.dhash for a in kept], max_distance)
+    rows = [
+        replace(a.row, near_dup_group=kept[g].row.sha256[:16])
+        for a, g in zip(kept, ids, strict=True)
+    ]
+    clusters: dict[int, list[ManifestRow]] = {}
+    for row, g in zip(rows, ids, strict=True):
+        clusters.setdefault(g, []).append(row)
+    report = [
+        {
+            "group": members[0].near_dup_group,
+            "labels": sorted({m.label for m in members}),
+            "sources": [m.source for m in members],
+        }
+        for members in clusters.values()
+        if len(members) > 1
+    ]
+    return rows, report
+
+
+def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
+    """Ingest ``data.source`` into ``out``; see the module docstring for the layout."""
+    out = Path(out)
+    with open_source(data.source, data.demo) as source, staged_dir(out) as tmp:
+        decoded = _decode_all(source.items, cfg, tmp)
+        accepted = [r for r in decoded if isinstance(r, _Accepted)]
+        rejected = list(source.rejected) + [r for r in decoded if isinstance(r, Rejected)]
+        kept, duplicates = _deduplicate(accepted, tmp)
+        rejected += duplicates
+        classes = sorted({a.row.label for a in kept})
+        if len(classes) < 2:
+            raise IngestError(
+                f"data.source {data.source!r}: {len(kept)} usable images in {len(classes)} class(es) "
+                f"{classes}; at least two classes are needed ({len(rejected)} files were dropped)"
+            )
+        rows, near_dups = _near_duplicates(kept, cfg.near_duplicate_distance)
+        text = manifest_csv(rows)
+        manifest_sha = sha256_bytes(text.encode("utf-8"))
+        write_text_atomic(tmp / "manifest.csv", text)
+        report = _report(source.kind, data.source, rows, rejected, near_dups, cfg, manifest_sha)
+        write_json_atomic(tmp / "report.json", report)
+        write_text_atomic(tmp / "report.md", render_ingest_report(report))
+    shortcut = report["shortcut"]
+    if shortcut.get("warning"):
+        logger.warning(
+            "SHORTCUT: %s alone separate the classes (cross-validated AUC %s >= %s); "
+            "a model may learn the file, not the car. See %s",
+            ", ".join(shortcut["features"]),
+            {k: shortcut["auc"][k] for k in shortcut["features"]},
+            cfg.shortcut_auc,
+            out / "report.md",
+        )
+    logger.info("ingest: %d images kept, %d dropped -> %s", len(rows), len(rejected), out)
+    return IngestResult(
+        out=out,
+        manifest=out / "manifest.csv",
+        report=out / "report.json",
+        images=len(rows),
+        dropped=len(rejected),
+        classes=tuple(classes),
+        manifest_sha256=manifest_sha,
+        shortcut_warning=bool(shortcut.get("warning")),
+    )
+
+
+def _report(
+    kind: str,
+    uri: str,
+    rows: list[ManifestRow],
+    rejected: list[Rejected],
+    near_dups: list[dict[str, Any]],
+    cfg: IngestConfig,
+    manifest_sha: str,
+) -> dict[str, Any]:
+    per_class = quality.class_stats(rows)
+    counts = {k: v["count"] for k, v in per_class.items()}
+    reasons: dict[str, int] = {}
+    for r in rejected:
+        reasons[r.reason] = reasons.get(r.reason, 0) + 1
+    return {
+        "images": len(rows),
+        "dropped": len(rejected),
+        "classes": len(counts),
+        "imbalance_ratio": quality.imbalance_ratio(counts),
+        "class_counts": counts,
+        "dropped_by_reason": dict(sorted(reasons.items())),
+        "near_duplicate_groups": len(near_dups),
+        "near_duplicate_images": sum(len(g["sources"]) for g in near_dups),
+        "shortcut": quality.shortcut_check(rows, cfg.shortcut_auc, cfg.shortcut_folds),
+        "per_class": per_class,
+        "source": {"kind": kind, "uri": uri},
+        "manifest_sha256": manifest_sha,
+        "dropped_files": [asdict(r) for r in rejected],
+        "near_duplicates": near_dups,
+    }
