@@ -1,7 +1,8 @@
 """ingest: decode and validate every source image into a resized, content-addressed cache.
 
 Output folder ``out``: ``images/<aa>/<sha256>.png`` (short side ``ingest.short_side``),
-``manifest.csv``, ``report.json`` and ``report.md``. The folder is built under a temporary
+``manifest.csv``, the data report (``report.json``, ``report.md``) and its headline figures in
+``metrics.json`` (for ``dvc metrics show``). The folder is built under a temporary
 name and renamed into place, so a failed or interrupted run leaves the previous output intact.
 """
 
@@ -178,6 +179,7 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         write_text_atomic(tmp / "manifest.csv", text)
         report = _report(source.kind, data.source, rows, rejected, near_dups, cfg, manifest_sha)
         write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(tmp / "metrics.json", _metrics(report))
         write_text_atomic(tmp / "report.md", render_ingest_report(report))
     shortcut = report["shortcut"]
     if shortcut.get("warning"):
@@ -200,6 +202,21 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         manifest_sha256=manifest_sha,
         shortcut_warning=bool(shortcut.get("warning")),
     )
+
+
+def _metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """Pick the headline numbers of the report, flat enough for `dvc metrics show`."""
+    shortcut = report["shortcut"]
+    return {
+        "images": report["images"],
+        "dropped": report["dropped"],
+        "classes": report["classes"],
+        "imbalance_ratio": report["imbalance_ratio"],
+        "near_duplicate_groups": report["near_duplicate_groups"],
+        "shortcut_auc": max(shortcut["auc"].values()) if shortcut.get("checked") else None,
+        "shortcut_warning": bool(shortcut.get("warning")),
+        "class_counts": report["class_counts"],
+    }
 
 
 def _report(

@@ -6,7 +6,8 @@ test has a near-twin in train. Units are assigned greedily, largest first, to th
 per-class shortfall against its target is largest; shuffling with ``split.seed`` first makes the
 result deterministic. A manifest that brings its own ``split`` column is honoured as given.
 
-Output folder ``out``: ``splits.csv``, ``report.json`` (DVC metrics) and ``report.md``.
+Output folder ``out``: ``splits.csv``, ``report.json``, ``report.md`` and ``metrics.json`` (images
+and fraction per split, for ``dvc metrics show``).
 """
 
 from __future__ import annotations
@@ -157,6 +158,13 @@ def run(cfg: SplitConfig, manifest: Path, out: Path) -> SplitResult:
     with staged_dir(out) as tmp:
         write_splits(out_rows, tmp / "splits.csv")
         write_json_atomic(tmp / "report.json", report)
+        write_json_atomic(
+            tmp / "metrics.json",
+            {
+                s: {"images": v["images"], "fraction": v["fraction"]}
+                for s, v in report["splits"].items()
+            },
+        )
         write_text_atomic(tmp / "report.md", render_split_report(report))
     for w in warnings:
         logger.warning("split: %s", w)
