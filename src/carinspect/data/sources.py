@@ -256,12 +256,12 @@ def _dvc(uri: str) -> Iterator[ResolvedSource]:
                 raise SourceError(
                     f"data.source {uri!r}: {path!r} is not a folder at {rev or 'HEAD'}"
                 )
-            fs.get(path, tmp, recursive=True)
+            fs.get(path, str(Path(tmp) / "data"), recursive=True)
         except SourceError:
             raise
         except Exception as err:  # dvc/scmrepo raise many unrelated types
             raise SourceError(f"data.source {uri!r}: cannot read through DVC: {err}") from err
-        resolved = _folder(Path(tmp), uri)
+        resolved = _folder(Path(tmp) / "data", uri)
         resolved.kind = "dvc"
         yield resolved
 

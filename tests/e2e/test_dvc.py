@@ -1,0 +1,96 @@
+"""`dvc repro` of the real dvc.yaml in a temporary git repo, and push/pull through moto's S3."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, VENV_BIN
+
+DVC = str(VENV_BIN / "dvc")
+
+
+def sh(cwd: Path, *args: str) -> str:
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, f"{args} failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout + out.stderr
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".dvc" not in p.parts and ".git" not in p.parts
+    }
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    """A copy of the project's pipeline files in a fresh git repo, with a smaller demo dataset."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in ("dvc.yaml", ".dvcignore", "src"):
+        src = REPO_ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
+    (repo / ".dvc").mkdir()
+    shutil.copy(REPO_ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["data"]["demo"]["per_class"] = 16
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    return repo
+
+
+def test_repro_runs_then_does_nothing(project: Path) -> None:
+    first = sh(project, DVC, "repro")
+    for stage in ("demo", "ingest", "split"):
+        assert f"Running stage '{stage}'" in first
+    assert (project / "data" / "split" / "splits.csv").is_file()
+    assert (project / "dvc.lock").is_file()
+    second = sh(project, DVC, "repro")
+    assert "Running stage" not in second
+    assert "Data and pipelines are up to date" in second
+    shown = json.loads(sh(project, DVC, "metrics", "show", "--json"))[""]["data"]
+    ingest = shown["data/ingest/metrics.json"]["data"]
+    assert ingest["images"] == 2 * 16 + 1 and ingest["dropped"] == 7
+    split = shown["data/split/metrics.json"]["data"]
+    assert sum(split[s]["images"] for s in ("train", "val", "test")) == 33
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["split"]["seed"] = 43
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    third = sh(project, DVC, "repro")
+    assert "Running stage 'split'" in third and "Running stage 'ingest'" not in third
+
+
+def test_push_pull_round_trip_through_s3(project: Path, s3_endpoint: str) -> None:
+    boto3.client("s3").create_bucket(Bucket="dvc-store")
+    sh(project, DVC, "repro")
+    before = digest(project / "data")
+    sh(project, DVC, "remote", "add", "-d", "store", "s3://dvc-store/carinspect")
+    sh(project, DVC, "remote", "modify", "store", "endpointurl", s3_endpoint)
+    config = (project / ".dvc" / "config").read_text()
+    assert "testing" not in config  # credentials come from the environment only
+    sh(project, DVC, "push")
+    keys = boto3.client("s3").list_objects_v2(Bucket="dvc-store", Prefix="carinspect/")
+    assert keys["KeyCount"] > 0
+
+    shutil.rmtree(project / ".dvc" / "cache")
+    for out in (
+        "data/demo",
+        "data/ingest/images",
+        "data/ingest/manifest.csv",
+        "data/split/splits.csv",
+    ):
+        target = project / out
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    sh(project, DVC, "pull")
+    assert digest(project / "data") == before
+    assert "up to date" in sh(project, DVC, "status")

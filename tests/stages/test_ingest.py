@@ -1,0 +1,160 @@
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from carinspect.config import DataConfig, DemoConfig, IngestConfig
+from carinspect.data.manifest import read_manifest
+from carinspect.stages import ingest
+from carinspect.stages.ingest import IngestError
+
+CFG = IngestConfig(short_side=48, workers=2)
+
+EXPECTED_DROPS = {
+    "broken_zero_bytes.jpg": "empty",
+    "broken_truncated.jpg": "corrupt",
+    "broken_not_an_image.jpg": "not_an_image",
+    "broken_pixel_bomb.png": "pixel_bomb",
+    "broken_too_small.png": "too_small",
+    "broken_unsupported.ppm": "unsupported_format",
+    "dirty_0004_copy.jpg": "exact_duplicate",
+}
+
+
+def test_ingest_demo_folder(tmp_path: Path, demo_dir: Path, demo_cfg: DemoConfig) -> None:
+    out = tmp_path / "ingest"
+    result = ingest.run(DataConfig(source=str(demo_dir)), CFG, out)
+    report = json.loads((out / "report.json").read_text())
+
+    dropped = {Path(d["source"]).name: d["reason"] for d in report["dropped_files"]}
+    assert dropped == EXPECTED_DROPS
+    assert result.dropped == len(EXPECTED_DROPS)
+    assert result.images == 2 * demo_cfg.per_class + 1  # + the kept near-duplicate
+    assert result.classes == ("clean", "dirty")
+
+    rows = read_manifest(result.manifest)
+    assert len(rows) == result.images
+    assert len({r.sha256 for r in rows}) == len(rows)
+    for r in rows:
+        cached = Image.open(out / r.path)
+        assert cached.mode == "RGB"
+        assert min(cached.size) == min(48, r.width, r.height)
+        assert r.path == f"images/{r.sha256[:2]}/{r.sha256}.png"
+    cache_files = list((out / "images").rglob("*.png"))
+    assert len(cache_files) == len(rows)
+
+    by_name = {Path(r.source).name: r for r in rows}
+    assert (
+        by_name["clean_0002.jpg"].near_dup_group == by_name["resaved_clean_0002.jpg"].near_dup_group
+    )
+    assert report["near_duplicate_groups"] >= 1
+    rotated = by_name["clean_0019.jpg"]  # stored sideways with EXIF orientation 6
+    stored = Image.open(demo_dir / "clean" / "clean_0019.jpg").size
+    assert (rotated.width, rotated.height) == (stored[1], stored[0])
+    assert {by_name[f"clean_{i:04d}.png"].mode for i in (3, 7, 11, 17)} == {
+        "P",
+        "RGBA",
+        "LA",
+        "I;16",
+    }
+
+    assert report["shortcut"]["checked"] and not report["shortcut"]["warning"]
+    assert report["class_counts"] == {"clean": demo_cfg.per_class + 1, "dirty": demo_cfg.per_class}
+    assert "## Dropped files (7)" in (out / "report.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dropped"] == 7 and metrics["shortcut_warning"] is False
+
+
+def test_ingest_is_deterministic(tmp_path: Path, demo_dir: Path) -> None:
+    a = ingest.run(DataConfig(source=str(demo_dir)), CFG, tmp_path / "a")
+    b = ingest.run(DataConfig(source="demo", demo=DemoConfig(per_class=24)), CFG, tmp_path / "b")
+    assert a.manifest.read_bytes() != b.manifest.read_bytes()  # sources differ in name...
+    strip = lambda p: sorted((r.sha256, r.label) for r in read_manifest(p))  # noqa: E731
+    assert strip(a.manifest) == strip(b.manifest)  # ...but not in content
+    c = ingest.run(DataConfig(source=str(demo_dir)), CFG, tmp_path / "c")
+    assert a.manifest_sha256 == c.manifest_sha256
+
+
+def _png(size: tuple[int, int], seed: int, gray: bool = False) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    buf = io.BytesIO()
+    (img.convert("L") if gray else img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_shortcut_warning(tmp_path: Path) -> None:
+    """Grayscale 64x64 'damaged' vs colour 4:3 'intact' of varied sizes: a trivial shortcut."""
+    root = tmp_path / "src"
+    for label in ("damaged", "intact"):
+        (root / label).mkdir(parents=True)
+    for i in range(30):
+        (root / "damaged" / f"d{i}.png").write_bytes(_png((64, 64), i, gray=True))
+        (root / "intact" / f"i{i}.png").write_bytes(_png((80 + 4 * i, 60 + 3 * i), 100 + i))
+    result = ingest.run(DataConfig(source=str(root)), CFG, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert result.shortcut_warning
+    assert set(report["shortcut"]["features"]) == {"size", "aspect_ratio", "grayscale"}
+    assert "WARNING: shortcut" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_conflicting_duplicates_dropped_everywhere(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            (root / label / f"{label}{i}.png").write_bytes(_png((40, 40), hash(label) % 1000 + i))
+    same = _png((40, 40), 999)
+    (root / "a" / "same.png").write_bytes(same)
+    (root / "b" / "same.png").write_bytes(same)
+    result = ingest.run(DataConfig(source=str(root)), CFG, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["dropped_by_reason"] == {"conflicting_labels": 2}
+    assert result.images == 6
+    assert len(list((tmp_path / "out" / "images").rglob("*.png"))) == 6
+
+
+def test_csv_manifest_split_and_group_carried(tmp_path: Path, demo_dir: Path) -> None:
+    path = tmp_path / "labels.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split", "group"])
+        for label in ("clean", "dirty"):
+            for i, file in enumerate(sorted((demo_dir / label).glob(f"{label}_*.jpg"))[:6]):
+                w.writerow([file, label, "train" if i < 4 else "test", f"car{i // 2}"])
+    result = ingest.run(DataConfig(source=str(path)), CFG, tmp_path / "out")
+    rows = read_manifest(result.manifest)
+    assert [(r.split, r.group) for r in rows[:6]] == [
+        ("train", "car0"), ("train", "car0"), ("train", "car1"), ("train", "car1"), ("test", "car2"), ("test", "car2")
+    ]  # fmt: skip
+
+
+def test_failure_keeps_previous_output(tmp_path: Path, demo_dir: Path) -> None:
+    out = tmp_path / "ingest"
+    first = ingest.run(DataConfig(source=str(demo_dir)), CFG, out)
+    before = first.manifest.read_bytes()
+    one_class = tmp_path / "one"
+    (one_class / "clean").mkdir(parents=True)
+    (one_class / "clean" / "a.png").write_bytes(_png((40, 40), 1))
+    with pytest.raises(IngestError, match=r"1 class\(es\) \['clean'\]; at least two classes"):
+        ingest.run(DataConfig(source=str(one_class)), CFG, out)
+    assert first.manifest.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ingest", "one"]  # no temp dirs left
+
+
+def test_unreadable_file_is_reported_not_fatal(tmp_path: Path, demo_copy: Path) -> None:
+    bad = demo_copy / "clean" / "clean_0000.jpg"
+    bad.unlink()
+    bad.mkdir()  # a directory where a file was listed: rglob skips it
+    (demo_copy / "dirty" / "secret.jpg").write_bytes(b"x")
+    (demo_copy / "dirty" / "secret.jpg").chmod(0)
+    result = ingest.run(DataConfig(source=str(demo_copy)), CFG, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    reasons = {Path(d["source"]).name: d["reason"] for d in report["dropped_files"]}
+    assert reasons["secret.jpg"] in {"unreadable", "not_an_image"}  # root can read mode-0 files
+    assert result.images > 0

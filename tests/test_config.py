@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from carinspect.config import ConfigError, Params, load_params, parse_params
+from tests.conftest import REPO_ROOT
+
+
+def test_repo_params_load() -> None:
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.split.train + params.split.val + params.split.test == pytest.approx(1.0)
+
+
+def test_params_are_frozen() -> None:
+    params = load_params(REPO_ROOT / "params.yaml")
+    with pytest.raises(ValueError):
+        params.ingest.short_side = 1  # type: ignore[misc]
+
+
+def _write(tmp_path: Path, raw: object) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"ingest": {"short_sid": 64}}, "ingest.short_sid: unknown key"),
+        ({"trainn": {}}, "trainn: unknown key"),
+        ({"ingest": {"short_side": "64"}}, "ingest.short_side: Input should be a valid integer"),
+        ({"ingest": {"workers": 0}}, "ingest.workers"),
+        ({"split": {"train": 0.5, "val": 0.1, "test": 0.1}}, "must sum to 1"),
+        ({"data": {"demo": {"per_class": 2.5}}}, "data.demo.per_class"),
+        ({"data": {"source": ""}}, "data.source must not be empty"),
+    ],
+)
+def test_bad_params_name_file_and_key(tmp_path: Path, raw: object, expected: str) -> None:
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="mapping"):
+        parse_params(["a", "list"], "x.yaml")
+
+
+def test_partial_params_fill_defaults() -> None:
+    params = parse_params({"split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}})
+    assert params.split.seed == 1
+    assert params.ingest.short_side == 128
