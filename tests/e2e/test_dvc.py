@@ -94,3 +94,28 @@ def test_push_pull_round_trip_through_s3(project: Path, s3_endpoint: str) -> Non
     sh(project, DVC, "pull")
     assert digest(project / "data") == before
     assert "up to date" in sh(project, DVC, "status")
+
+
+def test_s3_prefix_as_external_dependency(project: Path, s3_endpoint: str, demo_dir: Path) -> None:
+    """data.source: s3://... is one param change; DVC re-runs ingest when the objects change."""
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="fleet-photos")
+    files = [p for p in sorted(demo_dir.rglob("*.jpg")) if not p.name.startswith("broken")][:30]
+    for p in files:
+        s3.put_object(
+            Bucket="fleet-photos", Key=f"v1/{p.relative_to(demo_dir)}", Body=p.read_bytes()
+        )
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["source"] = "s3://fleet-photos/v1"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+    first = sh(project, DVC, "repro", "split")
+    assert "Running stage 'ingest'" in first and "Running stage 'demo'" not in first
+    assert "path: s3://fleet-photos/v1" in (project / "dvc.lock").read_text()
+    assert "Running stage" not in sh(project, DVC, "repro", "split")
+
+    s3.put_object(
+        Bucket="fleet-photos", Key="v1/clean/late.jpg", Body=files[-1].read_bytes() + b"\0"
+    )
+    third = sh(project, DVC, "repro", "split")
+    assert "Running stage 'ingest'" in third

@@ -104,15 +104,16 @@ def _draw_scene(rng: np.random.Generator, dirty: bool, size: tuple[int, int]) ->
             d.ellipse([sx - sr, sy - sr * 0.7, sx + sr, sy + sr * 0.7], fill=(*colour, a))
 
     if dirty:
-        level = rng.uniform(0.1, 1.0)  # from barely visible to caked
+        level = rng.uniform(0.2, 1.0)  # from light dust to caked
         mud = _jitter(rng, _MUD_COLOURS[int(rng.integers(len(_MUD_COLOURS)))], 15)
-        d.rectangle([x0, y0 + ch * 0.5, x0 + cw, y1], fill=(*mud, int(70 * level)))  # dust film
-        splotches(int(4 + 50 * level), mud, (int(60 + 80 * level), int(100 + 140 * level)), 0.14)
+        film = (*mud, int(50 + 90 * level))
+        d.rounded_rectangle([x0, y0 + ch * 0.4, x0 + cw, y1], radius=max(2, ch // 3), fill=film)
+        splotches(int(10 + 60 * level), mud, (int(90 + 60 * level), int(150 + 100 * level)), 0.2)
     else:
         hx = x0 + cw * rng.uniform(0.2, 0.6)  # a reflection along the body
         d.ellipse([hx, y0 + ch * 0.15, hx + cw * 0.3, y0 + ch * 0.35], fill=(255, 255, 255, 70))
-        if rng.random() < 0.35:  # shadows, leaves, a parking sticker: not dirt
-            splotches(int(rng.integers(2, 10)), _jitter(rng, (40, 40, 35), 20), (60, 160), 0.12)
+        if rng.random() < 0.25:  # shadows, leaves, a parking sticker: not dirt
+            splotches(int(rng.integers(2, 8)), _jitter(rng, (40, 40, 35), 20), (60, 140), 0.12)
 
     out = img.resize(size, Image.Resampling.BILINEAR)
     arr = np.asarray(out, dtype=np.float32)
