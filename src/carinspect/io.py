@@ -16,12 +16,35 @@ from pathlib import Path
 from typing import Any
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(final: Path) -> None:
+    """Delete temporary siblings of ``final`` left by runs that were killed."""
+    for leftover in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = leftover.name[len(f".{final.name}.tmp-") :].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty temporary directory that replaces ``final`` when the block succeeds."""
+    """Yield an empty temporary directory that replaces ``final`` when the block succeeds.
+
+    The temporary name carries the process id, so a later run can tell the leftovers of a
+    killed run from those of a run still in progress, and removes the former.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    _remove_stale(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
     except BaseException:

@@ -1,6 +1,10 @@
 import csv
 import io
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,7 @@ from carinspect.config import DataConfig, DemoConfig, IngestConfig
 from carinspect.data.manifest import read_manifest
 from carinspect.stages import ingest
 from carinspect.stages.ingest import IngestError
+from tests.conftest import VENV_BIN
 
 CFG = IngestConfig(short_side=48, workers=2)
 
@@ -158,3 +163,27 @@ def test_unreadable_file_is_reported_not_fatal(tmp_path: Path, demo_copy: Path) 
     reasons = {Path(d["source"]).name: d["reason"] for d in report["dropped_files"]}
     assert reasons["secret.jpg"] in {"unreadable", "not_an_image"}  # root can read mode-0 files
     assert result.images > 0
+
+
+def test_killed_run_leaves_no_output_and_is_cleaned_up(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  source: demo\n  demo:\n    per_class: 400\ningest:\n  workers: 1\n")
+    out = tmp_path / "ingest"
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "carinspect"), "ingest", "--params", str(params), "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until it is half-way through writing its cache
+        staged = list(tmp_path.glob(".ingest.tmp-*"))
+        if staged and len(list(staged[0].rglob("*.png"))) > 50:
+            break
+        assert proc.poll() is None, "ingest finished before it could be interrupted"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    assert list(tmp_path.glob(".ingest.tmp-*"))
+    ingest.run(DataConfig(source="demo", demo=DemoConfig(per_class=8)), CFG, out)
+    assert (out / "manifest.csv").is_file()
+    assert not list(tmp_path.glob(".ingest.tmp-*"))
