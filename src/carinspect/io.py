@@ -51,6 +51,9 @@ def staged_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
+    kept = final / ".gitignore"  # written by DVC for the outputs inside; not the stage's to drop
+    if kept.is_file() and not (tmp / ".gitignore").exists():
+        shutil.copy2(kept, tmp / ".gitignore")
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)
