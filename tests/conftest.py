@@ -10,9 +10,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from carinspect.config import DemoConfig
 from carinspect.data.demo import write_demo
@@ -116,3 +119,81 @@ def demo_copy(tmp_path: Path, demo_dir: Path) -> Path:
     dst = tmp_path / "source"
     shutil.copytree(demo_dir, dst)
     return dst
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A tiny ingested and split dataset."""
+
+    ingest: Path
+    splits: Path
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    """Demo data (24 per class) ingested at 40 px and split: what train consumes."""
+    from carinspect.config import DataConfig, IngestConfig, SplitConfig
+    from carinspect.stages import ingest, split
+
+    root = tmp_path_factory.mktemp("prepared")
+    data = DataConfig(source="demo", demo=DemoConfig(per_class=24, broken=False))
+    ingest.run(data, IngestConfig(short_side=40), root / "ingest")
+    result = split.run(
+        SplitConfig(train=0.6, val=0.2, test=0.2), root / "ingest" / "manifest.csv", root / "split"
+    )
+    return Prepared(root / "ingest", result.splits)
+
+
+def tiny_params(tmp_path: Path, **overrides: Any) -> Path:
+    """params.yaml for a seconds-long training run: tiny timm model, 32 px, one epoch."""
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["model"].update({"name": "test_resnet", "img_size": 32})
+    raw["train"].update({"epochs": 1, "batch_size": 8, "workers": 0, "warmup_epochs": 0.0})
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        raw[section][key] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture()
+def sqlite_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An embedded MLflow store in the test's folder (the default store, relocated)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # local artifacts land next to it
+    return uri
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` (one worker, SQLite + local artifacts), stopped by pid."""
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("mlflow server did not answer /health in 90 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_process(proc)

@@ -66,7 +66,14 @@ def test_demo_ingest_split_from_the_command_line(tmp_path: Path) -> None:
     out = run("ingest", "--params", str(params), "--source", "demo", "--out", str(tmp_path / "ing"))
     assert out.returncode == 0, out.stderr
     assert "25 images in 2 classes" in out.stdout and "7 dropped" in out.stdout
-    out = run("split", "--params", str(params), "--manifest", str(tmp_path / "ing" / "manifest.csv"),
-              "--out", str(tmp_path / "split"))  # fmt: skip
+    out = run(
+        "split",
+        "--params",
+        str(params),
+        "--manifest",
+        str(tmp_path / "ing" / "manifest.csv"),
+        "--out",
+        str(tmp_path / "split"),
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "split" / "splits.csv").is_file()

@@ -96,6 +96,50 @@ def split(
     )
 
 
+@app.command()
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    ingest: Annotated[
+        Path, typer.Option(help="Ingest output folder (images/, manifest.csv).")
+    ] = Path("data/ingest"),
+    splits: Annotated[Path, typer.Option(help="splits.csv from the split stage.")] = Path(
+        "data/split/splits.csv"
+    ),
+    out: Annotated[Path, typer.Option(help="Output folder: checkpoints, metrics, history.")] = Path(
+        "models/train"
+    ),
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    nproc: Annotated[
+        int | None, typer.Option(help="Processes (one per GPU); default train.nproc.")
+    ] = None,
+    stop_after: Annotated[
+        int | None, typer.Option(help="Stop this invocation after N epochs (resume later).")
+    ] = None,
+) -> None:
+    """Train a timm classifier (DDP when nproc > 1), tracked in MLflow; resumable."""
+    from carinspect.config import Settings
+    from carinspect.stages import train as stage
+
+    cfg = _params(params)
+    result = stage.run(
+        cfg.model,
+        cfg.train,
+        cfg.mlflow,
+        Settings(),
+        ingest,
+        splits,
+        out,
+        resume=resume,
+        stop_after=stop_after,
+        nproc=nproc,
+    )
+    m = result.metrics
+    typer.echo(
+        f"best epoch {result.best_epoch}/{result.epochs_run}: val accuracy {m['val_accuracy']:.3f}, "
+        f"val macro-F1 {m['val_macro_f1']:.3f}; MLflow run {result.run_id}; checkpoint {result.best}"
+    )
+
+
 @data_app.command("demo")
 def data_demo(
     params: ParamsOpt = Path("params.yaml"),
@@ -116,15 +160,30 @@ def data_demo(
 
 def main() -> None:
     """Console-script entry point: bad input exits 2 with a one-paragraph message."""
+    from carinspect.data.augment import AugmentError
     from carinspect.data.manifest import ManifestError
     from carinspect.data.sources import SourceError
+    from carinspect.modeling.checkpoint import CheckpointError
+    from carinspect.modeling.factory import ModelError
     from carinspect.stages.ingest import IngestError
     from carinspect.stages.split import SplitError
+    from carinspect.stages.train import TrainError
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
         app(standalone_mode=False)
-    except (_UserError, ConfigError, SourceError, ManifestError, IngestError, SplitError) as err:
+    except (
+        _UserError,
+        ConfigError,
+        SourceError,
+        ManifestError,
+        IngestError,
+        SplitError,
+        TrainError,
+        ModelError,
+        CheckpointError,
+        AugmentError,
+    ) as err:
         logger.error("%s", err)
         sys.exit(2)
     except typer.Abort:

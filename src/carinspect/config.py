@@ -7,10 +7,11 @@ A stage never reads params.yaml itself: the CLI and the KFP components call :fun
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 
@@ -95,12 +96,121 @@ class SplitConfig(_Section):
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
+class ModelConfig(_Section):
+    """The network and the input it expects (the preprocessing spec evaluation and serving share)."""
+
+    name: str = Field("resnet10t", description="any timm model name")
+    pretrained: bool = Field(False, description="load pretrained weights (hub, or `weights`)")
+    weights: str | None = Field(None, description="local weights file used when pretrained")
+    img_size: int = Field(96, ge=16, le=1024)
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    resize: Literal["squash", "crop"] = Field(
+        "squash", description="squash: whole image to a square; crop: shorter side, centre crop"
+    )
+    crop_pct: float = Field(0.875, gt=0.0, le=1.0, description="for resize: crop")
+    mean: list[float] = Field([0.485, 0.456, 0.406], min_length=3, max_length=3)
+    std: list[float] = Field([0.229, 0.224, 0.225], min_length=3, max_length=3)
+
+
+class EarlyStoppingConfig(_Section):
+    """Stop when a validation metric has not improved for ``patience`` epochs."""
+
+    monitor: Literal["val_macro_f1", "val_accuracy", "val_loss"] = "val_macro_f1"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+def _default_augment() -> list[dict[str, Any]]:
+    return [
+        {"name": "HorizontalFlip", "p": 0.5},
+        {
+            "name": "Affine",
+            "scale": [0.85, 1.15],
+            "translate_percent": [-0.06, 0.06],
+            "rotate": [-8, 8],
+            "p": 0.7,
+        },
+        {
+            "name": "ColorJitter",
+            "brightness": [0.75, 1.25],
+            "contrast": [0.75, 1.25],
+            "saturation": [0.8, 1.2],
+            "hue": [-0.03, 0.03],
+            "p": 0.7,
+        },
+        {"name": "GaussianBlur", "blur_limit": [3, 5], "p": 0.1},
+        {"name": "GaussNoise", "std_range": [0.01, 0.05], "p": 0.2},
+        {"name": "ImageCompression", "quality_range": [50, 95], "p": 0.3},
+    ]
+
+
+class TrainConfig(_Section):
+    """The training loop, imbalance handling and distributed settings."""
+
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(32, ge=1, description="per process")
+    nproc: int = Field(1, ge=1, le=64, description="processes on this node (one per GPU)")
+    workers: int = Field(2, ge=0, le=64, description="DataLoader workers per process")
+    seed: int = 42
+    deterministic: bool = Field(True, description="deterministic kernels (bit-exact resume on CPU)")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    min_lr: float = Field(1e-5, ge=0.0)
+    accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    clip_grad: float | None = Field(1.0, gt=0.0, description="max gradient norm; null: off")
+    amp: bool = Field(True, description="mixed precision on CUDA (bf16 if supported); off on CPU")
+    channels_last: bool = False
+    compile: bool = False
+    ema: bool = False
+    ema_decay: float = Field(0.998, gt=0.0, lt=1.0)
+    sampler: Literal["none", "weighted", "oversample"] = "none"
+    class_weights: Literal["auto", "none"] | list[float] = "none"
+    loss: Literal["ce", "focal"] = "ce"
+    focal_gamma: float = Field(2.0, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    augment: list[dict[str, Any]] = Field(
+        default_factory=_default_augment,
+        description="albumentations transforms: {name: <class>, <argument>: <value>, ...}",
+    )
+
+    @model_validator(mode="after")
+    def _augment_named(self) -> TrainConfig:
+        for i, spec in enumerate(self.augment):
+            if not isinstance(spec.get("name"), str):
+                raise ValueError(f"train.augment[{i}] needs a 'name' (an albumentations class)")
+        return self
+
+
+class MlflowConfig(_Section):
+    """Where runs are recorded (the tracking URI itself comes from MLFLOW_TRACKING_URI)."""
+
+    experiment: str = "carinspect"
+    run_name: str | None = None
+
+
 class Params(_Section):
     """The whole of params.yaml."""
 
     data: DataConfig = DataConfig()
     ingest: IngestConfig = IngestConfig()
     split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+
+class Settings(BaseSettings):
+    """Infrastructure settings from the environment (never from params.yaml)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    mlflow_tracking_uri: str = Field("sqlite:///mlflow.db", validation_alias="MLFLOW_TRACKING_URI")
+    kfp_run_id: str | None = Field(None, validation_alias="KFP_RUN_ID")
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO_ROOT, VENV_BIN
 
@@ -41,6 +42,8 @@ def project(tmp_path: Path) -> Path:
     shutil.copy(REPO_ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["data"]["demo"]["per_class"] = 16
+    params["model"].update({"name": "test_resnet", "img_size": 32})
+    params["train"].update({"epochs": 1, "batch_size": 4, "workers": 0})
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     sh(repo, "git", "init", "-q")
     sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
@@ -50,9 +53,12 @@ def project(tmp_path: Path) -> Path:
 
 def test_repro_runs_then_does_nothing(project: Path) -> None:
     first = sh(project, DVC, "repro")
-    for stage in ("demo", "ingest", "split"):
+    for stage in ("demo", "ingest", "split", "train"):
         assert f"Running stage '{stage}'" in first
     assert (project / "data" / "split" / "splits.csv").is_file()
+    assert (project / "models" / "train" / "best.pt").is_file()
+    run_id = json.loads((project / "models" / "train" / "run.json").read_text())["run_id"]
+    assert MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"
     assert (project / "dvc.lock").is_file()
     second = sh(project, DVC, "repro")
     assert "Running stage" not in second
@@ -68,6 +74,7 @@ def test_repro_runs_then_does_nothing(project: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     third = sh(project, DVC, "repro")
     assert "Running stage 'split'" in third and "Running stage 'ingest'" not in third
+    assert "Running stage 'train'" in third  # new splits, new model
 
 
 def test_push_pull_round_trip_through_s3(project: Path, s3_endpoint: str) -> None:

@@ -135,8 +135,13 @@ def test_csv_manifest_split_and_group_carried(tmp_path: Path, demo_dir: Path) ->
     result = ingest.run(DataConfig(source=str(path)), CFG, tmp_path / "out")
     rows = read_manifest(result.manifest)
     assert [(r.split, r.group) for r in rows[:6]] == [
-        ("train", "car0"), ("train", "car0"), ("train", "car1"), ("train", "car1"), ("test", "car2"), ("test", "car2")
-    ]  # fmt: skip
+        ("train", "car0"),
+        ("train", "car0"),
+        ("train", "car1"),
+        ("train", "car1"),
+        ("test", "car2"),
+        ("test", "car2"),
+    ]
 
 
 def test_failure_keeps_previous_output(tmp_path: Path, demo_dir: Path) -> None:
@@ -171,8 +176,9 @@ def test_killed_run_leaves_no_output_and_is_cleaned_up(tmp_path: Path) -> None:
     out = tmp_path / "ingest"
     proc = subprocess.Popen(
         [str(VENV_BIN / "carinspect"), "ingest", "--params", str(params), "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until it is half-way through writing its cache
         staged = list(tmp_path.glob(".ingest.tmp-*"))

@@ -14,10 +14,19 @@ from carinspect.stages.split import SplitError
 def row(i: int, label: str, near: str = "", group: str = "", split_name: str = "") -> ManifestRow:
     sha = hashlib.sha256(str(i).encode()).hexdigest()
     return ManifestRow(
-        sha256=sha, path=f"images/{sha[:2]}/{sha}.png", source=f"src/{label}/{i}.jpg", label=label,
-        width=100, height=80, format="JPEG", mode="RGB", grayscale=0,
-        near_dup_group=near or sha[:16], split=split_name, group=group,
-    )  # fmt: skip
+        sha256=sha,
+        path=f"images/{sha[:2]}/{sha}.png",
+        source=f"src/{label}/{i}.jpg",
+        label=label,
+        width=100,
+        height=80,
+        format="JPEG",
+        mode="RGB",
+        grayscale=0,
+        near_dup_group=near or sha[:16],
+        split=split_name,
+        group=group,
+    )
 
 
 def write(tmp_path: Path, rows: list[ManifestRow]) -> Path:

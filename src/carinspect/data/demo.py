@@ -29,9 +29,17 @@ from carinspect.io import staged_dir
 CLASSES: tuple[str, ...] = ("clean", "dirty")
 
 _BODY_COLOURS = [
-    (235, 235, 232), (25, 25, 28), (170, 172, 176), (180, 30, 35), (30, 60, 150),
-    (95, 98, 104), (205, 190, 160), (30, 80, 50), (230, 190, 40), (120, 80, 50),
-]  # fmt: skip
+    (235, 235, 232),
+    (25, 25, 28),
+    (170, 172, 176),
+    (180, 30, 35),
+    (30, 60, 150),
+    (95, 98, 104),
+    (205, 190, 160),
+    (30, 80, 50),
+    (230, 190, 40),
+    (120, 80, 50),
+]
 _MUD_COLOURS = [(92, 70, 45), (120, 98, 70), (70, 60, 50), (140, 125, 100)]
 
 
@@ -83,10 +91,24 @@ def _draw_scene(rng: np.random.Generator, dirty: bool, size: tuple[int, int]) ->
     glass = _jitter(rng, (60, 75, 95), 15)
     inset = cab_h * 0.15
     mid = (cab_l + cab_r) / 2
-    d.polygon([(cab_l + inset, y0 - 2), (cab_l + cw * 0.1 + inset, y0 - cab_h + inset),
-               (mid - 2, y0 - cab_h + inset), (mid - 2, y0 - 2)], fill=glass)  # fmt: skip
-    d.polygon([(mid + 2, y0 - 2), (mid + 2, y0 - cab_h + inset),
-               (cab_r - cw * 0.08 - inset, y0 - cab_h + inset), (cab_r - inset, y0 - 2)], fill=glass)  # fmt: skip
+    d.polygon(
+        [
+            (cab_l + inset, y0 - 2),
+            (cab_l + cw * 0.1 + inset, y0 - cab_h + inset),
+            (mid - 2, y0 - cab_h + inset),
+            (mid - 2, y0 - 2),
+        ],
+        fill=glass,
+    )
+    d.polygon(
+        [
+            (mid + 2, y0 - 2),
+            (mid + 2, y0 - cab_h + inset),
+            (cab_r - cw * 0.08 - inset, y0 - cab_h + inset),
+            (cab_r - inset, y0 - 2),
+        ],
+        fill=glass,
+    )
     r = ch * rng.uniform(0.38, 0.48)
     for cx in (x0 + cw * 0.2, x0 + cw * 0.8):
         d.ellipse([cx - r, y1 - r, cx + r, y1 + r], fill=(20, 20, 20))

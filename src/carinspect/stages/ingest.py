@@ -123,14 +123,26 @@ def _deduplicate(accepted: list[_Accepted], root: Path) -> tuple[list[_Accepted]
         copies = by_sha[a.row.sha256]
         labels = sorted({c.row.label for c in copies})
         if len(labels) > 1:
-            dropped.append(Rejected(a.row.source, a.row.label, "conflicting_labels",
-                                    f"identical bytes are labelled {labels}"))  # fmt: skip
+            dropped.append(
+                Rejected(
+                    a.row.source,
+                    a.row.label,
+                    "conflicting_labels",
+                    f"identical bytes are labelled {labels}",
+                )
+            )
             (root / a.row.path).unlink(missing_ok=True)
         elif copies[0] is a:
             kept.append(a)
         else:
-            dropped.append(Rejected(a.row.source, a.row.label, "exact_duplicate",
-                                    f"same bytes as {copies[0].row.source}"))  # fmt: skip
+            dropped.append(
+                Rejected(
+                    a.row.source,
+                    a.row.label,
+                    "exact_duplicate",
+                    f"same bytes as {copies[0].row.source}",
+                )
+            )
     return kept, dropped
 
 

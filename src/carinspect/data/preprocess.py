@@ -1,0 +1,84 @@
+"""The one evaluation/serving preprocessing function, and the spec model.json stores for it.
+
+Evaluation, the ONNX parity check and serving call :func:`preprocess` with the same
+:class:`PreprocessSpec`; training augmentations run first and then end in this same function,
+so a model never sees pixels prepared differently from how it was trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from carinspect.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an RGB image becomes the network's input tensor."""
+
+    img_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: Literal["squash", "crop"] = "squash"
+    crop_pct: float = 0.875
+
+    @classmethod
+    def from_model(cls, cfg: ModelConfig) -> PreprocessSpec:
+        """Build the spec from the ``model`` section of params."""
+        return cls(
+            img_size=cfg.img_size,
+            mean=(cfg.mean[0], cfg.mean[1], cfg.mean[2]),
+            std=(cfg.std[0], cfg.std[1], cfg.std[2]),
+            resize=cfg.resize,
+            crop_pct=cfg.crop_pct,
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        """Inverse of :meth:`to_dict` (model.json, checkpoints)."""
+        return cls(
+            img_size=int(d["img_size"]),
+            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+            resize=d.get("resize", "squash"),
+            crop_pct=float(d.get("crop_pct", 0.875)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+def _resize(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    size = spec.img_size
+    if spec.resize == "squash":
+        if img.size == (size, size):
+            return img
+        return img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    scaled = round(size / spec.crop_pct)
+    w, h = img.size
+    ratio = scaled / min(w, h)
+    img = img.resize(
+        (max(scaled, round(w * ratio)), max(scaled, round(h * ratio))), Image.Resampling.BILINEAR
+    )
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def preprocess(img: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """RGB image (PIL or HxWx3 uint8) -> float32 array of shape (3, img_size, img_size)."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    pixels = np.asarray(_resize(img, spec), dtype=np.float32) * np.float32(1.0 / 255.0)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    out: np.ndarray = np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+    return out

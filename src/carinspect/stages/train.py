@@ -1,0 +1,399 @@
+"""train: a timm classifier on the ingest cache, DDP-ready, resumable, tracked in MLflow.
+
+Output folder ``out``: ``last.pt`` and ``best.pt`` (model, optimizer, scheduler, scaler, EMA,
+sampler and early-stopping state, RNG states, resolved config, class names, preprocessing spec,
+MLflow run id), ``metrics.json`` (the best epoch, for ``dvc metrics``), ``history.csv`` (one row
+per epoch, for ``dvc plots``) and ``run.json`` (the MLflow run later stages append to).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from carinspect.config import MlflowConfig, ModelConfig, Settings, TrainConfig
+from carinspect.data.augment import build_augment
+from carinspect.data.dataset import ImageDataset, class_names, load_split, loader_for
+from carinspect.data.preprocess import PreprocessSpec
+from carinspect.data.samplers import ShardedEpochSampler, shard
+from carinspect.io import write_json_atomic, write_text_atomic
+from carinspect.modeling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from carinspect.modeling.factory import build_model, check_model_name
+from carinspect.modeling.losses import build_loss
+from carinspect.tracking import runs
+from carinspect.tracking.lineage import lineage_tags
+from carinspect.training import distributed as dist_utils
+from carinspect.training.loop import (
+    EarlyStopping,
+    Precision,
+    StepContext,
+    cosine_with_warmup,
+    evaluate,
+    train_one_epoch,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class TrainError(ValueError):
+    """Training cannot start with these inputs."""
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    """Everything a training process needs; picklable, so it can cross to spawned DDP workers."""
+
+    model: ModelConfig
+    train: TrainConfig
+    mlflow: MlflowConfig
+    settings: Settings
+    ingest_dir: Path
+    splits: Path
+    out: Path
+    resume: bool = False
+    stop_after: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What the stage produced."""
+
+    out: Path
+    best: Path
+    last: Path
+    run_id: str
+    best_epoch: int
+    epochs_run: int
+    metrics: dict[str, float]
+
+
+def run(
+    model: ModelConfig,
+    train: TrainConfig,
+    mlflow: MlflowConfig,
+    settings: Settings,
+    ingest_dir: Path,
+    splits: Path,
+    out: Path,
+    resume: bool = False,
+    stop_after: int | None = None,
+    nproc: int | None = None,
+) -> TrainResult:
+    """Train, in ``nproc`` processes (default ``train.nproc``) when not already under torchrun.
+
+    ``stop_after`` ends this invocation after that many epochs (a time-boxed or preemptible job);
+    ``resume`` continues from ``out/last.pt``.
+    """
+    inputs = TrainInputs(
+        model,
+        train,
+        mlflow,
+        settings,
+        Path(ingest_dir),
+        Path(splits),
+        Path(out),
+        resume,
+        stop_after,
+    )
+    nproc = nproc or train.nproc
+    _check_inputs(inputs, nproc)
+    if nproc > 1 and not dist_utils.env_info().distributed:
+        logger.info("launching %d training processes", nproc)
+        result: TrainResult = dist_utils.launch(nproc, _train_process, inputs)
+        return result
+    return _train_process(inputs)
+
+
+def _check_inputs(inputs: TrainInputs, world: int) -> None:
+    """Fail before any process starts, with a message naming the input."""
+    if not inputs.splits.is_file():
+        raise TrainError(f"split file {inputs.splits} not found (run the split stage first)")
+    if not (inputs.ingest_dir / "manifest.csv").is_file():
+        raise TrainError(
+            f"{inputs.ingest_dir / 'manifest.csv'} not found (run the ingest stage first)"
+        )
+    check_model_name(inputs.model.name)
+    build_augment(inputs.train.augment)
+    classes = class_names(inputs.splits)
+    train = load_split(inputs.splits, inputs.ingest_dir, "train", classes)
+    val = load_split(inputs.splits, inputs.ingest_dir, "val", classes)
+    if len(train) < inputs.train.batch_size * world:
+        raise TrainError(
+            f"train.batch_size {inputs.train.batch_size} x {world} process(es) is larger than the "
+            f"{len(train)} training images: lower train.batch_size"
+        )
+    if not val:
+        raise TrainError(f"{inputs.splits}: the val split is empty; early stopping needs it")
+    if inputs.resume and not (inputs.out / "last.pt").is_file():
+        raise TrainError(f"--resume: {inputs.out / 'last.pt'} not found")
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _train_process(inputs: TrainInputs) -> TrainResult:
+    info = dist_utils.env_info()
+    device = dist_utils.init(info)
+    try:
+        return _train(inputs, info, device)
+    finally:
+        dist_utils.shutdown()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return getattr(inner, "_orig_mod", inner)
+
+
+def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device) -> TrainResult:
+    cfg, mcfg = inputs.train, inputs.model
+    _seed_everything(cfg.seed, cfg.deterministic)
+    classes = class_names(inputs.splits)
+    spec = PreprocessSpec.from_model(mcfg)
+    train_ds = ImageDataset(
+        load_split(inputs.splits, inputs.ingest_dir, "train", classes),
+        spec,
+        build_augment(cfg.augment),
+        seed=cfg.seed,
+    )
+    val_ds = ImageDataset(load_split(inputs.splits, inputs.ingest_dir, "val", classes), spec)
+    sampler = ShardedEpochSampler(
+        train_ds.labels(), cfg.sampler, info.rank, info.world_size, cfg.seed
+    )
+    train_loader = loader_for(train_ds, cfg.batch_size, sampler, cfg.workers, drop_last=True)
+    val_loader = loader_for(
+        val_ds,
+        cfg.batch_size,
+        shard(len(val_ds), info.rank, info.world_size),
+        cfg.workers,
+        drop_last=False,
+    )
+
+    model: nn.Module = build_model(mcfg, len(classes)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.ema:
+        from timm.utils.model_ema import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema_decay, device=device)
+    if info.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+
+    from timm.optim._optim_factory import create_optimizer_v2
+
+    optimizer = create_optimizer_v2(
+        _unwrap(model),
+        opt=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+    )
+    steps_per_epoch = -(-len(train_loader) // cfg.accumulate)
+    scheduler = cosine_with_warmup(
+        optimizer,
+        cfg.epochs * steps_per_epoch,
+        round(cfg.warmup_epochs * steps_per_epoch),
+        cfg.min_lr / cfg.lr,
+    )
+    precision = Precision.choose(cfg.amp, device)
+    loss_fn = build_loss(cfg, train_ds.labels(), len(classes)).to(device)
+    stopper = EarlyStopping(cfg.early_stopping)
+    ctx = StepContext(
+        optimizer, scheduler, loss_fn, precision, device, cfg, info, ema, cfg.channels_last
+    )
+
+    start_epoch, history, run_id = 0, [], None
+    if inputs.resume:
+        state = load_checkpoint(inputs.out / "last.pt")
+        if state["classes"] != classes:
+            raise CheckpointError(
+                f"{inputs.out / 'last.pt'}: classes {state['classes']} != {classes}"
+            )
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if precision.scaler is not None and state.get("scaler"):
+            precision.scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        stopper.load_state_dict(state["early_stopping"])
+        sampler.load_state_dict(state["sampler"])
+        _set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
+        start_epoch, history, run_id = state["epoch"] + 1, state["history"], state["mlflow_run_id"]
+        logger.info("resuming from epoch %d of %d", start_epoch + 1, cfg.epochs)
+
+    config = {
+        "model": mcfg.model_dump(),
+        "train": cfg.model_dump(),
+        "mlflow": inputs.mlflow.model_dump(),
+    }
+    if info.primary:
+        run_id = _open_run(inputs, config, classes, precision, info, run_id)
+    run_id = dist_utils.broadcast_object(run_id)
+
+    eval_model = ema.module if ema is not None else model
+    epoch = start_epoch - 1
+    for calls, epoch in enumerate(range(start_epoch, cfg.epochs), start=1):
+        if stopper.should_stop:
+            break
+        sampler.set_epoch(epoch)
+        train_ds.epoch = epoch
+        stats = train_one_epoch(model, train_loader, ctx, epoch)
+        stats.update(evaluate(eval_model, val_loader, ctx, len(classes)))
+        stats["lr"] = optimizer.param_groups[0]["lr"]
+        improved = stopper.update(stats[cfg.early_stopping.monitor], epoch)
+        history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in stats.items()}})
+        rng_states = dist_utils.gather_lists([_rng_state()])
+        if info.primary:
+            runs.log_metrics(stats, step=epoch + 1)
+            state = {
+                "model": _unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
+                "ema": ema.state_dict() if ema is not None else None,
+                "early_stopping": stopper.state_dict(),
+                "sampler": sampler.state_dict(),
+                "rng": rng_states,
+                "epoch": epoch,
+                "history": history,
+                "classes": classes,
+                "preprocess": spec.to_dict(),
+                "config": config,
+                "mlflow_run_id": run_id,
+                "world_size": info.world_size,
+            }
+            save_checkpoint(state, inputs.out / "last.pt")
+            if improved:
+                best_state = {**state, "model": _unwrap(eval_model).state_dict()}
+                save_checkpoint(best_state, inputs.out / "best.pt")
+            logger.info(
+                "epoch %d/%d: loss %.4f, val acc %.3f, val macro-F1 %.3f, %.0f img/s%s",
+                epoch + 1,
+                cfg.epochs,
+                stats["train_loss"],
+                stats["val_accuracy"],
+                stats["val_macro_f1"],
+                stats["images_per_s"],
+                " (best)" if improved else "",
+            )
+        dist_utils.barrier()
+        if inputs.stop_after is not None and calls >= inputs.stop_after:
+            break
+
+    finished = epoch + 1 >= cfg.epochs or stopper.should_stop
+    best = next(h for h in history if h["epoch"] == stopper.best_epoch + 1)
+    result = TrainResult(
+        out=inputs.out,
+        best=inputs.out / "best.pt",
+        last=inputs.out / "last.pt",
+        run_id=str(run_id),
+        best_epoch=stopper.best_epoch + 1,
+        epochs_run=len(history),
+        metrics=best,
+    )
+    if info.primary:
+        _write_outputs(inputs, result, history, finished)
+    return result
+
+
+def _open_run(
+    inputs: TrainInputs,
+    config: dict[str, Any],
+    classes: list[str],
+    precision: Precision,
+    info: dist_utils.DistInfo,
+    run_id: str | None,
+) -> str:
+    new = run_id is None
+    run_id = runs.start_run(inputs.settings, inputs.mlflow, run_id)
+    if new:
+        runs.log_params(config)
+        tags = lineage_tags(inputs.ingest_dir, inputs.settings)
+        tags.update(
+            {
+                "classes": ",".join(classes),
+                "world_size": str(info.world_size),
+                "precision": precision.name,
+                "stage": "train",
+            }
+        )
+        runs.set_tags(tags)
+        split_dir = inputs.splits.parent
+        runs.log_files(
+            [inputs.ingest_dir / "report.json", inputs.ingest_dir / "report.md"], "data/ingest"
+        )
+        runs.log_files([split_dir / "report.json", split_dir / "report.md"], "data/split")
+        import mlflow
+
+        mlflow.log_dict(config, "config/resolved.json")
+    return run_id
+
+
+def _write_outputs(
+    inputs: TrainInputs, result: TrainResult, history: list[dict[str, float]], finished: bool
+) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(inputs.out / "history.csv", buf.getvalue())
+    metrics = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        **{k: v for k, v in result.metrics.items() if k != "epoch"},
+    }
+    write_json_atomic(inputs.out / "metrics.json", metrics)
+    import mlflow
+
+    write_json_atomic(
+        inputs.out / "run.json",
+        {
+            "run_id": result.run_id,
+            "tracking_uri": inputs.settings.mlflow_tracking_uri,
+            "experiment": inputs.mlflow.experiment,
+            "best_checkpoint": str(result.best),
+        },
+    )
+    mlflow.log_artifact(str(inputs.out / "history.csv"), artifact_path="train")
+    runs.set_tags({"best_epoch": str(result.best_epoch)})
+    runs.end_run("FINISHED" if finished else "KILLED")

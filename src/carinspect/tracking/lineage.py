@@ -1,0 +1,47 @@
+"""Lineage facts every model version carries: data digest and source, git commit, KFP run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+from carinspect.config import Settings
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def git_state() -> dict[str, str]:
+    """Commit of the working directory's repository and whether tracked files differ from it."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
+
+
+def data_lineage(ingest_dir: Path) -> dict[str, str]:
+    """Digest of manifest.csv (what the model was trained on) and the source it came from."""
+    manifest = Path(ingest_dir) / "manifest.csv"
+    tags = {"data.digest": "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()}
+    report = Path(ingest_dir) / "report.json"
+    if report.is_file():
+        source = json.loads(report.read_text()).get("source", {})
+        tags["data.source"] = str(source.get("uri", "unknown"))
+        tags["data.source_kind"] = str(source.get("kind", "unknown"))
+    return tags
+
+
+def lineage_tags(ingest_dir: Path, settings: Settings) -> dict[str, str]:
+    """All lineage tags for a run or model version."""
+    tags = {**data_lineage(ingest_dir), **git_state()}
+    if settings.kfp_run_id:
+        tags["kfp.run_id"] = settings.kfp_run_id
+    return tags

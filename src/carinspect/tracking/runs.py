@@ -1,0 +1,85 @@
+"""The MLflow run a pipeline run appends to: opened by train, reopened by later stages.
+
+Only the primary process calls into this module (mlflow/mlflow#11782 shows what happens when every
+DDP rank opens a run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from carinspect.config import MlflowConfig, Settings
+
+logger = logging.getLogger(__name__)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": "0.1"}``; lists become JSON."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{key}."))
+        elif isinstance(v, list | tuple):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = str(v)
+    return out
+
+
+def start_run(settings: Settings, cfg: MlflowConfig, run_id: str | None = None) -> str:
+    """Open a new run in ``cfg.experiment`` (or reopen ``run_id``) and return its id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    if run_id is None:
+        mlflow.set_experiment(cfg.experiment)
+        run = mlflow.start_run(run_name=cfg.run_name)
+    else:
+        run = mlflow.start_run(run_id=run_id)
+    logger.info("MLflow run %s at %s", run.info.run_id, settings.mlflow_tracking_uri)
+    return str(run.info.run_id)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log nested params flattened (long values are cut to MLflow's limit)."""
+    import mlflow
+
+    flat = {k: v[:6000] for k, v in flatten(params).items()}
+    items = list(flat.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i : i + 100]))
+
+
+def log_metrics(metrics: Mapping[str, float], step: int) -> None:
+    """Log one step of metrics."""
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Set run tags."""
+    import mlflow
+
+    mlflow.set_tags(dict(tags))
+
+
+def log_files(paths: list[Path], artifact_path: str) -> None:
+    """Log the files that exist among ``paths`` under ``artifact_path``."""
+    import mlflow
+
+    for p in paths:
+        if Path(p).is_file():
+            mlflow.log_artifact(str(p), artifact_path=artifact_path)
+
+
+def end_run(status: str = "FINISHED") -> None:
+    """Close the active run."""
+    import mlflow
+
+    mlflow.end_run(status=status)

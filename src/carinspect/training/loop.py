@@ -1,0 +1,251 @@
+"""One training epoch, one evaluation pass, the LR schedule and early stopping."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from carinspect.config import EarlyStoppingConfig, TrainConfig
+from carinspect.training.distributed import DistInfo, all_sum, gather_lists
+
+
+def cosine_with_warmup(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base LR, then cosine decay to ``min_ratio`` of it (per step)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class Precision:
+    """Autocast settings: bf16 where CUDA supports it, fp16 with a scaler otherwise, off on CPU."""
+
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def choose(cls, enabled: bool, device: torch.device) -> Precision:
+        """Pick the precision for ``device``."""
+        if not enabled or device.type != "cuda":
+            return cls(None, None)
+        if torch.cuda.is_bf16_supported():
+            return cls(torch.bfloat16, None)
+        return cls(torch.float16, torch.amp.GradScaler("cuda"))
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        """Context for the forward pass."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+    @property
+    def name(self) -> str:
+        """fp32, bf16 or fp16."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+@dataclass
+class EarlyStopping:
+    """Tracks the best value of the monitored metric and how long since it improved."""
+
+    cfg: EarlyStoppingConfig
+    best: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    @property
+    def maximise(self) -> bool:
+        """Loss is minimised, everything else maximised."""
+        return not self.cfg.monitor.endswith("loss")
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record ``value``; True when it is a new best."""
+        delta = self.cfg.min_delta
+        better = self.best is None or (
+            value > self.best + delta if self.maximise else value < self.best - delta
+        )
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        """Patience exhausted."""
+        return self.bad_epochs >= self.cfg.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        """For the checkpoint."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.best, self.best_epoch, self.bad_epochs = (
+            state["best"],
+            state["best_epoch"],
+            state["bad_epochs"],
+        )
+
+
+@dataclass
+class StepContext:
+    """What one epoch of training needs besides the model and data."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module
+    precision: Precision
+    device: torch.device
+    cfg: TrainConfig
+    info: DistInfo
+    ema: Any = None
+    channels_last: bool = False
+    on_step: list[Callable[[int], None]] = field(default_factory=list)
+
+
+def _to_device(
+    x: torch.Tensor, y: torch.Tensor, ctx: StepContext
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.to(ctx.device, non_blocking=True)
+    if ctx.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(ctx.device, non_blocking=True)
+
+
+def train_one_epoch(
+    model: nn.Module, loader: Any, ctx: StepContext, epoch: int
+) -> dict[str, float]:
+    """Train for one epoch; returns loss, accuracy and images/s summed over every rank."""
+    model.train()
+    accumulate = ctx.cfg.accumulate
+    total_loss, correct, seen = 0.0, 0.0, 0.0
+    start = time.perf_counter()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    n_batches = len(loader)
+    bar = tqdm(
+        total=n_batches,
+        desc=f"epoch {epoch + 1}",
+        unit="batch",
+        leave=False,
+        disable=None if ctx.info.primary else True,
+    )
+    for i, (x, y) in enumerate(loader):
+        x, y = _to_device(x, y, ctx)
+        last_of_group = (i + 1) % accumulate == 0 or i + 1 == n_batches
+        sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if not last_of_group and isinstance(model, nn.parallel.DistributedDataParallel):
+            sync = model.no_sync()
+        with sync:
+            with ctx.precision.autocast(ctx.device):
+                logits = model(x)
+                loss = ctx.loss_fn(logits, y)
+            scaled = loss / accumulate
+            if ctx.precision.scaler is not None:
+                ctx.precision.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        if last_of_group:
+            if ctx.precision.scaler is not None:
+                ctx.precision.scaler.unscale_(ctx.optimizer)
+            if ctx.cfg.clip_grad is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), ctx.cfg.clip_grad)
+            if ctx.precision.scaler is not None:
+                ctx.precision.scaler.step(ctx.optimizer)
+                ctx.precision.scaler.update()
+            else:
+                ctx.optimizer.step()
+            ctx.optimizer.zero_grad(set_to_none=True)
+            ctx.scheduler.step()
+            if ctx.ema is not None:
+                ctx.ema.update(model)
+        n = y.numel()
+        total_loss += float(loss.detach()) * n
+        correct += float((logits.detach().argmax(1) == y).sum())
+        seen += n
+        elapsed = time.perf_counter() - start
+        bar.update()
+        bar.set_postfix(
+            loss=f"{total_loss / seen:.4f}",
+            acc=f"{correct / seen:.3f}",
+            lr=f"{ctx.optimizer.param_groups[0]['lr']:.2e}",
+            img_s=f"{seen * ctx.info.world_size / max(elapsed, 1e-9):.0f}",
+        )
+    bar.close()
+    seconds = time.perf_counter() - start
+    total_loss, correct, seen = all_sum([total_loss, correct, seen], ctx.device)
+    return {
+        "train_loss": total_loss / max(seen, 1),
+        "train_accuracy": correct / max(seen, 1),
+        "images_per_s": seen / max(seconds, 1e-9),
+        "epoch_seconds": seconds,
+    }
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    precision: Precision,
+    channels_last: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and labels of every batch of ``loader`` on this rank."""
+    model.eval()
+    probs, labels = [], []
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with precision.autocast(device):
+            logits = model(x)
+        probs.append(F.softmax(logits.float(), dim=1).cpu().numpy())
+        labels.append(y.numpy())
+    if not probs:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, num_classes: int
+) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 (scikit-learn) of gathered predictions."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+    probs = probs.astype(np.float64)
+    probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax sums miss 1 by ~1e-7
+    pred = probs.argmax(1)
+    all_labels = list(range(num_classes))
+    return {
+        "val_loss": float(log_loss(labels, probs, labels=all_labels)),
+        "val_accuracy": float(accuracy_score(labels, pred)),
+        "val_macro_f1": float(
+            f1_score(labels, pred, labels=all_labels, average="macro", zero_division=0)
+        ),
+    }
+
+
+def evaluate(model: nn.Module, loader: Any, ctx: StepContext, num_classes: int) -> dict[str, float]:
+    """Metrics over the whole validation set: each rank predicts its shard, then all gather."""
+    probs, labels = predict(model, loader, ctx.device, ctx.precision, ctx.channels_last)
+    rows = gather_lists(list(zip(probs.tolist(), labels.tolist(), strict=True)))
+    all_probs = np.array([r[0] for r in rows], dtype=np.float64)
+    all_labels = np.array([r[1] for r in rows], dtype=np.int64)
+    return classification_metrics(all_probs, all_labels, num_classes)
