@@ -152,6 +152,9 @@ class TrainConfig(_Section):
     batch_size: int = Field(32, ge=1, description="per process")
     nproc: int = Field(1, ge=1, le=64, description="processes on this node (one per GPU)")
     workers: int = Field(2, ge=0, le=64, description="DataLoader workers per process")
+    cache_images: bool = Field(
+        True, description="decode the training images once, keep them in RAM"
+    )
     seed: int = 42
     deterministic: bool = Field(True, description="deterministic kernels (bit-exact resume on CPU)")
     optimizer: Literal["adamw", "sgd"] = "adamw"

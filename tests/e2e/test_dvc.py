@@ -58,7 +58,9 @@ def test_repro_runs_then_does_nothing(project: Path) -> None:
     assert (project / "data" / "split" / "splits.csv").is_file()
     assert (project / "models" / "train" / "best.pt").is_file()
     run_id = json.loads((project / "models" / "train" / "run.json").read_text())["run_id"]
-    assert MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"
+    assert (
+        MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"
+    )
     assert (project / "dvc.lock").is_file()
     second = sh(project, DVC, "repro")
     assert "Running stage" not in second

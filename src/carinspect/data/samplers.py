@@ -98,6 +98,24 @@ class ShardedEpochSampler(Sampler[int]):
         return self.per_rank
 
 
+class EpochTagged(Sampler[tuple[int, int]]):
+    """Yield ``(index, epoch)`` so that persistent DataLoader workers know the epoch.
+
+    Workers are forked once and keep a copy of the dataset; an epoch counter set on the dataset
+    in the main process would never reach them, but the sampler's output does.
+    """
+
+    def __init__(self, sampler: ShardedEpochSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.sampler.epoch
+        return ((i, epoch) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def shard(n: int, rank: int, world_size: int) -> list[int]:
     """Unpadded, disjoint evaluation shard: every index exactly once across ranks."""
     return list(range(rank, n, world_size))

@@ -24,7 +24,7 @@ from carinspect.config import MlflowConfig, ModelConfig, Settings, TrainConfig
 from carinspect.data.augment import build_augment
 from carinspect.data.dataset import ImageDataset, class_names, load_split, loader_for
 from carinspect.data.preprocess import PreprocessSpec
-from carinspect.data.samplers import ShardedEpochSampler, shard
+from carinspect.data.samplers import EpochTagged, ShardedEpochSampler, shard
 from carinspect.io import write_json_atomic, write_text_atomic
 from carinspect.modeling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from carinspect.modeling.factory import build_model, check_model_name
@@ -191,10 +191,15 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
         seed=cfg.seed,
     )
     val_ds = ImageDataset(load_split(inputs.splits, inputs.ingest_dir, "val", classes), spec)
+    if cfg.cache_images:
+        held = train_ds.preload() + val_ds.preload()
+        logger.debug("decoded images held in memory: %.1f MiB", held / 2**20)
     sampler = ShardedEpochSampler(
         train_ds.labels(), cfg.sampler, info.rank, info.world_size, cfg.seed
     )
-    train_loader = loader_for(train_ds, cfg.batch_size, sampler, cfg.workers, drop_last=True)
+    train_loader = loader_for(
+        train_ds, cfg.batch_size, EpochTagged(sampler), cfg.workers, drop_last=True
+    )
     val_loader = loader_for(
         val_ds,
         cfg.batch_size,
@@ -276,7 +281,6 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
         if stopper.should_stop:
             break
         sampler.set_epoch(epoch)
-        train_ds.epoch = epoch
         stats = train_one_epoch(model, train_loader, ctx, epoch)
         stats.update(evaluate(eval_model, val_loader, ctx, len(classes)))
         stats["lr"] = optimizer.param_groups[0]["lr"]
