@@ -133,6 +133,10 @@ def train(
         stop_after=stop_after,
         nproc=nproc,
     )
+    from carinspect.training.distributed import env_info
+
+    if not env_info().primary:
+        return  # under torchrun every rank returns the same result; rank 0 reports it
     m = result.metrics
     typer.echo(
         f"best epoch {result.best_epoch}/{result.epochs_run}: val accuracy {m['val_accuracy']:.3f}, "

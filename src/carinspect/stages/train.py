@@ -105,8 +105,9 @@ def run(
         stop_after,
     )
     nproc = nproc or train.nproc
-    _check_inputs(inputs, nproc)
-    if nproc > 1 and not dist_utils.env_info().distributed:
+    under_torchrun = dist_utils.env_info().distributed
+    _check_inputs(inputs, dist_utils.env_info().world_size if under_torchrun else nproc)
+    if nproc > 1 and not under_torchrun:
         logger.info("launching %d training processes", nproc)
         result: TrainResult = dist_utils.launch(nproc, _train_process, inputs)
         return result
