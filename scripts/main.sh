@@ -6,7 +6,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 dvc repro "$@"
 # one table per stage: the combined `dvc metrics show` is too wide to read
-for m in data/ingest/metrics.json data/split/metrics.json models/train/metrics.json; do
+for m in data/ingest/metrics.json data/split/metrics.json models/train/metrics.json \
+  models/evaluate/metrics.json; do
   [ -f "$m" ] && dvc metrics show "$m"
 done
 exit 0

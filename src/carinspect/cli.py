@@ -144,6 +144,38 @@ def train(
     )
 
 
+@app.command()
+def evaluate(
+    params: ParamsOpt = Path("params.yaml"),
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint from train.")] = Path(
+        "models/train/best.pt"
+    ),
+    ingest: Annotated[Path, typer.Option(help="Ingest output folder.")] = Path("data/ingest"),
+    splits: Annotated[Path, typer.Option(help="splits.csv from split.")] = Path(
+        "data/split/splits.csv"
+    ),
+    run_json: Annotated[
+        Path | None, typer.Option("--run", help="run.json of the MLflow run to append to.")
+    ] = Path("models/train/run.json"),
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("models/evaluate"),
+) -> None:
+    """Metrics, plots, calibration and predictions on val and test; logged to the training run."""
+    import json
+
+    from carinspect.config import Settings
+    from carinspect.stages import evaluate as stage
+
+    run_id = json.loads(run_json.read_text())["run_id"] if run_json and run_json.is_file() else None
+    result = stage.run(
+        _params(params).evaluate, Settings(), checkpoint, ingest, splits, out, run_id
+    )
+    t = result.metrics["test"]
+    typer.echo(
+        f"test: accuracy {t['accuracy']:.3f}, macro-F1 {t['macro_f1']:.3f}, ECE {t['ece']:.3f} "
+        f"(temperature {result.temperature:.3f}); written to {result.out}"
+    )
+
+
 @data_app.command("demo")
 def data_demo(
     params: ParamsOpt = Path("params.yaml"),

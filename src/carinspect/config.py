@@ -189,6 +189,15 @@ class TrainConfig(_Section):
         return self
 
 
+class EvaluateConfig(_Section):
+    """Evaluation on val and test, and temperature calibration."""
+
+    batch_size: int = Field(64, ge=1)
+    workers: int = Field(2, ge=0, le=64)
+    calibrate: bool = Field(True, description="fit a temperature on val; probabilities use it")
+    ece_bins: int = Field(15, ge=2, le=100)
+
+
 class MlflowConfig(_Section):
     """Where runs are recorded (the tracking URI itself comes from MLFLOW_TRACKING_URI)."""
 
@@ -204,6 +213,7 @@ class Params(_Section):
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

@@ -53,10 +53,11 @@ def project(tmp_path: Path) -> Path:
 
 def test_repro_runs_then_does_nothing(project: Path) -> None:
     first = sh(project, DVC, "repro")
-    for stage in ("demo", "ingest", "split", "train"):
+    for stage in ("demo", "ingest", "split", "train", "evaluate"):
         assert f"Running stage '{stage}'" in first
     assert (project / "data" / "split" / "splits.csv").is_file()
     assert (project / "models" / "train" / "best.pt").is_file()
+    assert (project / "models" / "evaluate" / "figures" / "confusion_test.png").is_file()
     run_id = json.loads((project / "models" / "train" / "run.json").read_text())["run_id"]
     assert (
         MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"
@@ -76,7 +77,7 @@ def test_repro_runs_then_does_nothing(project: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     third = sh(project, DVC, "repro")
     assert "Running stage 'split'" in third and "Running stage 'ingest'" not in third
-    assert "Running stage 'train'" in third  # new splits, new model
+    assert "Running stage 'train'" in third and "Running stage 'evaluate'" in third
 
 
 def test_push_pull_round_trip_through_s3(project: Path, s3_endpoint: str) -> None:

@@ -28,6 +28,17 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         raise
 
 
+def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the network a checkpoint was trained with and load its weights (eval mode)."""
+    from carinspect.config import ModelConfig
+    from carinspect.modeling.factory import build_model
+
+    cfg = ModelConfig.model_validate({**state["config"]["model"], "pretrained": False})
+    model = build_model(cfg, len(state["classes"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` onto the CPU."""
     path = Path(path)

@@ -31,12 +31,26 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def start_run(settings: Settings, cfg: MlflowConfig, run_id: str | None = None) -> str:
+def numeric_leaves(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested mapping as flat metric names (None, bools and text dropped)."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(numeric_leaves(v, f"{key}."))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def start_run(settings: Settings, cfg: MlflowConfig | None, run_id: str | None = None) -> str:
     """Open a new run in ``cfg.experiment`` (or reopen ``run_id``) and return its id."""
     import mlflow
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     if run_id is None:
+        if cfg is None:
+            raise ValueError("a new run needs the mlflow section of params")
         mlflow.set_experiment(cfg.experiment)
         run = mlflow.start_run(run_name=cfg.run_name)
     else:
@@ -55,7 +69,7 @@ def log_params(params: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(items[i : i + 100]))
 
 
-def log_metrics(metrics: Mapping[str, float], step: int) -> None:
+def log_metrics(metrics: Mapping[str, float], step: int | None) -> None:
     """Log one step of metrics."""
     import mlflow
 

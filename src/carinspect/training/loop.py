@@ -200,27 +200,27 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict(
+def predict_logits(
     model: nn.Module,
     loader: Any,
     device: torch.device,
     precision: Precision,
     channels_last: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities and labels of every batch of ``loader`` on this rank."""
+    """Logits (float32) and labels of every batch of ``loader`` on this rank."""
     model.eval()
-    probs, labels = [], []
+    logits, labels = [], []
     for x, y in loader:
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with precision.autocast(device):
-            logits = model(x)
-        probs.append(F.softmax(logits.float(), dim=1).cpu().numpy())
+            out = model(x)
+        logits.append(out.float().cpu().numpy())
         labels.append(y.numpy())
-    if not probs:
+    if not logits:
         return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
-    return np.concatenate(probs), np.concatenate(labels)
+    return np.concatenate(logits), np.concatenate(labels)
 
 
 def classification_metrics(
@@ -244,7 +244,8 @@ def classification_metrics(
 
 def evaluate(model: nn.Module, loader: Any, ctx: StepContext, num_classes: int) -> dict[str, float]:
     """Metrics over the whole validation set: each rank predicts its shard, then all gather."""
-    probs, labels = predict(model, loader, ctx.device, ctx.precision, ctx.channels_last)
+    logits, labels = predict_logits(model, loader, ctx.device, ctx.precision, ctx.channels_last)
+    probs = F.softmax(torch.from_numpy(logits).double(), dim=1).numpy() if len(logits) else logits
     rows = gather_lists(list(zip(probs.tolist(), labels.tolist(), strict=True)))
     all_probs = np.array([r[0] for r in rows], dtype=np.float64)
     all_labels = np.array([r[1] for r in rows], dtype=np.int64)
