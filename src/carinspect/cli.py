@@ -176,6 +176,36 @@ def evaluate(
     )
 
 
+@app.command()
+def threshold(
+    params: ParamsOpt = Path("params.yaml"),
+    predictions: Annotated[Path, typer.Option(help="predictions.csv from evaluate.")] = Path(
+        "models/evaluate/predictions.csv"
+    ),
+    run_json: Annotated[
+        Path | None, typer.Option("--run", help="run.json of the MLflow run to append to.")
+    ] = Path("models/train/run.json"),
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("models/threshold"),
+) -> None:
+    """Choose the operating threshold and uncertainty band on val; report val and test."""
+    import json
+
+    from carinspect.config import Settings
+    from carinspect.stages import threshold as stage
+
+    run_id = json.loads(run_json.read_text())["run_id"] if run_json and run_json.is_file() else None
+    spec = stage.run(_params(params).threshold, Settings(), predictions, out, run_id).spec
+    if spec["task"] == "binary":
+        val = spec["splits"]["val"]
+        typer.echo(
+            f"p({spec['positive_class']}) >= {spec['t_high']:.4f}: {spec['positive_class']}; "
+            f"< {spec['t_low']:.4f}: {spec['negative_class']}; in between: uncertain. "
+            f"val precision {val['precision']}, recall {val['recall']}, coverage {val['coverage']}"
+        )
+    else:
+        typer.echo(f"min confidence {spec['min_confidence']}; val {spec['splits']['val']}")
+
+
 @data_app.command("demo")
 def data_demo(
     params: ParamsOpt = Path("params.yaml"),
@@ -203,6 +233,7 @@ def main() -> None:
     from carinspect.modeling.factory import ModelError
     from carinspect.stages.ingest import IngestError
     from carinspect.stages.split import SplitError
+    from carinspect.stages.threshold import ThresholdError
     from carinspect.stages.train import TrainError
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -219,6 +250,7 @@ def main() -> None:
         ModelError,
         CheckpointError,
         AugmentError,
+        ThresholdError,
     ) as err:
         logger.error("%s", err)
         sys.exit(2)

@@ -198,6 +198,39 @@ class EvaluateConfig(_Section):
     ece_bins: int = Field(15, ge=2, le=100)
 
 
+class ThresholdConfig(_Section):
+    """The operating point: a precision target for a binary task, confidence rules otherwise."""
+
+    positive_class: str | None = Field(
+        None, description="binary: the class whose precision is targeted (default: the second)"
+    )
+    target_precision: float = Field(0.95, gt=0.0, le=1.0)
+    allow_fallback: bool = Field(
+        False, description="if the target is out of reach, take the most precise threshold"
+    )
+    band_low: float | None = Field(None, ge=0.0, le=1.0, description="T_LOW; null: from coverage")
+    band_high: float | None = Field(None, ge=0.0, le=1.0, description="T_HIGH; null: the threshold")
+    target_coverage: float = Field(
+        0.9, gt=0.0, le=1.0, description="share of val images that get a decision (binary band)"
+    )
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="multiclass: below is uncertain")
+    per_class: dict[str, float] = Field(
+        default_factory=dict, description="multiclass: minimum probability per predicted class"
+    )
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="resamples for confidence intervals")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _band_order(self) -> ThresholdConfig:
+        if (
+            self.band_low is not None
+            and self.band_high is not None
+            and self.band_low > self.band_high
+        ):
+            raise ValueError("threshold.band_low must not exceed threshold.band_high")
+        return self
+
+
 class MlflowConfig(_Section):
     """Where runs are recorded (the tracking URI itself comes from MLFLOW_TRACKING_URI)."""
 
@@ -214,6 +247,7 @@ class Params(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    threshold: ThresholdConfig = ThresholdConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

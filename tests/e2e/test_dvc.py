@@ -53,11 +53,12 @@ def project(tmp_path: Path) -> Path:
 
 def test_repro_runs_then_does_nothing(project: Path) -> None:
     first = sh(project, DVC, "repro")
-    for stage in ("demo", "ingest", "split", "train", "evaluate"):
+    for stage in ("demo", "ingest", "split", "train", "evaluate", "threshold"):
         assert f"Running stage '{stage}'" in first
     assert (project / "data" / "split" / "splits.csv").is_file()
     assert (project / "models" / "train" / "best.pt").is_file()
     assert (project / "models" / "evaluate" / "figures" / "confusion_test.png").is_file()
+    assert (project / "models" / "threshold" / "threshold.json").is_file()
     run_id = json.loads((project / "models" / "train" / "run.json").read_text())["run_id"]
     assert (
         MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"

@@ -1,0 +1,130 @@
+"""Operating-point search and the decisions it implies (binary band, multiclass confidence)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn import metrics as skm
+
+UNCERTAIN = -1
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """The threshold on the positive score and how it does on the data it was chosen on."""
+
+    threshold: float
+    precision: float
+    recall: float
+    reached: bool
+    best_precision: float
+
+
+def precision_threshold(
+    scores: np.ndarray, positives: np.ndarray, target: float
+) -> ThresholdChoice:
+    """Lowest threshold (highest recall) whose precision reaches ``target``.
+
+    When no threshold reaches it, returns the most precise one with ``reached=False``.
+    """
+    precision, recall, thresholds = skm.precision_recall_curve(positives, scores)
+    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    ok = np.flatnonzero(precision >= target)
+    best = float(precision.max())
+    if len(ok):
+        i = int(ok[0])  # thresholds ascend, recall descends: the first qualifying is the best
+        return ThresholdChoice(
+            float(thresholds[i]), float(precision[i]), float(recall[i]), True, best
+        )
+    i = int(np.flatnonzero(precision == best)[0])
+    return ThresholdChoice(float(thresholds[i]), float(precision[i]), float(recall[i]), False, best)
+
+
+def band_from_coverage(scores: np.ndarray, t_high: float, coverage: float) -> float:
+    """T_LOW such that about ``1 - coverage`` of ``scores`` fall in the uncertain band [T_LOW, T_HIGH)."""
+    below = np.sort(scores[scores < t_high])
+    n_uncertain = min(len(below), math.floor((1.0 - coverage) * len(scores) + 1e-9))
+    if n_uncertain == 0:
+        return t_high
+    return float(below[len(below) - n_uncertain])
+
+
+def decide_binary(scores: np.ndarray, t_low: float, t_high: float) -> np.ndarray:
+    """1 (positive) at or above T_HIGH, 0 below T_LOW, UNCERTAIN in between."""
+    out = np.full(len(scores), UNCERTAIN)
+    out[scores >= t_high] = 1
+    out[scores < t_low] = 0
+    return out
+
+
+def binary_summary(
+    scores: np.ndarray, positives: np.ndarray, t_low: float, t_high: float
+) -> dict[str, float]:
+    """Precision and recall of the positive decision, precision of the negative one, coverage."""
+    d = decide_binary(scores, t_low, t_high)
+    pos, neg = d == 1, d == 0
+    n_pos = positives.sum()
+    return {
+        "precision": float(positives[pos].mean()) if pos.any() else math.nan,
+        "recall": float((positives & pos).sum() / n_pos) if n_pos else math.nan,
+        "negative_precision": float((~positives[neg]).mean()) if neg.any() else math.nan,
+        "coverage": float((d != UNCERTAIN).mean()),
+    }
+
+
+def decide_multiclass(
+    probs: np.ndarray, min_confidence: float, per_class: np.ndarray
+) -> np.ndarray:
+    """Predicted class, or UNCERTAIN when its probability is below the global or its own minimum."""
+    pred = probs.argmax(axis=1)
+    conf = probs.max(axis=1)
+    need = np.maximum(min_confidence, per_class[pred])
+    return np.where(conf >= need, pred, UNCERTAIN)
+
+
+def multiclass_summary(
+    probs: np.ndarray, labels: np.ndarray, min_confidence: float, per_class: np.ndarray
+) -> dict[str, float]:
+    """Coverage and accuracy / macro-F1 of the decided images."""
+    d = decide_multiclass(probs, min_confidence, per_class)
+    decided = d != UNCERTAIN
+    if not decided.any():
+        return {"coverage": 0.0, "accuracy": math.nan, "macro_f1": math.nan}
+    return {
+        "coverage": float(decided.mean()),
+        "accuracy": float((d[decided] == labels[decided]).mean()),
+        "macro_f1": float(
+            skm.f1_score(labels[decided], d[decided], average="macro", zero_division=0)
+        ),
+    }
+
+
+def bootstrap_ci(
+    summary: Callable[[np.ndarray], dict[str, float]],
+    n: int,
+    resamples: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
+    """Percentile intervals of every figure ``summary(indices)`` returns, over ``resamples`` draws."""
+    if resamples == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        for k, v in summary(rng.integers(0, n, n)).items():
+            draws.setdefault(k, []).append(v)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    out = {}
+    for k, values in draws.items():
+        arr = np.array(values, dtype=np.float64)
+        arr = arr[~np.isnan(arr)]
+        out[k] = (
+            [float(np.percentile(arr, lo)), float(np.percentile(arr, hi))]
+            if len(arr)
+            else [math.nan] * 2
+        )
+    return out

@@ -1,0 +1,261 @@
+"""threshold: choose the operating point on val, report it on val and test with bootstrap CIs.
+
+Binary task: the threshold on ``positive_class`` (its calibrated probability) that reaches
+``target_precision`` on val with the highest recall, and an uncertainty band [T_LOW, T_HIGH):
+at or above T_HIGH the decision is the positive class, below T_LOW the other class, in between
+"uncertain". More than two classes: a minimum confidence (and optional per-class minimums) below
+which the label is "uncertain".
+
+Input: evaluate's ``predictions.csv`` (calibrated probabilities). Output folder ``out``:
+``threshold.json`` (what export and serving apply), ``metrics.json``, ``figures/threshold.png``
+and ``plots/precision_recall_threshold.csv`` (for ``dvc plots``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+from carinspect.config import Settings, ThresholdConfig
+from carinspect.evaluation import threshold as th
+from carinspect.io import staged_dir, write_json_atomic, write_text_atomic
+from carinspect.tracking import runs
+
+logger = logging.getLogger(__name__)
+
+
+class ThresholdError(ValueError):
+    """The operating point asked for cannot be reached, or the inputs do not fit."""
+
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    """threshold.json's content and where it is."""
+
+    out: Path
+    spec: dict[str, Any]
+
+
+def read_predictions(path: Path) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Classes and, per split, (probabilities, label indices) from evaluate's predictions.csv."""
+    if not Path(path).is_file():
+        raise ThresholdError(f"{path}: predictions file not found (run evaluate first)")
+    with Path(path).open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
+        rows = list(reader)
+    if len(classes) < 2 or not rows:
+        raise ThresholdError(f"{path}: expected p_<class> columns and at least one row")
+    out = {}
+    for split in ("val", "test"):
+        mine = [r for r in rows if r["split"] == split]
+        probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in mine], dtype=np.float64)
+        labels = np.array([classes.index(r["label"]) for r in mine], dtype=np.int64)
+        out[split] = (probs.reshape(len(mine), len(classes)), labels)
+    if len(out["val"][1]) == 0:
+        raise ThresholdError(f"{path}: no val rows; the threshold is chosen on val")
+    return classes, out
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else round(obj, 6)
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _binary_at(
+    s: np.ndarray, pos: np.ndarray, t_low: float, t_high: float, i: np.ndarray
+) -> dict[str, float]:
+    return th.binary_summary(s[i], pos[i], t_low, t_high)
+
+
+def _multiclass_at(
+    p: np.ndarray, y: np.ndarray, min_conf: float, per_class: np.ndarray, i: np.ndarray
+) -> dict[str, float]:
+    return th.multiclass_summary(p[i], y[i], min_conf, per_class)
+
+
+def _binary(
+    cfg: ThresholdConfig, classes: list[str], data: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, Any]:
+    positive = cfg.positive_class or classes[1]
+    if positive not in classes:
+        raise ThresholdError(f"threshold.positive_class {positive!r} is not one of {classes}")
+    k = classes.index(positive)
+    scores, labels = data["val"][0][:, k], data["val"][1] == k
+    choice = th.precision_threshold(scores, labels, cfg.target_precision)
+    fallback = False
+    if not choice.reached:
+        if not cfg.allow_fallback:
+            raise ThresholdError(
+                f"precision {cfg.target_precision:g} for {positive!r} is out of reach on val: the best "
+                f"achievable is {choice.best_precision:.4f} (threshold {choice.threshold:.4f}); lower "
+                "threshold.target_precision or set threshold.allow_fallback: true"
+            )
+        fallback = True
+        logger.warning(
+            "target precision %.3f not reached; falling back to the most precise threshold "
+            "(precision %.4f)",
+            cfg.target_precision,
+            choice.precision,
+        )
+    t_high = cfg.band_high if cfg.band_high is not None else choice.threshold
+    t_low = (
+        cfg.band_low
+        if cfg.band_low is not None
+        else th.band_from_coverage(scores, t_high, cfg.target_coverage)
+    )
+    t_low = min(t_low, t_high)
+    report: dict[str, Any] = {}
+    for split, (probs, y) in data.items():
+        if len(y) == 0:
+            continue
+        s, pos = probs[:, k], y == k
+        report[split] = {
+            **th.binary_summary(s, pos, t_low, t_high),
+            "ci95": th.bootstrap_ci(
+                partial(_binary_at, s, pos, t_low, t_high),
+                len(s),
+                cfg.bootstrap,
+                cfg.seed,
+            ),
+        }
+    return {
+        "task": "binary",
+        "positive_class": positive,
+        "negative_class": next(c for c in classes if c != positive),
+        "target_precision": cfg.target_precision,
+        "threshold": choice.threshold,
+        "t_low": t_low,
+        "t_high": t_high,
+        "fallback": fallback,
+        "val_precision_at_threshold": choice.precision,
+        "val_recall_at_threshold": choice.recall,
+        "splits": report,
+    }
+
+
+def _multiclass(
+    cfg: ThresholdConfig, classes: list[str], data: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, Any]:
+    unknown = sorted(set(cfg.per_class) - set(classes))
+    if unknown:
+        raise ThresholdError(
+            f"threshold.per_class names unknown classes {unknown}; classes are {classes}"
+        )
+    per_class = np.array([cfg.per_class.get(c, 0.0) for c in classes])
+    report: dict[str, Any] = {}
+    for split, (probs, y) in data.items():
+        if len(y) == 0:
+            continue
+        report[split] = {
+            **th.multiclass_summary(probs, y, cfg.min_confidence, per_class),
+            "ci95": th.bootstrap_ci(
+                partial(_multiclass_at, probs, y, cfg.min_confidence, per_class),
+                len(y),
+                cfg.bootstrap,
+                cfg.seed,
+            ),
+        }
+    return {
+        "task": "multiclass",
+        "min_confidence": cfg.min_confidence,
+        "per_class": dict(cfg.per_class),
+        "splits": report,
+    }
+
+
+def _curve_csv(
+    classes: list[str], spec: dict[str, Any], data: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> str:
+    probs, y = data["val"]
+    k = classes.index(spec["positive_class"])
+    precision, recall, thresholds = skm.precision_recall_curve(y == k, probs[:, k])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["threshold", "precision", "recall"])
+    w.writerows(
+        [f"{t:.6f}", f"{p:.6f}", f"{r:.6f}"]
+        for t, p, r in zip(thresholds, precision, recall, strict=False)
+    )
+    return buf.getvalue()
+
+
+def _figure(curve_csv: str, spec: dict[str, Any], path: Path) -> None:
+    from carinspect.evaluation.plots import _pyplot
+
+    rows = list(csv.DictReader(io.StringIO(curve_csv)))
+    t = [float(r["threshold"]) for r in rows]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.plot(t, [float(r["precision"]) for r in rows], label="precision")
+    ax.plot(t, [float(r["recall"]) for r in rows], label="recall")
+    ax.axhline(
+        spec["target_precision"],
+        ls=":",
+        c="grey",
+        label=f"target precision {spec['target_precision']:g}",
+    )
+    ax.axvspan(spec["t_low"], spec["t_high"], color="orange", alpha=0.2, label="uncertain band")
+    ax.axvline(spec["threshold"], c="red", lw=1, label=f"threshold {spec['threshold']:.3f}")
+    ax.set(
+        xlabel=f"p({spec['positive_class']})",
+        ylabel="value",
+        title="val: precision and recall vs threshold",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(
+    cfg: ThresholdConfig,
+    settings: Settings,
+    predictions: Path,
+    out: Path,
+    run_id: str | None = None,
+) -> ThresholdResult:
+    """Choose the operating point from ``predictions`` and write ``out``."""
+    classes, data = read_predictions(Path(predictions))
+    spec = _binary(cfg, classes, data) if len(classes) == 2 else _multiclass(cfg, classes, data)
+    spec = _clean({"classes": classes, **spec})
+    metrics = {
+        split: {k: v for k, v in figs.items() if k != "ci95"}
+        for split, figs in spec["splits"].items()
+    }
+    with staged_dir(Path(out)) as tmp:
+        write_json_atomic(tmp / "threshold.json", spec)
+        write_json_atomic(tmp / "metrics.json", metrics)
+        if spec["task"] == "binary":
+            curve = _curve_csv(classes, spec, data)
+            write_text_atomic(tmp / "plots" / "precision_recall_threshold.csv", curve)
+            (tmp / "figures").mkdir()
+            _figure(curve, spec, tmp / "figures" / "threshold.png")
+    if run_id:
+        import mlflow
+
+        runs.start_run(settings, None, run_id)
+        runs.log_metrics(runs.numeric_leaves(metrics, "threshold."), step=None)
+        if spec["task"] == "binary":
+            runs.log_metrics(
+                {"threshold.t_low": spec["t_low"], "threshold.t_high": spec["t_high"]}, step=None
+            )
+        mlflow.log_artifacts(str(out), artifact_path="threshold")
+        runs.end_run()
+    return ThresholdResult(out=Path(out), spec=spec)
