@@ -7,7 +7,7 @@ cd "$ROOT"
 dvc repro "$@"
 # one table per stage: the combined `dvc metrics show` is too wide to read
 for m in data/ingest/metrics.json data/split/metrics.json models/train/metrics.json \
-  models/evaluate/metrics.json models/threshold/metrics.json; do
+  models/evaluate/metrics.json models/threshold/metrics.json models/export/metrics.json; do
   [ -f "$m" ] && dvc metrics show "$m"
 done
 exit 0

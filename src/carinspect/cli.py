@@ -206,6 +206,48 @@ def threshold(
         typer.echo(f"min confidence {spec['min_confidence']}; val {spec['splits']['val']}")
 
 
+@app.command()
+def export(
+    params: ParamsOpt = Path("params.yaml"),
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint from train.")] = Path(
+        "models/train/best.pt"
+    ),
+    calibration: Annotated[Path, typer.Option(help="calibration.json from evaluate.")] = Path(
+        "models/evaluate/calibration.json"
+    ),
+    threshold_json: Annotated[Path, typer.Option("--threshold", help="threshold.json.")] = Path(
+        "models/threshold/threshold.json"
+    ),
+    ingest: Annotated[Path, typer.Option(help="Ingest output folder.")] = Path("data/ingest"),
+    splits: Annotated[Path, typer.Option(help="splits.csv from split.")] = Path(
+        "data/split/splits.csv"
+    ),
+    run_json: Annotated[
+        Path | None, typer.Option("--run", help="run.json of the MLflow run to append to.")
+    ] = Path("models/train/run.json"),
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("models/export"),
+) -> None:
+    """Export to ONNX (+ model.json) after a parity check against the checkpoint on val images."""
+    import json
+
+    from carinspect.config import Settings
+    from carinspect.stages import export as stage
+
+    run_id = json.loads(run_json.read_text())["run_id"] if run_json and run_json.is_file() else None
+    result = stage.run(
+        _params(params).export,
+        Settings(),
+        checkpoint,
+        calibration,
+        threshold_json,
+        ingest,
+        splits,
+        out,
+        run_id,
+    )
+    typer.echo(f"parity {result.parity}; written to {result.out}")
+
+
 @data_app.command("demo")
 def data_demo(
     params: ParamsOpt = Path("params.yaml"),
@@ -231,6 +273,7 @@ def main() -> None:
     from carinspect.data.sources import SourceError
     from carinspect.modeling.checkpoint import CheckpointError
     from carinspect.modeling.factory import ModelError
+    from carinspect.stages.export import ExportError
     from carinspect.stages.ingest import IngestError
     from carinspect.stages.split import SplitError
     from carinspect.stages.threshold import ThresholdError
@@ -251,6 +294,7 @@ def main() -> None:
         CheckpointError,
         AugmentError,
         ThresholdError,
+        ExportError,
     ) as err:
         logger.error("%s", err)
         sys.exit(2)

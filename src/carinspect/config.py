@@ -231,6 +231,17 @@ class ThresholdConfig(_Section):
         return self
 
 
+class ExportConfig(_Section):
+    """ONNX export and its parity check on real val images."""
+
+    opset: int = Field(18, ge=13, le=23)
+    fp16: bool = Field(False, description="also write model.fp16.onnx (FP16 weights and compute)")
+    parity_images: int = Field(64, ge=1, description="val images compared with the checkpoint")
+    max_abs_diff: float = Field(1e-4, gt=0.0, description="fp32: max |p_onnx - p_torch|")
+    fp16_max_abs_diff: float = Field(5e-3, gt=0.0)
+    fp16_max_flips: int = Field(1, ge=0, description="FP16: decisions allowed to differ")
+
+
 class MlflowConfig(_Section):
     """Where runs are recorded (the tracking URI itself comes from MLFLOW_TRACKING_URI)."""
 
@@ -248,6 +259,7 @@ class Params(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     threshold: ThresholdConfig = ThresholdConfig()
+    export: ExportConfig = ExportConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

@@ -44,6 +44,7 @@ def project(tmp_path: Path) -> Path:
     params["data"]["demo"]["per_class"] = 16
     params["model"].update({"name": "test_resnet", "img_size": 32})
     params["train"].update({"epochs": 1, "batch_size": 4, "workers": 0})
+    params["threshold"]["allow_fallback"] = True  # a one-epoch model may not reach the target
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     sh(repo, "git", "init", "-q")
     sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
@@ -53,12 +54,15 @@ def project(tmp_path: Path) -> Path:
 
 def test_repro_runs_then_does_nothing(project: Path) -> None:
     first = sh(project, DVC, "repro")
-    for stage in ("demo", "ingest", "split", "train", "evaluate", "threshold"):
+    for stage in ("demo", "ingest", "split", "train", "evaluate", "threshold", "export"):
         assert f"Running stage '{stage}'" in first
     assert (project / "data" / "split" / "splits.csv").is_file()
     assert (project / "models" / "train" / "best.pt").is_file()
     assert (project / "models" / "evaluate" / "figures" / "confusion_test.png").is_file()
     assert (project / "models" / "threshold" / "threshold.json").is_file()
+    model_json = json.loads((project / "models" / "export" / "model.json").read_text())
+    assert model_json["parity"]["fp32"]["decision_flips"] == 0
+    assert (project / "models" / "export" / "model.onnx").stat().st_size > 0
     run_id = json.loads((project / "models" / "train" / "run.json").read_text())["run_id"]
     assert (
         MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
@@ -28,19 +29,21 @@ def precision_threshold(
 ) -> ThresholdChoice:
     """Lowest threshold (highest recall) whose precision reaches ``target``.
 
-    When no threshold reaches it, returns the most precise one with ``reached=False``.
+    When no threshold reaches it, returns the most precise one with ``reached=False``. The
+    threshold is placed halfway between the chosen score and the next lower one: the same
+    decisions on these scores, but no image sits on the boundary, where the last bits of float
+    arithmetic (ONNX against PyTorch, another CPU) could flip it.
     """
     precision, recall, thresholds = skm.precision_recall_curve(positives, scores)
     precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
     ok = np.flatnonzero(precision >= target)
     best = float(precision.max())
-    if len(ok):
-        i = int(ok[0])  # thresholds ascend, recall descends: the first qualifying is the best
-        return ThresholdChoice(
-            float(thresholds[i]), float(precision[i]), float(recall[i]), True, best
-        )
-    i = int(np.flatnonzero(precision == best)[0])
-    return ThresholdChoice(float(thresholds[i]), float(precision[i]), float(recall[i]), False, best)
+    reached = bool(len(ok))
+    # thresholds ascend and recall descends: the first qualifying threshold has the most recall
+    i = int(ok[0]) if reached else int(np.flatnonzero(precision == best)[0])
+    below = float(thresholds[i - 1]) if i > 0 else 0.0
+    cut = (below + float(thresholds[i])) / 2
+    return ThresholdChoice(cut, float(precision[i]), float(recall[i]), reached, best)
 
 
 def band_from_coverage(scores: np.ndarray, t_high: float, coverage: float) -> float:
@@ -49,7 +52,9 @@ def band_from_coverage(scores: np.ndarray, t_high: float, coverage: float) -> fl
     n_uncertain = min(len(below), math.floor((1.0 - coverage) * len(scores) + 1e-9))
     if n_uncertain == 0:
         return t_high
-    return float(below[len(below) - n_uncertain])
+    j = len(below) - n_uncertain  # below[j:] are uncertain; cut halfway to the next lower score
+    lower = float(below[j - 1]) if j > 0 else 0.0
+    return (lower + float(below[j])) / 2
 
 
 def decide_binary(scores: np.ndarray, t_low: float, t_high: float) -> np.ndarray:
@@ -128,3 +133,14 @@ def bootstrap_ci(
             else [math.nan] * 2
         )
     return out
+
+
+def decide_from_spec(probs: np.ndarray, spec: dict[str, Any], classes: list[str]) -> np.ndarray:
+    """Class index or UNCERTAIN for each row, by the rule in threshold.json / model.json."""
+    if spec["task"] == "binary":
+        k = classes.index(spec["positive_class"])
+        d = decide_binary(probs[:, k], spec["t_low"], spec["t_high"])
+        other = 1 - k
+        return np.where(d == 1, k, np.where(d == 0, other, UNCERTAIN))
+    per_class = np.array([spec.get("per_class", {}).get(c, 0.0) for c in classes])
+    return decide_multiclass(probs, spec.get("min_confidence", 0.0), per_class)

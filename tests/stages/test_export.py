@@ -1,0 +1,161 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from carinspect.config import EvaluateConfig, ExportConfig, Settings, ThresholdConfig, load_params
+from carinspect.modeling.onnx_export import file_is_self_contained, ort_probabilities, session
+from carinspect.stages import evaluate, export, threshold, train
+from carinspect.stages.export import ExportError, parity
+from tests.conftest import Prepared, tiny_params
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory, prepared: Prepared) -> dict[str, Path]:
+    """A tiny trained, evaluated and thresholded model."""
+    import os
+
+    root = tmp_path_factory.mktemp("export-upstream")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    try:
+        p = load_params(tiny_params(root, train__epochs=2))
+        t = train.run(
+            p.model, p.train, p.mlflow, Settings(), prepared.ingest, prepared.splits, root / "train"
+        )
+        evaluate.run(
+            EvaluateConfig(workers=0),
+            Settings(),
+            t.best,
+            prepared.ingest,
+            prepared.splits,
+            root / "eval",
+        )
+        threshold.run(
+            ThresholdConfig(
+                positive_class="clean", target_precision=0.5, allow_fallback=True, bootstrap=0
+            ),
+            Settings(),
+            root / "eval" / "predictions.csv",
+            root / "thr",
+        )
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return {
+        "best": t.best,
+        "calibration": root / "eval" / "calibration.json",
+        "threshold": root / "thr" / "threshold.json",
+    }
+
+
+def run_export(
+    cfg: ExportConfig, upstream: dict[str, Path], prepared: Prepared, out: Path
+) -> export.ExportResult:
+    return export.run(
+        cfg,
+        Settings(),
+        upstream["best"],
+        upstream["calibration"],
+        upstream["threshold"],
+        prepared.ingest,
+        prepared.splits,
+        out,
+    )
+
+
+def test_export_passes_parity_and_writes_model_json(
+    tmp_path: Path, upstream: dict[str, Path], prepared: Prepared
+) -> None:
+    result = run_export(ExportConfig(fp16=True), upstream, prepared, tmp_path / "export")
+    out = tmp_path / "export"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.json",
+        "model.fp16.onnx",
+        "model.json",
+        "model.onnx",
+    ]
+    assert file_is_self_contained(out / "model.onnx")
+    fp32 = result.parity["fp32"]
+    assert fp32["max_abs_diff"] <= 1e-4 and fp32["decision_flips"] == 0 and fp32["images"] > 0
+    assert "fp16" in result.parity and result.parity["fp16"]["max_abs_diff"] <= 5e-3
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classes"] == ["clean", "dirty"]
+    assert meta["preprocess"]["img_size"] == 32
+    assert meta["temperature"] == json.loads(upstream["calibration"].read_text())["temperature"]
+    assert meta["decision"]["positive_class"] == "clean" and "splits" not in meta["decision"]
+    assert meta["lineage"]["data.digest"].startswith("sha256:")
+    model = onnx.load(str(out / "model.onnx"))
+    assert model.opset_import[0].version == 18
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch axis
+    sess = session(out / "model.onnx")
+    for n in (1, 5):
+        probs = ort_probabilities(sess, np.zeros((n, 3, 32, 32), dtype=np.float32))
+        assert probs.shape == (n, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_parity_catches_a_perturbed_graph(
+    tmp_path: Path, upstream: dict[str, Path], prepared: Prepared
+) -> None:
+    run_export(ExportConfig(), upstream, prepared, tmp_path / "export")
+    path = tmp_path / "export" / "model.onnx"
+    model = onnx.load(str(path))
+    # the classifier's weight matrix (classes x features): negate it
+    weights = next(t for t in model.graph.initializer if len(t.dims) == 2 and t.dims[0] == 2)
+    arr = -numpy_helper.to_array(weights)
+    weights.CopyFrom(numpy_helper.from_array(arr, weights.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    good = parity(path, *_reference(tmp_path / "export", upstream, prepared))
+    broken = parity(bad, *_reference(tmp_path / "export", upstream, prepared))
+    assert good["max_abs_diff"] <= 1e-4
+    assert broken["max_abs_diff"] > 1e-3
+
+
+def _reference(
+    out: Path, upstream: dict[str, Path], prepared: Prepared
+) -> tuple[np.ndarray, np.ndarray, dict, list[str]]:
+    import torch
+
+    from carinspect.data.dataset import ImageDataset, load_split
+    from carinspect.data.preprocess import PreprocessSpec
+    from carinspect.modeling.checkpoint import load_checkpoint, model_from_checkpoint
+
+    state = load_checkpoint(upstream["best"])
+    meta = json.loads((out / "model.json").read_text())
+    ds = ImageDataset(
+        load_split(prepared.splits, prepared.ingest, "val", state["classes"]),
+        PreprocessSpec.from_dict(meta["preprocess"]),
+    )
+    batch = np.stack([ds[i][0].numpy() for i in range(len(ds))])
+    with torch.no_grad():
+        probs = torch.softmax(
+            model_from_checkpoint(state)(torch.from_numpy(batch)) / meta["temperature"], 1
+        ).numpy()
+    return probs, batch, meta["decision"], state["classes"]
+
+
+def test_failed_parity_exports_nothing(
+    tmp_path: Path, upstream: dict[str, Path], prepared: Prepared
+) -> None:
+    with pytest.raises(ExportError, match=r"FP16 parity failed: .* \(limit 1e-09\)"):
+        run_export(
+            ExportConfig(fp16=True, fp16_max_abs_diff=1e-9), upstream, prepared, tmp_path / "export"
+        )
+    assert not (tmp_path / "export").exists()
+
+
+def test_missing_inputs(tmp_path: Path, upstream: dict[str, Path], prepared: Prepared) -> None:
+    with pytest.raises(ExportError, match=r"threshold.json .*not found"):
+        export.run(
+            ExportConfig(),
+            Settings(),
+            upstream["best"],
+            upstream["calibration"],
+            tmp_path / "none.json",
+            prepared.ingest,
+            prepared.splits,
+            tmp_path / "o",
+        )
