@@ -6,6 +6,7 @@ stage its section and paths. Stages never read params.yaml or the environment th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -14,7 +15,8 @@ from typing import Annotated
 
 import typer
 
-from carinspect.config import ConfigError, Params, load_params
+from carinspect.config import Params, load_params
+from carinspect.errors import InputError
 from carinspect.logs import configure_logging
 
 logger = logging.getLogger("carinspect")
@@ -31,17 +33,24 @@ app.add_typer(data_app, name="data")
 ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="params.yaml to read (one section per stage).")
 ]
-
-
-class _UserError(Exception):
-    """Raised inside commands for bad input; printed without a traceback."""
+CheckpointOpt = Annotated[Path, typer.Option(help="Checkpoint from train.")]
+IngestOpt = Annotated[Path, typer.Option(help="Ingest output folder (images/, manifest.csv).")]
+SplitsOpt = Annotated[Path, typer.Option(help="splits.csv from split.")]
+RunOpt = Annotated[
+    Path | None, typer.Option("--run", help="train's run.json: the MLflow run to append to.")
+]
+OutOpt = Annotated[Path, typer.Option(help="Output folder.")]
 
 
 def _params(path: Path) -> Params:
-    try:
-        return load_params(path)
-    except ConfigError as err:
-        raise _UserError(str(err)) from None
+    return load_params(path)
+
+
+def _run_id(run_json: Path | None) -> str | None:
+    """The MLflow run id recorded by train, when its run.json exists."""
+    if run_json is None or not run_json.is_file():
+        return None
+    return str(json.loads(run_json.read_text())["run_id"])
 
 
 @app.callback()
@@ -99,12 +108,8 @@ def split(
 @app.command()
 def train(
     params: ParamsOpt = Path("params.yaml"),
-    ingest: Annotated[
-        Path, typer.Option(help="Ingest output folder (images/, manifest.csv).")
-    ] = Path("data/ingest"),
-    splits: Annotated[Path, typer.Option(help="splits.csv from the split stage.")] = Path(
-        "data/split/splits.csv"
-    ),
+    ingest: IngestOpt = Path("data/ingest"),
+    splits: SplitsOpt = Path("data/split/splits.csv"),
     out: Annotated[Path, typer.Option(help="Output folder: checkpoints, metrics, history.")] = Path(
         "models/train"
     ),
@@ -147,25 +152,17 @@ def train(
 @app.command()
 def evaluate(
     params: ParamsOpt = Path("params.yaml"),
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint from train.")] = Path(
-        "models/train/best.pt"
-    ),
-    ingest: Annotated[Path, typer.Option(help="Ingest output folder.")] = Path("data/ingest"),
-    splits: Annotated[Path, typer.Option(help="splits.csv from split.")] = Path(
-        "data/split/splits.csv"
-    ),
-    run_json: Annotated[
-        Path | None, typer.Option("--run", help="run.json of the MLflow run to append to.")
-    ] = Path("models/train/run.json"),
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("models/evaluate"),
+    checkpoint: CheckpointOpt = Path("models/train/best.pt"),
+    ingest: IngestOpt = Path("data/ingest"),
+    splits: SplitsOpt = Path("data/split/splits.csv"),
+    run_json: RunOpt = Path("models/train/run.json"),
+    out: OutOpt = Path("models/evaluate"),
 ) -> None:
     """Metrics, plots, calibration and predictions on val and test; logged to the training run."""
-    import json
-
     from carinspect.config import Settings
     from carinspect.stages import evaluate as stage
 
-    run_id = json.loads(run_json.read_text())["run_id"] if run_json and run_json.is_file() else None
+    run_id = _run_id(run_json)
     result = stage.run(
         _params(params).evaluate, Settings(), checkpoint, ingest, splits, out, run_id
     )
@@ -182,18 +179,14 @@ def threshold(
     predictions: Annotated[Path, typer.Option(help="predictions.csv from evaluate.")] = Path(
         "models/evaluate/predictions.csv"
     ),
-    run_json: Annotated[
-        Path | None, typer.Option("--run", help="run.json of the MLflow run to append to.")
-    ] = Path("models/train/run.json"),
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("models/threshold"),
+    run_json: RunOpt = Path("models/train/run.json"),
+    out: OutOpt = Path("models/threshold"),
 ) -> None:
     """Choose the operating threshold and uncertainty band on val; report val and test."""
-    import json
-
     from carinspect.config import Settings
     from carinspect.stages import threshold as stage
 
-    run_id = json.loads(run_json.read_text())["run_id"] if run_json and run_json.is_file() else None
+    run_id = _run_id(run_json)
     spec = stage.run(_params(params).threshold, Settings(), predictions, out, run_id).spec
     if spec["task"] == "binary":
         val = spec["splits"]["val"]
@@ -209,31 +202,23 @@ def threshold(
 @app.command()
 def export(
     params: ParamsOpt = Path("params.yaml"),
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint from train.")] = Path(
-        "models/train/best.pt"
-    ),
+    checkpoint: CheckpointOpt = Path("models/train/best.pt"),
     calibration: Annotated[Path, typer.Option(help="calibration.json from evaluate.")] = Path(
         "models/evaluate/calibration.json"
     ),
     threshold_json: Annotated[Path, typer.Option("--threshold", help="threshold.json.")] = Path(
         "models/threshold/threshold.json"
     ),
-    ingest: Annotated[Path, typer.Option(help="Ingest output folder.")] = Path("data/ingest"),
-    splits: Annotated[Path, typer.Option(help="splits.csv from split.")] = Path(
-        "data/split/splits.csv"
-    ),
-    run_json: Annotated[
-        Path | None, typer.Option("--run", help="run.json of the MLflow run to append to.")
-    ] = Path("models/train/run.json"),
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("models/export"),
+    ingest: IngestOpt = Path("data/ingest"),
+    splits: SplitsOpt = Path("data/split/splits.csv"),
+    run_json: RunOpt = Path("models/train/run.json"),
+    out: OutOpt = Path("models/export"),
 ) -> None:
     """Export to ONNX (+ model.json) after a parity check against the checkpoint on val images."""
-    import json
-
     from carinspect.config import Settings
     from carinspect.stages import export as stage
 
-    run_id = json.loads(run_json.read_text())["run_id"] if run_json and run_json.is_file() else None
+    run_id = _run_id(run_json)
     result = stage.run(
         _params(params).export,
         Settings(),
@@ -268,34 +253,10 @@ def data_demo(
 
 def main() -> None:
     """Console-script entry point: bad input exits 2 with a one-paragraph message."""
-    from carinspect.data.augment import AugmentError
-    from carinspect.data.manifest import ManifestError
-    from carinspect.data.sources import SourceError
-    from carinspect.modeling.checkpoint import CheckpointError
-    from carinspect.modeling.factory import ModelError
-    from carinspect.stages.export import ExportError
-    from carinspect.stages.ingest import IngestError
-    from carinspect.stages.split import SplitError
-    from carinspect.stages.threshold import ThresholdError
-    from carinspect.stages.train import TrainError
-
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
         app(standalone_mode=False)
-    except (
-        _UserError,
-        ConfigError,
-        SourceError,
-        ManifestError,
-        IngestError,
-        SplitError,
-        TrainError,
-        ModelError,
-        CheckpointError,
-        AugmentError,
-        ThresholdError,
-        ExportError,
-    ) as err:
+    except InputError as err:
         logger.error("%s", err)
         sys.exit(2)
     except typer.Abort:

@@ -13,10 +13,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from carinspect.errors import InputError
+
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A params file that cannot be used; the message names the file and the key."""
 
 

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from carinspect.errors import InputError
 
-class AugmentError(ValueError):
+
+class AugmentError(InputError):
     """A transform spec that albumentations cannot build."""
 
 

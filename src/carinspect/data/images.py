@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from carinspect.errors import InputError
+
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 _WHITE = (255, 255, 255)
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image that cannot be used; ``reason`` is a short, stable code for reports."""
 
     def __init__(self, reason: str, detail: str) -> None:

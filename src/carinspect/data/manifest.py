@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from carinspect.config import SPLIT_NAMES
+from carinspect.errors import InputError
 from carinspect.io import write_text_atomic
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest or splits file that does not follow the schema."""
 
 

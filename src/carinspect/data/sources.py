@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from carinspect.config import SPLIT_NAMES, DemoConfig
+from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """A source that cannot be read at all (as opposed to single bad files, which are dropped)."""
 
 

@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 
+from carinspect.errors import InputError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(InputError):
     """A checkpoint that is missing or unreadable."""
 
 

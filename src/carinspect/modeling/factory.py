@@ -10,11 +10,12 @@ from typing import Any
 import torch
 
 from carinspect.config import ModelConfig
+from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model that cannot be built from params."""
 
 

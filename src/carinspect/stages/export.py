@@ -24,6 +24,7 @@ import torch
 from carinspect.config import ExportConfig, Settings
 from carinspect.data.dataset import ImageDataset, load_split
 from carinspect.data.preprocess import PreprocessSpec
+from carinspect.errors import InputError
 from carinspect.evaluation.threshold import decide_from_spec
 from carinspect.io import staged_dir, write_json_atomic
 from carinspect.modeling.checkpoint import load_checkpoint, model_from_checkpoint
@@ -42,7 +43,7 @@ from carinspect.tracking.lineage import lineage_tags
 logger = logging.getLogger(__name__)
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """The export does not behave like the checkpoint, or its inputs are missing."""
 
 

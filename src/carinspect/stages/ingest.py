@@ -30,6 +30,7 @@ from carinspect.data.images import (
 from carinspect.data.manifest import ManifestRow, manifest_csv
 from carinspect.data.report import render_ingest_report
 from carinspect.data.sources import Rejected, SourceItem, open_source
+from carinspect.errors import InputError
 from carinspect.io import staged_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 GRAYSCALE_SPREAD = 8.0  # mean channel spread below which an image counts as grayscale
 
 
-class IngestError(ValueError):
+class IngestError(InputError):
     """The source as a whole cannot make a dataset (too few classes, nothing decodable)."""
 
 

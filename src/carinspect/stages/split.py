@@ -24,12 +24,13 @@ from carinspect.config import SPLIT_NAMES, SplitConfig
 from carinspect.data.groups import DisjointSet
 from carinspect.data.manifest import ManifestRow, SplitRow, read_manifest, write_splits
 from carinspect.data.report import render_split_report
+from carinspect.errors import InputError
 from carinspect.io import staged_dir, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 
-class SplitError(ValueError):
+class SplitError(InputError):
     """The manifest cannot be split as asked (a class too small, a partial split column)."""
 
 

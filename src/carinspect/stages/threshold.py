@@ -26,6 +26,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from carinspect.config import Settings, ThresholdConfig
+from carinspect.errors import InputError
 from carinspect.evaluation import threshold as th
 from carinspect.io import staged_dir, write_json_atomic, write_text_atomic
 from carinspect.tracking import runs
@@ -33,7 +34,7 @@ from carinspect.tracking import runs
 logger = logging.getLogger(__name__)
 
 
-class ThresholdError(ValueError):
+class ThresholdError(InputError):
     """The operating point asked for cannot be reached, or the inputs do not fit."""
 
 

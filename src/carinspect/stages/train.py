@@ -25,6 +25,7 @@ from carinspect.data.augment import build_augment
 from carinspect.data.dataset import ImageDataset, class_names, load_split, loader_for
 from carinspect.data.preprocess import PreprocessSpec
 from carinspect.data.samplers import EpochTagged, ShardedEpochSampler, shard
+from carinspect.errors import InputError
 from carinspect.io import write_json_atomic, write_text_atomic
 from carinspect.modeling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from carinspect.modeling.factory import build_model, check_model_name
@@ -44,7 +45,7 @@ from carinspect.training.loop import (
 logger = logging.getLogger(__name__)
 
 
-class TrainError(ValueError):
+class TrainError(InputError):
     """Training cannot start with these inputs."""
 
 
