@@ -202,8 +202,8 @@ def _figure(curve_csv: str, spec: dict[str, Any], path: Path) -> None:
     t = [float(r["threshold"]) for r in rows]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.plot(t, [float(r["precision"]) for r in rows], label="precision")
-    ax.plot(t, [float(r["recall"]) for r in rows], label="recall")
+    ax.step(t, [float(r["precision"]) for r in rows], where="pre", label="precision")
+    ax.step(t, [float(r["recall"]) for r in rows], where="pre", label="recall")
     ax.axhline(
         spec["target_precision"],
         ls=":",
