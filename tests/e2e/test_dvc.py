@@ -64,9 +64,15 @@ def test_repro_runs_then_does_nothing(project: Path) -> None:
     assert model_json["parity"]["fp32"]["decision_flips"] == 0
     assert (project / "models" / "export" / "model.onnx").stat().st_size > 0
     run_id = json.loads((project / "models" / "train" / "run.json").read_text())["run_id"]
-    assert (
-        MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"
-    )
+    run = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in (
+        "val_macro_f1",
+        "eval.test.accuracy",
+        "threshold.val.coverage",
+        "export.parity.fp32.max_abs_diff",
+    ):
+        assert key in run.data.metrics, key  # every stage appended to the one training run
     assert (project / "dvc.lock").is_file()
     second = sh(project, DVC, "repro")
     assert "Running stage" not in second

@@ -130,7 +130,7 @@ def run(
         )
         _plots(tmp, probs, raw, labels, classes, cfg)
     if run_id:
-        _log_to_mlflow(settings, run_id, metrics, out)
+        runs.append_to_run(settings, run_id, metrics, "eval.", out, "evaluation")
     t = metrics["test"]
     logger.info(
         "test: accuracy %.3f, macro-F1 %.3f, AUROC %s, ECE %.3f (T=%.3f); baseline accuracy %.3f",
@@ -202,12 +202,3 @@ def _plots(
                 [[f"{a:.6f}", f"{b:.6f}"] for a, b in zip(recall, precision, strict=True)],
             ),
         )
-
-
-def _log_to_mlflow(settings: Settings, run_id: str, metrics: dict[str, Any], out: Path) -> None:
-    import mlflow
-
-    runs.start_run(settings, None, run_id)
-    runs.log_metrics(runs.numeric_leaves(metrics, "eval."), step=None)
-    mlflow.log_artifacts(str(out), artifact_path="evaluation")
-    runs.end_run()

@@ -165,8 +165,6 @@ def run(
         write_json_atomic(tmp / "model.json", model_json)
         write_json_atomic(tmp / "metrics.json", figures)
     if run_id:
-        runs.start_run(settings, None, run_id)
-        runs.log_metrics(runs.numeric_leaves(figures, "export.parity."), step=None)
-        runs.end_run()
+        runs.append_to_run(settings, run_id, {"parity": figures}, "export.")
     logger.info("exported %s: parity %s", Path(out) / "model.onnx", figures)
     return ExportResult(out=Path(out), parity=figures)

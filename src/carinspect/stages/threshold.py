@@ -249,14 +249,10 @@ def run(
             (tmp / "figures").mkdir()
             _figure(curve, spec, tmp / "figures" / "threshold.png")
     if run_id:
-        import mlflow
-
-        runs.start_run(settings, None, run_id)
-        runs.log_metrics(runs.numeric_leaves(metrics, "threshold."), step=None)
-        if spec["task"] == "binary":
-            runs.log_metrics(
-                {"threshold.t_low": spec["t_low"], "threshold.t_high": spec["t_high"]}, step=None
-            )
-        mlflow.log_artifacts(str(out), artifact_path="threshold")
-        runs.end_run()
+        band = (
+            {"t_low": spec["t_low"], "t_high": spec["t_high"]} if spec["task"] == "binary" else {}
+        )
+        runs.append_to_run(
+            settings, run_id, {**metrics, **band}, "threshold.", Path(out), "threshold"
+        )
     return ThresholdResult(out=Path(out), spec=spec)

@@ -92,6 +92,26 @@ def log_files(paths: list[Path], artifact_path: str) -> None:
             mlflow.log_artifact(str(p), artifact_path=artifact_path)
 
 
+def append_to_run(
+    settings: Settings,
+    run_id: str,
+    metrics: Mapping[str, Any],
+    prefix: str,
+    folder: Path | None = None,
+    artifact_path: str | None = None,
+) -> None:
+    """Add a later stage's figures (numeric leaves, named ``prefix...``) and ``folder`` to a run."""
+    import mlflow
+
+    start_run(settings, None, run_id)
+    try:
+        log_metrics(numeric_leaves(metrics, prefix), step=None)
+        if folder is not None:
+            mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+    finally:
+        end_run()
+
+
 def end_run(status: str = "FINISHED") -> None:
     """Close the active run."""
     import mlflow
