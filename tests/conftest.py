@@ -197,3 +197,63 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory: pytest.TempPathFactory, prepared: Prepared) -> dict[str, Path]:
+    """A tiny trained, evaluated, thresholded and exported model (its MLflow store inside)."""
+    import os
+
+    from carinspect.config import (
+        EvaluateConfig,
+        ExportConfig,
+        Settings,
+        ThresholdConfig,
+        load_params,
+    )
+    from carinspect.stages import evaluate, export, threshold, train
+
+    root = tmp_path_factory.mktemp("export-upstream")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    try:
+        p = load_params(tiny_params(root, train__epochs=2))
+        t = train.run(
+            p.model, p.train, p.mlflow, Settings(), prepared.ingest, prepared.splits, root / "train"
+        )
+        evaluate.run(
+            EvaluateConfig(workers=0),
+            Settings(),
+            t.best,
+            prepared.ingest,
+            prepared.splits,
+            root / "eval",
+        )
+        threshold.run(
+            ThresholdConfig(
+                positive_class="clean", target_precision=0.5, allow_fallback=True, bootstrap=0
+            ),
+            Settings(),
+            root / "eval" / "predictions.csv",
+            root / "thr",
+        )
+        export.run(
+            ExportConfig(),
+            Settings(),
+            t.best,
+            root / "eval" / "calibration.json",
+            root / "thr" / "threshold.json",
+            prepared.ingest,
+            prepared.splits,
+            root / "export",
+        )
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return {
+        "best": t.best,
+        "calibration": root / "eval" / "calibration.json",
+        "threshold": root / "thr" / "threshold.json",
+        "export": root / "export",
+        "metrics": root / "eval" / "metrics.json",
+        "run_id": Path(t.run_id),
+        "tracking": root / "mlflow.db",
+    }

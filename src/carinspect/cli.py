@@ -233,6 +233,31 @@ def export(
     typer.echo(f"parity {result.parity}; written to {result.out}")
 
 
+@app.command()
+def register(
+    params: ParamsOpt = Path("params.yaml"),
+    export_dir: Annotated[Path, typer.Option("--export", help="Export output folder.")] = Path(
+        "models/export"
+    ),
+    metrics: Annotated[Path, typer.Option(help="metrics.json from evaluate.")] = Path(
+        "models/evaluate/metrics.json"
+    ),
+    run_json: RunOpt = Path("models/train/run.json"),
+    out: Annotated[Path, typer.Option(help="registered.json to write.")] = Path(
+        "models/registered.json"
+    ),
+) -> None:
+    """Register the exported model as a new version (alias challenger) with lineage tags."""
+    from carinspect.config import Settings
+    from carinspect.stages import register as stage
+
+    run_id = _run_id(run_json)
+    if run_id is None:
+        raise InputError(f"{run_json}: the training run's run.json is needed to register")
+    v = stage.run(_params(params).register, Settings(), export_dir, metrics, run_id, out)
+    typer.echo(f"{v.name} version {v.version} (alias {v.alias}) from run {v.run_id}: {v.model_uri}")
+
+
 @data_app.command("demo")
 def data_demo(
     params: ParamsOpt = Path("params.yaml"),

@@ -244,6 +244,13 @@ class ExportConfig(_Section):
     fp16_max_flips: int = Field(1, ge=0, description="FP16: decisions allowed to differ")
 
 
+class RegisterConfig(_Section):
+    """The registered model a pipeline run adds a version to."""
+
+    model_name: str = Field("carinspect", min_length=1)
+    alias: str = Field("challenger", min_length=1, description="alias set on each new version")
+
+
 class MlflowConfig(_Section):
     """Where runs are recorded (the tracking URI itself comes from MLFLOW_TRACKING_URI)."""
 
@@ -262,6 +269,7 @@ class Params(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     threshold: ThresholdConfig = ThresholdConfig()
     export: ExportConfig = ExportConfig()
+    register: RegisterConfig = RegisterConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

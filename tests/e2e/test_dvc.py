@@ -54,7 +54,16 @@ def project(tmp_path: Path) -> Path:
 
 def test_repro_runs_then_does_nothing(project: Path) -> None:
     first = sh(project, DVC, "repro")
-    for stage in ("demo", "ingest", "split", "train", "evaluate", "threshold", "export"):
+    for stage in (
+        "demo",
+        "ingest",
+        "split",
+        "train",
+        "evaluate",
+        "threshold",
+        "export",
+        "register",
+    ):
         assert f"Running stage '{stage}'" in first
     assert (project / "data" / "split" / "splits.csv").is_file()
     assert (project / "models" / "train" / "best.pt").is_file()
@@ -63,6 +72,10 @@ def test_repro_runs_then_does_nothing(project: Path) -> None:
     model_json = json.loads((project / "models" / "export" / "model.json").read_text())
     assert model_json["parity"]["fp32"]["decision_flips"] == 0
     assert (project / "models" / "export" / "model.onnx").stat().st_size > 0
+    registered = json.loads((project / "models" / "registered.json").read_text())
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    challenger = client.get_model_version_by_alias(registered["name"], "challenger")
+    assert str(challenger.version) == registered["version"] == "1"
     run_id = json.loads((project / "models" / "train" / "run.json").read_text())["run_id"]
     run = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id)
     assert run.info.status == "FINISHED"

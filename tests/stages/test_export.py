@@ -6,48 +6,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from carinspect.config import EvaluateConfig, ExportConfig, Settings, ThresholdConfig, load_params
+from carinspect.config import ExportConfig, Settings
 from carinspect.modeling.onnx_export import file_is_self_contained, ort_probabilities, session
-from carinspect.stages import evaluate, export, threshold, train
+from carinspect.stages import export
 from carinspect.stages.export import ExportError, parity
-from tests.conftest import Prepared, tiny_params
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory, prepared: Prepared) -> dict[str, Path]:
-    """A tiny trained, evaluated and thresholded model."""
-    import os
-
-    root = tmp_path_factory.mktemp("export-upstream")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    try:
-        p = load_params(tiny_params(root, train__epochs=2))
-        t = train.run(
-            p.model, p.train, p.mlflow, Settings(), prepared.ingest, prepared.splits, root / "train"
-        )
-        evaluate.run(
-            EvaluateConfig(workers=0),
-            Settings(),
-            t.best,
-            prepared.ingest,
-            prepared.splits,
-            root / "eval",
-        )
-        threshold.run(
-            ThresholdConfig(
-                positive_class="clean", target_precision=0.5, allow_fallback=True, bootstrap=0
-            ),
-            Settings(),
-            root / "eval" / "predictions.csv",
-            root / "thr",
-        )
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return {
-        "best": t.best,
-        "calibration": root / "eval" / "calibration.json",
-        "threshold": root / "thr" / "threshold.json",
-    }
+from tests.conftest import Prepared
 
 
 def run_export(

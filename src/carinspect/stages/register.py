@@ -1,0 +1,37 @@
+"""register: the exported model becomes a version of ``register.model_name`` with alias challenger.
+
+The ONNX file and model.json are logged into the training run as an MLflow model (onnx flavour,
+one self-contained file, signature, batch-of-one input example); the new version is tagged with
+lineage (data digest and source, git commit and dirty flag, params hash, val/test metrics,
+decision rule, KFP run id when there is one) and gets the alias ``register.alias``. Output:
+``registered.json`` (name, version, run id, model URI, alias).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from carinspect.config import RegisterConfig, Settings
+from carinspect.errors import InputError
+from carinspect.io import write_json_atomic
+from carinspect.tracking.registry import RegisteredVersion, register_version, to_json, version_tags
+
+
+class RegisterError(InputError):
+    """Inputs for registration are missing."""
+
+
+def run(
+    cfg: RegisterConfig, settings: Settings, export_dir: Path, metrics: Path, run_id: str, out: Path
+) -> RegisteredVersion:
+    """Register ``export_dir`` from run ``run_id``; write ``out`` (registered.json)."""
+    export_dir = Path(export_dir)
+    for needed in (export_dir / "model.onnx", export_dir / "model.json", Path(metrics)):
+        if not needed.is_file():
+            raise RegisterError(f"{needed} not found (run the earlier stages first)")
+    model_json = json.loads((export_dir / "model.json").read_text())
+    tags = version_tags(settings, run_id, model_json, json.loads(Path(metrics).read_text()))
+    version = register_version(settings, run_id, cfg.model_name, export_dir, tags, cfg.alias)
+    write_json_atomic(Path(out), to_json(version))
+    return version

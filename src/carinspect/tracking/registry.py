@@ -1,0 +1,105 @@
+"""Model registry: log the exported model into its training run, register a version, tag, alias."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carinspect.config import Settings
+
+logger = logging.getLogger(__name__)
+
+EXECUTION_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """What register writes to registered.json."""
+
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+    alias: str
+
+
+def params_hash(params: dict[str, str]) -> str:
+    """Stable digest of a run's parameters (sorted JSON)."""
+    return "sha256:" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def register_version(
+    settings: Settings,
+    run_id: str,
+    name: str,
+    export_dir: Path,
+    tags: dict[str, str],
+    alias: str,
+) -> RegisteredVersion:
+    """Log ``export_dir``'s model.onnx (+ model.json) to ``run_id`` and register it under ``name``."""
+    import mlflow
+    import onnx
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    from carinspect.modeling.onnx_export import INPUT, session
+
+    meta = json.loads((export_dir / "model.json").read_text())
+    size = int(meta["preprocess"]["img_size"])
+    example = np.zeros((1, 3, size, size), dtype=np.float32)  # one image: keeps the example small
+    outputs = session(export_dir / "model.onnx").run(None, {INPUT: example})
+    signature = infer_signature({INPUT: example}, dict(zip(meta["outputs"], outputs, strict=True)))
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    client = MlflowClient()
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.onnx.log_model(
+            onnx.load(str(export_dir / "model.onnx")),
+            name="model",
+            signature=signature,
+            input_example={INPUT: example},
+            save_as_external_data=False,
+            onnx_execution_providers=EXECUTION_PROVIDERS,
+            extra_files=[str(export_dir / "model.json")],
+        )
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, alias, version.version)
+    logger.info(
+        "registered %s version %s (alias %s) from run %s", name, version.version, alias, run_id
+    )
+    return RegisteredVersion(
+        name, str(version.version), run_id, f"models:/{name}/{version.version}", alias
+    )
+
+
+def version_tags(
+    settings: Settings, run_id: str, model_json: dict[str, Any], metrics: dict[str, Any]
+) -> dict[str, str]:
+    """Lineage and headline figures for a model version."""
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(settings.mlflow_tracking_uri).get_run(run_id)
+    tags = {k: str(v) for k, v in model_json.get("lineage", {}).items()}
+    tags["params.hash"] = params_hash(run.data.params)
+    for split in ("val", "test"):
+        for key in ("accuracy", "macro_f1", "auroc_macro", "ece"):
+            value = metrics.get(split, {}).get(key)
+            if value is not None:
+                tags[f"metrics.{split}.{key}"] = f"{value:.6f}"
+    decision = model_json.get("decision", {})
+    tags["decision"] = json.dumps(
+        {k: v for k, v in decision.items() if k != "classes"}, sort_keys=True
+    )
+    tags["classes"] = ",".join(model_json["classes"])
+    tags["execution_providers"] = ",".join(EXECUTION_PROVIDERS)
+    return tags
+
+
+def to_json(v: RegisteredVersion) -> dict[str, str]:
+    """registered.json content."""
+    return asdict(v)

@@ -1,0 +1,78 @@
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from carinspect.config import RegisterConfig, Settings
+from carinspect.stages import register
+from carinspect.stages.register import RegisterError
+
+
+@pytest.fixture(params=["embedded", "server"])
+def tracking(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    upstream: dict[str, Path],
+) -> str:
+    """The upstream run, copied into an embedded store or re-created on a real mlflow server."""
+    if request.param == "embedded":
+        db = tmp_path / "mlflow.db"
+        shutil.copy(upstream["tracking"], db)
+        uri = f"sqlite:///{db}"
+    else:
+        uri = request.getfixturevalue("mlflow_server")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+def test_two_registrations_give_versions_1_and_2(
+    tmp_path: Path, tracking: str, upstream: dict[str, Path]
+) -> None:
+    mlflow.set_tracking_uri(tracking)
+    if tracking.startswith("http"):  # the server has its own store: a run to register from
+        mlflow.set_experiment("register-test")
+        with mlflow.start_run() as run:
+            mlflow.log_param("model.name", "test_resnet")
+        run_id = run.info.run_id
+    else:
+        run_id = str(upstream["run_id"])
+    name = f"cars-{tmp_path.name[-12:]}"
+    cfg = RegisterConfig(model_name=name)
+    first = register.run(
+        cfg, Settings(), upstream["export"], upstream["metrics"], run_id, tmp_path / "r1.json"
+    )
+    second = register.run(
+        cfg, Settings(), upstream["export"], upstream["metrics"], run_id, tmp_path / "r2.json"
+    )
+    assert (first.version, second.version) == ("1", "2")
+    client = MlflowClient()
+    mv = client.get_model_version_by_alias(name, "challenger")
+    assert str(mv.version) == "2"  # int from SQLite, str over REST: compare as text
+    for key in (
+        "data.digest",
+        "git.commit",
+        "params.hash",
+        "metrics.test.accuracy",
+        "decision",
+        "classes",
+    ):
+        assert key in mv.tags, key
+    assert (tmp_path / "r2.json").read_text().count('"version": "2"') == 1
+    files = mlflow.artifacts.download_artifacts(
+        f"models:/{name}@challenger", dst_path=str(tmp_path / "dl")
+    )
+    assert (Path(files) / "model.onnx").is_file() and (
+        Path(files) / "extra_files" / "model.json"
+    ).is_file()
+    assert not list(Path(files).glob("*.data"))  # one self-contained ONNX file
+
+
+def test_missing_export(tmp_path: Path, upstream: dict[str, Path]) -> None:
+    with pytest.raises(RegisterError, match=r"model\.onnx not found"):
+        register.run(
+            RegisterConfig(), Settings(), tmp_path, upstream["metrics"], "x", tmp_path / "r.json"
+        )
