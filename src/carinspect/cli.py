@@ -254,7 +254,7 @@ def register(
     run_id = _run_id(run_json)
     if run_id is None:
         raise InputError(f"{run_json}: the training run's run.json is needed to register")
-    v = stage.run(_params(params).register, Settings(), export_dir, metrics, run_id, out)
+    v = stage.run(_params(params).register_, Settings(), export_dir, metrics, run_id, out)
     typer.echo(f"{v.name} version {v.version} (alias {v.alias}) from run {v.run_id}: {v.model_uri}")
 
 

@@ -269,7 +269,8 @@ class Params(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     threshold: ThresholdConfig = ThresholdConfig()
     export: ExportConfig = ExportConfig()
-    register: RegisterConfig = RegisterConfig()
+    # `register` would shadow ABCMeta.register on the model class; the YAML key stays `register`
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     mlflow: MlflowConfig = MlflowConfig()
 
 
