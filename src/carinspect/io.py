@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -61,6 +62,17 @@ def staged_dir(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def json_ready(obj: Any, digits: int = 6) -> Any:
+    """Round floats for reports; NaN (undefined on a small split) becomes null, valid JSON."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: json_ready(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v, digits) for v in obj]
+    return obj
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -26,7 +26,7 @@ from carinspect.data.dataset import ImageDataset, load_split, loader_for
 from carinspect.data.preprocess import PreprocessSpec
 from carinspect.evaluation import calibration, plots
 from carinspect.evaluation.metrics import classification_report, majority_baseline
-from carinspect.io import staged_dir, write_json_atomic, write_text_atomic
+from carinspect.io import json_ready, staged_dir, write_json_atomic, write_text_atomic
 from carinspect.modeling.checkpoint import load_checkpoint, model_from_checkpoint
 from carinspect.tracking import runs
 from carinspect.training.loop import Precision, predict_logits
@@ -105,10 +105,10 @@ def run(
     metrics["calibration"] = {k: v for k, v in calib.items() if k != "fitted_on"}
     out = Path(out)
     with staged_dir(out) as tmp:
-        write_json_atomic(tmp / "metrics.json", _rounded(metrics))
+        write_json_atomic(tmp / "metrics.json", json_ready(metrics))
         write_json_atomic(
             tmp / "report.json",
-            _rounded(
+            json_ready(
                 {"classes": classes, "splits": reports, "baseline": baseline, "calibration": calib}
             ),
         )
@@ -148,16 +148,6 @@ def _ece(probs: np.ndarray, labels: np.ndarray, cfg: EvaluateConfig) -> float:
     from carinspect.evaluation.metrics import expected_calibration_error
 
     return expected_calibration_error(probs, labels, cfg.ece_bins)
-
-
-def _rounded(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return round(obj, 6)
-    if isinstance(obj, dict):
-        return {k: _rounded(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_rounded(v) for v in obj]
-    return obj
 
 
 def _plots(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,7 +27,7 @@ from sklearn import metrics as skm
 from carinspect.config import Settings, ThresholdConfig
 from carinspect.errors import InputError
 from carinspect.evaluation import threshold as th
-from carinspect.io import staged_dir, write_json_atomic, write_text_atomic
+from carinspect.io import json_ready, staged_dir, write_json_atomic, write_text_atomic
 from carinspect.tracking import runs
 
 logger = logging.getLogger(__name__)
@@ -65,16 +64,6 @@ def read_predictions(path: Path) -> tuple[list[str], dict[str, tuple[np.ndarray,
     if len(out["val"][1]) == 0:
         raise ThresholdError(f"{path}: no val rows; the threshold is chosen on val")
     return classes, out
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else round(obj, 6)
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def _binary_at(
@@ -235,7 +224,7 @@ def run(
     """Choose the operating point from ``predictions`` and write ``out``."""
     classes, data = read_predictions(Path(predictions))
     spec = _binary(cfg, classes, data) if len(classes) == 2 else _multiclass(cfg, classes, data)
-    spec = _clean({"classes": classes, **spec})
+    spec = json_ready({"classes": classes, **spec})
     metrics = {
         split: {k: v for k, v in figs.items() if k != "ci95"}
         for split, figs in spec["splits"].items()

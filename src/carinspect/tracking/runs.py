@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +17,30 @@ from carinspect.config import MlflowConfig, Settings
 logger = logging.getLogger(__name__)
 
 
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": "0.1"}``; lists become JSON."""
-    out: dict[str, str] = {}
+def _leaves(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) for every non-mapping value of a nested mapping."""
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(flatten(v, f"{key}."))
-        elif isinstance(v, list | tuple):
-            out[key] = json.dumps(v)
+            yield from _leaves(v, f"{key}.")
         else:
-            out[key] = str(v)
-    return out
+            yield key, v
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": "0.1"}``; lists become JSON."""
+    return {
+        k: json.dumps(v) if isinstance(v, list | tuple) else str(v) for k, v in _leaves(d, prefix)
+    }
 
 
 def numeric_leaves(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """Numeric leaves of a nested mapping as flat metric names (None, bools and text dropped)."""
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(numeric_leaves(v, f"{key}."))
-        elif isinstance(v, int | float) and not isinstance(v, bool):
-            out[key] = float(v)
-    return out
+    return {
+        k: float(v)
+        for k, v in _leaves(d, prefix)
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 def start_run(settings: Settings, cfg: MlflowConfig | None, run_id: str | None = None) -> str:
