@@ -257,3 +257,40 @@ def upstream(tmp_path_factory: pytest.TempPathFactory, prepared: Prepared) -> di
         "run_id": Path(t.run_id),
         "tracking": root / "mlflow.db",
     }
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A tracking store holding a run that model versions can be registered from."""
+
+    uri: str
+    run_id: str
+    kind: str
+
+
+@pytest.fixture(params=["embedded", "server"])
+def registry(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    upstream: dict[str, Path],
+) -> Registry:
+    """The upstream run copied into an embedded store, or a fresh run on a real mlflow server."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    if request.param == "embedded":
+        db = tmp_path / "mlflow.db"
+        shutil.copy(upstream["tracking"], db)
+        uri, run_id = f"sqlite:///{db}", str(upstream["run_id"])
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    else:
+        uri = request.getfixturevalue("mlflow_server")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("registry-tests")
+        with mlflow.start_run() as run:
+            mlflow.log_param("model.name", "test_resnet")
+        run_id = run.info.run_id
+    mlflow.set_tracking_uri(uri)
+    return Registry(uri, run_id, request.param)

@@ -251,6 +251,19 @@ class RegisterConfig(_Section):
     alias: str = Field("challenger", min_length=1, description="alias set on each new version")
 
 
+GateMetric = Literal["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auroc_macro"]
+
+
+class PromoteConfig(_Section):
+    """The gate ``carinspect promote`` applies before moving the serving alias."""
+
+    alias: str = Field("champion", min_length=1, description="the alias serving follows")
+    metric: GateMetric = Field("accuracy", description="compared between candidate and champion")
+    split: Literal["val", "test"] = "test"
+    tolerance: float = Field(0.01, ge=0.0, le=1.0, description="candidate >= champion - tolerance")
+    floor: float = Field(0.65, ge=0.0, le=1.0, description="candidate >= floor, champion or not")
+
+
 class MlflowConfig(_Section):
     """Where runs are recorded (the tracking URI itself comes from MLFLOW_TRACKING_URI)."""
 
@@ -271,6 +284,7 @@ class Params(_Section):
     export: ExportConfig = ExportConfig()
     # `register` would shadow ABCMeta.register on the model class; the YAML key stays `register`
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    promote: PromoteConfig = PromoteConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 
@@ -281,6 +295,9 @@ class Settings(BaseSettings):
 
     mlflow_tracking_uri: str = Field("sqlite:///mlflow.db", validation_alias="MLFLOW_TRACKING_URI")
     kfp_run_id: str | None = Field(None, validation_alias="KFP_RUN_ID")
+    user: str | None = Field(
+        None, validation_alias="CARINSPECT_USER", description="who is named in the audit trail"
+    )
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

@@ -1,4 +1,3 @@
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -8,38 +7,13 @@ from mlflow.tracking import MlflowClient
 from carinspect.config import RegisterConfig, Settings
 from carinspect.stages import register
 from carinspect.stages.register import RegisterError
-
-
-@pytest.fixture(params=["embedded", "server"])
-def tracking(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    upstream: dict[str, Path],
-) -> str:
-    """The upstream run, copied into an embedded store or re-created on a real mlflow server."""
-    if request.param == "embedded":
-        db = tmp_path / "mlflow.db"
-        shutil.copy(upstream["tracking"], db)
-        uri = f"sqlite:///{db}"
-    else:
-        uri = request.getfixturevalue("mlflow_server")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    return uri
+from tests.conftest import Registry
 
 
 def test_two_registrations_give_versions_1_and_2(
-    tmp_path: Path, tracking: str, upstream: dict[str, Path]
+    tmp_path: Path, registry: Registry, upstream: dict[str, Path]
 ) -> None:
-    mlflow.set_tracking_uri(tracking)
-    if tracking.startswith("http"):  # the server has its own store: a run to register from
-        mlflow.set_experiment("register-test")
-        with mlflow.start_run() as run:
-            mlflow.log_param("model.name", "test_resnet")
-        run_id = run.info.run_id
-    else:
-        run_id = str(upstream["run_id"])
+    run_id = registry.run_id
     name = f"cars-{tmp_path.name[-12:]}"
     cfg = RegisterConfig(model_name=name)
     first = register.run(

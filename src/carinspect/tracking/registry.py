@@ -7,15 +7,17 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
-from carinspect.config import Settings
+from carinspect.config import GateMetric, Settings
+from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 EXECUTION_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+GATE_METRICS: tuple[str, ...] = get_args(GateMetric)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def version_tags(
     tags = {k: str(v) for k, v in model_json.get("lineage", {}).items()}
     tags["params.hash"] = params_hash(run.data.params)
     for split in ("val", "test"):
-        for key in ("accuracy", "macro_f1", "auroc_macro", "ece"):
+        for key in (*GATE_METRICS, "ece", "log_loss"):
             value = metrics.get(split, {}).get(key)
             if value is not None:
                 tags[f"metrics.{split}.{key}"] = f"{value:.6f}"
@@ -103,3 +105,71 @@ def version_tags(
 def to_json(v: RegisteredVersion) -> dict[str, str]:
     """registered.json content."""
     return asdict(v)
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One line of `carinspect models`."""
+
+    version: str
+    aliases: list[str]
+    created: str
+    run_id: str
+    metrics: dict[str, float]
+    lineage: dict[str, str]
+
+
+LINEAGE_KEYS = (
+    "data.digest",
+    "data.source",
+    "git.commit",
+    "git.dirty",
+    "kfp.run_id",
+    "params.hash",
+)
+
+
+def get_registered(client: Any, name: str) -> Any:
+    """The registered model ``name``, or a clear error naming it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as err:
+        raise InputError(f"registered model {name!r} not found: {err.message}") from err
+
+
+def list_versions(client: Any, name: str) -> list[VersionRow]:
+    """Every version of ``name``, newest first, with aliases, headline metrics and lineage."""
+    from datetime import UTC, datetime
+
+    by_version: dict[str, list[str]] = {}
+    for alias, v in (get_registered(client, name).aliases or {}).items():
+        by_version.setdefault(str(v), []).append(alias)
+    found: list[Any] = []
+    token = None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            break
+    rows = []
+    for mv in sorted(found, key=lambda m: int(m.version), reverse=True):
+        tags = mv.tags or {}
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC)
+        rows.append(
+            VersionRow(
+                version=str(mv.version),
+                aliases=sorted(by_version.get(str(mv.version), [])),
+                created=created.isoformat(timespec="seconds"),
+                run_id=str(mv.run_id or ""),
+                metrics={
+                    k.removeprefix("metrics."): float(v)
+                    for k, v in tags.items()
+                    if k.startswith("metrics.")
+                },
+                lineage={k: tags[k] for k in LINEAGE_KEYS if k in tags},
+            )
+        )
+    return rows
