@@ -166,34 +166,51 @@ def sqlite_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
+def _webhook_env() -> dict[str, str]:
+    """Server env letting webhooks reach a receiver on 127.0.0.1 over http (tests only)."""
+    import base64
+
+    return {
+        **os.environ,
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+    }
+
+
+def wait_for_health(url: str, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+    """Wait until an mlflow server answers /health (it takes several seconds to come up)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"mlflow server did not answer /health in {timeout:.0f} s")
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` (one worker, SQLite + local artifacts), stopped by pid."""
-    import urllib.request
-
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     proc = subprocess.Popen(
         [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root, env=_webhook_env(),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("mlflow server did not answer /health in 90 s")
-            time.sleep(0.5)
+        wait_for_health(url, proc)
         yield url
     finally:
         stop_process(proc)
@@ -294,3 +311,68 @@ def registry(
         run_id = run.info.run_id
     mlflow.set_tracking_uri(uri)
     return Registry(uri, run_id, request.param)
+
+
+def _pg_binary(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_uri() -> Iterator[str | None]:
+    """A PostgreSQL server (Debian's postgresql) on 127.0.0.1, or None where none is installed.
+
+    initdb refuses to run as root: as root the server runs as the `postgres` user.
+    """
+    import pwd
+    import tempfile
+
+    initdb, postgres = _pg_binary("initdb"), _pg_binary("postgres")
+    if initdb is None or postgres is None:
+        yield None
+        return
+    user: str | None = None
+    if os.geteuid() == 0:
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            yield None
+            return
+        user = "postgres"
+    root = Path(tempfile.mkdtemp(prefix="carinspect-pg-"))
+    if user is not None:
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+    data = root / "data"
+    subprocess.run(
+        [initdb, "-D", str(data), "-A", "trust", "-U", "mlflow", "--no-sync"],
+        check=True, user=user, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    port = free_port()
+    proc = subprocess.Popen(
+        [postgres, "-D", str(data), "-p", str(port), "-k", str(root),
+         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+        user=user, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, proc)
+        import psycopg
+
+        deadline = time.monotonic() + 30
+        while True:  # the port opens before the server accepts logins
+            try:
+                with psycopg.connect(
+                    f"host=127.0.0.1 port={port} user=mlflow dbname=postgres", autocommit=True
+                ) as conn:
+                    conn.execute("CREATE DATABASE mlflow")
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield f"postgresql+psycopg://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        stop_process(proc)
+        shutil.rmtree(root, ignore_errors=True)

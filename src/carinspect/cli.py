@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+webhook_app = typer.Typer(help="MLflow webhooks for alias moves (optional; serving also polls).")
+app.add_typer(webhook_app, name="webhook")
 
 ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="params.yaml to read (one section per stage).")
@@ -367,6 +369,28 @@ def models(params: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) ->
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@webhook_app.command("add")
+def webhook_add(
+    url: Annotated[str, typer.Argument(help="Receiver, e.g. https://serving/webhooks/mlflow.")],
+    name: Annotated[str, typer.Option(help="Webhook name in MLflow.")] = "carinspect-alias",
+) -> None:
+    """Have the MLflow server POST alias moves to URL, signed with CARINSPECT_WEBHOOK_SECRET."""
+    from carinspect.config import Settings
+    from carinspect.tracking.promotion import client_for
+    from carinspect.tracking.webhooks import create_alias_webhook
+
+    settings = Settings()
+    if settings.webhook_secret is None:
+        raise InputError("CARINSPECT_WEBHOOK_SECRET is not set: deliveries are signed with it")
+    hook = create_alias_webhook(
+        client_for(settings.mlflow_tracking_uri),
+        name,
+        url,
+        settings.webhook_secret.get_secret_value(),
+    )
+    typer.echo(f"webhook {hook.webhook_id} ({hook.name}) -> {hook.url}")
 
 
 @data_app.command("demo")

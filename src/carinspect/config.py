@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from carinspect.errors import InputError
@@ -297,6 +297,9 @@ class Settings(BaseSettings):
     kfp_run_id: str | None = Field(None, validation_alias="KFP_RUN_ID")
     user: str | None = Field(
         None, validation_alias="CARINSPECT_USER", description="who is named in the audit trail"
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, validation_alias="CARINSPECT_WEBHOOK_SECRET", description="signs alias webhooks"
     )
 
 

@@ -1,0 +1,78 @@
+"""MLflow webhooks for alias moves: registration, and verification of what MLflow sends.
+
+Serving follows ``champion`` by polling; a webhook only makes it notice sooner. MLflow signs each
+delivery with HMAC-SHA256 over ``<delivery id>.<timestamp>.<body>`` and sends ``v1,<base64>`` in
+X-MLflow-Signature. Webhooks are experimental in MLflow and need a SQL backend store; the server
+refuses http:// and private addresses unless MLFLOW_WEBHOOK_ALLOWED_SCHEMES and
+MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS say otherwise (an in-cluster receiver needs the latter).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from carinspect.errors import InputError
+
+SIGNATURE_HEADER = "X-MLflow-Signature"
+TIMESTAMP_HEADER = "X-MLflow-Timestamp"
+DELIVERY_HEADER = "X-MLflow-Delivery-Id"
+ALIAS_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")
+
+
+class WebhookError(InputError):
+    """A delivery that is not signed by the configured secret, too old, or malformed."""
+
+
+def create_alias_webhook(client: Any, name: str, url: str, secret: str) -> Any:
+    """Ask the MLflow server to POST alias creations and deletions to ``url``, signed."""
+    if not secret:
+        raise WebhookError("a webhook needs a secret: deliveries are verified with it")
+    return client.create_webhook(
+        name=name,
+        url=url,
+        events=list(ALIAS_EVENTS),
+        description="carinspect: a model version alias moved",
+        secret=secret,
+    )
+
+
+def sign(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
+    """The X-MLflow-Signature value for a delivery (what MLflow computes)."""
+    content = f"{delivery_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret.encode(), content, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(
+    secret: str, headers: Mapping[str, str], body: bytes, max_age_s: float = 300.0
+) -> dict[str, Any]:
+    """Check a delivery's signature and age; return its JSON payload.
+
+    ``headers`` may be any case (HTTP header names are case-insensitive).
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    signature = lower.get(SIGNATURE_HEADER.lower())
+    timestamp = lower.get(TIMESTAMP_HEADER.lower())
+    delivery = lower.get(DELIVERY_HEADER.lower())
+    if not (signature and timestamp and delivery):
+        raise WebhookError("webhook delivery without MLflow signature, timestamp or delivery id")
+    expected = sign(secret, delivery, timestamp, body)
+    if not hmac.compare_digest(signature.encode(), expected.encode()):
+        raise WebhookError("webhook signature does not match the configured secret")
+    try:
+        age = time.time() - int(timestamp)
+    except ValueError as err:
+        raise WebhookError(f"webhook timestamp {timestamp!r} is not a Unix time") from err
+    if abs(age) > max_age_s:
+        raise WebhookError(f"webhook delivery is {age:.0f} s old (limit {max_age_s:.0f} s)")
+    try:
+        payload: dict[str, Any] = json.loads(body)
+    except ValueError as err:
+        raise WebhookError(f"webhook body is not JSON: {err}") from err
+    return payload
