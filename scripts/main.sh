@@ -10,4 +10,9 @@ for m in data/ingest/metrics.json data/split/metrics.json models/train/metrics.j
   models/evaluate/metrics.json models/threshold/metrics.json models/export/metrics.json; do
   [ -f "$m" ] && dvc metrics show "$m"
 done
+if [ -f models/registered.json ]; then
+  echo
+  carinspect models | head -n 6    # the newest versions, their aliases, test metric and lineage
+  echo "next: carinspect promote     # alias champion -> the challenger, if it passes the gate"
+fi
 exit 0

@@ -101,7 +101,7 @@ def record(client: Any, name: str, move: AliasMove) -> None:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     key = f"{_PREFIX}{move.alias}.{stamp}-{uuid.uuid4().hex[:6]}"
     client.set_registered_model_tag(name, key, json.dumps(asdict(move), sort_keys=True))
-    logger.info("audit %s: %s", name, move.describe())
+    logger.debug("audit %s: %s", name, move.describe())
 
 
 def reconcile(client: Any, name: str, alias: str, observer: str) -> AliasMove | None:
