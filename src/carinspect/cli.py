@@ -371,6 +371,54 @@ def models(params: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) ->
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Serve MODEL_URI (default models:/carinspect@champion) over HTTP; settings from the env."""
+    import uvicorn
+
+    from carinspect.serving.app import create_app
+
+    # one process: the batcher needs every request in one place; scale with replicas
+    uvicorn.run(create_app(), host=host, port=port, log_config=None, timeout_graceful_shutdown=10)
+
+
+@app.command()
+def predict(
+    target: Annotated[
+        str, typer.Argument(help="An image, a folder of images, or s3://bucket/prefix.")
+    ],
+    out: Annotated[Path, typer.Option(help="predictions.json or predictions.csv to write.")] = Path(
+        "predictions.json"
+    ),
+) -> None:
+    """Predict images with MODEL_URI's model, as the server would, without HTTP."""
+    from carinspect.data.images import ImageLimits
+    from carinspect.serving.batch_predict import list_inputs, predict_inputs, write_predictions
+    from carinspect.serving.model_store import ModelLoadError, ModelStore
+    from carinspect.serving.settings import ServeSettings
+
+    settings = ServeSettings()
+    store = ModelStore(settings)
+    if not store.refresh() or store.current is None:
+        raise ModelLoadError(store.last_error or f"{settings.model_uri}: no model")
+    model = store.current
+    limits = ImageLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes)
+    rows = predict_inputs(model, list_inputs(target), limits, settings.max_batch_size)
+    write_predictions(rows, out, model.classes)
+    failed = sum(1 for r in rows if "error" in r)
+    counts: dict[str, int] = {}
+    for r in rows:
+        if "label" in r:
+            counts[r["label"]] = counts.get(r["label"], 0) + 1
+    version = f"version {model.version}" if model.version else str(model.folder)
+    typer.echo(
+        f"{len(rows)} inputs, {failed} unusable, labels {counts}; {version}; written to {out}"
+    )
+
+
 @webhook_app.command("add")
 def webhook_add(
     url: Annotated[str, typer.Argument(help="Receiver, e.g. https://serving/webhooks/mlflow.")],

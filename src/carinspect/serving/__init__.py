@@ -1,0 +1,1 @@
+"""Serving: FastAPI on onnxruntime, following the champion alias."""

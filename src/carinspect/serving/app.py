@@ -1,0 +1,292 @@
+"""The FastAPI application: routes, auth, error mapping, and the model store's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from carinspect.data.images import ImageError, ImageLimits
+from carinspect.errors import InputError
+from carinspect.serving.batcher import Batcher
+from carinspect.serving.inference import answer, pixels_for, thresholds_of
+from carinspect.serving.limits import BodyLimit, RequestMetrics
+from carinspect.serving.metrics import ServingMetrics
+from carinspect.serving.model_store import LoadedModel, ModelStore
+from carinspect.serving.schemas import (
+    BatchPrediction,
+    ErrorResponse,
+    Health,
+    ModelStatus,
+    Prediction,
+    UrlRequest,
+)
+from carinspect.serving.settings import ServeSettings
+from carinspect.serving.urlfetch import UrlFetchError, fetch, parse_networks
+
+logger = logging.getLogger(__name__)
+
+# Why an image was refused -> the status that says so.
+IMAGE_STATUS = {
+    "empty": 400,
+    "too_large_file": 413,
+    "not_an_image": 415,
+    "unsupported_format": 415,
+    "pixel_bomb": 422,
+    "corrupt": 422,
+    "too_small": 422,
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 422, 503)
+}
+
+
+class Service:
+    """What the routes share: settings, model store, batcher, metrics."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.metrics = ServingMetrics()
+        self.store = ModelStore(settings, on_reload=self._reloaded)
+        self.batcher = Batcher(
+            settings.max_batch_size, settings.max_wait_ms, self.metrics.observe_batch
+        )
+        self.limits = ImageLimits(
+            max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes
+        )
+        self.allowed_networks = parse_networks(settings.url_fetch_allow_cidrs)
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def _reloaded(self, model: LoadedModel | None, error: str | None) -> None:
+        if model is not None:
+            self.metrics.reloads.inc()
+            self.metrics.serving(model.ref.name, model.version, model.ref.alias, model.provider)
+        if error is not None:
+            self.metrics.reload_failures.inc()
+
+    async def start(self) -> None:
+        """Start the batcher, load the model (a failure leaves the server up, not ready), poll."""
+        await self.batcher.start()
+        await run_in_threadpool(self.store.refresh)
+        self._poller = threading.Thread(
+            target=self.store.poll, args=(self._stop,), name="model-poll", daemon=True
+        )
+        self._poller.start()
+
+    async def stop(self) -> None:
+        """Stop polling and batching."""
+        self._stop.set()
+        await self.batcher.stop()
+
+    def model(self) -> LoadedModel:
+        """The model serving now, or 503."""
+        model = self.store.current
+        if model is None:
+            raise HTTPException(503, f"no model loaded yet: {self.store.last_error or 'loading'}")
+        return model
+
+    async def predict(self, data: bytes, filename: str | None) -> Prediction:
+        """Decode and preprocess off the event loop, then wait for a batch slot."""
+        started = time.perf_counter()
+        model = self.model()
+        try:
+            pixels = await run_in_threadpool(pixels_for, data, model, self.limits)
+        except ImageError as err:
+            raise HTTPException(
+                IMAGE_STATUS.get(err.reason, 422), f"{filename or 'upload'}: {err}"
+            ) from err
+        probs = await self.batcher.submit(pixels, model)
+        ms = (time.perf_counter() - started) * 1000
+        return Prediction(**answer(model, probs), processing_ms=round(ms, 3), filename=filename)
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _authorized(request: Request, service: Annotated[Service, Depends(_service)]) -> None:
+    """Predict routes need ``Authorization: Bearer <key>`` when API_KEYS is set."""
+    keys = service.settings.keys()
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    ok = False
+    for key in keys:  # compare with every key: the time taken does not depend on which matched
+        ok |= hmac.compare_digest(token.strip().encode(), key.encode())
+    if scheme.lower() != "bearer" or not ok:
+        raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+ServiceDep = Annotated[Service, Depends(_service)]
+Auth = [Depends(_authorized)]
+
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
+    """The serving app; settings from the environment unless given."""
+    settings = settings or ServeSettings()
+    service = Service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="carinspect",
+        description="Vehicle photo classifier served from the MLflow registry (alias "
+        f"{service.store.ref.alias or '-'}).",
+        version="1",
+        lifespan=lifespan,
+        responses=ERRORS,
+    )
+    app.state.service = service
+    app.add_middleware(
+        BodyLimit,
+        default_limit=settings.max_upload_bytes + 64 * 1024,
+        limits={"/predict/batch": settings.max_upload_bytes * settings.max_batch_files + 64 * 1024,
+                "/predict/url": 64 * 1024, "/webhooks/mlflow": 256 * 1024},
+    )  # fmt: skip
+    app.add_middleware(RequestMetrics, metrics=service.metrics)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(err.detail)}, err.status_code, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        parts = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            for e in err.errors()
+        ]
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, 422)
+
+    @app.exception_handler(InputError)
+    async def _bad_input(request: Request, err: InputError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, getattr(err, "status", 400))
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        """Liveness: the process answers."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+    async def readyz(service: ServiceDep) -> Any:
+        """Readiness: a model is loaded and warmed up."""
+        if service.store.current is None:
+            detail = service.store.last_error or "loading"
+            return JSONResponse(Health(status="not ready", detail=detail).model_dump(), 503)
+        return Health(status="ready")
+
+    @app.get("/model", response_model=ModelStatus, tags=["health"])
+    async def model_status(service: ServiceDep) -> ModelStatus:
+        """The model serving now, its thresholds and provider, and the last reload error."""
+        store, m = service.store, service.store.current
+        return ModelStatus(
+            ready=m is not None,
+            uri=store.ref.uri,
+            name=store.ref.name,
+            version=m.version if m else None,
+            alias=store.ref.alias,
+            classes=m.classes if m else [],
+            thresholds=thresholds_of(m.decision) if m else {},
+            preprocess=m.spec.to_dict() if m else {},
+            execution_provider=m.provider if m else None,
+            providers=m.providers if m else [],
+            loaded_at=m.loaded_at if m else None,
+            reloads=store.reloads,
+            reload_failures=store.failures,
+            last_reload_error=store.last_error,
+            last_reload_error_at=store.last_error_at,
+        )
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def metrics(service: ServiceDep) -> Response:
+        """Prometheus metrics."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/predict", response_model=Prediction, dependencies=Auth, tags=["predict"])
+    async def predict(service: ServiceDep, file: Annotated[UploadFile, File()]) -> Prediction:
+        """One image (multipart field ``file``): label, confidence, probabilities."""
+        return await service.predict(await file.read(), file.filename)
+
+    @app.post("/predict/batch", response_model=BatchPrediction, dependencies=Auth, tags=["predict"])
+    async def predict_batch(
+        service: ServiceDep, files: Annotated[list[UploadFile], File()]
+    ) -> BatchPrediction:
+        """Several images (multipart field ``files``, at most MAX_BATCH_FILES), in order."""
+        started = time.perf_counter()
+        limit = service.settings.max_batch_files
+        if len(files) > limit:
+            raise HTTPException(413, f"{len(files)} files: at most {limit} per request")
+        datas = [await f.read() for f in files]
+        results = await asyncio.gather(
+            *(service.predict(d, f.filename) for d, f in zip(datas, files, strict=True)),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            first = errors[0]
+            if isinstance(first, HTTPException):
+                details = "; ".join(str(e.detail) for e in errors if isinstance(e, HTTPException))
+                raise HTTPException(first.status_code, details)
+            raise first
+        ms = (time.perf_counter() - started) * 1000
+        return BatchPrediction(
+            predictions=[r for r in results if isinstance(r, Prediction)],
+            processing_ms=round(ms, 3),
+        )
+
+    @app.post("/predict/url", response_model=Prediction, dependencies=Auth, tags=["predict"])
+    async def predict_url(service: ServiceDep, body: UrlRequest) -> Prediction:
+        """An image fetched from a public http(s) URL (only when ALLOW_URL_FETCH is on)."""
+        if not service.settings.allow_url_fetch:
+            raise HTTPException(403, "URL fetching is disabled on this server (ALLOW_URL_FETCH)")
+        try:
+            data = await fetch(
+                body.url,
+                timeout_s=service.settings.url_fetch_timeout_s,
+                max_bytes=service.settings.max_upload_bytes,
+                allowed=service.allowed_networks,
+            )
+        except UrlFetchError as err:
+            raise HTTPException(err.status, str(err)) from err
+        return await service.predict(data, body.url)
+
+    @app.post("/webhooks/mlflow", status_code=202, response_model=Health, tags=["registry"])
+    async def mlflow_webhook(request: Request, service: ServiceDep) -> Health:
+        """MLflow alias events (HMAC-signed): reload now instead of at the next poll."""
+        from carinspect.tracking.webhooks import WebhookError, verify
+
+        secret = service.settings.webhook_secret
+        if secret is None:
+            raise HTTPException(404, "webhooks are not enabled (CARINSPECT_WEBHOOK_SECRET)")
+        body = await request.body()
+        try:
+            payload = verify(secret.get_secret_value(), dict(request.headers), body)
+        except WebhookError as err:
+            raise HTTPException(401, str(err)) from err
+        data = payload.get("data") or {}
+        ref = service.store.ref
+        if data.get("name") == ref.name and data.get("alias") == ref.alias:
+            asyncio.get_running_loop().run_in_executor(None, service.store.refresh)
+            return Health(status="accepted", detail=f"reloading {ref.uri}")
+        return Health(status="ignored", detail="not the alias this server follows")
+
+    return app

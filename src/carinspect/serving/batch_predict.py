@@ -1,0 +1,120 @@
+"""``carinspect predict``: a file, a folder or an S3 prefix through the served model, no HTTP.
+
+It loads the model exactly as the server does (MODEL_URI, the model store) and answers with the
+same fields; files that cannot be used get a row with the reason instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carinspect.data.images import ImageError, ImageLimits
+from carinspect.errors import InputError
+from carinspect.io import write_json_atomic, write_text_atomic
+from carinspect.serving.inference import answer, pixels_for
+from carinspect.serving.model_store import LoadedModel
+
+Reader = Callable[[], bytes]
+
+
+def list_inputs(target: str) -> list[tuple[str, Reader]]:
+    """(name, reader) for a file, every file under a folder, or every object under s3://."""
+    if target.startswith("s3://"):
+        return _s3_inputs(target)
+    path = Path(target)
+    if path.is_file():
+        return [(str(path), path.read_bytes)]
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        if not files:
+            raise InputError(f"{target}: no files in this folder")
+        return [(str(p), p.read_bytes) for p in files]
+    raise InputError(f"{target}: no such file or folder")
+
+
+def _s3_inputs(uri: str) -> list[tuple[str, Reader]]:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise InputError(f"{uri}: no bucket name")
+    client = boto3.client("s3")
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        keys = sorted(
+            o["Key"]
+            for page in pages
+            for o in page.get("Contents", [])
+            if not o["Key"].endswith("/")
+        )
+    except (ClientError, BotoCoreError) as err:
+        raise InputError(f"{uri}: cannot list objects: {err}") from err
+    if not keys:
+        raise InputError(f"{uri}: no objects under this prefix")
+
+    def reader(key: str) -> Reader:
+        def read() -> bytes:
+            body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            return body
+
+        return read
+
+    return [(f"s3://{bucket}/{k}", reader(k)) for k in keys]
+
+
+def _chunks(items: list[tuple[str, Reader]], size: int) -> Iterator[list[tuple[str, Reader]]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def predict_inputs(
+    model: LoadedModel, items: list[tuple[str, Reader]], limits: ImageLimits, batch_size: int
+) -> list[dict[str, Any]]:
+    """One row per input, in order: an answer, or ``error`` and ``detail``."""
+    rows: list[dict[str, Any]] = []
+    for chunk in _chunks(items, batch_size):
+        good: list[tuple[int, np.ndarray]] = []
+        start = len(rows)
+        for name, read in chunk:
+            try:
+                good.append((len(rows), pixels_for(read(), model, limits)))
+                rows.append({"path": name})
+            except ImageError as err:
+                rows.append({"path": name, "error": err.reason, "detail": err.detail})
+            except OSError as err:
+                rows.append({"path": name, "error": "unreadable", "detail": str(err)})
+        if good:
+            probs = model.probabilities(np.stack([p for _, p in good]))
+            for (index, _), row in zip(good, probs, strict=True):
+                rows[index].update(answer(model, row))
+        assert len(rows) == start + len(chunk)
+    return rows
+
+
+def write_predictions(rows: list[dict[str, Any]], out: Path, classes: list[str]) -> None:
+    """``out`` as JSON (a list of rows) or CSV (one column per class probability)."""
+    if out.suffix.lower() == ".json":
+        write_json_atomic(out, rows)
+        return
+    if out.suffix.lower() != ".csv":
+        raise InputError(f"--out {out}: use a .json or .csv file name")
+    buf = io.StringIO()
+    fields = ["path", "label", "confidence", *(f"p_{c}" for c in classes), "error", "detail"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        flat = {k: row.get(k, "") for k in ("path", "label", "confidence", "error", "detail")}
+        flat.update({f"p_{c}": p for c, p in row.get("probabilities", {}).items()})
+        writer.writerow(flat)
+    write_text_atomic(out, buf.getvalue())

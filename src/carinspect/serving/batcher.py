@@ -1,0 +1,124 @@
+"""Dynamic batching: requests wait up to MAX_WAIT_MS to share one onnxruntime call.
+
+Each queued item is an already preprocessed image and the model it was preprocessed for (two
+versions may differ in input size). The collector takes the first waiting item, then whatever
+arrives within ``max_wait_ms`` up to ``max_batch`` items, and runs the batch in a worker thread,
+so the event loop never blocks on inference: requests keep being accepted, decoded and queued
+while a batch runs, and the next batch starts with everything that queued meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from carinspect.serving.model_store import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Item:
+    pixels: np.ndarray
+    model: LoadedModel
+    future: asyncio.Future[np.ndarray]
+    queued_at: float
+
+
+class Batcher:
+    """Collects single images into batches and runs them on their model."""
+
+    def __init__(
+        self,
+        max_batch: int,
+        max_wait_ms: float,
+        observe: Callable[[int, list[float], float], None] | None = None,
+    ) -> None:
+        """``observe(batch size, queue seconds per item, inference seconds)`` feeds metrics."""
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self._observe = observe
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+
+    async def start(self) -> None:
+        """Start collecting (call from the running event loop)."""
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._collect(), name="batcher")
+
+    async def stop(self) -> None:
+        """Stop collecting; waiting requests get an error."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._queue is not None:
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if not item.future.done():
+                    item.future.set_exception(RuntimeError("server is shutting down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, pixels: np.ndarray, model: LoadedModel) -> np.ndarray:
+        """Probabilities for one preprocessed image (3, H, W)."""
+        if self._queue is None:
+            raise RuntimeError("batcher is not running")
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(pixels, model, future, time.perf_counter()))
+        return await future
+
+    async def _collect(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            by_model: dict[int, list[_Item]] = {}
+            for item in batch:
+                by_model.setdefault(id(item.model), []).append(item)
+            for items in by_model.values():
+                await self._run(items)
+
+    async def _run(self, items: list[_Item]) -> None:
+        live = [i for i in items if not i.future.cancelled()]
+        if not live:
+            return
+        started = time.perf_counter()
+        waits = [started - i.queued_at for i in live]
+        pixels = np.stack([i.pixels for i in live])
+        model = live[0].model
+        try:
+            probs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, model.probabilities, pixels
+            )
+        except Exception as err:  # onnxruntime errors go to the requests, not the collector
+            logger.exception("inference failed for a batch of %d", len(live))
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(err)
+            return
+        if self._observe is not None:
+            self._observe(len(live), waits, time.perf_counter() - started)
+        for item, row in zip(live, probs, strict=True):
+            if not item.future.done():
+                item.future.set_result(row)

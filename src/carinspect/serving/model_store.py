@@ -1,0 +1,357 @@
+"""The model serving uses: resolved from MODEL_URI, downloaded, opened, warmed up, swapped.
+
+A new version is swapped in only after it has been downloaded, its onnxruntime session opened
+with the configured execution providers (and checked to really use them: onnxruntime falls back
+to CPU silently when CUDA cannot start, mlflow/mlflow#13388), and a warm-up batch has produced
+sane probabilities. Until then, and whenever any of that fails, the previous model keeps serving
+and the error is kept for /model, /metrics and the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carinspect.data.preprocess import PreprocessSpec
+from carinspect.errors import InputError
+from carinspect.modeling.onnx_export import INPUT, OUTPUTS
+from carinspect.serving.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(InputError):
+    """A model that cannot be served: the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What MODEL_URI names: a registered model by alias or version, or a local folder."""
+
+    uri: str
+    name: str | None = None
+    alias: str | None = None
+    version: str | None = None
+    folder: Path | None = None
+
+    @classmethod
+    def parse(cls, uri: str) -> ModelRef:
+        """``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a folder path."""
+        if uri.startswith("models:/"):
+            rest = uri.removeprefix("models:/").strip("/")
+            if "@" in rest:
+                name, alias = rest.split("@", 1)
+                if name and alias and "/" not in alias:
+                    return cls(uri, name=name, alias=alias)
+            elif rest.count("/") == 1:
+                name, version = rest.split("/")
+                if name and version.isdigit():
+                    return cls(uri, name=name, version=version)
+            raise ModelLoadError(
+                f"MODEL_URI={uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>"
+            )
+        folder = Path(uri.removeprefix("file://"))
+        return cls(uri, folder=folder)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to serve: an open, warmed-up session and what model.json says."""
+
+    ref: ModelRef
+    version: str | None
+    classes: list[str]
+    spec: PreprocessSpec
+    decision: dict[str, Any]
+    session: Any
+    providers: list[str]
+    folder: Path
+    meta: dict[str, Any]
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs the model (the first one onnxruntime kept)."""
+        return self.providers[0]
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a float32 NCHW batch."""
+        out: np.ndarray = self.session.run([OUTPUTS[1]], {INPUT: batch})[0]
+        return out
+
+
+def apply_overrides(decision: dict[str, Any], settings: ServeSettings) -> dict[str, Any]:
+    """The model's decision rule with THRESH / T_LOW / T_HIGH applied."""
+    d = dict(decision)
+    if d.get("task") == "binary":
+        if settings.thresh is not None:
+            d["threshold"] = d["t_high"] = settings.thresh
+        if settings.t_high is not None:
+            d["t_high"] = settings.t_high
+        if settings.t_low is not None:
+            d["t_low"] = settings.t_low
+        d["t_low"] = min(d["t_low"], d["t_high"])
+    elif settings.thresh is not None:
+        d["min_confidence"] = settings.thresh
+    return d
+
+
+def resolve_providers(setting: str) -> tuple[list[str], bool]:
+    """(providers to ask for, whether the first one is required) from ORT_PROVIDERS."""
+    import onnxruntime as ort
+
+    if setting.strip().lower() == "auto":
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"], False
+        return ["CPUExecutionProvider"], False
+    wanted = [p.strip() for p in setting.split(",") if p.strip()]
+    return wanted, True
+
+
+def _read_meta(folder: Path) -> tuple[Path, dict[str, Any]]:
+    """model.onnx and the parsed model.json of a downloaded or local model folder."""
+    onnx_path = folder / "model.onnx"
+    meta_path = next(
+        (p for p in (folder / "model.json", folder / "extra_files" / "model.json") if p.is_file()),
+        None,
+    )
+    if not onnx_path.is_file():
+        raise ModelLoadError(f"{folder}: model.onnx not found")
+    if meta_path is None:
+        raise ModelLoadError(
+            f"{folder}: model.json not found (beside model.onnx or in extra_files/)"
+        )
+    try:
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+    except ValueError as err:
+        raise ModelLoadError(f"{meta_path}: not JSON ({err})") from err
+    for key in ("classes", "preprocess", "decision"):
+        if not meta.get(key):
+            raise ModelLoadError(f"{meta_path}: no {key!r}")
+    return onnx_path, meta
+
+
+def open_model(
+    ref: ModelRef, version: str | None, folder: Path, settings: ServeSettings
+) -> LoadedModel:
+    """Open ``folder`` as a servable model: session, provider check, warm-up."""
+    import onnxruntime as ort
+
+    onnx_path, meta = _read_meta(folder)
+    classes = [str(c) for c in meta["classes"]]
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    wanted, required = resolve_providers(settings.ort_providers)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if settings.ort_intra_op_threads:
+        opts.intra_op_num_threads = settings.ort_intra_op_threads
+    if settings.ort_inter_op_threads:
+        opts.inter_op_num_threads = settings.ort_inter_op_threads
+    try:
+        session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=wanted)
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ModelLoadError(f"{onnx_path}: onnxruntime cannot open it: {err}") from err
+    active = list(session.get_providers())
+    if active[0] != wanted[0]:
+        message = f"{wanted[0]} was asked for but onnxruntime runs the model on {active[0]}"
+        if required:
+            raise ModelLoadError(f"{onnx_path}: {message}")
+        logger.warning("%s: %s", onnx_path, message)
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if INPUT not in inputs or OUTPUTS[1] not in outputs:
+        raise ModelLoadError(
+            f"{onnx_path}: expected input {INPUT!r} and output {OUTPUTS[1]!r}, "
+            f"found inputs {inputs} and outputs {outputs}"
+        )
+    model = LoadedModel(
+        ref=ref,
+        version=version,
+        classes=classes,
+        spec=spec,
+        decision=apply_overrides(meta["decision"], settings),
+        session=session,
+        providers=active,
+        folder=folder,
+        meta=meta,
+    )
+    _warm_up(model, settings.max_batch_size)
+    return model
+
+
+def _warm_up(model: LoadedModel, max_batch: int) -> None:
+    """Run batches of 1 and ``max_batch`` and check the probabilities are sane."""
+    size = model.spec.img_size
+    for n in sorted({1, max_batch}):
+        batch = np.zeros((n, 3, size, size), dtype=np.float32)
+        try:
+            probs = model.probabilities(batch)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ModelLoadError(f"{model.ref.uri}: warm-up batch of {n} failed: {err}") from err
+        if probs.shape != (n, len(model.classes)):
+            raise ModelLoadError(
+                f"{model.ref.uri}: warm-up gave shape {probs.shape}, expected "
+                f"({n}, {len(model.classes)}) for classes {model.classes}"
+            )
+        if not np.all(np.isfinite(probs)) or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+            raise ModelLoadError(f"{model.ref.uri}: warm-up probabilities are not a distribution")
+
+
+class ModelStore:
+    """Holds the serving model and replaces it when MODEL_URI's target changes."""
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        on_reload: Callable[[LoadedModel | None, str | None], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ref = ModelRef.parse(settings.model_uri)
+        self._current: LoadedModel | None = None
+        self._lock = threading.Lock()  # one load at a time; readers never wait on it
+        self.last_error: str | None = None
+        self.last_error_at: str | None = None
+        self.reloads = 0
+        self.failures = 0
+        self._on_reload = on_reload
+        self._local_stamp: tuple[int, ...] | None = None
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The model serving now (None before the first successful load)."""
+        return self._current
+
+    def _client(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.settings.mlflow_tracking_uri)
+
+    def target_version(self) -> str | None:
+        """The registry version MODEL_URI points at now (None for a local folder)."""
+        from mlflow.exceptions import MlflowException
+
+        if self.ref.folder is not None:
+            return None
+        if self.ref.version is not None:
+            return self.ref.version
+        try:
+            mv = self._client().get_model_version_by_alias(self.ref.name, self.ref.alias)
+        except MlflowException as err:
+            raise ModelLoadError(
+                f"{self.ref.uri}: cannot resolve alias {self.ref.alias!r}: {err.message}"
+            ) from err
+        return str(mv.version)
+
+    def _download(self, version: str) -> Path:
+        """The version's files, downloaded once into MODEL_CACHE_DIR/<name>/<version>."""
+        import mlflow
+
+        assert self.ref.name is not None
+        dest = self.settings.model_cache_dir / self.ref.name / version
+        if (dest / "model.onnx").is_file():
+            return dest
+        tmp = dest.with_name(f".{version}.{time.monotonic_ns()}.tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.ref.name}/{version}",
+                dst_path=str(tmp),
+                tracking_uri=self.settings.mlflow_tracking_uri,
+            )
+            if dest.exists():
+                shutil.rmtree(dest)
+            tmp.rename(dest)
+        except Exception as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, ModelLoadError):
+                raise
+            raise ModelLoadError(
+                f"models:/{self.ref.name}/{version}: download failed: {err}"
+            ) from err
+        return dest
+
+    def _local_changed(self) -> bool:
+        folder = self.ref.folder
+        assert folder is not None
+        stamp = tuple(
+            int(x)
+            for p in (folder / "model.onnx", folder / "model.json")
+            if p.exists()
+            for x in (p.stat().st_mtime_ns, p.stat().st_size)
+        )
+        changed = stamp != self._local_stamp
+        self._local_stamp = stamp
+        return changed
+
+    def refresh(self) -> bool:
+        """Load MODEL_URI's current target if it is not the one serving; True if swapped."""
+        with self._lock:
+            current = self._current
+            try:
+                if self.ref.folder is not None:
+                    if current is not None and not self._local_changed():
+                        return False
+                    if current is None:
+                        self._local_changed()
+                    version, folder = None, self.ref.folder
+                else:
+                    version = self.target_version()
+                    if current is not None and current.version == version:
+                        return False
+                    assert version is not None
+                    folder = self._download(version)
+                model = open_model(self.ref, version, folder, self.settings)
+            except ModelLoadError as err:
+                self._fail(str(err))
+                return False
+            except Exception as err:  # a registry or network error must not stop the poller
+                self._fail(f"{self.ref.uri}: {type(err).__name__}: {err}")
+                return False
+            self._current = model  # one reference assignment: requests see old or new, never half
+            self.reloads += 1
+            self.last_error = None
+            logger.info(
+                "serving %s version %s on %s (was %s)",
+                self.ref.uri, model.version, model.provider,
+                current.version if current else "nothing",
+            )  # fmt: skip
+            if self._on_reload:
+                self._on_reload(model, None)
+            return True
+
+    def _fail(self, message: str) -> None:
+        self.failures += 1
+        self.last_error = message
+        self.last_error_at = datetime.now(UTC).isoformat(timespec="seconds")
+        served = self._current.version if self._current else None
+        logger.error("model reload failed, still serving %s: %s", served or "nothing", message)
+        if self._on_reload:
+            self._on_reload(None, message)
+
+    def record_outside_moves(self) -> None:
+        """Note alias moves made outside carinspect in the audit trail (best effort)."""
+        if self.ref.alias is None or self.ref.name is None or not self.settings.audit_on_poll:
+            return
+        from carinspect.tracking.audit import reconcile
+
+        try:
+            reconcile(self._client(), self.ref.name, self.ref.alias, observer="carinspect serve")
+        except Exception as err:  # no write access to the registry must not stop serving
+            logger.warning("could not update the audit trail of %s: %s", self.ref.name, err)
+
+    def poll(self, stop: threading.Event) -> None:
+        """Refresh every POLL_SECONDS until ``stop`` is set (runs in a thread)."""
+        while not stop.wait(self.settings.poll_seconds):
+            self.refresh()
+            self.record_outside_moves()

@@ -1,0 +1,75 @@
+"""Request and response models of the HTTP API (they are the OpenAPI schema too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ModelInfo(BaseModel):
+    """Which model answered."""
+
+    name: str | None = Field(description="registered model name (null for a local folder)")
+    version: str | None = Field(description="registered version (null for a local folder)")
+    alias: str | None = Field(description="the alias MODEL_URI follows, if any")
+
+
+class Prediction(BaseModel):
+    """One image's answer. ``label`` and ``confidence`` keep the seed service's meaning."""
+
+    label: str = Field(description="a class, or 'uncertain' inside the uncertainty band")
+    confidence: float = Field(
+        description="probability of the label (of the top class if uncertain)"
+    )
+    probabilities: dict[str, float] = Field(description="calibrated probability per class")
+    thresholds: dict[str, Any] = Field(description="the decision rule applied")
+    model: ModelInfo
+    processing_ms: float = Field(description="time in the server for this image")
+    filename: str | None = None
+
+
+class BatchPrediction(BaseModel):
+    """Answers for /predict/batch, in upload order."""
+
+    predictions: list[Prediction]
+    processing_ms: float
+
+
+class UrlRequest(BaseModel):
+    """Body of /predict/url."""
+
+    url: str = Field(min_length=1, max_length=2048, examples=["https://example.com/car.jpg"])
+
+
+class ModelStatus(BaseModel):
+    """What /model reports."""
+
+    ready: bool
+    uri: str
+    name: str | None
+    version: str | None
+    alias: str | None
+    classes: list[str]
+    thresholds: dict[str, Any]
+    preprocess: dict[str, Any]
+    execution_provider: str | None = Field(description="the provider onnxruntime really uses")
+    providers: list[str]
+    loaded_at: str | None
+    reloads: int
+    reload_failures: int
+    last_reload_error: str | None
+    last_reload_error_at: str | None
+
+
+class Health(BaseModel):
+    """Liveness / readiness answer."""
+
+    status: str
+    detail: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body: what was wrong with which input."""
+
+    detail: str

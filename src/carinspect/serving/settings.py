@@ -1,0 +1,75 @@
+"""Serving settings, all from the environment (a Kubernetes ConfigMap and Secret set them)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServeSettings(BaseSettings):
+    """Every knob of ``carinspect serve`` and ``carinspect predict``; names are the env vars."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    model_uri: str = Field(
+        "models:/carinspect@champion",
+        validation_alias="MODEL_URI",
+        description="models:/<name>@<alias>, models:/<name>/<version>, or a folder with "
+        "model.onnx + model.json",
+    )
+    mlflow_tracking_uri: str = Field("sqlite:///mlflow.db", validation_alias="MLFLOW_TRACKING_URI")
+    thresh: float | None = Field(
+        None, ge=0.0, le=1.0, validation_alias="THRESH",
+        description="overrides the model's threshold (binary: T_HIGH too; multiclass: "
+        "min_confidence)",
+    )  # fmt: skip
+    t_low: float | None = Field(None, ge=0.0, le=1.0, validation_alias="T_LOW")
+    t_high: float | None = Field(None, ge=0.0, le=1.0, validation_alias="T_HIGH")
+    max_batch_size: int = Field(32, ge=1, le=1024, validation_alias="MAX_BATCH_SIZE")
+    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, validation_alias="MAX_WAIT_MS")
+    poll_seconds: float = Field(30.0, gt=0.0, validation_alias="POLL_SECONDS")
+    max_upload_mb: float = Field(10.0, gt=0.0, le=512.0, validation_alias="MAX_UPLOAD_MB")
+    max_batch_files: int = Field(32, ge=1, le=1024, validation_alias="MAX_BATCH_FILES")
+    max_pixels: int = Field(40_000_000, ge=1, validation_alias="MAX_PIXELS")
+    api_keys: SecretStr = Field(
+        SecretStr(""), validation_alias="API_KEYS", description="comma-separated; empty: no auth"
+    )
+    allow_url_fetch: bool = Field(False, validation_alias="ALLOW_URL_FETCH")
+    url_fetch_timeout_s: float = Field(5.0, gt=0.0, le=60.0, validation_alias="URL_FETCH_TIMEOUT_S")
+    url_fetch_allow_cidrs: str = Field(
+        "", validation_alias="URL_FETCH_ALLOW_CIDRS",
+        description="comma-separated networks /predict/url may reach although not public "
+        "(an internal image store); empty: public addresses only",
+    )  # fmt: skip
+    ort_providers: str = Field(
+        "auto", validation_alias="ORT_PROVIDERS",
+        description="auto (CUDA when available, else CPU) or a comma-separated provider list",
+    )  # fmt: skip
+    ort_intra_op_threads: int = Field(0, ge=0, le=256, validation_alias="ORT_INTRA_OP_THREADS")
+    ort_inter_op_threads: int = Field(0, ge=0, le=256, validation_alias="ORT_INTER_OP_THREADS")
+    model_cache_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "carinspect-models", validation_alias="MODEL_CACHE_DIR"
+    )
+    webhook_secret: SecretStr | None = Field(None, validation_alias="CARINSPECT_WEBHOOK_SECRET")
+    audit_on_poll: bool = Field(
+        True, validation_alias="AUDIT_ON_POLL",
+        description="record alias moves made outside carinspect in the audit trail when noticed",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _band_order(self) -> ServeSettings:
+        if self.t_low is not None and self.t_high is not None and self.t_low > self.t_high:
+            raise ValueError(f"T_LOW={self.t_low} is above T_HIGH={self.t_high}")
+        return self
+
+    def keys(self) -> list[str]:
+        """The configured API keys (none: predict routes are open)."""
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Per-file upload limit in bytes."""
+        return int(self.max_upload_mb * 1024 * 1024)

@@ -1,0 +1,57 @@
+"""`carinspect promote | rollback | status | models` as a user runs them (embedded store)."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from carinspect.config import RegisterConfig, Settings
+from carinspect.stages import register
+from tests.conftest import REPO_ROOT, VENV_BIN
+
+
+def test_promote_status_models_rollback_commands(tmp_path: Path, upstream: dict[str, Path]) -> None:
+    db = tmp_path / "mlflow.db"
+    shutil.copy(upstream["tracking"], db)
+    uri = f"sqlite:///{db}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CARINSPECT_USER": "tester"}
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        register.run(
+            RegisterConfig(), Settings(), upstream["export"], upstream["metrics"],
+            str(upstream["run_id"]), tmp_path / "registered.json",
+        )  # fmt: skip
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(VENV_BIN / "carinspect"), *args, "--params", str(REPO_ROOT / "params.yaml")],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    refused = cli("promote")  # the two-epoch test model is near chance: below the 0.65 floor
+    assert refused.returncode == 2, refused.stderr
+    assert "gate refused carinspect version 1" in refused.stderr
+    assert "< floor 0.6500" in refused.stderr and "Traceback" not in refused.stderr
+    no_reason = cli("promote", "--force")
+    assert no_reason.returncode == 2 and "--force needs --reason" in no_reason.stderr
+
+    forced = cli("promote", "--force", "--reason", "smoke test of the serving path")
+    assert forced.returncode == 0, forced.stderr
+    assert "champion: - -> 1  force by tester" in forced.stdout
+
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["aliases"] == {"challenger": "1", "champion": "1"}
+    assert [m["action"] for m in status["trail"]] == ["force"]
+    assert status["trail"][0]["gate"]["floor"] == 0.65
+
+    rows = json.loads(cli("models", "--json").stdout)
+    assert rows[0]["version"] == "1" and rows[0]["aliases"] == ["challenger", "champion"]
+    assert "git.commit" in rows[0]["lineage"]
+    table = cli("models").stdout.splitlines()
+    assert table[0].split()[:4] == ["version", "aliases", "created", "test.accuracy"]
+
+    nothing = cli("rollback")
+    assert nothing.returncode == 2 and "no earlier champion" in nothing.stderr
