@@ -1,0 +1,183 @@
+"""Following the alias: swaps under load, a broken version, the audit trail, webhooks."""
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from carinspect.config import RegisterConfig, Settings
+from carinspect.stages import register
+from carinspect.tracking.audit import read_trail
+from carinspect.tracking.webhooks import sign
+from tests.serving.conftest import Server, image_bytes
+
+NAME = "cars"
+
+
+@pytest.fixture(scope="module")
+def registry_template(tmp_path_factory: pytest.TempPathFactory, upstream: dict[str, Path]) -> Path:
+    """An embedded store with versions 1 and 2 (good) and 3 (model.onnx is garbage)."""
+    root = tmp_path_factory.mktemp("serving-registry")
+    db = root / "mlflow.db"
+    shutil.copy(upstream["tracking"], db)
+    uri = f"sqlite:///{db}"
+    cwd = Path.cwd()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.chdir(root)
+    try:
+        for _ in range(2):
+            register.run(
+                RegisterConfig(model_name=NAME), Settings(), upstream["export"],
+                upstream["metrics"], str(upstream["run_id"]), root / "registered.json",
+            )  # fmt: skip
+        broken = root / "broken"
+        broken.mkdir()
+        (broken / "model.onnx").write_bytes(b"this is not an onnx file")
+        (broken / "extra_files").mkdir()
+        shutil.copy(upstream["export"] / "model.json", broken / "extra_files" / "model.json")
+        mlflow.set_tracking_uri(uri)
+        with mlflow.start_run(run_id=str(upstream["run_id"])):
+            mlflow.log_artifacts(str(broken), "broken")
+            source = mlflow.get_artifact_uri("broken")
+        client = MlflowClient(uri)
+        client.create_model_version(NAME, source, run_id=str(upstream["run_id"]))
+        client.set_registered_model_alias(NAME, "champion", "1")
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture()
+def registry(tmp_path: Path, registry_template: Path) -> str:
+    """A private copy of the template store (artifacts stay where the template put them)."""
+    db = tmp_path / "registry.db"
+    shutil.copy(registry_template / "mlflow.db", db)
+    return f"sqlite:///{db}"
+
+
+def _version(server: Server) -> str | None:
+    return httpx.get(server.url + "/model", timeout=10).json()["version"]
+
+
+def _wait_for_version(server: Server, version: str, within: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        if _version(server) == version:
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"version {version} not served within {within} s: {_version(server)}")
+
+
+def test_alias_moves_under_load_without_failed_requests(
+    serve: Callable[..., Server], registry: str
+) -> None:
+    s = serve(MODEL_URI=f"models:/{NAME}@champion", MLFLOW_TRACKING_URI=registry, POLL_SECONDS="1")
+    assert _version(s) == "1"
+    client = MlflowClient(registry)
+    results: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        data = image_bytes()
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                r = http.post(s.url + "/predict", files={"file": ("a.jpg", data, "image/jpeg")})
+                version = r.json()["model"]["version"] if r.status_code == 200 else None
+                results.append((r.status_code, version))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        client.set_registered_model_alias(NAME, "champion", "2")
+        took = _wait_for_version(s, "2", within=15)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    failed = [r for r in results if r[0] != 200]
+    assert not failed, failed[:5]
+    versions = [v for _, v in results]
+    assert "1" in versions and versions[-1] == "2"
+    assert took < 1 + 10  # the poll interval plus download, session and warm-up
+    # the server noticed the outside move and recorded it in the audit trail
+    trail = read_trail(client, NAME, "champion")
+    assert any(
+        m.action == "external" and m.to_version == "2" and "carinspect serve" in m.reason
+        for m in trail
+    ), trail
+
+    client.set_registered_model_alias(NAME, "champion", "3")  # a version that cannot load
+    deadline = time.monotonic() + 15
+    info = httpx.get(s.url + "/model").json()
+    while info["last_reload_error"] is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        info = httpx.get(s.url + "/model").json()
+    assert info["version"] == "2" and info["ready"]
+    assert "onnxruntime cannot open it" in info["last_reload_error"]
+    assert info["reload_failures"] >= 1
+    metrics = httpx.get(s.url + "/metrics").text
+    assert "carinspect_model_reload_failures_total 0.0" not in metrics
+    assert 'version="2"' in metrics
+    r = httpx.post(s.url + "/predict", files={"file": ("a.jpg", image_bytes(), "image/jpeg")})
+    assert r.status_code == 200 and r.json()["model"]["version"] == "2"
+    assert "model reload failed, still serving 2" in s.log.read_text()
+
+
+def test_webhook_triggers_a_reload_before_the_next_poll(
+    serve: Callable[..., Server], registry: str
+) -> None:
+    s = serve(
+        MODEL_URI=f"models:/{NAME}@champion", MLFLOW_TRACKING_URI=registry,
+        POLL_SECONDS="3600", CARINSPECT_WEBHOOK_SECRET="hook-secret",
+    )  # fmt: skip
+    MlflowClient(registry).set_registered_model_alias(NAME, "champion", "2")
+    body = json.dumps(
+        {
+            "entity": "model_version_alias",
+            "action": "created",
+            "timestamp": "2026-11-22T00:00:00+00:00",
+            "data": {"name": NAME, "alias": "champion", "version": "2"},
+        }
+    ).encode()
+    ts = str(int(time.time()))
+    headers = {
+        "X-MLflow-Delivery-Id": "d-1",
+        "X-MLflow-Timestamp": ts,
+        "X-MLflow-Signature": sign("hook-secret", "d-1", ts, body),
+        "Content-Type": "application/json",
+    }
+    forged = {**headers, "X-MLflow-Signature": sign("other", "d-1", ts, body)}
+    bad = httpx.post(s.url + "/webhooks/mlflow", content=body, headers=forged)
+    assert bad.status_code == 401 and "does not match" in bad.json()["detail"]
+    assert _version(s) == "1"
+    ok = httpx.post(s.url + "/webhooks/mlflow", content=body, headers=headers)
+    assert ok.status_code == 202 and ok.json()["status"] == "accepted"
+    _wait_for_version(s, "2", within=20)
+
+
+def test_a_missing_alias_leaves_the_server_up_but_not_ready(
+    serve: Callable[..., Server], registry: str
+) -> None:
+    s = serve(
+        ready=False, MODEL_URI=f"models:/{NAME}@nobody", MLFLOW_TRACKING_URI=registry,
+        POLL_SECONDS="1",
+    )  # fmt: skip
+    ready = httpx.get(s.url + "/readyz")
+    assert ready.status_code == 503 and "cannot resolve alias 'nobody'" in ready.json()["detail"]
+    r = httpx.post(s.url + "/predict", files={"file": ("a.jpg", image_bytes(), "image/jpeg")})
+    assert r.status_code == 503 and "no model loaded yet" in r.json()["detail"]
+    MlflowClient(registry).set_registered_model_alias(NAME, "nobody", "1")
+    _wait_for_version(s, "1", within=15)
+    assert httpx.get(s.url + "/readyz").status_code == 200
