@@ -60,7 +60,7 @@ def refusal(ip: IPAddress, allowed: Sequence[IPNetwork] = ()) -> str | None:
             inner = refusal(embedded, allowed)
             if inner is not None:
                 return f"{inner} (embedded in {ip})"
-    for kind in ("loopback", "link_local", "private", "multicast", "reserved", "unspecified"):
+    for kind in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
         if getattr(ip, f"is_{kind}"):
             return kind.replace("_", "-")
     if not ip.is_global:
