@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from carinspect.config import RegisterConfig, Settings
 from carinspect.stages import register
 from carinspect.tracking.audit import read_trail
+from carinspect.tracking.runs import reopen_run
 from carinspect.tracking.webhooks import sign
 from tests.serving.conftest import Server, image_bytes
 
@@ -44,7 +45,7 @@ def registry_template(tmp_path_factory: pytest.TempPathFactory, upstream: dict[s
         (broken / "extra_files").mkdir()
         shutil.copy(upstream["export"] / "model.json", broken / "extra_files" / "model.json")
         mlflow.set_tracking_uri(uri)
-        with mlflow.start_run(run_id=str(upstream["run_id"])):
+        with reopen_run(str(upstream["run_id"])):
             mlflow.log_artifacts(str(broken), "broken")
             source = mlflow.get_artifact_uri("broken")
         client = MlflowClient(uri)

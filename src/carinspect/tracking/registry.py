@@ -13,6 +13,7 @@ import numpy as np
 
 from carinspect.config import GateMetric, Settings
 from carinspect.errors import InputError
+from carinspect.tracking.runs import reopen_run
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def register_version(
     signature = infer_signature({INPUT: example}, dict(zip(meta["outputs"], outputs, strict=True)))
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     client = MlflowClient()
-    with mlflow.start_run(run_id=run_id):
+    with reopen_run(run_id):
         info = mlflow.onnx.log_model(
             onnx.load(str(export_dir / "model.onnx")),
             name="model",

@@ -54,9 +54,23 @@ def start_run(settings: Settings, cfg: MlflowConfig | None, run_id: str | None =
         mlflow.set_experiment(cfg.experiment)
         run = mlflow.start_run(run_name=cfg.run_name)
     else:
-        run = mlflow.start_run(run_id=run_id)
+        run = reopen_run(run_id)
     logger.info("MLflow run %s at %s", run.info.run_id, settings.mlflow_tracking_uri)
     return str(run.info.run_id)
+
+
+def reopen_run(run_id: str) -> Any:
+    """Make ``run_id`` the active run again, whatever experiment this process set before.
+
+    mlflow refuses to resume a run from another experiment than the active one; in a long-lived
+    process (tests, a notebook) that is whatever ``set_experiment`` was called with last.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return mlflow.start_run(run_id=run_id)
 
 
 def log_params(params: Mapping[str, Any]) -> None:
