@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from carinspect.evaluation import decision
 from carinspect.evaluation import threshold as th
 
 
@@ -37,8 +38,8 @@ def test_band_from_coverage_and_decisions() -> None:
     s, pos = scores()
     t_high = th.precision_threshold(s, pos, 0.9).threshold
     t_low = th.band_from_coverage(s, t_high, 0.8)
-    d = th.decide_binary(s, t_low, t_high)
-    assert (d == th.UNCERTAIN).mean() == pytest.approx(0.2, abs=0.002)
+    d = decision.decide_binary(s, t_low, t_high)
+    assert (d == decision.UNCERTAIN).mean() == pytest.approx(0.2, abs=0.002)
     assert (d[s >= t_high] == 1).all() and (d[s < t_low] == 0).all()
     summary = th.binary_summary(s, pos, t_low, t_high)
     assert summary["coverage"] == pytest.approx(0.8, abs=0.002)
@@ -47,8 +48,8 @@ def test_band_from_coverage_and_decisions() -> None:
 
 def test_multiclass_min_confidence_and_per_class() -> None:
     probs = np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25], [0.1, 0.7, 0.2], [0.2, 0.2, 0.6]])
-    d = th.decide_multiclass(probs, 0.5, np.array([0.0, 0.8, 0.0]))
-    assert d.tolist() == [0, th.UNCERTAIN, th.UNCERTAIN, 2]
+    d = decision.decide_multiclass(probs, 0.5, np.array([0.0, 0.8, 0.0]))
+    assert d.tolist() == [0, decision.UNCERTAIN, decision.UNCERTAIN, 2]
     summary = th.multiclass_summary(probs, np.array([0, 1, 1, 0]), 0.5, np.zeros(3))
     assert summary["coverage"] == 0.75 and summary["accuracy"] == pytest.approx(2 / 3)
 

@@ -11,10 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from carinspect.modeling.onnx_names import INPUT, OUTPUTS
 
-INPUT = "input"
-OUTPUTS = ("logits", "probabilities")
+logger = logging.getLogger(__name__)
 
 
 class _WithProbabilities(nn.Module):

@@ -100,23 +100,24 @@ class Service:
         """Decode and preprocess off the event loop, then wait for a batch slot."""
         started = time.perf_counter()
         model = self.model()
-        try:
-            pixels = await run_in_threadpool(pixels_for, data, model, self.limits)
-        except ImageError as err:
-            raise HTTPException(
-                IMAGE_STATUS.get(err.reason, 422), f"{filename or 'upload'}: {err}"
-            ) from err
-        probs = await self.batcher.submit(pixels, model)
+        with self.batcher.incoming():  # the collector waits for this image while it decodes
+            try:
+                pixels = await run_in_threadpool(pixels_for, data, model, self.limits)
+            except ImageError as err:
+                status = IMAGE_STATUS.get(err.reason, 422)
+                raise HTTPException(status, f"{filename or 'upload'}: {err}") from err
+            future = self.batcher.enqueue(pixels, model)
+        probs = await future
         ms = (time.perf_counter() - started) * 1000
         return Prediction(**answer(model, probs), processing_ms=round(ms, 3), filename=filename)
 
 
-def _service(request: Request) -> Service:
+async def _service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
 
-def _authorized(request: Request, service: Annotated[Service, Depends(_service)]) -> None:
+async def _authorized(request: Request, service: Annotated[Service, Depends(_service)]) -> None:
     """Predict routes need ``Authorization: Bearer <key>`` when API_KEYS is set."""
     keys = service.settings.keys()
     if not keys:

@@ -2,7 +2,9 @@
 
 Each queued item is an already preprocessed image and the model it was preprocessed for (two
 versions may differ in input size). The collector takes the first waiting item, then whatever
-arrives within ``max_wait_ms`` up to ``max_batch`` items, and runs the batch in a worker thread,
+arrives within ``max_wait_ms`` up to ``max_batch`` items, but it only waits while more images
+are known to be on their way (accepted and still being decoded, see :meth:`Batcher.incoming`):
+a lone request runs at once instead of paying the wait. The batch runs in a worker thread,
 so the event loop never blocks on inference: requests keep being accepted, decoded and queued
 while a batch runs, and the next batch starts with everything that queued meanwhile.
 """
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -48,6 +50,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+        self._coming = 0  # images accepted and being decoded: they will be submitted soon
 
     async def start(self) -> None:
         """Start collecting (call from the running event loop)."""
@@ -67,13 +70,26 @@ class Batcher:
                     item.future.set_exception(RuntimeError("server is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, pixels: np.ndarray, model: LoadedModel) -> np.ndarray:
-        """Probabilities for one preprocessed image (3, H, W)."""
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Announce an image that is being decoded, so the collector waits for it."""
+        self._coming += 1
+        try:
+            yield
+        finally:
+            self._coming -= 1
+
+    def enqueue(self, pixels: np.ndarray, model: LoadedModel) -> asyncio.Future[np.ndarray]:
+        """Queue one preprocessed image (3, H, W); the future resolves to its probabilities."""
         if self._queue is None:
             raise RuntimeError("batcher is not running")
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(pixels, model, future, time.perf_counter()))
-        return await future
+        return future
+
+    async def submit(self, pixels: np.ndarray, model: LoadedModel) -> np.ndarray:
+        """Probabilities for one preprocessed image (3, H, W)."""
+        return await self.enqueue(pixels, model)
 
     async def _collect(self) -> None:
         assert self._queue is not None
@@ -87,7 +103,7 @@ class Batcher:
                     batch.append(queue.get_nowait())
                     continue
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or self._coming == 0:
                     break
                 try:
                     batch.append(await asyncio.wait_for(queue.get(), remaining))
@@ -105,12 +121,13 @@ class Batcher:
             return
         started = time.perf_counter()
         waits = [started - i.queued_at for i in live]
-        pixels = np.stack([i.pixels for i in live])
         model = live[0].model
+
+        def infer() -> np.ndarray:  # the stack copies megabytes: keep it off the event loop too
+            return model.probabilities(np.stack([i.pixels for i in live]))
+
         try:
-            probs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, model.probabilities, pixels
-            )
+            probs = await asyncio.get_running_loop().run_in_executor(self._executor, infer)
         except Exception as err:  # onnxruntime errors go to the requests, not the collector
             logger.exception("inference failed for a batch of %d", len(live))
             for item in live:

@@ -8,7 +8,7 @@ import numpy as np
 
 from carinspect.data.images import ImageLimits, decode_image
 from carinspect.data.preprocess import preprocess
-from carinspect.evaluation.threshold import UNCERTAIN, decide_from_spec
+from carinspect.evaluation.decision import UNCERTAIN, decide_from_spec
 from carinspect.serving.model_store import LoadedModel
 
 UNCERTAIN_LABEL = "uncertain"

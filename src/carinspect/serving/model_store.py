@@ -24,7 +24,7 @@ import numpy as np
 
 from carinspect.data.preprocess import PreprocessSpec
 from carinspect.errors import InputError
-from carinspect.modeling.onnx_export import INPUT, OUTPUTS
+from carinspect.modeling.onnx_names import INPUT, OUTPUTS
 from carinspect.serving.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -158,6 +158,9 @@ def open_model(
         opts.intra_op_num_threads = settings.ort_intra_op_threads
     if settings.ort_inter_op_threads:
         opts.inter_op_num_threads = settings.ort_inter_op_threads
+    if not settings.ort_allow_spinning:  # idle ORT threads would spin on cores decoding needs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=wanted)
     except Exception as err:  # onnxruntime raises its own exception types

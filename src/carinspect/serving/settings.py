@@ -50,6 +50,11 @@ class ServeSettings(BaseSettings):
     )  # fmt: skip
     ort_intra_op_threads: int = Field(0, ge=0, le=256, validation_alias="ORT_INTRA_OP_THREADS")
     ort_inter_op_threads: int = Field(0, ge=0, le=256, validation_alias="ORT_INTER_OP_THREADS")
+    ort_allow_spinning: bool = Field(
+        False, validation_alias="ORT_ALLOW_SPINNING",
+        description="let idle onnxruntime threads spin (faster on a dedicated GPU/CPU, slower "
+        "when decoding shares the cores)",
+    )  # fmt: skip
     model_cache_dir: Path = Field(
         Path(tempfile.gettempdir()) / "carinspect-models", validation_alias="MODEL_CACHE_DIR"
     )

@@ -25,18 +25,17 @@ from carinspect.config import ExportConfig, Settings
 from carinspect.data.dataset import ImageDataset, load_split
 from carinspect.data.preprocess import PreprocessSpec
 from carinspect.errors import InputError
-from carinspect.evaluation.threshold import decide_from_spec
+from carinspect.evaluation.decision import decide_from_spec
 from carinspect.io import staged_dir, write_json_atomic
 from carinspect.modeling.checkpoint import load_checkpoint, model_from_checkpoint
 from carinspect.modeling.onnx_export import (
-    INPUT,
-    OUTPUTS,
     export_onnx,
     file_is_self_contained,
     ort_probabilities,
     session,
     to_fp16,
 )
+from carinspect.modeling.onnx_names import INPUT, OUTPUTS
 from carinspect.tracking import runs
 from carinspect.tracking.lineage import lineage_tags
 

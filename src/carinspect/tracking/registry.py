@@ -51,7 +51,8 @@ def register_version(
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
-    from carinspect.modeling.onnx_export import INPUT, session
+    from carinspect.modeling.onnx_export import session
+    from carinspect.modeling.onnx_names import INPUT
 
     meta = json.loads((export_dir / "model.json").read_text())
     size = int(meta["preprocess"]["img_size"])

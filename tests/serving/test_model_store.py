@@ -1,0 +1,123 @@
+"""Model store pieces in-process: URIs, overrides, providers, warm-up checks; predict CLI."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from carinspect.serving.model_store import (
+    ModelLoadError,
+    ModelRef,
+    ModelStore,
+    apply_overrides,
+    open_model,
+)
+from carinspect.serving.settings import ServeSettings
+from tests.conftest import VENV_BIN
+from tests.serving.conftest import image_bytes
+
+
+def test_model_uris() -> None:
+    assert ModelRef.parse("models:/cars@champion") == ModelRef(
+        "models:/cars@champion", name="cars", alias="champion"
+    )
+    assert ModelRef.parse("models:/cars/3").version == "3"
+    assert ModelRef.parse("/srv/model").folder == Path("/srv/model")
+    for bad in ("models:/cars", "models:/cars/latest", "models:/@x", "models:/a/b/c"):
+        with pytest.raises(ModelLoadError, match="expected models:/<name>@<alias>"):
+            ModelRef.parse(bad)
+
+
+def test_threshold_overrides() -> None:
+    rule = {
+        "task": "binary",
+        "positive_class": "clean",
+        "threshold": 0.3,
+        "t_low": 0.1,
+        "t_high": 0.3,
+    }
+    assert apply_overrides(rule, ServeSettings(THRESH=0.5)) | {} == {
+        **rule, "threshold": 0.5, "t_high": 0.5,
+    }  # fmt: skip
+    both = apply_overrides(rule, ServeSettings(T_LOW=0.2, T_HIGH=0.9))
+    assert (both["t_low"], both["t_high"]) == (0.2, 0.9)
+    assert apply_overrides(rule, ServeSettings(THRESH=0.05))["t_low"] == 0.05  # band stays ordered
+    multi = apply_overrides(
+        {"task": "multiclass", "min_confidence": 0.0}, ServeSettings(THRESH=0.6)
+    )
+    assert multi["min_confidence"] == 0.6
+    with pytest.raises(ValueError, match=r"T_LOW=0\.8 is above T_HIGH=0\.2"):
+        ServeSettings(T_LOW=0.8, T_HIGH=0.2)
+
+
+def test_a_required_provider_that_is_not_active_refuses_the_model(
+    upstream: dict[str, Path],
+) -> None:
+    folder = upstream["export"]
+    settings = ServeSettings(ORT_PROVIDERS="CUDAExecutionProvider")
+    with pytest.raises(ModelLoadError, match="CUDAExecutionProvider"):
+        open_model(ModelRef.parse(str(folder)), None, folder, settings)
+
+
+def test_bad_model_folders_are_refused_with_the_reason(
+    tmp_path: Path, upstream: dict[str, Path]
+) -> None:
+    folder = tmp_path / "m"
+    shutil.copytree(upstream["export"], folder)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["classes"] = ["a", "b", "c"]  # the graph has two outputs
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"warm-up gave shape \(1, 2\), expected \(1, 3\)"):
+        open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())
+    (folder / "model.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"model\.json not found"):
+        open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())
+
+
+def test_local_folder_reloads_when_its_files_change(
+    tmp_path: Path, upstream: dict[str, Path]
+) -> None:
+    folder = tmp_path / "m"
+    shutil.copytree(upstream["export"], folder)
+    store = ModelStore(ServeSettings(MODEL_URI=str(folder)))
+    assert store.refresh() and store.current is not None
+    first = store.current
+    assert not store.refresh()  # unchanged
+    (folder / "model.onnx").write_bytes(b"broken")  # a bad update: the old model stays
+    assert not store.refresh() and store.current is first
+    assert store.last_error is not None and "onnxruntime cannot open it" in store.last_error
+    shutil.copy(upstream["export"] / "model.onnx", folder / "model.onnx")
+    assert store.refresh() and store.current is not first and store.last_error is None
+
+
+def test_predict_command_writes_json_and_csv(tmp_path: Path, upstream: dict[str, Path]) -> None:
+    images = tmp_path / "photos"
+    (images / "lot-a").mkdir(parents=True)
+    (images / "lot-a" / "1.jpg").write_bytes(image_bytes("JPEG"))
+    (images / "2.png").write_bytes(image_bytes("PNG", mode="RGBA"))
+    (images / "notes.txt").write_text("not a photo")
+    env = {**os.environ, "MODEL_URI": str(upstream["export"])}
+    for name in ("preds.json", "preds.csv"):
+        done = subprocess.run(
+            [str(VENV_BIN / "carinspect"), "predict", str(images), "--out", str(tmp_path / name)],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "3 inputs, 1 unusable" in done.stdout
+    rows = json.loads((tmp_path / "preds.json").read_text())
+    assert [Path(r["path"]).name for r in rows] == ["2.png", "1.jpg", "notes.txt"]
+    assert rows[2]["error"] == "not_an_image" and rows[0]["label"] in (
+        "clean",
+        "dirty",
+        "uncertain",
+    )
+    header = (tmp_path / "preds.csv").read_text().splitlines()[0]
+    assert header == "path,label,confidence,p_clean,p_dirty,error,detail"
+    missing = subprocess.run(
+        [str(VENV_BIN / "carinspect"), "predict", str(tmp_path / "nowhere")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "no such file or folder" in missing.stderr
