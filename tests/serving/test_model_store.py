@@ -121,3 +121,34 @@ def test_predict_command_writes_json_and_csv(tmp_path: Path, upstream: dict[str,
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+
+
+def test_predict_reads_an_s3_prefix(
+    tmp_path: Path, upstream: dict[str, Path], s3_endpoint: str
+) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="photos")
+    s3.put_object(Bucket="photos", Key="lot-b/1.jpg", Body=image_bytes("JPEG"))
+    s3.put_object(Bucket="photos", Key="lot-b/2.webp", Body=image_bytes("WEBP"))
+    env = {**os.environ, "MODEL_URI": str(upstream["export"])}
+    done = subprocess.run(
+        [str(VENV_BIN / "carinspect"), "predict", "s3://photos/lot-b/", "--out", str(tmp_path / "p.json")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert [r["path"] for r in rows] == ["s3://photos/lot-b/1.jpg", "s3://photos/lot-b/2.webp"]
+    assert all("label" in r for r in rows)
+
+
+@pytest.mark.gpu
+def test_cuda_provider_is_really_used(upstream: dict[str, Path]) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    folder = upstream["export"]
+    model = open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())
+    assert model.provider == "CUDAExecutionProvider"

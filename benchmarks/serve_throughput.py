@@ -1,0 +1,223 @@
+"""Serving throughput: `carinspect serve` against the in-process limit and a naive server.
+
+All measured in one run on the same images and model:
+- in-process limit: decode + preprocess + batched onnxruntime in one Python process (the
+  honest ceiling of an HTTP service on this machine, see ../shared/BENCHMARKS.md), and
+  onnxruntime alone on the preprocessed tensors;
+- the real server (`carinspect serve`, dynamic batching) and a naive FastAPI app (a sync route,
+  one onnxruntime call per request, as the seed services do), each started as its own process
+  and driven by wrk from another process at concurrency 1, 8, 32 and 64.
+Prints req/s, p50 and p99 per concurrency and the ratios the serving issue sets as goals:
+server req/s at 32 >= 0.85x the in-process limit and >= 3x naive; p99 at 32 <= 4x p50 at 1.
+
+Needs wrk (`apt-get install wrk`) and an exported model folder (model.onnx + model.json: run
+`scripts/main.sh` first, or pass --model).
+
+    python benchmarks/serve_throughput.py [--model models/export] [--images DIR] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from carinspect.data.images import ImageLimits
+from carinspect.serving.inference import pixels_for
+from carinspect.serving.model_store import ModelRef, open_model
+from carinspect.serving.settings import ServeSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+BOUNDARY = "----carinspect-bench"
+CONCURRENCY = (1, 8, 32, 64)
+LUA = """
+local bodies = {}
+for i = 1, %(n)d do
+  local f = io.open(string.format("%(dir)s/%%d.bin", i), "rb")
+  bodies[i] = f:read("*all")
+  f:close()
+end
+local next_body = 0
+request = function()
+  next_body = next_body %% #bodies + 1
+  return wrk.format("POST", "/predict",
+    {["Content-Type"] = "multipart/form-data; boundary=%(boundary)s"}, bodies[next_body])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests": %%d, "duration_us": %%d, "errors": %%d, ' ..
+    '"non2xx": %%d, "p50_us": %%d, "p99_us": %%d}\\n', summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50),
+    latency:percentile(99)))
+end
+"""
+
+
+def _images(folder: Path | None, limit: int) -> list[bytes]:
+    """Photos from ``folder`` (recursively), else generated demo cars."""
+    if folder is not None and folder.is_dir():
+        files = sorted(
+            p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"}
+        )
+        if files:
+            step = max(1, len(files) // limit)
+            return [p.read_bytes() for p in files[::step][:limit]]
+    from carinspect.config import DemoConfig
+    from carinspect.data.demo import write_demo
+
+    tmp = Path(tempfile.mkdtemp())
+    write_demo(DemoConfig(per_class=limit // 2, broken=False), tmp)
+    return [p.read_bytes() for p in sorted(tmp.rglob("*.*"))[:limit]]
+
+
+def _bodies(images: list[bytes], where: Path) -> None:
+    for i, data in enumerate(images, 1):
+        head = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{i}.jpg"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        (where / f"{i}.bin").write_bytes(head + data + f"\r\n--{BOUNDARY}--\r\n".encode())
+
+
+def in_process(model_dir: Path, images: list[bytes], rounds: int = 3) -> tuple[float, float]:
+    """(decode + preprocess + batched ORT, ORT alone) in images/s, batch 32."""
+    model = open_model(ModelRef.parse(str(model_dir)), None, model_dir, ServeSettings())
+    limits = ImageLimits()
+    n = 0
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for i in range(0, len(images), 32):
+            chunk = images[i : i + 32]
+            model.probabilities(np.stack([pixels_for(d, model, limits) for d in chunk]))
+            n += len(chunk)
+    full = n / (time.perf_counter() - start)
+    tensors = np.stack([pixels_for(d, model, limits) for d in images[:32]])
+    start = time.perf_counter()
+    for _ in range(rounds * 4):
+        model.probabilities(tensors)
+    raw = rounds * 4 * len(tensors) / (time.perf_counter() - start)
+    return full, raw
+
+
+def _start(cmd: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
+                return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"{' '.join(cmd)} did not become ready")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def drive(port: int, script: Path, concurrency: int, seconds: int) -> dict[str, float]:
+    """wrk at ``concurrency`` for ``seconds``: req/s, p50 and p99 in ms, failures."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s",
+         str(script), f"http://127.0.0.1:{port}/predict"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    r = json.loads(line.removeprefix("RESULT "))
+    return {
+        "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "p50": r["p50_us"] / 1000,
+        "p99": r["p99_us"] / 1000,
+        "failed": r["errors"] + r["non2xx"],
+    }
+
+
+def main() -> None:
+    """Run the comparison and print the table and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "export")
+    default_images = ROOT.parent / "shared" / "data" / "car-integrity-indrive"
+    parser.add_argument("--images", type=Path, default=default_images)
+    parser.add_argument("--count", type=int, default=64, help="distinct images to send")
+    parser.add_argument("--seconds", type=int, default=8, help="per concurrency level")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    if not (args.model / "model.onnx").is_file():
+        sys.exit(f"{args.model}: no model.onnx (run scripts/main.sh, or pass --model)")
+
+    images = _images(args.images, args.count)
+    print(f"{len(images)} images, {sum(map(len, images)) / len(images) / 1024:.0f} KiB on average; "
+          f"model {args.model}")  # fmt: skip
+    full, raw = in_process(args.model, images)
+    print(f"in-process limit (decode + preprocess + batched onnxruntime): {full:7.1f} images/s")
+    print(f"onnxruntime alone, batch 32, preprocessed tensors:            {raw:7.1f} images/s")
+
+    work = Path(tempfile.mkdtemp())
+    _bodies(images, work)
+    script = work / "post.lua"
+    script.write_text(LUA % {"n": len(images), "dir": str(work), "boundary": BOUNDARY})
+    venv = Path(sys.executable).parent
+    servers = {
+        "carinspect serve": (
+            [str(venv / "carinspect"), "serve", "--port", "{port}"],
+            {"MODEL_URI": str(args.model)},
+        ),
+        "naive FastAPI": (
+            [str(venv / "uvicorn"), "naive_server:app", "--app-dir", str(ROOT / "benchmarks"),
+             "--port", "{port}", "--log-level", "warning"],
+            {"MODEL_DIR": str(args.model)},
+        ),
+    }  # fmt: skip
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for name, (cmd, env) in servers.items():
+        port = _free_port()
+        proc = _start([c.replace("{port}", str(port)) for c in cmd], env, port)
+        try:
+            drive(port, script, 8, 2)  # warm-up
+            results[name] = {c: drive(port, script, c, args.seconds) for c in CONCURRENCY}
+        finally:
+            _stop(proc)
+    print(f"\n{'server':18} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}")
+    for name, per in results.items():
+        for c, r in per.items():
+            print(
+                f"{name:18} {c:4d} {r['rps']:8.1f} {r['p50']:8.1f} {r['p99']:8.1f} {r['failed']:6.0f}"
+            )
+    ours, naive = results["carinspect serve"], results["naive FastAPI"]
+    print(
+        f"\nserver req/s at 32 / in-process limit: {ours[32]['rps'] / full:.2f}x (goal >= 0.85)\n"
+        f"server req/s at 32 / naive at 32:      {ours[32]['rps'] / naive[32]['rps']:.2f}x "
+        "(goal >= 3)\n"
+        f"server p99 at 32 / p50 at 1:           {ours[32]['p99'] / ours[1]['p50']:.2f}x "
+        "(goal <= 4)"
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+if __name__ == "__main__":
+    main()
