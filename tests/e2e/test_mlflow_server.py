@@ -53,18 +53,22 @@ def _status(url: str, host: str) -> int:
         return int(err.code)
 
 
+def _launch(script: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Run one of mlflow/'s scripts with the project's environment on PATH."""
+    return subprocess.Popen(
+        [str(REPO_ROOT / "mlflow" / script)],
+        cwd=cwd,
+        env={**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def test_local_launcher_serves_the_default_store(tmp_path: Path, upstream: dict[str, Path]) -> None:
     shutil.copy(upstream["tracking"], tmp_path / "mlflow.db")
     (tmp_path / "params.yaml").write_text("{}\n")
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-    proc = subprocess.Popen(
-        [str(REPO_ROOT / "mlflow" / "local.sh")],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _launch("local.sh", tmp_path, {"PORT": str(port)})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(url, proc)
@@ -98,8 +102,6 @@ def cluster_server(
         backend = postgres_uri
     port = free_port()
     env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
         "MLFLOW_BACKEND_STORE_URI": backend,
         "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{bucket}/artifacts",
         "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
@@ -108,13 +110,7 @@ def cluster_server(
         "MLFLOW_WORKERS": "1",
         "MLFLOW_SERVER_ALLOWED_HOSTS": _image_allowed_hosts(),
     }
-    proc = subprocess.Popen(
-        [str(REPO_ROOT / "mlflow" / "entrypoint.sh")],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _launch("entrypoint.sh", tmp_path, env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(url, proc, timeout=120)
