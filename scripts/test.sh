@@ -4,6 +4,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
-ruff check src tests benchmarks
-mypy src
+ruff check src tests benchmarks components pipelines
+mypy src components pipelines
 pytest "$@"

@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+pipeline_app = typer.Typer(help="The Kubeflow Pipelines pipeline: compile, run locally, submit.")
+app.add_typer(pipeline_app, name="pipeline")
 webhook_app = typer.Typer(help="MLflow webhooks for alias moves (optional; serving also polls).")
 app.add_typer(webhook_app, name="webhook")
 
@@ -417,6 +419,64 @@ def predict(
     typer.echo(
         f"{len(rows)} inputs, {failed} unusable, labels {counts}; {version}; written to {out}"
     )
+
+
+ParamPairs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        help="key=value: data_version / data_source (pipeline inputs) or a params.yaml key "
+        "such as train.epochs=3. Repeatable.",
+    ),
+]
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(
+    params: ParamsOpt = Path("params.yaml"),
+    out: Annotated[Path, typer.Option(help="Pipeline YAML to write.")] = Path(
+        "pipelines/training_pipeline.yaml"
+    ),
+) -> None:
+    """Compile the training pipeline (committed as pipelines/training_pipeline.yaml)."""
+    from pipelines.commands import compile_pipeline
+
+    typer.echo(f"pipeline written to {compile_pipeline(params, out)}")
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    local: Annotated[bool, typer.Option("--local", help="Run here with kfp.local.")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    param: ParamPairs = None,
+    pipeline_root: Annotated[Path, typer.Option(help="Where task outputs go.")] = Path(
+        ".kfp/outputs"
+    ),
+) -> None:
+    """Run the whole pipeline locally (SubprocessRunner); for a cluster use `pipeline submit`."""
+    from pipelines.commands import run_local
+
+    if not local:
+        raise InputError("pipeline run needs --local (use `carinspect pipeline submit` for KFP)")
+    uri = run_local(params, param or [], Path.cwd(), pipeline_root)
+    typer.echo(f"pipeline finished: registered {uri}")
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(
+    host: Annotated[
+        str, typer.Option(help="Kubeflow Pipelines API, e.g. http://ml-pipeline-ui.kubeflow:80.")
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+    param: ParamPairs = None,
+    experiment: Annotated[str | None, typer.Option(help="KFP experiment name.")] = None,
+    run_name: Annotated[str | None, typer.Option(help="KFP run name.")] = None,
+) -> None:
+    """Compile and submit a run of the training pipeline to Kubeflow Pipelines."""
+    from pipelines.commands import submit
+
+    run_id = submit(host, params, param or [], Path.cwd(), experiment, run_name)
+    typer.echo(f"submitted run {run_id} to {host}")
 
 
 @webhook_app.command("add")

@@ -264,6 +264,60 @@ class PromoteConfig(_Section):
     floor: float = Field(0.65, ge=0.0, le=1.0, description="candidate >= floor, champion or not")
 
 
+class Toleration(_Section):
+    """A Kubernetes toleration (for a tainted GPU node pool)."""
+
+    key: str
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"
+
+
+class KfpTrainConfig(_Section):
+    """Where and how the train task runs on the cluster (set on the task, not the component)."""
+
+    image: str = Field(
+        "ghcr.io/carinspect/carinspect-gpu:0.1.0", min_length=1,
+        description="the GPU variant of the project image",
+    )  # fmt: skip
+    accelerator: str = Field("nvidia.com/gpu", min_length=1)
+    gpus: int = Field(1, ge=0, le=16, description="per node; DDP runs one process per GPU")
+    nodes: int = Field(1, ge=1, le=64, description="> 1: a Kubeflow Trainer TrainJob")
+    node_selector: dict[str, str] = Field(
+        {"nvidia.com/gpu.present": "true"}, description="labels of the GPU node pool"
+    )
+    tolerations: list[Toleration] = Field(
+        [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    )
+    cpu: str = Field("4", description="CPU request and limit")
+    memory: str = Field("16Gi", description="memory request and limit")
+    shm_size: str = Field("8Gi", description="/dev/shm (a memory emptyDir) for DataLoader workers")
+    trainer_runtime: str = Field("torch-distributed", description="Kubeflow Trainer runtime")
+    workspace_pvc: str = Field(
+        "carinspect-workspace", description="ReadWriteMany PVC shared by a multi-node TrainJob"
+    )
+    namespace: str = Field("kubeflow", min_length=1, description="where the TrainJob is created")
+
+
+class KfpConfig(_Section):
+    """The Kubeflow Pipelines run: images, pod settings, MLflow wiring."""
+
+    image: str = Field(
+        "ghcr.io/carinspect/carinspect:0.1.0", min_length=1,
+        description="the project image (docker/Dockerfile) every task runs in",
+    )  # fmt: skip
+    pipeline_name: str = "carinspect-training"
+    mlflow_config_map: str = Field(
+        "carinspect-mlflow", description="ConfigMap with key MLFLOW_TRACKING_URI"
+    )
+    mlflow_secret: str = Field(
+        "carinspect-mlflow", description="Secret with MLFLOW_TRACKING_USERNAME/PASSWORD (optional)"
+    )
+    cpu: str = "2"
+    memory: str = "8Gi"
+    train: KfpTrainConfig = KfpTrainConfig()
+
+
 class MlflowConfig(_Section):
     """Where runs are recorded (the tracking URI itself comes from MLFLOW_TRACKING_URI)."""
 
@@ -285,6 +339,7 @@ class Params(_Section):
     # `register` would shadow ABCMeta.register on the model class; the YAML key stays `register`
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     promote: PromoteConfig = PromoteConfig()
+    kfp: KfpConfig = KfpConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

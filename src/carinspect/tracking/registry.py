@@ -90,6 +90,9 @@ def version_tags(
     run = MlflowClient(settings.mlflow_tracking_uri).get_run(run_id)
     tags = {k: str(v) for k, v in model_json.get("lineage", {}).items()}
     tags["params.hash"] = params_hash(run.data.params)
+    kfp_run = settings.kfp_run_id or run.data.tags.get("kfp.run_id")
+    if kfp_run:  # the pipeline run that trained (and registers) this version
+        tags["kfp.run_id"] = str(kfp_run)
     for split in ("val", "test"):
         for key in (*GATE_METRICS, "ece", "log_loss"):
             value = metrics.get(split, {}).get(key)

@@ -1,0 +1,32 @@
+"""export as a KFP component: the ONNX file and model.json, checked against the checkpoint."""
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+
+def export(
+    params: str,
+    model: Input[Model],
+    evaluation: Input[Dataset],
+    operating_point: Input[Dataset],
+    data: Input[Dataset],
+    splits: Input[Dataset],
+    onnx_model: Output[Model],
+    metrics: Output[Metrics],
+) -> None:
+    """Export to ONNX with the calibration and thresholds, after the parity check."""
+    from pathlib import Path
+
+    from carinspect import kfp_glue
+    from carinspect.config import Settings
+    from carinspect.stages import export as stage
+
+    p = kfp_glue.load_params(params)
+    out = Path(onnx_model.path)
+    train_dir = Path(model.path)
+    stage.run(
+        p.export, Settings(), train_dir / "best.pt", Path(evaluation.path) / "calibration.json",
+        Path(operating_point.path) / "threshold.json", Path(data.path),
+        Path(splits.path) / "splits.csv", out, kfp_glue.run_id_of(train_dir),
+    )  # fmt: skip
+    kfp_glue.log_metrics(metrics, out / "metrics.json")
+    onnx_model.metadata.update({"framework": "onnx", "file": "model.onnx"})

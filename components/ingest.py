@@ -1,0 +1,26 @@
+"""ingest as a KFP component: the data source in, the image cache and manifest out."""
+
+from kfp.dsl import Dataset, Markdown, Metrics, Output
+
+
+def ingest(
+    params: str,
+    data_source: str,
+    data_version: str,
+    data: Output[Dataset],
+    report: Output[Markdown],
+    metrics: Output[Metrics],
+) -> None:
+    """Decode, validate and deduplicate ``data_source`` (``data_version`` keys KFP's cache)."""
+    from pathlib import Path
+
+    from carinspect import kfp_glue
+    from carinspect.stages import ingest as stage
+
+    overrides = {"data.source": data_source} if data_source else {}
+    p = kfp_glue.load_params(params, overrides)
+    out = Path(data.path)
+    stage.run(p.data, p.ingest, out)
+    data.metadata.update({"source": p.data.source, "version": data_version})
+    kfp_glue.write_markdown(report, (out / "report.md").read_text())
+    kfp_glue.log_metrics(metrics, out / "metrics.json")

@@ -1,0 +1,28 @@
+"""register as a KFP component: a new version in the MLflow registry, alias challenger."""
+
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+
+def register(
+    params: str,
+    model: Input[Model],
+    evaluation: Input[Dataset],
+    onnx_model: Input[Model],
+    kfp_run_id: str,
+    registered: Output[Artifact],
+) -> str:
+    """Register the exported model with lineage (the pipeline run included); returns its URI."""
+    from pathlib import Path
+
+    from carinspect import kfp_glue
+    from carinspect.config import Settings
+    from carinspect.stages import register as stage
+
+    kfp_glue.set_run_env(kfp_run_id)
+    p = kfp_glue.load_params(params)
+    version = stage.run(
+        p.register_, Settings(), Path(onnx_model.path), Path(evaluation.path) / "metrics.json",
+        kfp_glue.run_id_of(Path(model.path)), Path(registered.path),
+    )  # fmt: skip
+    registered.metadata.update({"name": version.name, "version": version.version})
+    return version.model_uri

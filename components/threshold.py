@@ -1,0 +1,26 @@
+"""threshold as a KFP component: the operating point from the val predictions."""
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+
+def threshold(
+    params: str,
+    model: Input[Model],
+    evaluation: Input[Dataset],
+    operating_point: Output[Dataset],
+    metrics: Output[Metrics],
+) -> None:
+    """Threshold and uncertainty band; figures on val and test."""
+    from pathlib import Path
+
+    from carinspect import kfp_glue
+    from carinspect.config import Settings
+    from carinspect.stages import threshold as stage
+
+    p = kfp_glue.load_params(params)
+    out = Path(operating_point.path)
+    stage.run(
+        p.threshold, Settings(), Path(evaluation.path) / "predictions.csv", out,
+        kfp_glue.run_id_of(Path(model.path)),
+    )  # fmt: skip
+    kfp_glue.log_metrics(metrics, out / "metrics.json")

@@ -1,0 +1,1 @@
+"""The KFP training pipeline: compile, local run, submit."""

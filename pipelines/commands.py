@@ -1,0 +1,138 @@
+"""`carinspect pipeline compile | run --local | submit`: the pipeline from params.yaml."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from carinspect import kfp_glue
+from carinspect.config import Params, parse_params
+from carinspect.errors import InputError
+from pipelines.training import PIPELINE_FILE, build
+
+logger = logging.getLogger(__name__)
+PIPELINE_INPUTS = ("data_source", "data_version")
+
+
+def split_overrides(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``k=v`` pairs -> (pipeline inputs, dotted params.yaml overrides); values parsed as YAML."""
+    inputs: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--param {pair!r}: expected key=value (e.g. train.epochs=3)")
+        parsed = yaml.safe_load(value) if value else ""
+        (inputs if key in PIPELINE_INPUTS else overrides)[key] = parsed
+    if "data_source" in inputs:  # one source everywhere, the default data version included
+        overrides["data.source"] = inputs["data_source"]
+    return inputs, overrides
+
+
+def params_text(params_path: Path, overrides: dict[str, Any]) -> tuple[Params, str]:
+    """params.yaml with overrides applied: parsed (validated) and as the text the pipeline gets."""
+    try:
+        raw = yaml.safe_load(Path(params_path).read_text()) or {}
+    except OSError as err:
+        raise InputError(f"{params_path}: cannot read ({err})") from err
+    for key, value in overrides.items():
+        kfp_glue.set_dotted(raw, key, value)
+    params = parse_params(raw, params_path)
+    # one line of JSON: KFP copies a default value into a comment at the top of the compiled
+    # file, and a multi-line default would break that file's YAML
+    return params, json.dumps(raw, separators=(",", ":"))
+
+
+def data_version(params: Params, root: Path) -> str:
+    """A default data version: a dvc:// revision, the md5 dvc.lock records, or the demo's seed."""
+    source = params.data.source
+    if source == "demo":
+        return f"demo:{params.data.demo.seed}:{params.data.demo.per_class}"
+    if source.startswith("dvc://") and "@" in source:
+        return source.split("@", 1)[1].split("#", 1)[0]
+    lock = root / "dvc.lock"
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for stage in stages.values():
+            for dep in stage.get("deps", []):
+                if dep.get("path") == source and dep.get("md5"):
+                    return str(dep["md5"])
+            for out in stage.get("outs", []):
+                if out.get("path") == source and out.get("md5"):
+                    return str(out["md5"])
+    raise InputError(
+        f"data.source {source!r}: no data version found (no dvc.lock entry); pass "
+        "--param data_version=<DVC revision or md5> so KFP's cache sees data changes"
+    )
+
+
+def compile_pipeline(params_path: Path, out: Path) -> Path:
+    """Write the pipeline YAML for params.yaml (the committed file is pipelines/training_pipeline.yaml)."""
+    from kfp import compiler
+
+    params, text = params_text(params_path, {})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp.yaml")  # KFP insists on the .yaml ending
+    compiler.Compiler().compile(build(params, text), str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def run_local(params_path: Path, pairs: list[str], root: Path, pipeline_root: Path) -> str:
+    """Run the whole pipeline with kfp.local's SubprocessRunner; returns the registered model URI."""
+    from kfp import local
+
+    inputs, overrides = split_overrides(pairs)
+    params, text = params_text(params_path, overrides)
+    inputs.setdefault("data_version", data_version(params, root))
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),  # the project's environment, no pip
+        pipeline_root=str(pipeline_root),
+        raise_on_error=True,
+    )
+    result = build(params, text)(params=text, **inputs)
+    return str(result.output)
+
+
+def submit(
+    host: str,
+    params_path: Path,
+    pairs: list[str],
+    root: Path,
+    experiment: str | None,
+    run_name: str | None,
+) -> str:
+    """Compile and submit a run to Kubeflow Pipelines at ``host``; returns the run id."""
+    import tempfile
+
+    import kfp
+
+    inputs, overrides = split_overrides(pairs)
+    params, text = params_text(params_path, overrides)
+    inputs.setdefault("data_version", data_version(params, root))
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / "pipeline.yaml"
+        from kfp import compiler
+
+        compiler.Compiler().compile(build(params, text), str(package))
+        client = kfp.Client(host=host)
+        run = client.create_run_from_pipeline_package(
+            str(package),
+            arguments={"params": text, **inputs},
+            experiment_name=experiment or params.kfp.pipeline_name,
+            run_name=run_name,
+        )
+    return str(run.run_id)
+
+
+def digest(path: Path) -> str:
+    """sha256 of a file (the staleness test compares compiled pipelines by it)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+__all__ = ["PIPELINE_FILE", "compile_pipeline", "data_version", "run_local", "submit"]

@@ -1,0 +1,101 @@
+"""What the KFP components share: params from the pipeline input, and KFP's artifact types.
+
+The components in components/ run inside the project image and import only carinspect; they
+turn KFP inputs into a stage's ``run(...)`` call and its files into KFP outputs (metrics,
+markdown reports, a confusion matrix) through these helpers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from carinspect.config import Params, parse_params
+from carinspect.errors import InputError
+from carinspect.tracking.runs import numeric_leaves
+
+
+def load_params(text: str, overrides: dict[str, Any] | None = None) -> Params:
+    """params.yaml content (YAML or JSON text) with dotted-key overrides applied."""
+    try:  # JSON first: YAML 1.1 reads JSON's 1e-05 as a string
+        raw = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text) or {}
+    except (ValueError, yaml.YAMLError) as err:
+        raise InputError(f"pipeline input params: not YAML/JSON: {err}") from err
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    return parse_params(raw, "pipeline input params")
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(d, "train.epochs", 3)`` sets ``d["train"]["epochs"] = 3``."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise InputError(f"override {key}: {part} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def set_run_env(kfp_run_id: str) -> None:
+    """Make the pipeline run id visible to Settings (it becomes the kfp.run_id lineage tag)."""
+    if kfp_run_id:
+        os.environ["KFP_RUN_ID"] = kfp_run_id
+
+
+def run_id_of(train_dir: Path) -> str:
+    """The MLflow run id train recorded in its output."""
+    return str(json.loads((Path(train_dir) / "run.json").read_text())["run_id"])
+
+
+def log_metrics(artifact: Any, metrics_json: Path, prefix: str = "") -> None:
+    """Every numeric leaf of a stage's metrics.json on a KFP Metrics artifact."""
+    data = json.loads(Path(metrics_json).read_text())
+    for key, value in numeric_leaves(data, prefix).items():
+        artifact.log_metric(key, value)
+
+
+def write_markdown(artifact: Any, text: str) -> None:
+    """Fill a KFP Markdown artifact."""
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(text)
+
+
+def evaluation_markdown(metrics_json: Path) -> str:
+    """A short evaluation report: headline metrics per split against the baseline."""
+    m = json.loads(Path(metrics_json).read_text())
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "ece")
+    lines = [
+        "# Evaluation",
+        "",
+        "| split | " + " | ".join(keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    for split in ("val", "test"):
+        row = [f"{m.get(split, {}).get(k, float('nan')):.4f}" for k in keys]
+        lines.append(f"| {split} | " + " | ".join(row) + " |")
+    base = m.get("baseline", {}).get("test", {}).get("accuracy")
+    if base is not None:
+        lines += ["", f"Majority-class baseline, test accuracy: {base:.4f}"]
+    return "\n".join(lines) + "\n"
+
+
+def confusion(predictions_csv: Path, split: str = "test") -> tuple[list[str], list[list[int]]]:
+    """Classes and the confusion matrix (rows: true, columns: predicted) of one split."""
+    with Path(predictions_csv).open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == split]
+        classes = [
+            c.removeprefix("p_") for c in (rows[0].keys() if rows else []) if c.startswith("p_")
+        ]
+    index = {c: i for i, c in enumerate(classes)}
+    matrix = [[0] * len(classes) for _ in classes]
+    for r in rows:
+        if r["predicted"] in index:
+            matrix[index[r["label"]]][index[r["predicted"]]] += 1
+    return classes, matrix

@@ -1,0 +1,166 @@
+"""The KFP pipeline: the compiled file, its platform settings, a local run, the TrainJob."""
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from carinspect.config import KfpTrainConfig, load_params
+from carinspect.training.trainjob import job_name, manifest, node_command, node_env
+from pipelines.commands import compile_pipeline, data_version, split_overrides
+from pipelines.training import PIPELINE_FILE
+from tests.conftest import REPO_ROOT, VENV_BIN
+
+TINY = [
+    "data_source=demo",
+    "data.demo.per_class=20",
+    "train.epochs=1",
+    "model.img_size=32",
+    "threshold.allow_fallback=true",
+    "threshold.bootstrap=0",
+    "evaluate.workers=0",
+    "train.workers=0",
+    "train.batch_size=16",
+]
+
+
+def test_committed_pipeline_is_current(tmp_path: Path) -> None:
+    fresh = compile_pipeline(REPO_ROOT / "params.yaml", tmp_path / "pipeline.yaml")
+    committed = REPO_ROOT / PIPELINE_FILE
+    assert committed.read_text() == fresh.read_text(), (
+        f"{PIPELINE_FILE} is stale: run `carinspect pipeline compile` and commit it"
+    )
+
+
+def _docs() -> tuple[dict[str, Any], dict[str, Any]]:
+    spec, platform = yaml.safe_load_all((REPO_ROOT / PIPELINE_FILE).read_text())
+    return spec, platform
+
+
+def test_compiled_pipeline_carries_the_platform_settings() -> None:
+    spec, platform = _docs()
+    tasks = spec["root"]["dag"]["tasks"]
+    assert list(tasks) == [
+        "evaluate", "export", "ingest", "register", "split", "threshold", "train",
+    ]  # fmt: skip
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
+        "params", "data_source", "data_version",
+    }  # fmt: skip
+    assert "defaultValue" not in spec["root"]["inputDefinitions"]["parameters"]["data_version"]
+    # data_version reaches ingest, so it is part of ingest's cache key
+    ingest_inputs = tasks["ingest"]["inputs"]["parameters"]
+    assert ingest_inputs["data_version"]["componentInputParameter"] == "data_version"
+    executors = spec["deploymentSpec"]["executors"]
+    train = executors["exec-train"]["container"]
+    assert train["image"] == "ghcr.io/carinspect/carinspect-gpu:0.1.0"
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert train["resources"]["accelerator"]["resourceCount"] == "1"
+    assert train["resources"]["memoryLimit"] == 17.179869184
+    assert executors["exec-ingest"]["container"]["image"] == "ghcr.io/carinspect/carinspect:0.1.0"
+    for ex in executors.values():
+        command = " ".join(ex["container"]["command"])
+        assert "pip install" not in command, "components must not install at run time"
+        assert {"name": "NO_ALBUMENTATIONS_UPDATE", "value": "1"} in ex["container"]["env"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(k8s) == {f"exec-{t}" for t in tasks}
+    t = k8s["exec-train"]
+    assert t["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    assert t["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert t["emptyDirMounts"] == [
+        {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "8Gi"}
+    ]
+    for ex in k8s.values():
+        assert ex["configMapAsEnv"][0]["configMapName"] == "carinspect-mlflow"
+        assert ex["configMapAsEnv"][0]["keyToEnv"] == [
+            {"configMapKey": "MLFLOW_TRACKING_URI", "envVar": "MLFLOW_TRACKING_URI"}
+        ]
+        assert ex["secretAsEnv"][0]["optional"] is True
+
+
+def test_overrides_and_data_versions(tmp_path: Path) -> None:
+    inputs, overrides = split_overrides(
+        ["data_version=abc123", "train.epochs=3", "data_source=s3://b/p"]
+    )
+    assert inputs == {"data_version": "abc123", "data_source": "s3://b/p"}
+    assert overrides == {"train.epochs": 3, "data.source": "s3://b/p"}
+    params = load_params(REPO_ROOT / "params.yaml")
+    demo = params.model_copy(update={"data": params.data.model_copy(update={"source": "demo"})})
+    assert data_version(demo, tmp_path) == "demo:0:160"
+    (tmp_path / "dvc.lock").write_text(
+        yaml.safe_dump({"stages": {"demo": {"outs": [{"path": "data/demo", "md5": "f00.dir"}]}}})
+    )
+    assert data_version(params, tmp_path) == "f00.dir"
+    s3 = params.model_copy(update={"data": params.data.model_copy(update={"source": "s3://b/p"})})
+    with pytest.raises(ValueError, match="pass --param data_version"):
+        data_version(s3, tmp_path)
+
+
+def test_local_run_registers_a_version_tagged_with_the_pipeline_run(tmp_path: Path) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    args = [str(VENV_BIN / "carinspect"), "pipeline", "run", "--local",
+            "--params", str(REPO_ROOT / "params.yaml"), "--pipeline-root", str(tmp_path / "kfp")]  # fmt: skip
+    for pair in TINY:
+        args += ["--param", pair]
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "pipeline finished: registered models:/carinspect/1" in done.stdout
+    mv = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
+        "carinspect", "challenger"
+    )
+    assert mv.tags["kfp.run_id"] and mv.tags["data.source"] == "demo"
+    run = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(mv.run_id)
+    assert run.data.tags["kfp.run_id"] == mv.tags["kfp.run_id"]
+    for task in ("ingest", "split", "train", "evaluate", "threshold", "export", "register"):
+        assert list((tmp_path / "kfp").glob(f"*/{task}")), task
+
+
+def test_trainjob_manifest_for_two_nodes() -> None:
+    cfg = KfpTrainConfig(nodes=2, gpus=4)
+    body = manifest(job_name("carinspect-training-2026_11 22"), cfg,
+                    node_command(Path("/workspace/x")), node_env(load_params(REPO_ROOT / "params.yaml").kfp, "r-1"))  # fmt: skip
+    assert body["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and body["kind"] == "TrainJob"
+    assert body["metadata"]["name"] == "carinspect-carinspect-training-2026-11-22"
+    assert body["metadata"]["namespace"] == "kubeflow"
+    spec = body["spec"]
+    assert spec["runtimeRef"] == {
+        "name": "torch-distributed", "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
+    }  # fmt: skip
+    trainer = spec["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 4)
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
+    assert trainer["command"][:4] == ["torchrun", "--no-python", "carinspect", "train"]
+    names = [e["name"] for e in trainer["env"]]
+    assert {"MLFLOW_TRACKING_URI", "KFP_RUN_ID", "MLFLOW_TRACKING_PASSWORD"} <= set(names)
+    secret = next(e for e in trainer["env"] if e["name"] == "MLFLOW_TRACKING_PASSWORD")
+    assert secret["valueFrom"]["secretKeyRef"]["name"] == "carinspect-mlflow"
+    override = spec["podTemplateOverrides"][0]
+    assert override["targetJobs"] == [{"name": "node"}]
+    pod = override["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["workspace"]["persistentVolumeClaim"]["claimName"] == "carinspect-workspace"
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in mounts
+    with pytest.raises(ValueError, match="more than one node"):
+        manifest("x", KfpTrainConfig(nodes=1), [], [])
+
+
+def test_kfp_help_lists_the_commands() -> None:
+    done = subprocess.run(
+        [str(VENV_BIN / "carinspect"), "pipeline", "--help"], capture_output=True, text=True
+    )
+    assert all(c in done.stdout for c in ("compile", "run", "submit"))
+    local = subprocess.run(
+        [str(VENV_BIN / "carinspect"), "pipeline", "run"], capture_output=True, text=True
+    )
+    assert local.returncode == 2 and "needs --local" in local.stderr
