@@ -191,21 +191,20 @@ def _coco(path: Path) -> ResolvedSource:
     return resolved
 
 
-def _s3(uri: str) -> ResolvedSource:
+def s3_objects(uri: str, what: str = "data.source") -> list[tuple[str, Callable[[], bytes]]]:
+    """(key, reader) for every object under an ``s3://bucket/prefix``, sorted by key."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if not bucket:
-        raise SourceError(f"data.source {uri!r}: no bucket name")
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
+        raise SourceError(f"{what} {uri!r}: no bucket name")
     client = boto3.client("s3")
-    resolved = ResolvedSource("s3", uri)
     try:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
     except (ClientError, BotoCoreError) as err:
-        raise SourceError(f"data.source {uri!r}: cannot list objects: {err}") from None
+        raise SourceError(f"{what} {uri!r}: cannot list objects: {err}") from None
 
     def reader(key: str) -> Callable[[], bytes]:
         def read() -> bytes:
@@ -214,7 +213,17 @@ def _s3(uri: str) -> ResolvedSource:
 
         return read
 
-    for key in sorted(keys):
+    return [(key, reader(key)) for key in sorted(keys)]
+
+
+def _s3(uri: str) -> ResolvedSource:
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise SourceError(f"data.source {uri!r}: no bucket name")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    resolved = ResolvedSource("s3", uri)
+    objects = s3_objects(f"s3://{bucket}/{prefix}")
+    for key, read in objects:
         rel = key[len(prefix) :]
         label, sep, rest = rel.partition("/")
         if (
@@ -224,7 +233,7 @@ def _s3(uri: str) -> ResolvedSource:
             or any(p.startswith(".") for p in rel.split("/"))
         ):
             continue  # objects beside the class prefixes, folder markers, hidden files
-        resolved.items.append(SourceItem(f"s3://{bucket}/{key}", label, reader(key)))
+        resolved.items.append(SourceItem(f"s3://{bucket}/{key}", label, read))
     if not resolved.items:
         raise SourceError(f"data.source {uri!r}: no objects under <class>/ sub-prefixes")
     return resolved

@@ -43,34 +43,17 @@ def list_inputs(target: str) -> list[tuple[str, Reader]]:
 
 
 def _s3_inputs(uri: str) -> list[tuple[str, Reader]]:
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
+    from carinspect.data.sources import s3_objects
 
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise InputError(f"{uri}: no bucket name")
-    client = boto3.client("s3")
-    try:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        keys = sorted(
-            o["Key"]
-            for page in pages
-            for o in page.get("Contents", [])
-            if not o["Key"].endswith("/")
-        )
-    except (ClientError, BotoCoreError) as err:
-        raise InputError(f"{uri}: cannot list objects: {err}") from err
-    if not keys:
+    bucket = uri.removeprefix("s3://").partition("/")[0]
+    found = [
+        (f"s3://{bucket}/{key}", read)
+        for key, read in s3_objects(uri, "predict")
+        if not key.endswith("/")
+    ]
+    if not found:
         raise InputError(f"{uri}: no objects under this prefix")
-
-    def reader(key: str) -> Reader:
-        def read() -> bytes:
-            body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-            return body
-
-        return read
-
-    return [(f"s3://{bucket}/{k}", reader(k)) for k in keys]
+    return found
 
 
 def _chunks(items: list[tuple[str, Reader]], size: int) -> Iterator[list[tuple[str, Reader]]]:
