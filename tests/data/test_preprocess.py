@@ -1,9 +1,12 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from carinspect.config import ModelConfig, load_params
 from carinspect.data.augment import AugmentError, apply_augment, build_augment
+from carinspect.data.images import resize_short_side
 from carinspect.data.preprocess import PreprocessSpec, preprocess
 from tests.conftest import REPO_ROOT
 
@@ -26,8 +29,24 @@ def test_crop_mode_keeps_the_centre() -> None:
 
 
 def test_spec_round_trip() -> None:
-    spec = PreprocessSpec.from_model(ModelConfig(img_size=48, resize="crop"))
+    spec = PreprocessSpec.from_model(ModelConfig(img_size=48, resize="crop"), source_short_side=64)
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    old = {k: v for k, v in spec.to_dict().items() if k != "source_short_side"}  # older model.json
+    assert PreprocessSpec.from_dict(old).source_short_side is None
+
+
+def test_a_full_size_upload_is_reduced_as_ingest_reduced_the_training_images() -> None:
+    spec = PreprocessSpec.from_model(ModelConfig(img_size=32), source_short_side=64)
+    rng = np.random.default_rng(3)
+    upload = Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    cached = resize_short_side(upload, 64)  # what ingest stored for training and evaluation
+    assert np.array_equal(preprocess(upload, spec), preprocess(cached, spec))
+    assert np.array_equal(
+        preprocess(cached, spec), preprocess(cached, replace(spec, source_short_side=None))
+    )
+    assert not np.array_equal(
+        preprocess(upload, spec), preprocess(upload, replace(spec, source_short_side=None))
+    )
 
 
 def test_default_augmentations_build_and_are_seeded() -> None:

@@ -44,6 +44,7 @@ def test_export_passes_parity_and_writes_model_json(
     assert fp32["max_abs_diff"] <= 1e-4 and fp32["decision_flips"] == 0 and fp32["images"] > 0
     assert "fp16" in result.parity and result.parity["fp16"]["max_abs_diff"] <= 5e-3
     meta = json.loads((out / "model.json").read_text())
+    assert meta["preprocess"]["source_short_side"] == 40  # ingest.short_side of `prepared`
     assert meta["classes"] == ["clean", "dirty"]
     assert meta["preprocess"]["img_size"] == 32
     assert meta["temperature"] == json.loads(upstream["calibration"].read_text())["temperature"]

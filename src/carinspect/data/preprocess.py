@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from carinspect.config import ModelConfig
+from carinspect.data.images import resize_short_side
 
 
 @dataclass(frozen=True)
@@ -25,16 +26,20 @@ class PreprocessSpec:
     std: tuple[float, float, float]
     resize: Literal["squash", "crop"] = "squash"
     crop_pct: float = 0.875
+    # ingest.short_side of the training data: images larger than that are first reduced as
+    # ingest reduced them (a no-op on the ingest cache, the same pixels for a served upload)
+    source_short_side: int | None = None
 
     @classmethod
-    def from_model(cls, cfg: ModelConfig) -> PreprocessSpec:
-        """Build the spec from the ``model`` section of params."""
+    def from_model(cls, cfg: ModelConfig, source_short_side: int | None = None) -> PreprocessSpec:
+        """Build the spec from the ``model`` section of params (and ingest's short side)."""
         return cls(
             img_size=cfg.img_size,
             mean=(cfg.mean[0], cfg.mean[1], cfg.mean[2]),
             std=(cfg.std[0], cfg.std[1], cfg.std[2]),
             resize=cfg.resize,
             crop_pct=cfg.crop_pct,
+            source_short_side=source_short_side,
         )
 
     @classmethod
@@ -46,6 +51,7 @@ class PreprocessSpec:
             std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
             resize=d.get("resize", "squash"),
             crop_pct=float(d.get("crop_pct", 0.875)),
+            source_short_side=d.get("source_short_side"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,6 +83,8 @@ def preprocess(img: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarra
         img = Image.fromarray(img)
     if img.mode != "RGB":
         img = img.convert("RGB")
+    if spec.source_short_side:
+        img = resize_short_side(img, spec.source_short_side)
     pixels = np.asarray(_resize(img, spec), dtype=np.float32) * np.float32(1.0 / 255.0)
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)

@@ -258,6 +258,7 @@ def _report(
         "shortcut": quality.shortcut_check(rows, cfg.shortcut_auc, cfg.shortcut_folds),
         "per_class": per_class,
         "source": {"kind": kind, "uri": uri},
+        "short_side": cfg.short_side,  # training images were stored at this size: serving too
         "manifest_sha256": manifest_sha,
         "dropped_files": [asdict(r) for r in rejected],
         "near_duplicates": near_dups,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -181,11 +182,20 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(inner, "_orig_mod", inner)
 
 
+def _ingest_short_side(ingest_dir: Path) -> int | None:
+    """The short side ingest stored the images at (None for an older ingest output)."""
+    report = Path(ingest_dir) / "report.json"
+    if not report.is_file():
+        return None
+    value = json.loads(report.read_text()).get("short_side")
+    return int(value) if value else None
+
+
 def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device) -> TrainResult:
     cfg, mcfg = inputs.train, inputs.model
     _seed_everything(cfg.seed, cfg.deterministic)
     classes = class_names(inputs.splits)
-    spec = PreprocessSpec.from_model(mcfg)
+    spec = PreprocessSpec.from_model(mcfg, _ingest_short_side(inputs.ingest_dir))
     train_ds = ImageDataset(
         load_split(inputs.splits, inputs.ingest_dir, "train", classes),
         spec,
