@@ -1,4 +1,4 @@
-"""``carinspect``: one command per pipeline stage, plus data and (later) serving utilities.
+"""``carinspect``: one command per pipeline stage, plus registry, serving, KFP and data commands.
 
 This is the adapter dvc.yaml calls: it reads params.yaml into the typed config and hands each
 stage its section and paths. Stages never read params.yaml or the environment themselves.
