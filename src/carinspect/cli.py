@@ -52,9 +52,9 @@ def _params(path: Path) -> Params:
 
 def _run_id(run_json: Path | None) -> str | None:
     """The MLflow run id recorded by train, when its run.json exists."""
-    if run_json is None or not run_json.is_file():
-        return None
-    return str(json.loads(run_json.read_text())["run_id"])
+    from carinspect.tracking.runs import read_run_id
+
+    return read_run_id(run_json)
 
 
 @app.callback()

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from carinspect.errors import InputError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the embedded store every command uses by default
 
 
 class ConfigError(InputError):
@@ -348,7 +349,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    mlflow_tracking_uri: str = Field("sqlite:///mlflow.db", validation_alias="MLFLOW_TRACKING_URI")
+    mlflow_tracking_uri: str = Field(DEFAULT_TRACKING_URI, validation_alias="MLFLOW_TRACKING_URI")
     kfp_run_id: str | None = Field(None, validation_alias="KFP_RUN_ID")
     user: str | None = Field(
         None, validation_alias="CARINSPECT_USER", description="who is named in the audit trail"

@@ -17,7 +17,7 @@ import yaml
 
 from carinspect.config import Params, parse_params
 from carinspect.errors import InputError
-from carinspect.tracking.runs import numeric_leaves
+from carinspect.tracking.runs import numeric_leaves, read_run_id
 
 
 def load_params(text: str, overrides: dict[str, Any] | None = None) -> Params:
@@ -51,7 +51,10 @@ def set_run_env(kfp_run_id: str) -> None:
 
 def run_id_of(train_dir: Path) -> str:
     """The MLflow run id train recorded in its output."""
-    return str(json.loads((Path(train_dir) / "run.json").read_text())["run_id"])
+    run_id = read_run_id(Path(train_dir) / "run.json")
+    if run_id is None:
+        raise InputError(f"{train_dir}: no run.json (the train task's output is incomplete)")
+    return run_id
 
 
 def log_metrics(artifact: Any, metrics_json: Path, prefix: str = "") -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from carinspect.config import DEFAULT_TRACKING_URI
+
 
 class ServeSettings(BaseSettings):
     """Every knob of ``carinspect serve`` and ``carinspect predict``; names are the env vars."""
@@ -20,7 +22,7 @@ class ServeSettings(BaseSettings):
         description="models:/<name>@<alias>, models:/<name>/<version>, or a folder with "
         "model.onnx + model.json",
     )
-    mlflow_tracking_uri: str = Field("sqlite:///mlflow.db", validation_alias="MLFLOW_TRACKING_URI")
+    mlflow_tracking_uri: str = Field(DEFAULT_TRACKING_URI, validation_alias="MLFLOW_TRACKING_URI")
     thresh: float | None = Field(
         None, ge=0.0, le=1.0, validation_alias="THRESH",
         description="overrides the model's threshold (binary: T_HIGH too; multiclass: "

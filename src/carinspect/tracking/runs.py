@@ -59,6 +59,13 @@ def start_run(settings: Settings, cfg: MlflowConfig | None, run_id: str | None =
     return str(run.info.run_id)
 
 
+def read_run_id(run_json: Path | None) -> str | None:
+    """The MLflow run id train recorded in ``run.json``, or None when there is no such file."""
+    if run_json is None or not Path(run_json).is_file():
+        return None
+    return str(json.loads(Path(run_json).read_text())["run_id"])
+
+
 def reopen_run(run_id: str) -> Any:
     """Make ``run_id`` the active run again, whatever experiment this process set before.
 
