@@ -9,11 +9,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -376,3 +377,64 @@ def postgres_uri() -> Iterator[str | None]:
     finally:
         stop_process(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Server:
+    """A started server: its base URL and process."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def rss_kb(self) -> int:
+        """Resident memory of the server process (Linux)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+def start_server(
+    tmp: Path, env: dict[str, str], ready: bool = True, timeout: float = 60.0
+) -> Server:
+    """`carinspect serve` on a free port, waited for (ready, or merely alive)."""
+    port = free_port()
+    log = tmp / f"serve-{port}.log"
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "carinspect"), "serve", "--port", str(port)],
+        cwd=tmp,
+        env={**os.environ, "MODEL_CACHE_DIR": str(tmp / "model-cache"), **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    path = "/readyz" if ready else "/healthz"
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return Server(url, proc, log)
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise TimeoutError(f"server not answering {path}: {log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+@pytest.fixture()
+def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start servers for one test; all are stopped by pid afterwards."""
+    started: list[Server] = []
+
+    def _start(ready: bool = True, **env: str) -> Server:
+        server = start_server(tmp_path, env, ready=ready)
+        started.append(server)
+        return server
+
+    yield _start
+    for server in started:
+        stop_process(server.proc)

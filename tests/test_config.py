@@ -35,6 +35,15 @@ def _write(tmp_path: Path, raw: object) -> Path:
         ({"split": {"train": 0.5, "val": 0.1, "test": 0.1}}, "must sum to 1"),
         ({"data": {"demo": {"per_class": 2.5}}}, "data.demo.per_class"),
         ({"data": {"source": ""}}, "data.source must not be empty"),
+        (
+            {"data": {"demo": {"classes": ["clean"]}}},
+            "data.demo.classes: List should have at least 2",
+        ),
+        (
+            {"data": {"demo": {"classes": ["clean", "rusty"]}}},
+            "data.demo.classes.1: Input should be",
+        ),
+        ({"data": {"demo": {"classes": ["clean", "clean"]}}}, "repeats a class"),
     ],
 )
 def test_bad_params_name_file_and_key(tmp_path: Path, raw: object, expected: str) -> None:

@@ -27,12 +27,28 @@ class _Section(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
 
 
+DemoClass = Literal["clean", "dirty", "dusty", "muddy"]
+_BINARY_DEMO: tuple[DemoClass, ...] = ("clean", "dirty")
+
+
 class DemoConfig(_Section):
     """The generated demo dataset (``data.source: demo``)."""
 
     per_class: int = Field(160, ge=4, le=100_000, description="images generated per class")
     seed: int = 0
     broken: bool = Field(True, description="add deliberately broken/duplicate files")
+    classes: list[DemoClass] = Field(
+        default_factory=lambda: list(_BINARY_DEMO),
+        min_length=2,
+        description="classes to draw: clean/dirty (binary) or a severity scale such as "
+        "clean/dusty/muddy (multiclass)",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_classes(self) -> DemoConfig:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"data.demo.classes repeats a class: {self.classes}")
+        return self
 
 
 class DataConfig(_Section):

@@ -6,9 +6,14 @@ import logging
 import os
 
 
-def configure_logging(verbose: bool = False) -> None:
-    """Log to stderr; ``verbose`` or CARINSPECT_LOG_LEVEL=DEBUG shows debug lines."""
-    level = logging.DEBUG if verbose else os.environ.get("CARINSPECT_LOG_LEVEL", "INFO").upper()
+def configure_logging(verbose: bool = False, level: int | str | None = None) -> None:
+    """Log to stderr; ``verbose`` or CARINSPECT_LOG_LEVEL=DEBUG shows debug lines.
+
+    ``level`` sets the level outright: a spawned worker process (DDP) passes its parent's, so
+    its lines look like the parent's.
+    """
+    if level is None:
+        level = logging.DEBUG if verbose else os.environ.get("CARINSPECT_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

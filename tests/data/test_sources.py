@@ -144,6 +144,17 @@ def test_demo_source_is_deterministic() -> None:
         assert a.items[0].read() != c.items[0].read()
 
 
+def test_demo_severity_scale_is_multiclass() -> None:
+    """A third class gives a multiclass demo; the broken files land in its first classes."""
+    cfg = DemoConfig(per_class=5, seed=3, classes=["clean", "dusty", "muddy"])
+    with open_source("demo", cfg) as src:
+        labels = [i.label for i in src.items]
+    assert {lb: labels.count(lb) for lb in set(labels)} == {"clean": 9, "dusty": 9, "muddy": 5}
+    with open_source("demo", cfg.model_copy(update={"broken": False})) as src:
+        by_label = {i.label: i.read() for i in src.items if i.source.endswith("_0000.jpg")}
+    assert len(set(by_label.values())) == 3  # dirt levels differ, not just the names
+
+
 def test_s3_source(s3_endpoint: str, tmp_path: Path) -> None:
     root = small_folder(tmp_path / "src")
     s3 = boto3.client("s3")

@@ -4,14 +4,16 @@ import hashlib
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO_ROOT, VENV_BIN
+from tests.conftest import REPO_ROOT, VENV_BIN, Server
 
 DVC = str(VENV_BIN / "dvc")
 
@@ -33,6 +35,11 @@ def digest(root: Path) -> dict[str, str]:
 @pytest.fixture()
 def project(tmp_path: Path) -> Path:
     """A copy of the project's pipeline files in a fresh git repo, with a smaller demo dataset."""
+    return make_project(tmp_path)
+
+
+def make_project(tmp_path: Path, **demo: object) -> Path:
+    """The project's dvc.yaml, src and params (tiny model; ``demo`` overrides data.demo)."""
     repo = tmp_path / "project"
     repo.mkdir()
     for name in ("dvc.yaml", ".dvcignore", "src"):
@@ -41,7 +48,7 @@ def project(tmp_path: Path) -> Path:
     (repo / ".dvc").mkdir()
     shutil.copy(REPO_ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["data"]["demo"]["per_class"] = 16
+    params["data"]["demo"].update({"per_class": 16, **demo})
     params["model"].update({"name": "test_resnet", "img_size": 32})
     params["train"].update({"epochs": 1, "batch_size": 4, "workers": 0})
     params["threshold"]["allow_fallback"] = True  # a one-epoch model may not reach the target
@@ -52,18 +59,52 @@ def project(tmp_path: Path) -> Path:
     return repo
 
 
+def test_multiclass_repro_registers_a_model_that_serves(
+    tmp_path: Path, serve: Callable[..., Server]
+) -> None:
+    """The main job on three classes (a severity scale), through register, then served.
+
+    Guards the main job where most real use is: more than two classes. Every output dvc.yaml
+    declares must exist (a missing one fails `dvc repro`).
+    """
+    project = make_project(tmp_path, classes=["clean", "dusty", "muddy"])
+    first = sh(project, DVC, "repro")
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first
+    spec = json.loads((project / "models" / "threshold" / "threshold.json").read_text())
+    assert spec["task"] == "multiclass" and spec["classes"] == ["clean", "dusty", "muddy"]
+    curves = sorted(p.stem for p in (project / "models" / "threshold" / "plots").iterdir())
+    assert curves and set(curves) <= {"clean", "dusty", "muddy"}
+    card = json.loads((project / "models" / "export" / "model.json").read_text())
+    assert card["classes"] == ["clean", "dusty", "muddy"]
+    assert card["parity"]["fp32"]["decision_flips"] == 0
+    registered = json.loads((project / "models" / "registered.json").read_text())
+    assert "Running stage" not in sh(project, DVC, "repro")
+    shown = json.loads(sh(project, DVC, "plots", "show", "--json"))["data"]
+    assert {f"models/threshold/plots/{c}.csv" for c in curves} <= set(shown)
+
+    server = serve(
+        MODEL_URI=registered["model_uri"],
+        MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}",
+    )
+    photo = next((project / "data" / "demo" / "muddy").glob("muddy_000*.jpg"))
+    answer = httpx.post(
+        f"{server.url}/predict", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert set(body["probabilities"]) == {"clean", "dusty", "muddy"}
+    assert body["label"] in {"clean", "dusty", "muddy", "uncertain"}
+    assert body["model"]["version"] == registered["version"]
+
+
+STAGES = ("demo", "ingest", "split", "train", "evaluate", "threshold", "export", "register")
+
+
+@pytest.mark.slow
 def test_repro_runs_then_does_nothing(project: Path) -> None:
     first = sh(project, DVC, "repro")
-    for stage in (
-        "demo",
-        "ingest",
-        "split",
-        "train",
-        "evaluate",
-        "threshold",
-        "export",
-        "register",
-    ):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in first
     assert (project / "data" / "split" / "splits.csv").is_file()
     assert (project / "models" / "train" / "best.pt").is_file()

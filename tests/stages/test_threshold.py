@@ -46,11 +46,18 @@ def test_binary_operating_point(tmp_path: Path) -> None:
     lo, hi = spec["splits"]["test"]["ci95"]["precision"]
     assert lo <= spec["splits"]["test"]["precision"] <= hi
     assert (tmp_path / "out" / "figures" / "threshold.png").stat().st_size > 1000
-    assert (
-        (tmp_path / "out" / "plots" / "precision_recall_threshold.csv")
-        .read_text()
-        .startswith("threshold,")
-    )
+    # the curve of the positive answer: at the chosen threshold it shows val's precision
+    assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == ["clean.csv"]
+    rows = read_curve(tmp_path / "out" / "plots" / "clean.csv")
+    at = min((r for r in rows if r["threshold"] >= spec["threshold"]), key=lambda r: r["threshold"])
+    assert at["precision"] == pytest.approx(spec["val_precision_at_threshold"], abs=1e-6)
+
+
+def read_curve(path: Path) -> list[dict[str, float]]:
+    with path.open(newline="") as fh:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    assert rows and list(rows[0]) == ["threshold", "precision", "recall", "coverage"]
+    return rows
 
 
 def test_unreachable_target_fails_or_falls_back(tmp_path: Path) -> None:
@@ -85,6 +92,22 @@ def test_multiclass(tmp_path: Path) -> None:
     cfg = ThresholdConfig(min_confidence=0.5, per_class={"severe": 0.8}, bootstrap=100)
     spec = threshold.run(cfg, Settings(), preds, tmp_path / "out").spec
     assert spec["task"] == "multiclass" and 0 < spec["splits"]["val"]["coverage"] < 1
+    # what dvc.yaml declares exists: a curve per predicted class and the figure
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "minor.csv", "moderate.csv", "severe.csv",
+    ]  # fmt: skip
+    assert (out / "figures" / "threshold.png").stat().st_size > 1000
+    # severe's curve at 0.8 shows what per_class={"severe": 0.8} does to severe answers on val
+    rows = read_curve(out / "plots" / "severe.csv")
+    at = min((r for r in rows if r["threshold"] >= 0.8), key=lambda r: r["threshold"])
+    with preds.open(newline="") as fh:
+        val = [r for r in csv.DictReader(fh) if r["split"] == "val"]
+    answered = [r for r in val if r["predicted"] == "severe" and float(r["p_severe"]) >= 0.8]
+    assert at["coverage"] == pytest.approx(len(answered) / len(val))
+    assert at["precision"] == pytest.approx(
+        sum(r["label"] == "severe" for r in answered) / len(answered)
+    )
     with pytest.raises(ThresholdError, match="unknown classes"):
         threshold.run(
             ThresholdConfig(per_class={"totalled": 0.9}), Settings(), preds, tmp_path / "o2"

@@ -3,7 +3,9 @@
 Each image is a side view of a car on a street: sky, buildings, road, body, cabin, windows and
 wheels, in random colours, sizes and aspect ratios. "dirty" cars carry mud splatter and a dust
 film of varying strength, from heavy to barely visible; "clean" cars sometimes have dark
-confounders (shadows, leaves) and reflections. Sizes, aspect ratios, file formats and grayscale
+confounders (shadows, leaves) and reflections. ``classes`` picks the label set: the default
+clean/dirty is binary; a severity scale such as clean/dusty/muddy (light film and a few
+splotches / caked mud) is a multiclass dataset drawn the same way. Sizes, aspect ratios, file formats and grayscale
 are drawn from the same distributions for both classes, so no trivial feature gives the label away.
 
 With ``broken`` on, a handful of deliberately bad files (empty, truncated, not an image, a
@@ -26,7 +28,13 @@ from PIL import Image, ImageDraw, ImageFilter
 from carinspect.config import DemoConfig
 from carinspect.io import staged_dir
 
-CLASSES: tuple[str, ...] = ("clean", "dirty")
+# how much dirt each class name carries: None (clean) or the range a severity level is drawn from
+DIRT_LEVELS: dict[str, tuple[float, float] | None] = {
+    "clean": None,
+    "dirty": (0.2, 1.0),  # from light dust to caked
+    "dusty": (0.15, 0.45),
+    "muddy": (0.6, 1.0),
+}
 
 _BODY_COLOURS = [
     (235, 235, 232),
@@ -56,7 +64,9 @@ def _jitter(rng: np.random.Generator, colour: tuple[int, ...], amount: int) -> t
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
 
 
-def _draw_scene(rng: np.random.Generator, dirty: bool, size: tuple[int, int]) -> Image.Image:
+def _draw_scene(
+    rng: np.random.Generator, dirt: tuple[float, float] | None, size: tuple[int, int]
+) -> Image.Image:
     """Render one car at 2x and downsample (cheap anti-aliasing)."""
     w, h = size[0] * 2, size[1] * 2
     img = Image.new("RGB", (w, h))
@@ -125,8 +135,8 @@ def _draw_scene(rng: np.random.Generator, dirty: bool, size: tuple[int, int]) ->
             a = int(rng.integers(*alpha))
             d.ellipse([sx - sr, sy - sr * 0.7, sx + sr, sy + sr * 0.7], fill=(*colour, a))
 
-    if dirty:
-        level = rng.uniform(0.2, 1.0)  # from light dust to caked
+    if dirt is not None:
+        level = rng.uniform(*dirt)
         mud = _jitter(rng, _MUD_COLOURS[int(rng.integers(len(_MUD_COLOURS)))], 15)
         film = (*mud, int(50 + 90 * level))
         d.rounded_rectangle([x0, y0 + ch * 0.4, x0 + cw, y1], radius=max(2, ch // 3), fill=film)
@@ -156,16 +166,16 @@ def _encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
 _EXTENSIONS = {3: "png", 5: "webp", 7: "png", 11: "png", 13: "jpg", 17: "png", 19: "jpg", 21: "png"}
 
 
-def _file_name(class_idx: int, i: int) -> str:
-    return f"{CLASSES[class_idx]}_{i:04d}.{_EXTENSIONS.get(i % 25, 'jpg')}"
+def _file_name(label: str, i: int) -> str:
+    return f"{label}_{i:04d}.{_EXTENSIONS.get(i % 25, 'jpg')}"
 
 
-def _image_bytes(seed: int, class_idx: int, i: int) -> bytes:
+def _image_bytes(seed: int, class_idx: int, i: int, label: str) -> bytes:
     """Bytes of the i-th image of a class; format and colour mode vary with the index."""
     rng = np.random.default_rng([seed, class_idx, i])
     aspect = rng.choice([4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4])
     width = int(rng.integers(72, 200))
-    img = _draw_scene(rng, dirty=class_idx == 1, size=(width, max(40, int(width / aspect))))
+    img = _draw_scene(rng, DIRT_LEVELS[label], size=(width, max(40, int(width / aspect))))
     if rng.random() < 0.08:
         img = img.convert("L")
     variant = i % 25
@@ -205,39 +215,39 @@ def _pixel_bomb_png(width: int, height: int) -> bytes:
 
 def demo_files(cfg: DemoConfig) -> list[DemoFile]:
     """Every file of the demo dataset, in a fixed order; bytes are made on demand."""
+    classes = list(cfg.classes)
 
     def image(c: int, i: int) -> Callable[[], bytes]:
-        return lambda: _image_bytes(cfg.seed, c, i)
+        return lambda: _image_bytes(cfg.seed, c, i, classes[c])
 
     files = [
-        DemoFile(label, _file_name(c, i), image(c, i))
-        for c, label in enumerate(CLASSES)
+        DemoFile(label, _file_name(label, i), image(c, i))
+        for c, label in enumerate(classes)
         for i in range(cfg.per_class)
     ]
     if not cfg.broken:
         return files
 
     def truncated() -> bytes:
-        data = _image_bytes(cfg.seed, 0, 1)
+        data = image(0, 1)()
         return data[: len(data) * 6 // 10]
 
     def near_duplicate() -> bytes:  # the same photo, re-encoded smaller
-        img = Image.open(io.BytesIO(_image_bytes(cfg.seed, 0, 2))).convert("RGB")
+        img = Image.open(io.BytesIO(image(0, 2)())).convert("RGB")
         return _encode(img.resize((img.width * 9 // 10, img.height * 9 // 10)), "JPEG", quality=70)
 
+    first, second = classes[0], classes[1]
     files += [
-        DemoFile("clean", "broken_zero_bytes.jpg", lambda: b""),
-        DemoFile("clean", "broken_truncated.jpg", truncated),
-        DemoFile("dirty", "broken_not_an_image.jpg", lambda: b"this is not an image\n" * 20),
-        DemoFile("dirty", "broken_pixel_bomb.png", lambda: _pixel_bomb_png(40_000, 40_000)),
+        DemoFile(first, "broken_zero_bytes.jpg", lambda: b""),
+        DemoFile(first, "broken_truncated.jpg", truncated),
+        DemoFile(second, "broken_not_an_image.jpg", lambda: b"this is not an image\n" * 20),
+        DemoFile(second, "broken_pixel_bomb.png", lambda: _pixel_bomb_png(40_000, 40_000)),
+        DemoFile(first, "broken_too_small.png", lambda: _encode(Image.new("RGB", (20, 14)), "PNG")),
         DemoFile(
-            "clean", "broken_too_small.png", lambda: _encode(Image.new("RGB", (20, 14)), "PNG")
+            second, "broken_unsupported.ppm", lambda: _encode(Image.new("RGB", (64, 48)), "PPM")
         ),
-        DemoFile(
-            "dirty", "broken_unsupported.ppm", lambda: _encode(Image.new("RGB", (64, 48)), "PPM")
-        ),
-        DemoFile("dirty", "dirty_0004_copy.jpg", image(1, 4)),
-        DemoFile("clean", "resaved_clean_0002.jpg", near_duplicate),
+        DemoFile(second, f"{second}_0004_copy.jpg", image(1, 4)),
+        DemoFile(first, f"resaved_{first}_0002.jpg", near_duplicate),
     ]
     return files
 

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from carinspect.evaluation.threshold import LabelCurve, confidence_curve
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -114,6 +116,71 @@ def reliability_png(
         ylim=(0, 1.02),
     )
     ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def binary_threshold_png(
+    curve: LabelCurve, positive: str, spec: dict[str, Any], path: Path
+) -> None:
+    """Precision and recall of the positive answer against its threshold (val), with the band."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.step(curve.threshold, curve.precision, where="pre", label="precision")
+    ax.step(curve.threshold, curve.recall, where="pre", label="recall")
+    target = spec["target_precision"]
+    ax.axhline(target, ls=":", c="grey", label=f"target precision {target:g}")
+    ax.axvspan(spec["t_low"], spec["t_high"], color="orange", alpha=0.2, label="uncertain band")
+    ax.axvline(spec["threshold"], c="red", lw=1, label=f"threshold {spec['threshold']:.3f}")
+    ax.set(
+        xlabel=f"p({positive})",
+        ylabel="value",
+        title="val: precision and recall vs threshold",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def multiclass_threshold_png(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    curves: dict[str, LabelCurve],
+    min_confidence: float,
+    path: Path,
+    max_classes: int = 10,
+) -> None:
+    """The multiclass decision rule's trade-offs on val.
+
+    Left: coverage and accuracy against the minimum confidence. Right: precision of each
+    predicted class against its own minimum (the ``max_classes`` most predicted classes).
+    """
+    plt = _pyplot()
+    t, coverage, accuracy = confidence_curve(probs, labels)
+    fig, (ax, cls_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax.step(t, accuracy, where="pre", label="accuracy of the answered")
+    ax.step(t, coverage, where="pre", label="coverage")
+    ax.axvline(min_confidence, c="red", lw=1, label=f"min confidence {min_confidence:g}")
+    ax.set(xlabel="minimum confidence", ylabel="value", title="val: all classes", xlim=(0, 1))
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower left", fontsize=8)
+    counts = {name: int(c.coverage[0] * len(labels)) if len(c.coverage) else 0
+              for name, c in curves.items()}  # fmt: skip
+    for name in sorted(curves, key=lambda n: -counts[n])[:max_classes]:
+        c = curves[name]
+        cls_ax.step(c.threshold, c.precision, where="pre", label=name)
+    cls_ax.set(
+        xlabel="minimum probability of the predicted class",
+        ylabel="precision",
+        title="val: precision per predicted class",
+        xlim=(0, 1),
+    )
+    cls_ax.set_ylim(0, 1.02)
+    cls_ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

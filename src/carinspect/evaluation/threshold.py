@@ -118,3 +118,53 @@ def bootstrap_ci(
             else [math.nan] * 2
         )
     return out
+
+
+@dataclass(frozen=True)
+class LabelCurve:
+    """How "answer class k when p_k >= t" does for every distinct threshold t (ascending)."""
+
+    threshold: np.ndarray
+    precision: np.ndarray  # of the images answered k, the share that are k
+    recall: np.ndarray  # of the images that are k, the share answered k
+    coverage: np.ndarray  # of all images, the share answered k
+
+
+def label_curve(probs: np.ndarray, labels: np.ndarray, k: int, *, top_only: bool) -> LabelCurve:
+    """The precision/recall/coverage curve of answering class ``k`` above a threshold.
+
+    Binary rule (``top_only=False``): an image is answered k when ``p_k >= t``. Multiclass rule
+    (``top_only=True``): k must also be the most probable class, as in ``decide_multiclass``,
+    so the curve is what ``threshold.per_class[k] = t`` would give.
+    """
+    scores = probs[:, k]
+    eligible = probs.argmax(axis=1) == k if top_only else np.ones(len(scores), dtype=bool)
+    order = np.argsort(scores[eligible], kind="stable")
+    s, hit = scores[eligible][order], (labels[eligible] == k)[order]
+    t = np.unique(s)
+    first = np.searchsorted(s, t, side="left")  # images answered k at t: s[first:]
+    hits_from = np.concatenate([np.cumsum(hit[::-1])[::-1], [0]])
+    answered = len(s) - first
+    tp = hits_from[first]
+    positives = max(int((labels == k).sum()), 1)
+    return LabelCurve(
+        threshold=t,
+        precision=tp / np.maximum(answered, 1),
+        recall=tp / positives,
+        coverage=answered / max(len(scores), 1),
+    )
+
+
+def confidence_curve(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(min confidence, coverage, accuracy of the answered) for every distinct top probability.
+
+    What ``threshold.min_confidence`` trades: a higher minimum answers fewer images, better.
+    """
+    conf = probs.max(axis=1)
+    order = np.argsort(conf, kind="stable")
+    c, correct = conf[order], (probs.argmax(axis=1) == labels)[order]
+    t = np.unique(c)
+    first = np.searchsorted(c, t, side="left")
+    correct_from = np.concatenate([np.cumsum(correct[::-1])[::-1], [0]])
+    answered = len(c) - first
+    return t, answered / max(len(c), 1), correct_from[first] / np.maximum(answered, 1)

@@ -8,7 +8,9 @@ which the label is "uncertain".
 
 Input: evaluate's ``predictions.csv`` (calibrated probabilities). Output folder ``out``:
 ``threshold.json`` (what export and serving apply), ``metrics.json``, ``figures/threshold.png``
-and ``plots/precision_recall_threshold.csv`` (for ``dvc plots``).
+and, for ``dvc plots``, ``plots/<class>.csv``: precision, recall and coverage on val of answering
+that class above each threshold (binary: the positive class; multiclass: every predicted class,
+under the argmax rule, which is what ``per_class`` tunes).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 from carinspect.config import Settings, ThresholdConfig
 from carinspect.errors import InputError
+from carinspect.evaluation import plots
 from carinspect.evaluation import threshold as th
 from carinspect.io import json_ready, staged_dir, write_json_atomic, write_text_atomic
 from carinspect.tracking import runs
@@ -168,50 +170,32 @@ def _multiclass(
     }
 
 
-def _curve_csv(
+def _curves(
     classes: list[str], spec: dict[str, Any], data: dict[str, tuple[np.ndarray, np.ndarray]]
-) -> str:
+) -> dict[str, th.LabelCurve]:
+    """Val curves of each answer the rule can give.
+
+    Binary: the positive class. Multiclass: every class that is ever the most probable one.
+    """
     probs, y = data["val"]
-    k = classes.index(spec["positive_class"])
-    precision, recall, thresholds = skm.precision_recall_curve(y == k, probs[:, k])
+    if spec["task"] == "binary":
+        k = classes.index(spec["positive_class"])
+        return {classes[k]: th.label_curve(probs, y, k, top_only=False)}
+    curves = {c: th.label_curve(probs, y, k, top_only=True) for k, c in enumerate(classes)}
+    return {c: curve for c, curve in curves.items() if len(curve.threshold)}
+
+
+def _curve_csv(curve: th.LabelCurve) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["threshold", "precision", "recall"])
+    w.writerow(["threshold", "precision", "recall", "coverage"])
     w.writerows(
-        [f"{t:.6f}", f"{p:.6f}", f"{r:.6f}"]
-        for t, p, r in zip(thresholds, precision, recall, strict=False)
+        [f"{t:.6f}", f"{p:.6f}", f"{r:.6f}", f"{c:.6f}"]
+        for t, p, r, c in zip(
+            curve.threshold, curve.precision, curve.recall, curve.coverage, strict=True
+        )
     )
     return buf.getvalue()
-
-
-def _figure(curve_csv: str, spec: dict[str, Any], path: Path) -> None:
-    from carinspect.evaluation.plots import _pyplot
-
-    rows = list(csv.DictReader(io.StringIO(curve_csv)))
-    t = [float(r["threshold"]) for r in rows]
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.step(t, [float(r["precision"]) for r in rows], where="pre", label="precision")
-    ax.step(t, [float(r["recall"]) for r in rows], where="pre", label="recall")
-    ax.axhline(
-        spec["target_precision"],
-        ls=":",
-        c="grey",
-        label=f"target precision {spec['target_precision']:g}",
-    )
-    ax.axvspan(spec["t_low"], spec["t_high"], color="orange", alpha=0.2, label="uncertain band")
-    ax.axvline(spec["threshold"], c="red", lw=1, label=f"threshold {spec['threshold']:.3f}")
-    ax.set(
-        xlabel=f"p({spec['positive_class']})",
-        ylabel="value",
-        title="val: precision and recall vs threshold",
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-    )
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def run(
@@ -229,14 +213,20 @@ def run(
         split: {k: v for k, v in figs.items() if k != "ci95"}
         for split, figs in spec["splits"].items()
     }
+    curves = _curves(classes, spec, data)
     with staged_dir(Path(out)) as tmp:
         write_json_atomic(tmp / "threshold.json", spec)
         write_json_atomic(tmp / "metrics.json", metrics)
+        for name, curve in curves.items():
+            write_text_atomic(tmp / "plots" / f"{name}.csv", _curve_csv(curve))
+        (tmp / "figures").mkdir()
+        figure = tmp / "figures" / "threshold.png"
         if spec["task"] == "binary":
-            curve = _curve_csv(classes, spec, data)
-            write_text_atomic(tmp / "plots" / "precision_recall_threshold.csv", curve)
-            (tmp / "figures").mkdir()
-            _figure(curve, spec, tmp / "figures" / "threshold.png")
+            plots.binary_threshold_png(
+                curves[spec["positive_class"]], spec["positive_class"], spec, figure
+            )
+        else:
+            plots.multiclass_threshold_png(*data["val"], curves, spec["min_confidence"], figure)
     if run_id:
         band = (
             {"t_low": spec["t_low"], "t_high": spec["t_high"]} if spec["task"] == "binary" else {}

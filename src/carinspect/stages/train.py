@@ -28,6 +28,7 @@ from carinspect.data.preprocess import PreprocessSpec
 from carinspect.data.samplers import EpochTagged, ShardedEpochSampler, shard
 from carinspect.errors import InputError
 from carinspect.io import write_json_atomic, write_text_atomic
+from carinspect.logs import configure_logging
 from carinspect.modeling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from carinspect.modeling.factory import build_model, check_model_name
 from carinspect.modeling.losses import build_loss
@@ -111,8 +112,18 @@ def run(
     _check_inputs(inputs, dist_utils.env_info().world_size if under_torchrun else nproc)
     if nproc > 1 and not under_torchrun:
         logger.info("launching %d training processes", nproc)
-        result: TrainResult = dist_utils.launch(nproc, _train_process, inputs)
+        level = logging.getLogger().getEffectiveLevel()
+        result: TrainResult = dist_utils.launch(nproc, _spawned_process, inputs, level)
         return result
+    return _train_process(inputs)
+
+
+def _spawned_process(inputs: TrainInputs, log_level: int) -> TrainResult:
+    """Entry of a worker the launcher spawned: a fresh interpreter, so logging starts unset.
+
+    Without this, rank 0's per-epoch lines go to Python's last-resort handler, which drops INFO.
+    """
+    configure_logging(level=log_level)
     return _train_process(inputs)
 
 
