@@ -1,0 +1,84 @@
+"""dvc.yaml's code deps are each stage's import closure, so `dvc repro` re-runs what a change touches."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+SRC = REPO_ROOT / "src"
+STAGES = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(name: str) -> Path | None:
+    path = SRC / Path(*name.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+def imported(path: Path, module: str) -> set[str]:
+    """carinspect modules ``path`` imports anywhere (stages import lazily inside functions)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            names |= {base, *(f"{base}.{a.name}" for a in node.names)}
+    return {n for n in names if n.split(".")[0] == "carinspect"}
+
+
+def closure(module: str) -> set[str]:
+    """Files of every carinspect module (and parent package) ``module`` can import."""
+    files: set[Path] = set()
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__
+            found = module_file(".".join(parts[:i]))
+            if found is not None and found not in files:
+                files.add(found)
+                todo.extend(imported(found, ".".join(parts[:i])))
+    return {str(f.relative_to(REPO_ROOT)) for f in files}
+
+
+def stage_module(cmd: str) -> str:
+    """The module a stage's command runs: `carinspect data demo` or `carinspect <stage>`."""
+    words = cmd.split()
+    assert words[0] == "carinspect", cmd
+    return "carinspect.data.demo" if words[1] == "data" else f"carinspect.stages.{words[1]}"
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_code_deps_are_the_import_closure(stage: str) -> None:
+    spec = STAGES[stage]
+    deps = {d for d in spec["deps"] if d.startswith("src/")}
+    needed = closure(stage_module(spec["cmd"]))
+    covered = {f for f in needed if any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)}
+    missing = sorted(needed - covered)
+    stale = sorted(d for d in deps if not any(f == d or f.startswith(d + "/") for f in needed))
+    listing = "\n".join(f"      - {f}" for f in sorted(needed))
+    assert not missing and not stale, (
+        f"dvc.yaml stage {stage!r}: missing {missing}, not imported {stale}; its code deps are:\n"
+        f"{listing}"
+    )
+
+
+def test_the_closure_follows_lazy_imports() -> None:
+    """threshold imports the figures module inside a function; the decision rule through it."""
+    files = closure("carinspect.stages.threshold")
+    assert "src/carinspect/evaluation/decision.py" in files
+    assert "src/carinspect/evaluation/plots.py" in files
+    assert "src/carinspect/data/images.py" not in files
