@@ -1,22 +1,39 @@
+import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, VENV_BIN
+from tests.conftest import REPO_ROOT, VENV_BIN, free_port
 
 CARINSPECT = str(VENV_BIN / "carinspect")
 
 
-def run(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CARINSPECT, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def run(*args: str, cwd: Path = REPO_ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CARINSPECT, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def one_line_error(out: subprocess.CompletedProcess[str]) -> str:
+    """A failure from input or state: exit 2, one ERROR line, no traceback."""
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    errors = [line for line in out.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, out.stderr
+    return errors[0]
 
 
 def test_help_lists_every_stage() -> None:
     out = run("--help")
     assert out.returncode == 0
-    for command in ("ingest", "split", "data"):
-        assert command in out.stdout
+    for command in (
+        "ingest", "split", "train", "evaluate", "threshold", "export", "register", "promote",
+        "rollback", "status", "models", "serve", "predict", "pipeline", "webhook", "data",
+    ):  # fmt: skip
+        assert f" {command} " in out.stdout, command
     assert "demo" in run("data", "--help").stdout
     assert "--params" in run("ingest", "--help").stdout
 
@@ -77,3 +94,58 @@ def test_demo_ingest_split_from_the_command_line(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "split" / "splits.csv").is_file()
+
+
+def test_register_against_a_store_without_the_run(
+    tmp_path: Path, upstream: dict[str, Path]
+) -> None:
+    """run.json names a run of another store: exit 2 naming run.json, both stores, the fix."""
+    run_json = upstream["best"].parent / "run.json"
+    empty = f"sqlite:///{tmp_path / 'other.db'}"
+    out = run(
+        "register", "--export", str(upstream["export"]), "--metrics", str(upstream["metrics"]),
+        "--run", str(run_json), "--out", str(tmp_path / "registered.json"),
+        cwd=tmp_path, MLFLOW_TRACKING_URI=empty,
+    )  # fmt: skip
+    line = one_line_error(out)
+    assert (
+        f"{run_json}: MLflow run {upstream['run_id']} is not in the tracking store {empty}" in line
+    )
+    assert f"set MLFLOW_TRACKING_URI=sqlite:///{upstream['tracking']}" in line
+    assert not (tmp_path / "registered.json").exists()
+
+
+def test_malformed_run_json(tmp_path: Path) -> None:
+    bad = tmp_path / "run.json"
+    bad.write_text('{"experiment": "carinspect"}')
+    out = run("register", "--run", str(bad), cwd=tmp_path)
+    assert f"{bad}: not a run reference from train (run_id: Field required)" in one_line_error(out)
+
+
+@pytest.mark.parametrize("command", [["models"], ["status"], ["promote"]])
+def test_unreachable_tracking_server(tmp_path: Path, command: list[str]) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    out = run(
+        *command, "--params", str(REPO_ROOT / "params.yaml"), cwd=tmp_path,
+        MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+    )  # fmt: skip
+    assert f"MLflow tracking server {uri} is unreachable" in one_line_error(out)
+
+
+def test_empty_store_and_bad_alias(tmp_path: Path) -> None:
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    params = str(REPO_ROOT / "params.yaml")
+    line = one_line_error(
+        run("status", "--params", params, cwd=tmp_path, MLFLOW_TRACKING_URI=empty)
+    )
+    assert f"MLflow ({empty}): Registered Model with name=carinspect not found" in line
+    line = one_line_error(
+        run("models", "--params", params, cwd=tmp_path, MLFLOW_TRACKING_URI=empty)
+    )
+    assert "registered model 'carinspect' not found in" in line
+    out = run(
+        "predict", str(tmp_path), cwd=tmp_path, MLFLOW_TRACKING_URI=empty,
+        MODEL_URI="models:/carinspect@nope",
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "models:/carinspect@nope" in out.stderr and "set MODEL_URI to" in out.stderr

@@ -50,11 +50,14 @@ def _params(path: Path) -> Params:
     return load_params(path)
 
 
-def _run_id(run_json: Path | None) -> str | None:
-    """The MLflow run id recorded by train, when its run.json exists."""
-    from carinspect.tracking.runs import read_run_id
+def _run_id(run_json: Path | None, required: bool = False) -> str | None:
+    """The MLflow run train recorded, checked against the tracking store; None without run.json."""
+    from carinspect.config import Settings
+    from carinspect.tracking.runs import check_run
 
-    return read_run_id(run_json)
+    if run_json is None or (not required and not run_json.is_file()):
+        return None
+    return check_run(run_json, Settings())
 
 
 @app.callback()
@@ -255,9 +258,9 @@ def register(
     from carinspect.config import Settings
     from carinspect.stages import register as stage
 
-    run_id = _run_id(run_json)
+    run_id = _run_id(run_json, required=True)
     if run_id is None:
-        raise InputError(f"{run_json}: the training run's run.json is needed to register")
+        raise InputError("--run: the training run's run.json is needed to register")
     v = stage.run(_params(params).register_, Settings(), export_dir, metrics, run_id, out)
     typer.echo(f"{v.name} version {v.version} (alias {v.alias}) from run {v.run_id}: {v.model_uri}")
 
@@ -405,7 +408,11 @@ def predict(
     settings = ServeSettings()
     store = ModelStore(settings)
     if not store.refresh() or store.current is None:
-        raise ModelLoadError(store.last_error or f"{settings.model_uri}: no model")
+        raise ModelLoadError(
+            f"{store.last_error or settings.model_uri + ': no model'}; set MODEL_URI to "
+            "models:/<name>@<alias>, models:/<name>/<version> or a folder with model.onnx and "
+            "model.json"
+        )
     model = store.current
     limits = ImageLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes)
     rows = predict_inputs(model, list_inputs(target), limits, settings.max_batch_size)
@@ -536,4 +543,12 @@ def main() -> None:
         if isinstance(err, click.ClickException):
             err.show()
             sys.exit(err.exit_code)
+        if "mlflow" in sys.modules:  # only a command that used MLflow can fail in it
+            from carinspect.config import Settings
+            from carinspect.tracking.errors import describe
+
+            message = describe(err, Settings().mlflow_tracking_uri)
+            if message is not None:
+                logger.error("%s", message)
+                sys.exit(2)
         raise

@@ -412,15 +412,13 @@ def _write_outputs(
     write_json_atomic(inputs.out / "metrics.json", metrics)
     import mlflow
 
-    write_json_atomic(
-        inputs.out / "run.json",
-        {
-            "run_id": result.run_id,
-            "tracking_uri": inputs.settings.mlflow_tracking_uri,
-            "experiment": inputs.mlflow.experiment,
-            "best_checkpoint": str(result.best),
-        },
+    ref = runs.RunRef(
+        run_id=result.run_id,
+        tracking_uri=inputs.settings.mlflow_tracking_uri,
+        experiment=inputs.mlflow.experiment,
+        best_checkpoint=str(result.best),
     )
+    write_json_atomic(inputs.out / "run.json", ref.model_dump())
     mlflow.log_artifact(str(inputs.out / "history.csv"), artifact_path="train")
     runs.set_tags({"best_epoch": str(result.best_epoch)})
     runs.end_run("FINISHED" if finished else "KILLED")

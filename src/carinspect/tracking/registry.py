@@ -141,7 +141,12 @@ def get_registered(client: Any, name: str) -> Any:
     try:
         return client.get_registered_model(name)
     except MlflowException as err:
-        raise InputError(f"registered model {name!r} not found: {err.message}") from err
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise  # unreachable server, refused credentials: the CLI names those
+        raise InputError(
+            f"registered model {name!r} not found in {client.tracking_uri}: register a version "
+            "first (dvc repro), or check MLFLOW_TRACKING_URI"
+        ) from err
 
 
 def list_versions(client: Any, name: str) -> list[VersionRow]:

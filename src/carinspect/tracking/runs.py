@@ -12,7 +12,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from carinspect.config import MlflowConfig, Settings
+from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +62,65 @@ def start_run(settings: Settings, cfg: MlflowConfig | None, run_id: str | None =
     return str(run.info.run_id)
 
 
-def read_run_id(run_json: Path | None) -> str | None:
-    """The MLflow run id train recorded in ``run.json``, or None when there is no such file."""
+class RunRef(BaseModel):
+    """run.json: the MLflow run train opened, which later stages append to."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    run_id: str = Field(min_length=1)
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    best_checkpoint: str | None = None
+
+
+def read_run_ref(run_json: Path | None) -> RunRef | None:
+    """The run reference in ``run_json``; None without the file, an error when it is malformed."""
     if run_json is None or not Path(run_json).is_file():
         return None
-    return str(json.loads(Path(run_json).read_text())["run_id"])
+    try:
+        return RunRef.model_validate_json(Path(run_json).read_text())
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the file"
+        raise InputError(
+            f"{run_json}: not a run reference from train ({where}: {first['msg']}); "
+            "re-run train to rewrite it"
+        ) from None
+
+
+def read_run_id(run_json: Path | None) -> str | None:
+    """The MLflow run id train recorded in ``run.json``, or None when there is no such file."""
+    ref = read_run_ref(run_json)
+    return None if ref is None else ref.run_id
+
+
+def check_run(run_json: Path, settings: Settings) -> str:
+    """The run id in ``run_json`` once the tracking store is known to hold that run.
+
+    Checked before a stage does its work, so a wrong MLFLOW_TRACKING_URI fails in a second with
+    both stores named, not after minutes of evaluation with a traceback.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    ref = read_run_ref(run_json)
+    if ref is None:
+        raise InputError(f"{run_json}: not found (run train first: it records the MLflow run)")
+    store = settings.mlflow_tracking_uri
+    try:
+        MlflowClient(store).get_run(ref.run_id)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        hint = (
+            f"train logged it to {ref.tracking_uri}: set MLFLOW_TRACKING_URI={ref.tracking_uri}"
+            if ref.tracking_uri and ref.tracking_uri != store
+            else "re-run train (dvc repro --force train) to open a run in this store"
+        )
+        raise InputError(
+            f"{run_json}: MLflow run {ref.run_id} is not in the tracking store {store}; {hint}"
+        ) from None
+    return ref.run_id
 
 
 def reopen_run(run_id: str) -> Any:
