@@ -4,7 +4,7 @@ from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Mo
 
 
 def evaluate(
-    params: str,
+    evaluate_cfg: str,
     model: Input[Model],
     data: Input[Dataset],
     splits: Input[Dataset],
@@ -20,7 +20,7 @@ def evaluate(
     from carinspect.config import Settings
     from carinspect.stages import evaluate as stage
 
-    p = kfp_glue.load_params(params)
+    p = kfp_glue.params_from_inputs({"evaluate_cfg": evaluate_cfg})
     out = Path(evaluation.path)
     train_dir = Path(model.path)
     stage.run(

@@ -4,7 +4,7 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 
 def export(
-    params: str,
+    export_cfg: str,
     model: Input[Model],
     evaluation: Input[Dataset],
     operating_point: Input[Dataset],
@@ -20,7 +20,7 @@ def export(
     from carinspect.config import Settings
     from carinspect.stages import export as stage
 
-    p = kfp_glue.load_params(params)
+    p = kfp_glue.params_from_inputs({"export_cfg": export_cfg})
     out = Path(onnx_model.path)
     train_dir = Path(model.path)
     stage.run(

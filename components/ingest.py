@@ -4,9 +4,10 @@ from kfp.dsl import Dataset, Markdown, Metrics, Output
 
 
 def ingest(
-    params: str,
     data_source: str,
     data_version: str,
+    demo_cfg: str,
+    ingest_cfg: str,
     data: Output[Dataset],
     report: Output[Markdown],
     metrics: Output[Metrics],
@@ -17,8 +18,9 @@ def ingest(
     from carinspect import kfp_glue
     from carinspect.stages import ingest as stage
 
-    overrides = {"data.source": data_source} if data_source else {}
-    p = kfp_glue.load_params(params, overrides)
+    p = kfp_glue.params_from_inputs(
+        {"demo_cfg": demo_cfg, "ingest_cfg": ingest_cfg}, {"data.source": data_source}
+    )
     out = Path(data.path)
     stage.run(p.data, p.ingest, out)
     data.metadata.update({"source": p.data.source, "version": data_version})

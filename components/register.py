@@ -4,7 +4,7 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 
 def register(
-    params: str,
+    register_cfg: str,
     model: Input[Model],
     evaluation: Input[Dataset],
     onnx_model: Input[Model],
@@ -19,7 +19,7 @@ def register(
     from carinspect.stages import register as stage
 
     kfp_glue.set_run_env(kfp_run_id)
-    p = kfp_glue.load_params(params)
+    p = kfp_glue.params_from_inputs({"register_cfg": register_cfg})
     version = stage.run(
         p.register_, Settings(), Path(onnx_model.path), Path(evaluation.path) / "metrics.json",
         kfp_glue.run_id_of(Path(model.path)), Path(registered.path),

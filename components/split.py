@@ -4,7 +4,7 @@ from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
 
 
 def split(
-    params: str,
+    split_cfg: str,
     data: Input[Dataset],
     splits: Output[Dataset],
     report: Output[Markdown],
@@ -16,7 +16,7 @@ def split(
     from carinspect import kfp_glue
     from carinspect.stages import split as stage
 
-    p = kfp_glue.load_params(params)
+    p = kfp_glue.params_from_inputs({"split_cfg": split_cfg})
     out = Path(splits.path)
     stage.run(p.split, Path(data.path) / "manifest.csv", out)
     kfp_glue.write_markdown(report, (out / "report.md").read_text())

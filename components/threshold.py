@@ -4,7 +4,7 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 
 def threshold(
-    params: str,
+    threshold_cfg: str,
     model: Input[Model],
     evaluation: Input[Dataset],
     operating_point: Output[Dataset],
@@ -17,7 +17,7 @@ def threshold(
     from carinspect.config import Settings
     from carinspect.stages import threshold as stage
 
-    p = kfp_glue.load_params(params)
+    p = kfp_glue.params_from_inputs({"threshold_cfg": threshold_cfg})
     out = Path(operating_point.path)
     stage.run(
         p.threshold, Settings(), Path(evaluation.path) / "predictions.csv", out,

@@ -4,31 +4,36 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 
 def train(
-    params: str,
+    model_cfg: str,
+    train_cfg: str,
+    mlflow_cfg: str,
     data: Input[Dataset],
     splits: Input[Dataset],
     nproc: int,
-    kfp_run_id: str,
+    cluster: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ) -> str:
-    """Train (one process per GPU on this pod; kfp.train.nodes > 1: a Kubeflow TrainJob).
+    """Train: one process per GPU on this pod, or a Kubeflow TrainJob when ``cluster`` is set.
 
-    Returns the MLflow run id.
+    ``cluster`` is the kfp section (JSON) for training across nodes, empty to train here. The
+    pipeline run id comes from the pod's environment (KFP_RUN_ID), not from an input, so that
+    equal inputs give the same cache key in every run. Returns the MLflow run id.
     """
     from pathlib import Path
 
     from carinspect import kfp_glue
-    from carinspect.config import Settings
+    from carinspect.config import KfpConfig, Settings
     from carinspect.stages import train as stage
 
-    kfp_glue.set_run_env(kfp_run_id)
-    p = kfp_glue.load_params(params)
+    inputs = {"model_cfg": model_cfg, "train_cfg": train_cfg, "mlflow_cfg": mlflow_cfg}
+    p = kfp_glue.params_from_inputs(inputs)
     out = Path(model.path)
-    if p.kfp.train.nodes > 1:
+    if cluster:
         from carinspect.training.trainjob import train_on_nodes
 
-        train_on_nodes(p, params, Path(data.path), Path(splits.path), out, kfp_run_id)
+        kfp = KfpConfig.model_validate_json(cluster)
+        train_on_nodes(p, kfp, Path(data.path), Path(splits.path), out, Settings())
     else:
         stage.run(
             p.model, p.train, p.mlflow, Settings(), Path(data.path),

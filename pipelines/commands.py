@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,18 +32,15 @@ def split_overrides(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     return inputs, overrides
 
 
-def params_text(params_path: Path, overrides: dict[str, Any]) -> tuple[Params, str]:
-    """params.yaml with overrides applied: parsed (validated) and as the text the pipeline gets."""
+def load_with_overrides(params_path: Path, overrides: dict[str, Any]) -> Params:
+    """params.yaml with dotted-key overrides applied, validated."""
     try:
         raw = yaml.safe_load(Path(params_path).read_text()) or {}
     except OSError as err:
         raise InputError(f"{params_path}: cannot read ({err})") from err
     for key, value in overrides.items():
         kfp_glue.set_dotted(raw, key, value)
-    params = parse_params(raw, params_path)
-    # one line of JSON: KFP copies a default value into a comment at the top of the compiled
-    # file, and a multi-line default would break that file's YAML
-    return params, json.dumps(raw, separators=(",", ":"))
+    return parse_params(raw, params_path)
 
 
 def data_version(params: Params, root: Path) -> str:
@@ -75,10 +70,10 @@ def compile_pipeline(params_path: Path, out: Path) -> Path:
     """Write the pipeline YAML for params.yaml (the committed file is pipelines/training_pipeline.yaml)."""
     from kfp import compiler
 
-    params, text = params_text(params_path, {})
+    params = load_with_overrides(params_path, {})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp.yaml")  # KFP insists on the .yaml ending
-    compiler.Compiler().compile(build(params, text), str(tmp))
+    compiler.Compiler().compile(build(params), str(tmp))
     tmp.replace(out)
     return out
 
@@ -88,14 +83,14 @@ def run_local(params_path: Path, pairs: list[str], root: Path, pipeline_root: Pa
     from kfp import local
 
     inputs, overrides = split_overrides(pairs)
-    params, text = params_text(params_path, overrides)
+    params = load_with_overrides(params_path, overrides)
     inputs.setdefault("data_version", data_version(params, root))
     local.init(
         runner=local.SubprocessRunner(use_venv=False),  # the project's environment, no pip
         pipeline_root=str(pipeline_root),
         raise_on_error=True,
     )
-    result = build(params, text)(params=text, **inputs)
+    result = build(params)(**inputs, **kfp_glue.section_texts(params))
     return str(result.output)
 
 
@@ -113,26 +108,21 @@ def submit(
     import kfp
 
     inputs, overrides = split_overrides(pairs)
-    params, text = params_text(params_path, overrides)
+    params = load_with_overrides(params_path, overrides)
     inputs.setdefault("data_version", data_version(params, root))
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / "pipeline.yaml"
         from kfp import compiler
 
-        compiler.Compiler().compile(build(params, text), str(package))
+        compiler.Compiler().compile(build(params), str(package))
         client = kfp.Client(host=host)
         run = client.create_run_from_pipeline_package(
             str(package),
-            arguments={"params": text, **inputs},
+            arguments={**inputs, **kfp_glue.section_texts(params)},
             experiment_name=experiment or params.kfp.pipeline_name,
             run_name=run_name,
         )
     return str(run.run_id)
-
-
-def digest(path: Path) -> str:
-    """sha256 of a file (the staleness test compares compiled pipelines by it)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 __all__ = ["PIPELINE_FILE", "compile_pipeline", "data_version", "run_local", "submit"]

@@ -1,12 +1,15 @@
 """The training pipeline: ingest -> split -> train -> evaluate -> threshold -> export -> register.
 
-Pipeline inputs: ``params`` (the whole params.yaml as text; the stages read their sections from
-it, exactly as `dvc repro` does), ``data_source`` (overrides data.source) and ``data_version``
-(the DVC revision or md5 of the data: it is an input of ingest, so KFP's cache key changes when
-the data does, kubeflow/website#1875). Where tasks run (images, GPU, node pool, /dev/shm,
-requests) comes from the ``kfp`` section at compile time; kfp-kubernetes puts the MLflow
-ConfigMap and Secret into every task's environment. Settings for the platform are ignored by
-the local runner.
+Pipeline inputs: one per params.yaml section (``train_cfg``, ``export_cfg``, ...: the section as
+JSON, defaulting to params.yaml's at compile time), ``data_source`` (overrides data.source) and
+``data_version`` (the DVC revision or md5 of the data: it is an input of ingest, so KFP's cache
+key changes when the data does, kubeflow/website#1875). Each task gets only the sections its
+stage reads, as `dvc repro` tracks them (dvc.yaml ``params:``), so a change to ``export.opset``
+re-runs export and register, not ingest or train. Nothing run-unique is an input of a cached
+task: the train task reads the run id from its pod's label. Where tasks run (images, GPU, node
+pool, /dev/shm, requests) comes from the ``kfp`` section at compile time; kfp-kubernetes puts
+the MLflow ConfigMap and Secret into every task's environment. Settings for the platform are
+ignored by the local runner.
 """
 
 # no `from __future__ import annotations` here: KFP reads the pipeline signature's real types
@@ -16,6 +19,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 import components
+from carinspect import kfp_glue
 from carinspect.config import KfpConfig, Params
 
 PIPELINE_FILE = "pipelines/training_pipeline.yaml"
@@ -59,10 +63,14 @@ def _gpu_pool(task: Any, kfp: KfpConfig) -> None:
         kubernetes.mount_pvc(task, pvc_name=t.workspace_pvc, mount_path="/workspace")
 
 
-def build(cfg: Params, params_text: str) -> Any:
-    """The pipeline function for ``cfg`` (params.yaml parsed) whose default params are ``params_text``."""
+def build(cfg: Params) -> Any:
+    """The pipeline function for ``cfg`` (params.yaml parsed): its sections are the defaults."""
     kfp = cfg.kfp
     comp = components.build(kfp.image, kfp.train.image)
+    d = kfp_glue.section_texts(cfg)
+    # multi-node training needs the cluster settings at run time; single-node training does not,
+    # so they are not part of its cache key
+    cluster = kfp.model_dump_json() if kfp.train.nodes > 1 else ""
 
     @dsl.pipeline(  # type: ignore[untyped-decorator]
         name=kfp.pipeline_name,
@@ -70,29 +78,47 @@ def build(cfg: Params, params_text: str) -> Any:
     )
     def training(
         data_version: str,
-        params: str = params_text,
         data_source: str = cfg.data.source,
+        demo_cfg: str = d["demo_cfg"],
+        ingest_cfg: str = d["ingest_cfg"],
+        split_cfg: str = d["split_cfg"],
+        model_cfg: str = d["model_cfg"],
+        train_cfg: str = d["train_cfg"],
+        mlflow_cfg: str = d["mlflow_cfg"],
+        evaluate_cfg: str = d["evaluate_cfg"],
+        threshold_cfg: str = d["threshold_cfg"],
+        export_cfg: str = d["export_cfg"],
+        register_cfg: str = d["register_cfg"],
     ) -> str:
-        ingest = comp.ingest(params=params, data_source=data_source, data_version=data_version)
-        split = comp.split(params=params, data=ingest.outputs["data"])
+        ingest = comp.ingest(
+            data_source=data_source,
+            data_version=data_version,
+            demo_cfg=demo_cfg,
+            ingest_cfg=ingest_cfg,
+        )
+        split = comp.split(split_cfg=split_cfg, data=ingest.outputs["data"])
         train = comp.train(
-            params=params,
+            model_cfg=model_cfg,
+            train_cfg=train_cfg,
+            mlflow_cfg=mlflow_cfg,
             data=ingest.outputs["data"],
             splits=split.outputs["splits"],
             nproc=max(kfp.train.gpus, 1),
-            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            cluster=cluster,
         )
         evaluate = comp.evaluate(
-            params=params,
+            evaluate_cfg=evaluate_cfg,
             model=train.outputs["model"],
             data=ingest.outputs["data"],
             splits=split.outputs["splits"],
         )
         threshold = comp.threshold(
-            params=params, model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"]
+            threshold_cfg=threshold_cfg,
+            model=train.outputs["model"],
+            evaluation=evaluate.outputs["evaluation"],
         )
         export = comp.export(
-            params=params,
+            export_cfg=export_cfg,
             model=train.outputs["model"],
             evaluation=evaluate.outputs["evaluation"],
             operating_point=threshold.outputs["operating_point"],
@@ -100,15 +126,17 @@ def build(cfg: Params, params_text: str) -> Any:
             splits=split.outputs["splits"],
         )
         register = comp.register(
-            params=params,
+            register_cfg=register_cfg,
             model=train.outputs["model"],
             evaluation=evaluate.outputs["evaluation"],
             onnx_model=export.outputs["onnx_model"],
-            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,  # caching is off for register
         )
         for task in (ingest, split, evaluate, threshold, export, register):
             _platform(task, kfp)
         _gpu_pool(train, kfp)
+        # the run id for the training run's lineage tags, from the pod's label: not an input
+        kubernetes.use_field_path_as_env(train, "KFP_RUN_ID", "metadata.labels['pipeline/runid']")
         register.set_caching_options(False)  # a new version every run, even with equal inputs
         return register.outputs["Output"]  # type: ignore[no-any-return]
 

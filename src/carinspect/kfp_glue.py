@@ -1,4 +1,4 @@
-"""What the KFP components share: params from the pipeline input, and KFP's artifact types.
+"""What the KFP components share: params from the pipeline inputs, and KFP's artifact types.
 
 The components in components/ run inside the project image and import only carinspect; they
 turn KFP inputs into a stage's ``run(...)`` call and its files into KFP outputs (metrics,
@@ -13,22 +13,57 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from carinspect.config import Params, parse_params
 from carinspect.errors import InputError
 from carinspect.tracking.runs import numeric_leaves, read_run_id
 
+# pipeline input -> the params.yaml section it carries (as one line of JSON). A component takes
+# only the sections it reads, so a change to export.opset is not in ingest's KFP cache key.
+SECTION_INPUTS: dict[str, str] = {
+    "demo_cfg": "data.demo",
+    "ingest_cfg": "ingest",
+    "split_cfg": "split",
+    "model_cfg": "model",
+    "train_cfg": "train",
+    "mlflow_cfg": "mlflow",
+    "evaluate_cfg": "evaluate",
+    "threshold_cfg": "threshold",
+    "export_cfg": "export",
+    "register_cfg": "register",
+}
 
-def load_params(text: str, overrides: dict[str, Any] | None = None) -> Params:
-    """params.yaml content (YAML or JSON text) with dotted-key overrides applied."""
-    try:  # JSON first: YAML 1.1 reads JSON's 1e-05 as a string
-        raw = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text) or {}
-    except (ValueError, yaml.YAMLError) as err:
-        raise InputError(f"pipeline input params: not YAML/JSON: {err}") from err
+
+def section_texts(params: Params) -> dict[str, str]:
+    """Each pipeline section input's value: its section of ``params``, sorted one-line JSON.
+
+    One line: KFP copies default values into a comment at the top of the compiled file, and a
+    multi-line default would break that file's YAML. Sorted: the same params, the same cache key.
+    """
+    raw = params.model_dump(mode="json", by_alias=True)
+    texts = {}
+    for name, key in SECTION_INPUTS.items():
+        node: Any = raw
+        for part in key.split("."):
+            node = node[part]
+        texts[name] = json.dumps(node, sort_keys=True, separators=(",", ":"))
+    return texts
+
+
+def params_from_inputs(inputs: dict[str, str], overrides: dict[str, Any] | None = None) -> Params:
+    """Params from a component's section inputs (``{"train_cfg": '{"epochs": 3, ...}'}``).
+
+    Sections a component is not given keep their defaults: it does not read them.
+    """
+    raw: dict[str, Any] = {}
+    for name, text in inputs.items():
+        try:
+            value = json.loads(text)
+        except ValueError as err:
+            raise InputError(f"pipeline input {name}: not JSON: {err}") from None
+        set_dotted(raw, SECTION_INPUTS[name], value)
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
-    return parse_params(raw, "pipeline input params")
+    return parse_params(raw, "pipeline inputs")
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -44,7 +79,12 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def set_run_env(kfp_run_id: str) -> None:
-    """Make the pipeline run id visible to Settings (it becomes the kfp.run_id lineage tag)."""
+    """Make the pipeline run id visible to Settings (it becomes the kfp.run_id lineage tag).
+
+    Only the register task takes the run id as an input (its caching is off). In a cluster the
+    train task reads it from its pod's ``pipeline/runid`` label through the downward API, so
+    the id is not part of a cached task's key.
+    """
     if kfp_run_id:
         os.environ["KFP_RUN_ID"] = kfp_run_id
 

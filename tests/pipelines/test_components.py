@@ -9,6 +9,8 @@ import yaml
 from kfp import dsl
 from mlflow.tracking import MlflowClient
 
+from carinspect.config import parse_params
+from carinspect.kfp_glue import params_from_inputs, section_texts
 from components import FUNCTIONS
 from tests.conftest import REPO_ROOT
 
@@ -26,7 +28,7 @@ def test_components_called_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     raw["model"]["img_size"] = 32
     raw["evaluate"]["workers"] = 0
     raw["threshold"].update(allow_fallback=True, bootstrap=0)
-    params = yaml.safe_dump(raw)
+    cfg = section_texts(parse_params(raw))  # what the pipeline passes: one JSON per section
     a = {
         name: _artifact(kind, tmp_path, name)
         for name, kind in [
@@ -39,22 +41,24 @@ def test_components_called_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             ("registered", dsl.Artifact),
         ]
     }  # fmt: skip
-    FUNCTIONS["ingest"](
-        params, "demo", "demo:0:20", a["data"], a["ingest_report"], a["ingest_metrics"]
-    )
+    FUNCTIONS["ingest"]("demo", "demo:0:20", cfg["demo_cfg"], cfg["ingest_cfg"], a["data"],
+                        a["ingest_report"], a["ingest_metrics"])  # fmt: skip
     assert a["data"].metadata == {"source": "demo", "version": "demo:0:20"}
     assert a["ingest_metrics"].metadata["images"] > 0
     assert Path(a["ingest_report"].path).read_text().startswith("#")
-    FUNCTIONS["split"](params, a["data"], a["splits"], a["split_report"], a["split_metrics"])
-    assert (Path(a["splits"].path) / "splits.csv").is_file()
-    run_id = FUNCTIONS["train"](
-        params, a["data"], a["splits"], 1, "kfp-run-7", a["model"], a["train_metrics"]
+    FUNCTIONS["split"](
+        cfg["split_cfg"], a["data"], a["splits"], a["split_report"], a["split_metrics"]
     )
+    assert (Path(a["splits"].path) / "splits.csv").is_file()
+    monkeypatch.setenv("KFP_RUN_ID", "kfp-run-7")  # in a cluster: the pod's pipeline/runid label
+    run_id = FUNCTIONS["train"](cfg["model_cfg"], cfg["train_cfg"], cfg["mlflow_cfg"], a["data"],
+                                a["splits"], 1, "", a["model"], a["train_metrics"])  # fmt: skip
+    monkeypatch.delenv("KFP_RUN_ID")
     assert (
         a["model"].metadata["mlflow_run_id"] == run_id
         and "val_accuracy" in a["train_metrics"].metadata
     )
-    FUNCTIONS["evaluate"](params, a["model"], a["data"], a["splits"], a["evaluation"],
+    FUNCTIONS["evaluate"](cfg["evaluate_cfg"], a["model"], a["data"], a["splits"], a["evaluation"],
                           a["eval_metrics"], a["confusion"], a["eval_report"])  # fmt: skip
     matrix = a["confusion"].metadata["confusionMatrix"]
     assert [s["displayName"] for s in matrix["annotationSpecs"]] == ["clean", "dirty"]
@@ -62,15 +66,25 @@ def test_components_called_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert test_images == a["eval_metrics"].metadata["test.images"]
     assert "| test |" in Path(a["eval_report"].path).read_text()
     FUNCTIONS["threshold"](
-        params, a["model"], a["evaluation"], a["operating_point"], a["thr_metrics"]
+        cfg["threshold_cfg"], a["model"], a["evaluation"], a["operating_point"], a["thr_metrics"]
     )
-    FUNCTIONS["export"](params, a["model"], a["evaluation"], a["operating_point"], a["data"],
+    FUNCTIONS["export"](cfg["export_cfg"], a["model"], a["evaluation"], a["operating_point"], a["data"],
                         a["splits"], a["onnx_model"], a["export_metrics"])  # fmt: skip
     assert (Path(a["onnx_model"].path) / "model.onnx").is_file()
     uri = FUNCTIONS["register"](
-        params, a["model"], a["evaluation"], a["onnx_model"], "kfp-run-7", a["registered"]
-    )
+        cfg["register_cfg"], a["model"], a["evaluation"], a["onnx_model"], "kfp-run-7",
+        a["registered"],
+    )  # fmt: skip
     assert uri == "models:/carinspect/1"
     assert json.loads(Path(a["registered"].path).read_text())["version"] == "1"
     mv = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_model_version("carinspect", "1")
     assert mv.tags["kfp.run_id"] == "kfp-run-7"
+    run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(run_id)
+    assert run.data.tags["kfp.run_id"] == "kfp-run-7"  # read from the environment by train
+
+
+def test_bad_section_input_names_the_key() -> None:
+    with pytest.raises(ValueError, match=r"train.epochs: Input should be a valid integer"):
+        params_from_inputs({"train_cfg": '{"epochs": "three"}'})
+    with pytest.raises(ValueError, match="pipeline input split_cfg: not JSON"):
+        params_from_inputs({"split_cfg": "train: 0.7"})

@@ -19,7 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from carinspect.config import KfpConfig, KfpTrainConfig, Params
+import yaml
+
+from carinspect.config import KfpConfig, KfpTrainConfig, Params, Settings
 from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -199,17 +201,22 @@ def node_env(cfg: KfpConfig, kfp_run_id: str) -> list[dict[str, Any]]:
 
 
 def train_on_nodes(
-    params: Params, params_text: str, data: Path, splits: Path, out: Path, kfp_run_id: str
+    params: Params, kfp: KfpConfig, data: Path, splits: Path, out: Path, settings: Settings
 ) -> None:
-    """Stage the inputs on the workspace volume, run the TrainJob, bring the outputs back."""
+    """Stage the inputs on the workspace volume, run the TrainJob, bring the outputs back.
+
+    The nodes read a params.yaml holding the sections train reads (model, train, mlflow).
+    """
+    kfp_run_id = settings.kfp_run_id or ""
     workspace = Path(WORKSPACE) / job_name(kfp_run_id or "run")
     if workspace.exists():
         shutil.rmtree(workspace)
     workspace.mkdir(parents=True)
-    (workspace / "params.yaml").write_text(params_text)
+    sections = params.model_dump(mode="json", include={"model", "train", "mlflow"})
+    (workspace / "params.yaml").write_text(yaml.safe_dump(sections, sort_keys=False))
     shutil.copytree(data, workspace / "ingest")
     shutil.copytree(splits, workspace / "split")
-    body = manifest(job_name(kfp_run_id or "run"), params.kfp.train, node_command(workspace),
-                    node_env(params.kfp, kfp_run_id))  # fmt: skip
+    body = manifest(job_name(kfp_run_id or "run"), kfp.train, node_command(workspace),
+                    node_env(kfp, kfp_run_id))  # fmt: skip
     run_trainjob(body)
     shutil.copytree(workspace / "train", out, dirs_exist_ok=True)

@@ -1,0 +1,110 @@
+"""The compiled pipeline, parsed strictly, keys KFP's cache on what each step really uses.
+
+KFP v2 computes a task's cache key from its input parameter values, its input artifacts, its
+output specs and its container (image, command, args, env, PVCs). So a cached task must not take
+a run-unique value, and a parameter section must reach only the tasks that read it.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.kubernetes import kubernetes_executor_config_pb2
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from pipelines.commands import compile_pipeline
+from pipelines.training import PIPELINE_FILE
+from tests.conftest import REPO_ROOT
+
+UPSTREAM = ("ingest", "split", "train", "evaluate", "threshold")
+
+
+def strict_docs(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both documents of a compiled file, each checked against KFP's protobuf schema."""
+    spec, platform = yaml.safe_load_all(path.read_text())
+    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec(), ignore_unknown_fields=False)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for config in executors.values():
+        json_format.ParseDict(
+            config,
+            kubernetes_executor_config_pb2.KubernetesExecutorConfig(),
+            ignore_unknown_fields=False,
+        )
+    return spec, platform
+
+
+def resolved_inputs(spec: dict[str, Any], task: str) -> dict[str, Any]:
+    """A task's parameter values as the backend sees them (pipeline defaults substituted)."""
+    defaults = {
+        name: p.get("defaultValue")
+        for name, p in spec["root"]["inputDefinitions"]["parameters"].items()
+    }
+    values = {}
+    for name, source in spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"].items():
+        if "componentInputParameter" in source:
+            values[name] = defaults[source["componentInputParameter"]]
+        else:
+            values[name] = source["runtimeValue"]["constant"]
+    return values
+
+
+def container(spec: dict[str, Any], task: str) -> dict[str, Any]:
+    executor = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"].replace("comp-", "exec-")
+    return dict(spec["deploymentSpec"]["executors"][executor]["container"])
+
+
+def test_committed_pipeline_parses_strictly() -> None:
+    spec, _ = strict_docs(REPO_ROOT / PIPELINE_FILE)
+    assert spec["pipelineInfo"]["name"] == "carinspect-training"
+
+
+def test_an_unknown_field_is_rejected(tmp_path: Path) -> None:
+    """The strict check can fail: a field the schema does not know."""
+    text = (REPO_ROOT / PIPELINE_FILE).read_text().replace("cachingOptions:", "cachingOption:", 1)
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(json_format.ParseError, match="cachingOption"):
+        strict_docs(tmp_path / "bad.yaml")
+
+
+def test_no_run_unique_value_feeds_a_cached_task() -> None:
+    spec, _ = strict_docs(REPO_ROOT / PIPELINE_FILE)
+    cached = []
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        if not task.get("cachingOptions", {}).get("enableCache", False):
+            continue
+        cached.append(name)
+        for key, source in task["inputs"].get("parameters", {}).items():
+            constant = str(source.get("runtimeValue", {}).get("constant", ""))
+            assert "{{$" not in constant, f"{name}.{key} = {constant}: unique per run"
+        env = " ".join(str(e) for e in container(spec, name).get("env", []))
+        assert "{{$" not in env, f"{name}: a placeholder in its environment"
+    assert sorted(cached) == sorted([*UPSTREAM, "export"])  # register alone is never cached
+
+
+def test_a_change_to_export_reaches_export_only(tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["export"]["opset"] = 17
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    changed, _ = strict_docs(compile_pipeline(tmp_path / "params.yaml", tmp_path / "p.yaml"))
+    base, _ = strict_docs(REPO_ROOT / PIPELINE_FILE)
+    for task in UPSTREAM:
+        assert resolved_inputs(changed, task) == resolved_inputs(base, task), task
+        assert container(changed, task) == container(base, task), task
+    assert resolved_inputs(changed, "export") != resolved_inputs(base, "export")
+    assert '"opset":17' in resolved_inputs(changed, "export")["export_cfg"]
+    # register's own inputs are unchanged; it follows export through its new artifact
+    assert resolved_inputs(changed, "register") == resolved_inputs(base, "register")
+
+
+def test_a_change_to_train_spares_ingest_and_split(tmp_path: Path) -> None:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["train"]["epochs"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    changed, _ = strict_docs(compile_pipeline(tmp_path / "params.yaml", tmp_path / "p.yaml"))
+    base, _ = strict_docs(REPO_ROOT / PIPELINE_FILE)
+    for task in ("ingest", "split"):
+        assert resolved_inputs(changed, task) == resolved_inputs(base, task), task
+    assert resolved_inputs(changed, "train") != resolved_inputs(base, "train")
