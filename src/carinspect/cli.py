@@ -203,7 +203,14 @@ def threshold(
             f"val precision {val['precision']}, recall {val['recall']}, coverage {val['coverage']}"
         )
     else:
-        typer.echo(f"min confidence {spec['min_confidence']}; val {spec['splits']['val']}")
+        val = spec["splits"]["val"]
+        per_class = ", ".join(f"{c} >= {t:g}" for c, t in spec["per_class"].items())
+        typer.echo(
+            f"the most probable class when its probability >= {spec['min_confidence']:g}"
+            f"{f' ({per_class})' if per_class else ''}, else uncertain. "
+            f"val coverage {val['coverage']}, accuracy {val['accuracy']}, "
+            f"macro-F1 {val['macro_f1']}"
+        )
 
 
 @app.command()

@@ -145,6 +145,7 @@ def test_repro_runs_then_does_nothing(project: Path) -> None:
     assert "Running stage 'train'" in third and "Running stage 'evaluate'" in third
 
 
+@pytest.mark.slow
 def test_push_pull_round_trip_through_s3(project: Path, s3_endpoint: str) -> None:
     boto3.client("s3").create_bucket(Bucket="dvc-store")
     sh(project, DVC, "repro")
@@ -171,6 +172,7 @@ def test_push_pull_round_trip_through_s3(project: Path, s3_endpoint: str) -> Non
     assert "up to date" in sh(project, DVC, "status")
 
 
+@pytest.mark.slow
 def test_s3_prefix_as_external_dependency(project: Path, s3_endpoint: str, demo_dir: Path) -> None:
     """data.source: s3://... is one param change; DVC re-runs ingest when the objects change."""
     s3 = boto3.client("s3")

@@ -4,10 +4,13 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import VENV_BIN
 from tests.serving.conftest import Server
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_errors(
     serve: Callable[..., Server], upstream: dict[str, Path], tmp_path: Path
 ) -> None:

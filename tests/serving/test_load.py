@@ -57,6 +57,7 @@ async def _drive(port: int, total: int, concurrency: int, data: bytes) -> dict[i
     return statuses
 
 
+@pytest.mark.slow
 def test_ten_thousand_requests_at_concurrency_64(
     serve: Callable[..., Server], upstream: dict[str, Path], record_property: Callable[..., None]
 ) -> None:
