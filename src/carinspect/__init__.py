@@ -1,0 +1,1 @@
+"""carinspect: labelled vehicle photos in, a served and versioned image classifier out."""

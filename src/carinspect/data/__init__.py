@@ -1,0 +1,1 @@
+"""Image decoding and validation, data sources, the manifest, the torch Dataset, preprocessing."""

@@ -1,0 +1,1 @@
+"""Metrics, calibration, figures, the operating-point search and the decision rule."""

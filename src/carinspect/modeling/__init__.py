@@ -1,0 +1,1 @@
+"""The timm model factory, losses, checkpoints and the ONNX export."""

@@ -1,0 +1,1 @@
+"""The pipeline stages: each a ``run(...)`` the CLI and the KFP components call."""

@@ -1,0 +1,1 @@
+"""MLflow: the training run, lineage, the registry, promotion and its audit trail."""

@@ -1,0 +1,1 @@
+"""The training loop, DDP launch and rank-aware helpers, multi-node TrainJobs."""
