@@ -84,11 +84,16 @@ def test_no_run_unique_value_feeds_a_cached_task() -> None:
     assert sorted(cached) == sorted([*UPSTREAM, "export"])  # register alone is never cached
 
 
-def test_a_change_to_export_reaches_export_only(tmp_path: Path) -> None:
+def compiled_with(tmp_path: Path, section: str, key: str, value: Any) -> dict[str, Any]:
+    """The pipeline compiled from params.yaml with one value changed (parsed strictly)."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["export"]["opset"] = 17
+    params[section][key] = value
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    changed, _ = strict_docs(compile_pipeline(tmp_path / "params.yaml", tmp_path / "p.yaml"))
+    return strict_docs(compile_pipeline(tmp_path / "params.yaml", tmp_path / "p.yaml"))[0]
+
+
+def test_a_change_to_export_reaches_export_only(tmp_path: Path) -> None:
+    changed = compiled_with(tmp_path, "export", "opset", 17)
     base, _ = strict_docs(REPO_ROOT / PIPELINE_FILE)
     for task in UPSTREAM:
         assert resolved_inputs(changed, task) == resolved_inputs(base, task), task
@@ -100,10 +105,7 @@ def test_a_change_to_export_reaches_export_only(tmp_path: Path) -> None:
 
 
 def test_a_change_to_train_spares_ingest_and_split(tmp_path: Path) -> None:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["train"]["epochs"] = 3
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    changed, _ = strict_docs(compile_pipeline(tmp_path / "params.yaml", tmp_path / "p.yaml"))
+    changed = compiled_with(tmp_path, "train", "epochs", 3)
     base, _ = strict_docs(REPO_ROOT / PIPELINE_FILE)
     for task in ("ingest", "split"):
         assert resolved_inputs(changed, task) == resolved_inputs(base, task), task
