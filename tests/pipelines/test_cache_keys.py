@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from carinspect.kfp_glue import SECTION_INPUTS
 from pipelines.commands import compile_pipeline
 from pipelines.training import PIPELINE_FILE
 from tests.conftest import REPO_ROOT
@@ -110,3 +111,19 @@ def test_a_change_to_train_spares_ingest_and_split(tmp_path: Path) -> None:
     for task in ("ingest", "split"):
         assert resolved_inputs(changed, task) == resolved_inputs(base, task), task
     assert resolved_inputs(changed, "train") != resolved_inputs(base, "train")
+
+
+def test_kfp_sections_are_the_params_dvc_tracks() -> None:
+    """A task's section inputs are its dvc.yaml stage's `params:`: both re-run on the same change.
+
+    (The demo's settings are an input of KFP's ingest; dvc.yaml has a `demo` stage for them.)
+    """
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    spec, _ = strict_docs(REPO_ROOT / PIPELINE_FILE)
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        kfp = {
+            SECTION_INPUTS.get(k, k).replace("data_source", "data.source")
+            for k in task["inputs"]["parameters"]
+            if k.endswith("_cfg") or k == "data_source"
+        } - {"data.demo"}
+        assert kfp == set(stages[name]["params"]), name
