@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from carinspect.config import KfpTrainConfig, load_params
+from carinspect.config import load_params
 from carinspect.serving.settings import ServeSettings
 from carinspect.training.trainjob import manifest, node_command, node_env
 from tests.conftest import REPO_ROOT
@@ -172,10 +172,12 @@ def test_mlflow_accepts_in_cluster_hosts_and_upgrades_the_schema() -> None:
 
 def test_trainjob_pod_settings_are_valid_kubernetes() -> None:
     """The TrainJob is a CRD (kubernetes-validate only warns): check its pod parts as a Pod."""
-    body = manifest("carinspect-x", KfpTrainConfig(nodes=2, gpus=2), node_command(Path("/workspace/x")),
-                    node_env(load_params(REPO_ROOT / "params.yaml").kfp, "r"))  # fmt: skip
+    kfp = load_params(REPO_ROOT / "params.yaml").kfp
+    kfp = kfp.model_copy(update={"train": kfp.train.model_copy(update={"nodes": 2, "gpus": 2})})
+    body = manifest("carinspect-x", kfp, node_command(Path("/workspace/x")), node_env(kfp, "r"))
     trainer = body["spec"]["trainer"]
-    override = body["spec"]["podTemplateOverrides"][0]["spec"]
+    patch = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
+    override = patch["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",

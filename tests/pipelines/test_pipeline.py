@@ -9,8 +9,17 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from carinspect.config import KfpTrainConfig, load_params
-from carinspect.training.trainjob import job_name, manifest, node_command, node_env
+from carinspect.config import KfpConfig, load_params, parse_params
+from carinspect.training.trainjob import (
+    TrainJobError,
+    check_known_fields,
+    job_name,
+    manifest,
+    node_command,
+    node_env,
+    node_params,
+    unknown_fields,
+)
 from pipelines.commands import compile_pipeline, data_version, split_overrides
 from pipelines.training import PIPELINE_FILE
 from tests.conftest import REPO_ROOT, VENV_BIN
@@ -134,14 +143,20 @@ def test_local_run_registers_a_version_tagged_with_the_pipeline_run(tmp_path: Pa
         assert list((tmp_path / "kfp").glob(f"*/{task}")), task
 
 
+def two_nodes(gpus: int = 4) -> KfpConfig:
+    kfp = load_params(REPO_ROOT / "params.yaml").kfp
+    return kfp.model_copy(update={"train": kfp.train.model_copy(update={"nodes": 2, "gpus": gpus})})
+
+
 def test_trainjob_manifest_for_two_nodes() -> None:
-    cfg = KfpTrainConfig(nodes=2, gpus=4)
-    body = manifest(job_name("carinspect-training-2026_11 22"), cfg,
-                    node_command(Path("/workspace/x")), node_env(load_params(REPO_ROOT / "params.yaml").kfp, "r-1"))  # fmt: skip
+    kfp = two_nodes()
+    body = manifest(job_name("carinspect-training-2026_11 22"), kfp,
+                    node_command(Path("/workspace/x")), node_env(kfp, "r-1"))  # fmt: skip
     assert body["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and body["kind"] == "TrainJob"
     assert body["metadata"]["name"] == "carinspect-carinspect-training-2026-11-22"
     assert body["metadata"]["namespace"] == "kubeflow"
     spec = body["spec"]
+    assert set(spec) == {"runtimeRef", "trainer", "runtimePatches"}  # no podTemplateOverrides
     assert spec["runtimeRef"] == {
         "name": "torch-distributed", "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
     }  # fmt: skip
@@ -153,9 +168,11 @@ def test_trainjob_manifest_for_two_nodes() -> None:
     assert {"MLFLOW_TRACKING_URI", "KFP_RUN_ID", "MLFLOW_TRACKING_PASSWORD"} <= set(names)
     secret = next(e for e in trainer["env"] if e["name"] == "MLFLOW_TRACKING_PASSWORD")
     assert secret["valueFrom"]["secretKeyRef"]["name"] == "carinspect-mlflow"
-    override = spec["podTemplateOverrides"][0]
-    assert override["targetJobs"] == [{"name": "node"}]
-    pod = override["spec"]
+    (patch,) = spec["runtimePatches"]
+    assert patch["manager"] == "carinspect/train-task"
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == "node"  # the torch runtime's training job
+    pod = job["template"]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -163,10 +180,41 @@ def test_trainjob_manifest_for_two_nodes() -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["workspace"]["persistentVolumeClaim"]["claimName"] == "carinspect-workspace"
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
-    mounts = pod["containers"][0]["volumeMounts"]
-    assert {"name": "dshm", "mountPath": "/dev/shm"} in mounts
+    (container,) = pod["containers"]
+    assert container["name"] == "node"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert {"name": "workspace", "mountPath": "/workspace"} in container["volumeMounts"]
+    kfp_one = kfp.model_copy(update={"train": kfp.train.model_copy(update={"nodes": 1})})
     with pytest.raises(ValueError, match="more than one node"):
-        manifest("x", KfpTrainConfig(nodes=1), [], [])
+        manifest("x", kfp_one, [], [])
+
+
+def test_unknown_trainjob_fields_are_found_at_any_depth() -> None:
+    """What a strict API server refuses: the v2.1 field, a typo deep in the runtime patch."""
+    kfp = two_nodes()
+    body = manifest("x", kfp, node_command(Path("/w")), node_env(kfp, "r"))
+    assert unknown_fields(body) == []
+    body["spec"]["podTemplateOverrides"] = [{"targetJobs": [{"name": "node"}]}]
+    replicated = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
+    replicated["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["nodeSelecter"] = {}
+    body["spec"]["trainer"]["env"][0]["valueFromm"] = "x"
+    found = unknown_fields(body)
+    assert found == [
+        "spec.runtimePatches[0].trainingRuntimeSpec.template.spec.replicatedJobs[0].template"
+        ".spec.template.spec.nodeSelecter",
+        "spec.trainer.env[0].valueFromm",
+        "spec.podTemplateOverrides",
+    ]
+    with pytest.raises(TrainJobError, match="fields the Trainer API does not know"):
+        check_known_fields(body)
+
+
+def test_nodes_read_the_sections_train_reads() -> None:
+    params = load_params(REPO_ROOT / "params.yaml")
+    text = node_params(params)
+    assert set(yaml.safe_load(text)) == {"model", "train", "mlflow"}
+    # what `carinspect train --params` reads on a node: equal, 1e-05 included
+    assert parse_params(yaml.safe_load(text), "node params.yaml").train == params.train
 
 
 def test_kfp_help_lists_the_commands() -> None:

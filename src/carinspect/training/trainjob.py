@@ -1,11 +1,18 @@
 """Training across nodes: a Kubeflow Trainer TrainJob, created and followed from the train task.
 
 With ``kfp.train.nodes > 1`` the KFP train task does not train itself: it writes the inputs to
-a ReadWriteMany workspace volume, creates a TrainJob (trainer.kubeflow.org/v1alpha1, runtime
-``torch-distributed``, ``numNodes`` nodes with ``gpus`` processes each, the same GPU, toleration
-and node-selector settings as the single-node task) whose nodes run ``carinspect train`` under
-the runtime's torchrun, streams the logs of node 0, waits for the job to finish and copies the
-checkpoints back. The manifest is plain data built here, so tests can render and check it.
+a ReadWriteMany workspace volume, creates a TrainJob whose nodes run ``carinspect train`` under
+the runtime's torchrun (``kfp.train.trainer_runtime``, ``numNodes`` nodes with ``gpus``
+processes each), streams the log of node 0, waits for the job to finish and copies the
+checkpoints back.
+
+The TrainJob is built from kubeflow-trainer-api's typed models (the Trainer v2.3 API). Pod
+settings (node selector, tolerations, the workspace volume, /dev/shm) go through
+``runtimePatches`` on the runtime's ``node`` replicated job: Trainer v2.2 removed
+``podTemplateOverrides``. The object is sent with ``fieldValidation=Strict``, so an API server
+refuses a field it does not know instead of dropping it (the client's default, Warn, would
+create a job without its node selector). The Kubeflow SDK's TrainerClient streams the log and
+waits for the outcome; it creates jobs without strict validation, so creation stays here.
 """
 
 from __future__ import annotations
@@ -14,14 +21,13 @@ import logging
 import os
 import re
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from carinspect.config import KfpConfig, KfpTrainConfig, Params, Settings
+from carinspect.config import KfpConfig, Params, Settings
 from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -30,7 +36,8 @@ API_GROUP = "trainer.kubeflow.org"
 API_VERSION = "v1alpha1"
 PLURAL = "trainjobs"
 WORKSPACE = "/workspace"
-NODE_JOB = "node"  # the replicated job of the torch-distributed runtime that runs the trainer
+NODE_JOB = "node"  # the replicated job (and its container) of the torch runtime that trains
+PATCH_MANAGER = "carinspect/train-task"  # owner of our runtime patch (patches are keyed by it)
 
 
 class TrainJobError(RuntimeError):
@@ -43,137 +50,181 @@ def job_name(run_name: str) -> str:
     return (f"carinspect-{name}" if name else "carinspect-train")[:63].rstrip("-")
 
 
-def manifest(
-    name: str, cfg: KfpTrainConfig, command: list[str], env: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The TrainJob object: ``cfg.nodes`` nodes of ``cfg.gpus`` GPUs running ``command``."""
+def trainjob(name: str, kfp: KfpConfig, command: list[str], env: list[dict[str, Any]]) -> Any:
+    """The TrainJob (a kubeflow-trainer-api model): ``kfp.train.nodes`` nodes run ``command``."""
+    from kubeflow_trainer_api import models as m
+
+    cfg = kfp.train
     if cfg.nodes < 2:
         raise InputError(f"kfp.train.nodes={cfg.nodes}: a TrainJob is for more than one node")
-    resources: dict[str, Any] = {
-        "requests": {"cpu": cfg.cpu, "memory": cfg.memory},
-        "limits": {"cpu": cfg.cpu, "memory": cfg.memory},
-    }
+    amounts: dict[str, Any] = {"cpu": cfg.cpu, "memory": cfg.memory}
     if cfg.gpus:
-        resources["limits"][cfg.accelerator] = str(cfg.gpus)
-        resources["requests"][cfg.accelerator] = str(cfg.gpus)
-    tolerations = [
-        {k: v for k, v in t.model_dump().items() if v is not None} for t in cfg.tolerations
-    ]
-    return {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": "TrainJob",
-        "metadata": {
-            "name": name,
-            "namespace": cfg.namespace,
-            "labels": {
+        amounts[cfg.accelerator] = str(cfg.gpus)
+    pod = m.TrainerV1alpha1PodSpecPatch(
+        nodeSelector=dict(cfg.node_selector) or None,
+        tolerations=[
+            m.IoK8sApiCoreV1Toleration.from_dict(t.model_dump(exclude_none=True))
+            for t in cfg.tolerations
+        ]
+        or None,
+        volumes=[
+            m.IoK8sApiCoreV1Volume.from_dict(
+                {"name": "workspace", "persistentVolumeClaim": {"claimName": cfg.workspace_pvc}}
+            ),
+            m.IoK8sApiCoreV1Volume.from_dict(
+                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}}
+            ),
+        ],
+        containers=[
+            m.TrainerV1alpha1ContainerPatch(
+                name=NODE_JOB,
+                volumeMounts=[
+                    m.IoK8sApiCoreV1VolumeMount(name="workspace", mountPath=WORKSPACE),
+                    m.IoK8sApiCoreV1VolumeMount(name="dshm", mountPath="/dev/shm"),
+                ],
+            )
+        ],
+    )
+    node_patch = m.TrainerV1alpha1ReplicatedJobPatch(
+        name=NODE_JOB,
+        template=m.TrainerV1alpha1JobTemplatePatch(
+            spec=m.TrainerV1alpha1JobSpecPatch(template=m.TrainerV1alpha1PodTemplatePatch(spec=pod))
+        ),
+    )
+    return m.TrainerV1alpha1TrainJob(
+        apiVersion=f"{API_GROUP}/{API_VERSION}",
+        kind="TrainJob",
+        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
+            name=name,
+            namespace=cfg.namespace,
+            labels={
                 "app.kubernetes.io/part-of": "carinspect",
                 "app.kubernetes.io/component": "train",
             },
-        },
-        "spec": {
-            "runtimeRef": {
-                "name": cfg.trainer_runtime,
-                "apiGroup": API_GROUP,
-                "kind": "ClusterTrainingRuntime",
-            },
-            "trainer": {
-                "image": cfg.image,
-                "command": command,
-                "numNodes": cfg.nodes,
-                "numProcPerNode": max(cfg.gpus, 1),
-                "resourcesPerNode": resources,
-                "env": env,
-            },
-            "podTemplateOverrides": [
-                {
-                    "targetJobs": [{"name": NODE_JOB}],
-                    "spec": {
-                        "nodeSelector": dict(cfg.node_selector),
-                        "tolerations": tolerations,
-                        "volumes": [
-                            {
-                                "name": "workspace",
-                                "persistentVolumeClaim": {"claimName": cfg.workspace_pvc},
-                            },
-                            {
-                                "name": "dshm",
-                                "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size},
-                            },
-                        ],
-                        "containers": [
-                            {
-                                "name": NODE_JOB,
-                                "volumeMounts": [
-                                    {"name": "workspace", "mountPath": WORKSPACE},
-                                    {"name": "dshm", "mountPath": "/dev/shm"},
-                                ],
-                            }
-                        ],
-                    },
-                }
+        ),
+        spec=m.TrainerV1alpha1TrainJobSpec(
+            runtimeRef=m.TrainerV1alpha1RuntimeRef(
+                name=cfg.trainer_runtime, apiGroup=API_GROUP, kind="ClusterTrainingRuntime"
+            ),
+            trainer=m.TrainerV1alpha1Trainer(
+                image=cfg.image,
+                command=command,
+                numNodes=cfg.nodes,
+                # Trainer v2.2 dropped numProcPerNode from the torch runtime's policy (#3239);
+                # on the TrainJob it remains: torchrun's --nproc-per-node on every node
+                numProcPerNode=max(cfg.gpus, 1),
+                resourcesPerNode=m.IoK8sApiCoreV1ResourceRequirements.from_dict(
+                    {"requests": amounts, "limits": amounts}
+                ),
+                env=[m.IoK8sApiCoreV1EnvVar.from_dict(e) for e in env],
+            ),
+            runtimePatches=[
+                m.TrainerV1alpha1RuntimePatch(
+                    manager=PATCH_MANAGER,
+                    trainingRuntimeSpec=m.TrainerV1alpha1TrainingRuntimeSpecPatch(
+                        template=m.TrainerV1alpha1JobSetTemplatePatch(
+                            spec=m.TrainerV1alpha1JobSetSpecPatch(replicatedJobs=[node_patch])
+                        )
+                    ),
+                )
             ],
-        },
-    }
+        ),
+    )
 
 
-def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for c in obj.get("status", {}).get("conditions", []) or []:
-        if c.get("type") == kind and c.get("status") == "True":
-            return dict(c)
-    return None
+def manifest(
+    name: str, kfp: KfpConfig, command: list[str], env: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The TrainJob as the API server receives it (checked to hold only known fields)."""
+    body: dict[str, Any] = trainjob(name, kfp, command, env).to_dict()
+    check_known_fields(body)
+    return body
+
+
+def unknown_fields(body: Any, model: Any = None, path: str = "") -> list[str]:
+    """Fields of ``body`` that ``model`` (default: the TrainJob model) does not know.
+
+    The typed models drop what they do not know when they read a dict; comparing the round
+    trip with the original finds every such field, at any depth.
+    """
+    if model is None:
+        from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
+
+        model = TrainerV1alpha1TrainJob
+    return _missing(body, model.from_dict(body).to_dict(), path)
+
+
+def _missing(sent: Any, kept: Any, path: str) -> list[str]:
+    """Paths of ``sent`` that are absent from ``kept`` (its round trip through a model)."""
+    out: list[str] = []
+    if isinstance(sent, dict):
+        kept = kept if isinstance(kept, dict) else {}
+        for key, value in sent.items():
+            where = f"{path}.{key}" if path else key
+            out += [where] if key not in kept else _missing(value, kept[key], where)
+    elif isinstance(sent, list):
+        kept = kept if isinstance(kept, list) else []
+        for i, value in enumerate(sent):
+            out += _missing(value, kept[i] if i < len(kept) else None, f"{path}[{i}]")
+    return out
+
+
+def check_known_fields(body: dict[str, Any], model: Any = None) -> None:
+    """Refuse an object with a field the typed model does not know (what Strict would refuse)."""
+    unknown = unknown_fields(body, model)
+    if unknown:
+        kind = body.get("kind", "object")
+        raise TrainJobError(f"{kind} has fields the Trainer API does not know: {unknown}")
+
+
+def create(client: Any, body: dict[str, Any]) -> None:
+    """Create ``body`` through the SDK's API client, with strict field validation."""
+    from kubernetes.client.exceptions import ApiException
+
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        client.backend.custom_api.create_namespaced_custom_object(
+            API_GROUP, API_VERSION, ns, PLURAL, body, field_validation="Strict"
+        )
+    except ApiException as err:
+        raise TrainJobError(
+            f"cannot create TrainJob {ns}/{name}: {err.status} {err.reason}: {err.body}"
+        ) from err
 
 
 def run_trainjob(
     body: dict[str, Any],
     *,
-    poll_s: float = 10.0,
-    timeout_s: float = 7 * 24 * 3600,
+    poll_s: int = 10,
+    timeout_s: int = 7 * 24 * 3600,
     log: Callable[[str], None] = logger.info,
 ) -> None:
-    """Create ``body`` through the Kubernetes API, stream node 0's log, wait for the outcome.
+    """Create ``body`` (from :func:`manifest`), stream node 0's log, wait for the outcome.
 
-    Uses the pod's service account in a cluster (kubeconfig elsewhere); it needs create/get on
-    trainjobs and get/list on pods and pods/log in the namespace.
+    Uses the pod's service account in a cluster (kubeconfig elsewhere); k8s/kubeflow/ grants
+    what it needs: trainjobs, the runtimes they reference, pods and their logs. A Failed job
+    raises.
     """
-    from kubernetes import client, config
-    from kubernetes.client.exceptions import ApiException
+    from kubeflow.trainer import KubernetesBackendConfig, TrainerClient
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    api = client.CustomObjectsApi()
-    core = client.CoreV1Api()
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    try:
-        api.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL, body)
-    except ApiException as err:
-        raise TrainJobError(
-            f"cannot create TrainJob {ns}/{name}: {err.status} {err.reason}"
-        ) from err
+    client = TrainerClient(KubernetesBackendConfig(namespace=ns))
+    create(client, body)
     log(f"TrainJob {ns}/{name}: {body['spec']['trainer']['numNodes']} nodes created")
-    seen_lines = 0
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        obj = api.get_namespaced_custom_object(API_GROUP, API_VERSION, ns, PLURAL, name)
-        pods = core.list_namespaced_pod(
-            ns, label_selector=f"jobset.sigs.k8s.io/jobset-name={name}"
-        ).items
-        first = sorted(pods, key=lambda p: p.metadata.name)[:1]
-        if first and first[0].status.phase in ("Running", "Succeeded", "Failed"):
-            text = core.read_namespaced_pod_log(first[0].metadata.name, ns)
-            lines = text.splitlines()
-            for line in lines[seen_lines:]:
-                log(line)
-            seen_lines = len(lines)
-        if _condition(obj, "Complete"):
-            log(f"TrainJob {ns}/{name} complete")
-            return
-        failed = _condition(obj, "Failed")
-        if failed:
-            raise TrainJobError(f"TrainJob {ns}/{name} failed: {failed.get('message', '')}")
-        time.sleep(poll_s)
-    raise TrainJobError(f"TrainJob {ns}/{name} did not finish within {timeout_s:.0f} s")
+    done = {"Complete", "Failed"}
+    job = client.wait_for_job_status(
+        name, {"Running", *done}, timeout=timeout_s, polling_interval=poll_s
+    )
+    running = job.status == "Running"  # follow the log; a job already over: read what is left
+    for line in client.get_job_logs(name, step=f"{NODE_JOB}-0", follow=running):
+        log(line.rstrip("\n"))
+    if running:
+        job = client.wait_for_job_status(name, done, timeout=timeout_s, polling_interval=poll_s)
+    if job.status == "Failed":
+        raise TrainJobError(
+            f"TrainJob {ns}/{name} failed: kubectl -n {ns} describe trainjob {name}"
+        )
+    log(f"TrainJob {ns}/{name} complete")
 
 
 def node_command(workspace: Path) -> list[str]:
@@ -200,23 +251,25 @@ def node_env(cfg: KfpConfig, kfp_run_id: str) -> list[dict[str, Any]]:
     return env
 
 
+def node_params(params: Params) -> str:
+    """The params.yaml the nodes read: the sections train reads (model, train, mlflow)."""
+    sections = params.model_dump(mode="json", include={"model", "train", "mlflow"})
+    return yaml.safe_dump(sections, sort_keys=False)
+
+
 def train_on_nodes(
     params: Params, kfp: KfpConfig, data: Path, splits: Path, out: Path, settings: Settings
 ) -> None:
-    """Stage the inputs on the workspace volume, run the TrainJob, bring the outputs back.
-
-    The nodes read a params.yaml holding the sections train reads (model, train, mlflow).
-    """
+    """Stage the inputs on the workspace volume, run the TrainJob, bring the outputs back."""
     kfp_run_id = settings.kfp_run_id or ""
-    workspace = Path(WORKSPACE) / job_name(kfp_run_id or "run")
+    name = job_name(kfp_run_id or "run")
+    workspace = Path(WORKSPACE) / name
     if workspace.exists():
         shutil.rmtree(workspace)
     workspace.mkdir(parents=True)
-    sections = params.model_dump(mode="json", include={"model", "train", "mlflow"})
-    (workspace / "params.yaml").write_text(yaml.safe_dump(sections, sort_keys=False))
+    (workspace / "params.yaml").write_text(node_params(params))
     shutil.copytree(data, workspace / "ingest")
     shutil.copytree(splits, workspace / "split")
-    body = manifest(job_name(kfp_run_id or "run"), kfp.train, node_command(workspace),
-                    node_env(kfp, kfp_run_id))  # fmt: skip
+    body = manifest(name, kfp, node_command(workspace), node_env(kfp, kfp_run_id))
     run_trainjob(body)
     shutil.copytree(workspace / "train", out, dirs_exist_ok=True)
