@@ -125,4 +125,28 @@ def submit(
     return str(run.run_id)
 
 
-__all__ = ["PIPELINE_FILE", "compile_pipeline", "data_version", "run_local", "submit"]
+def trainjob_yaml(params_path: Path, pairs: list[str], run_id: str) -> str:
+    """The TrainJob the train task would create for ``run_id``, as YAML (nothing is sent)."""
+    from carinspect.training.trainjob import (
+        WORKSPACE,
+        job_name,
+        manifest,
+        node_command,
+        node_env,
+    )
+
+    _, overrides = split_overrides(pairs)
+    kfp = load_with_overrides(params_path, overrides).kfp
+    name = job_name(run_id)
+    body = manifest(name, kfp, node_command(Path(WORKSPACE) / name), node_env(kfp, run_id))
+    return yaml.safe_dump(body, sort_keys=False)
+
+
+__all__ = [
+    "PIPELINE_FILE",
+    "compile_pipeline",
+    "data_version",
+    "run_local",
+    "submit",
+    "trainjob_yaml",
+]

@@ -493,6 +493,31 @@ def pipeline_submit(
     typer.echo(f"submitted run {run_id} to {host}")
 
 
+@pipeline_app.command("trainjob")
+def pipeline_trainjob(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the TrainJob as YAML; create nothing.")
+    ] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    param: ParamPairs = None,
+    run_id: Annotated[
+        str, typer.Option(help="Pipeline run id the job is named after (KFP_RUN_ID in a pod).")
+    ] = "dry-run",
+) -> None:
+    """Show the Kubeflow Trainer TrainJob that multi-node training (kfp.train.nodes > 1) creates.
+
+    Review it, or check it against your cluster: `... --dry-run | kubectl apply
+    --dry-run=server -f -`. The train task creates the job itself during a pipeline run.
+    """
+    from pipelines.commands import trainjob_yaml
+
+    if not dry_run:
+        raise InputError(
+            "pipeline trainjob needs --dry-run: the pipeline's train task creates TrainJobs"
+        )
+    typer.echo(trainjob_yaml(params, param or [], run_id), nl=False)
+
+
 @webhook_app.command("add")
 def webhook_add(
     url: Annotated[str, typer.Argument(help="Receiver, e.g. https://serving/webhooks/mlflow.")],

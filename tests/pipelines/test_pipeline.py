@@ -217,11 +217,40 @@ def test_nodes_read_the_sections_train_reads() -> None:
     assert parse_params(yaml.safe_load(text), "node params.yaml").train == params.train
 
 
+def test_trainjob_dry_run_prints_a_job_the_api_knows() -> None:
+    done = subprocess.run(
+        [str(VENV_BIN / "carinspect"), "pipeline", "trainjob", "--dry-run",
+         "--params", str(REPO_ROOT / "params.yaml"), "--param", "kfp.train.nodes=3",
+         "--param", "kfp.train.gpus=8", "--run-id", "run-42"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    body = yaml.safe_load(done.stdout)
+    assert unknown_fields(body) == []
+    assert body["metadata"]["name"] == "carinspect-run-42"
+    assert (body["spec"]["trainer"]["numNodes"], body["spec"]["trainer"]["numProcPerNode"]) == (
+        3,
+        8,
+    )
+    assert {"name": "KFP_RUN_ID", "value": "run-42"} in body["spec"]["trainer"]["env"]
+    patch = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
+    pod = patch["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] and pod["tolerations"]
+    assert {v["name"] for v in pod["volumes"]} == {"workspace", "dshm"}
+    assert "/workspace/carinspect-run-42/params.yaml" in body["spec"]["trainer"]["command"]
+    single = subprocess.run(
+        [str(VENV_BIN / "carinspect"), "pipeline", "trainjob", "--dry-run",
+         "--params", str(REPO_ROOT / "params.yaml")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert single.returncode == 2 and "--param kfp.train.nodes=2" in single.stderr
+
+
 def test_kfp_help_lists_the_commands() -> None:
     done = subprocess.run(
         [str(VENV_BIN / "carinspect"), "pipeline", "--help"], capture_output=True, text=True
     )
-    assert all(c in done.stdout for c in ("compile", "run", "submit"))
+    assert all(c in done.stdout for c in ("compile", "run", "submit", "trainjob"))
     local = subprocess.run(
         [str(VENV_BIN / "carinspect"), "pipeline", "run"], capture_output=True, text=True
     )

@@ -56,7 +56,10 @@ def trainjob(name: str, kfp: KfpConfig, command: list[str], env: list[dict[str, 
 
     cfg = kfp.train
     if cfg.nodes < 2:
-        raise InputError(f"kfp.train.nodes={cfg.nodes}: a TrainJob is for more than one node")
+        raise InputError(
+            f"kfp.train.nodes={cfg.nodes}: a TrainJob is for more than one node "
+            "(set kfp.train.nodes, or --param kfp.train.nodes=2)"
+        )
     amounts: dict[str, Any] = {"cpu": cfg.cpu, "memory": cfg.memory}
     if cfg.gpus:
         amounts[cfg.accelerator] = str(cfg.gpus)
