@@ -16,7 +16,7 @@ from carinspect.training.trainjob import manifest, node_command, node_env
 from tests.conftest import REPO_ROOT
 
 K8S_VERSION = "1.32.0"  # the Kubernetes API the manifests are written for
-TARGETS = ["base", "mlflow", "overlays/local", "overlays/gpu", "overlays/prod"]
+TARGETS = ["base", "mlflow", "kubeflow", "overlays/local", "overlays/gpu", "overlays/prod"]
 SERVING_TARGETS = ["base", "overlays/local", "overlays/gpu", "overlays/prod"]
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
 # read by the MLflow client inside the app rather than by ServeSettings
@@ -199,3 +199,39 @@ def test_trainjob_pod_settings_are_valid_kubernetes() -> None:
         },
     }
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def grants(docs: list[dict[str, Any]], kind: str, name: str) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs of one Role or ClusterRole."""
+    role = next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def test_kubeflow_target_lets_the_train_task_run_trainjobs() -> None:
+    """The rights run_trainjob uses (create strictly, follow through the SDK), for its account."""
+    docs = render("kubeflow")
+    train = load_params(REPO_ROOT / "params.yaml").kfp.train
+    role = grants(docs, "Role", "carinspect-trainjobs")
+    assert {"create", "get", "watch", "delete"} <= role[("trainer.kubeflow.org", "trainjobs")]
+    assert {"get", "list"} <= role[("", "pods")] and "get" in role[("", "pods/log")]
+    assert "get" in role[("trainer.kubeflow.org", "trainingruntimes")]
+    cluster = grants(docs, "ClusterRole", "carinspect-training-runtimes")
+    assert "get" in cluster[("trainer.kubeflow.org", "clustertrainingruntimes")]
+    for binding in (d for d in docs if d["kind"] in {"RoleBinding", "ClusterRoleBinding"}):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": train.namespace}
+        ]
+    roles = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"].endswith("Role")}
+    for binding in (d for d in docs if d["kind"].endswith("RoleBinding")):
+        assert (binding["roleRef"]["kind"], binding["roleRef"]["name"]) in roles
+    (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert pvc["metadata"]["name"] == train.workspace_pvc
+    assert pvc["metadata"]["namespace"] == train.namespace
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # every node mounts it
+    trainjob_role = next(d for d in docs if d["metadata"]["name"] == "carinspect-trainjobs")
+    assert trainjob_role["metadata"]["namespace"] == train.namespace
