@@ -211,7 +211,10 @@ def run_trainjob(
     from kubeflow.trainer import KubernetesBackendConfig, TrainerClient
 
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    client = TrainerClient(KubernetesBackendConfig(namespace=ns))
+    # KUBECONFIG as it is now (the kubernetes client reads it once, at import); in a pod
+    # without it, the SDK uses the service account
+    config = KubernetesBackendConfig(namespace=ns, config_file=os.environ.get("KUBECONFIG"))
+    client = TrainerClient(config)
     create(client, body)
     log(f"TrainJob {ns}/{name}: {body['spec']['trainer']['numNodes']} nodes created")
     done = {"Complete", "Failed"}
@@ -261,7 +264,13 @@ def node_params(params: Params) -> str:
 
 
 def train_on_nodes(
-    params: Params, kfp: KfpConfig, data: Path, splits: Path, out: Path, settings: Settings
+    params: Params,
+    kfp: KfpConfig,
+    data: Path,
+    splits: Path,
+    out: Path,
+    settings: Settings,
+    poll_s: int = 10,
 ) -> None:
     """Stage the inputs on the workspace volume, run the TrainJob, bring the outputs back."""
     kfp_run_id = settings.kfp_run_id or ""
@@ -274,5 +283,5 @@ def train_on_nodes(
     shutil.copytree(data, workspace / "ingest")
     shutil.copytree(splits, workspace / "split")
     body = manifest(name, kfp, node_command(workspace), node_env(kfp, kfp_run_id))
-    run_trainjob(body)
+    run_trainjob(body, poll_s=poll_s)
     shutil.copytree(workspace / "train", out, dirs_exist_ok=True)

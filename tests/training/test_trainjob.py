@@ -1,0 +1,123 @@
+"""Multi-node training through the real kubernetes client and Kubeflow SDK, against an API on
+127.0.0.1 that plays Trainer v2.3 (tests/training/kube_api.py): strict creation, the log
+followed, the outcome awaited, and the checkpoint hand-off through the workspace."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from carinspect.config import KfpConfig, Settings, load_params
+from carinspect.training import trainjob
+from carinspect.training.trainjob import TrainJobError, manifest, node_env, run_trainjob
+from tests.conftest import REPO_ROOT, VENV_BIN, Prepared, tiny_params
+from tests.training.kube_api import Cluster, kube_api
+
+
+def two_nodes(**train: Any) -> KfpConfig:
+    kfp = load_params(REPO_ROOT / "params.yaml").kfp
+    update = {"nodes": 2, "gpus": 0, **train}
+    return kfp.model_copy(update={"train": kfp.train.model_copy(update=update)})
+
+
+def script_node(code: str) -> Any:
+    """A node that runs a Python snippet instead of the job's command."""
+
+    def run(trainer: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", code], env={**os.environ, **env},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    return run
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Any:
+    with kube_api(tmp_path) as c:
+        yield c
+
+
+def test_created_strictly_log_followed_outcome_awaited(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster.run_node = script_node(
+        "import os; print('rank', os.environ['PET_NODE_RANK']); print('epoch 1/1: loss 0.5')"
+    )
+    kfp = two_nodes()
+    body = manifest("carinspect-ok", kfp, ["carinspect", "train"], node_env(kfp, "run-1"))
+    with caplog.at_level(logging.INFO, logger="carinspect.training.trainjob"):
+        run_trainjob(body, poll_s=1, timeout_s=60)
+    job = cluster.jobs["carinspect-ok"]
+    assert job.query["fieldValidation"] == ["Strict"]
+    assert job.body == body
+    lines = [r.getMessage() for r in caplog.records]
+    assert "TrainJob kubeflow/carinspect-ok: 2 nodes created" in lines
+    assert "rank 0" in lines and "epoch 1/1: loss 0.5" in lines  # node 0's log, in order
+    assert lines[-1] == "TrainJob kubeflow/carinspect-ok complete"
+
+
+def test_a_failed_job_raises(cluster: Cluster) -> None:
+    cluster.run_node = script_node("import sys; print('CUDA error'); sys.exit(3)")
+    kfp = two_nodes()
+    body = manifest("carinspect-bad", kfp, ["carinspect", "train"], node_env(kfp, "run-2"))
+    with pytest.raises(TrainJobError, match="TrainJob kubeflow/carinspect-bad failed"):
+        run_trainjob(body, poll_s=1, timeout_s=60)
+
+
+def test_a_field_the_api_does_not_know_is_refused_not_dropped(cluster: Cluster) -> None:
+    """What Trainer v2.3 answered for the old manifest: strict decoding refuses it."""
+    cluster.run_node = script_node("print('must not run')")
+    kfp = two_nodes()
+    body = manifest("carinspect-old", kfp, ["carinspect", "train"], node_env(kfp, "run-3"))
+    body["spec"]["podTemplateOverrides"] = [{"targetJobs": [{"name": "node"}]}]
+    with pytest.raises(
+        TrainJobError, match=r'400 Bad Request.*unknown field \\"spec.podTemplateOverrides'
+    ):
+        run_trainjob(body, poll_s=1, timeout_s=60)
+    assert cluster.jobs == {}
+
+
+def test_train_on_nodes_hands_the_checkpoints_back(
+    tmp_path: Path,
+    cluster: Cluster,
+    prepared: Prepared,
+    sqlite_tracking: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The train task's multi-node path: inputs to the workspace, `carinspect train` under
+    torchrun on node 0 (rank 0 opens the MLflow run), the checkpoints back into the task's
+    output."""
+    workspace = tmp_path / "workspace"
+    monkeypatch.setattr(trainjob, "WORKSPACE", str(workspace))  # the volume's mount point
+    monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")  # torchrun, carinspect
+
+    def node(trainer: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            trainer["command"], env={**os.environ, **env},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    cluster.run_node = node
+    params = load_params(tiny_params(tmp_path))
+    out = tmp_path / "model"
+    trainjob.train_on_nodes(
+        params, two_nodes(), prepared.ingest, prepared.splits.parent, out,
+        Settings(kfp_run_id="kfp-run-9"), poll_s=1,
+    )  # fmt: skip
+    (job,) = cluster.jobs.values()
+    assert job.body["metadata"]["name"] == "carinspect-kfp-run-9"
+    assert any("epoch 1/1: loss" in line for line in job.log), job.log
+    for name in ("best.pt", "last.pt", "metrics.json", "run.json"):
+        assert (out / name).is_file(), name
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    run = MlflowClient(sqlite_tracking).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["kfp.run_id"] == "kfp-run-9"
+    assert run.data.tags["world_size"] == "1"
