@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from carinspect.config import KfpConfig
 from carinspect.kfp_glue import SECTION_INPUTS
 from pipelines.commands import compile_pipeline
 from pipelines.training import PIPELINE_FILE
@@ -127,3 +128,18 @@ def test_kfp_sections_are_the_params_dvc_tracks() -> None:
             if k.endswith("_cfg") or k == "data_source"
         } - {"data.demo"}
         assert kfp == set(stages[name]["params"]), name
+
+
+def test_multi_node_training_gets_the_cluster_settings(tmp_path: Path) -> None:
+    """Only a TrainJob needs the kfp section at run time; single-node training does not read it."""
+    base, _ = strict_docs(REPO_ROOT / PIPELINE_FILE)
+    assert resolved_inputs(base, "train")["cluster"] == ""
+    nodes = compiled_with(tmp_path, "kfp", "train", {**_kfp_train(), "nodes": 2})
+    cluster = KfpConfig.model_validate_json(resolved_inputs(nodes, "train")["cluster"])
+    assert cluster.train.nodes == 2 and cluster.train.workspace_pvc == "carinspect-workspace"
+    for task in ("ingest", "split"):
+        assert resolved_inputs(nodes, task) == resolved_inputs(base, task), task
+
+
+def _kfp_train() -> dict[str, Any]:
+    return dict(yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["kfp"]["train"])
