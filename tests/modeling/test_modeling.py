@@ -8,6 +8,7 @@ from carinspect.config import ModelConfig, TrainConfig
 from carinspect.modeling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from carinspect.modeling.factory import ModelError, build_model
 from carinspect.modeling.losses import FocalLoss, build_loss, class_weight_tensor
+from carinspect.modeling.weights import WeightsError
 
 
 def test_build_and_drop_rates() -> None:
@@ -28,7 +29,7 @@ def test_local_weights_file(tmp_path: Path) -> None:
     loaded = build_model(ModelConfig(name="test_resnet", pretrained=True, weights=str(path)), 2)
     assert torch.equal(loaded.state_dict()["conv1.0.weight"], source.state_dict()["conv1.0.weight"])
     assert loaded.state_dict()["fc.weight"].shape[0] == 2  # new head for our classes
-    with pytest.raises(ModelError, match="file not found"):
+    with pytest.raises(WeightsError, match="file not found"):
         build_model(
             ModelConfig(name="test_resnet", pretrained=True, weights=str(tmp_path / "x")), 2
         )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import difflib
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from carinspect.config import ModelConfig
 from carinspect.errors import InputError
+from carinspect.modeling.weights import load_into
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,9 @@ def check_model_name(name: str) -> None:
 def build_model(cfg: ModelConfig, num_classes: int) -> torch.nn.Module:
     """Create ``cfg.name`` with a ``num_classes`` head.
 
-    Pretrained weights come from the hub, or from ``cfg.weights`` (a local file: a timm/torchvision
-    state dict or safetensors) when given; the classifier is re-initialised when its size differs.
+    Pretrained weights come from the hub, or from ``cfg.weights`` when given (a file or an
+    installed package, in the shapes :mod:`carinspect.modeling.weights` accepts); the classifier
+    is re-initialised when its size differs.
     """
     import timm
 
@@ -41,20 +42,28 @@ def build_model(cfg: ModelConfig, num_classes: int) -> torch.nn.Module:
     kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": cfg.drop_rate}
     if cfg.drop_path_rate > 0:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
-    if cfg.pretrained and cfg.weights:
-        weights = Path(cfg.weights)
-        if not weights.is_file():
-            raise ModelError(f"model.weights {cfg.weights!r}: file not found")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+    weights = cfg.weights if cfg.pretrained else None
     try:
-        model = timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
+        model = timm.create_model(cfg.name, pretrained=cfg.pretrained and not weights, **kwargs)
     except TypeError as err:
         raise ModelError(f"model.name {cfg.name!r}: {err}") from None
     except (RuntimeError, OSError) as err:
-        source = cfg.weights or "the model hub"
         raise ModelError(
-            f"model {cfg.name!r}: cannot load pretrained weights from {source}: {err}"
+            f"model {cfg.name!r}: cannot load pretrained weights from the model hub: {err} "
+            "(offline: set model.weights to a file or package:<module>)"
         ) from None
+    if weights:
+        load_into(model, weights, classifier_keys(model))
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model %s: %.2fM parameters, %d classes", cfg.name, n_params / 1e6, num_classes)
     return model
+
+
+def classifier_keys(model: torch.nn.Module) -> list[str]:
+    """State-dict keys of the model's classifier (timm's ``get_classifier``)."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    if not name:
+        return []
+    return [k for k in model.state_dict() if k.startswith(f"{name}.")]
