@@ -179,6 +179,13 @@ class TrainConfig(_Section):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
+    layer_decay: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="fine-tuning: the head trains at lr, each earlier layer group at this "
+        "factor of the next (timm's layer-wise LR decay); null: one lr for all",
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     warmup_epochs: float = Field(1.0, ge=0.0)
     min_lr: float = Field(1e-5, ge=0.0)

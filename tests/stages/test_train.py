@@ -193,3 +193,30 @@ def test_bad_augmentation_fails_by_name(tmp_path: Path, prepared: Prepared) -> N
         "train.augment[0]: 'HorizontalFlipp' is not an albumentations transform; did you mean HorizontalFlip?"
         in out.stderr
     )
+
+
+def test_layer_decay_gives_the_head_the_full_lr_and_earlier_layers_less() -> None:
+    from carinspect.config import ModelConfig, TrainConfig
+    from carinspect.modeling.factory import build_model, classifier_keys
+
+    model = build_model(ModelConfig(name="test_resnet"), 3)
+    flat = train.build_optimizer(model, TrainConfig(lr=0.01))
+    assert {g["lr"] for g in flat.param_groups} == {0.01}
+    decayed = train.build_optimizer(model, TrainConfig(lr=0.01, layer_decay=0.5))
+    lrs = {id(p): g["lr"] for g in decayed.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    head = [params[k] for k in classifier_keys(model)]
+    stem = params["conv1.0.weight"]
+    assert all(lrs[id(p)] == pytest.approx(0.01) for p in head)
+    assert lrs[id(stem)] < lrs[id(head[0])] * 0.5  # several groups below the head
+    assert len({round(v, 12) for v in lrs.values()}) > 2
+
+
+def test_one_epoch_with_layer_decay(
+    tmp_path: Path, prepared: Prepared, sqlite_tracking: str
+) -> None:
+    params = tiny_params(tmp_path, train__layer_decay=0.7)
+    result = run_train(params, prepared, tmp_path / "out")
+    groups = load_checkpoint(tmp_path / "out" / "last.pt")["optimizer"]["param_groups"]
+    assert len({g["lr"] for g in groups}) > 1  # the decayed rates survive in the checkpoint
+    assert result.epochs_run == 1

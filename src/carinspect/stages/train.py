@@ -193,6 +193,27 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(inner, "_orig_mod", inner)
 
 
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer (timm's factory); with ``layer_decay``, earlier layers learn slower.
+
+    timm marks each layer group with ``lr_scale`` for its own schedulers; our scheduler scales
+    every group's starting lr, so the scale is applied to that here.
+    """
+    from timm.optim import create_optimizer_v2  # type: ignore[attr-defined]  # public, re-exported
+
+    optimizer = create_optimizer_v2(
+        model,
+        opt=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        layer_decay=cfg.layer_decay,
+    )
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
+    return optimizer
+
+
 def _ingest_short_side(ingest_dir: Path) -> int | None:
     """The short side ingest stored the images at (None for an older ingest output)."""
     report = Path(ingest_dir) / "report.json"
@@ -246,15 +267,7 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
     if cfg.compile:
         model = torch.compile(model)  # type: ignore[assignment]
 
-    from timm.optim._optim_factory import create_optimizer_v2
-
-    optimizer = create_optimizer_v2(
-        _unwrap(model),
-        opt=cfg.optimizer,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum,
-    )
+    optimizer = build_optimizer(_unwrap(model), cfg)
     steps_per_epoch = -(-len(train_loader) // cfg.accumulate)
     scheduler = cosine_with_warmup(
         optimizer,
@@ -306,7 +319,7 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
         sampler.set_epoch(epoch)
         stats = train_one_epoch(model, train_loader, ctx, epoch)
         stats.update(evaluate(eval_model, val_loader, ctx, len(classes)))
-        stats["lr"] = optimizer.param_groups[0]["lr"]
+        stats["lr"] = max(g["lr"] for g in optimizer.param_groups)  # the head's
         improved = stopper.update(stats[cfg.early_stopping.monitor], epoch)
         history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in stats.items()}})
         rng_states = dist_utils.gather_lists([_rng_state()])
