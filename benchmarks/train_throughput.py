@@ -99,12 +99,11 @@ def main() -> None:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     step = step_fn(model, opt, device, dtype, args.channels_last)
-    bs, size = cfg.batch_size, mcfg.img_size
+    spec = PreprocessSpec.from_model(mcfg)
+    bs, size = cfg.batch_size, spec.img_size
 
     samples = load_split(args.splits, args.ingest, "train", classes)
-    dataset = ImageDataset(
-        samples, PreprocessSpec.from_model(mcfg), build_augment(cfg.augment), seed=0
-    )
+    dataset = ImageDataset(samples, spec, build_augment(cfg.augment), seed=0)
     if cfg.cache_images:
         dataset.preload()
     sampler = ShardedEpochSampler(dataset.labels(), cfg.sampler, seed=0)

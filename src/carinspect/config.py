@@ -121,15 +121,21 @@ class ModelConfig(_Section):
     name: str = Field("resnet10t", description="any timm model name")
     pretrained: bool = Field(False, description="load pretrained weights (hub, or `weights`)")
     weights: str | None = Field(None, description="local weights file used when pretrained")
-    img_size: int = Field(96, ge=16, le=1024)
+    img_size: int | None = Field(
+        96, ge=16, le=1024, description="input side in pixels; null: the model's pretraining size"
+    )
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
     resize: Literal["squash", "crop"] = Field(
         "squash", description="squash: whole image to a square; crop: shorter side, centre crop"
     )
     crop_pct: float = Field(0.875, gt=0.0, le=1.0, description="for resize: crop")
-    mean: list[float] = Field([0.485, 0.456, 0.406], min_length=3, max_length=3)
-    std: list[float] = Field([0.229, 0.224, 0.225], min_length=3, max_length=3)
+    mean: list[float] | None = Field(
+        [0.485, 0.456, 0.406], min_length=3, max_length=3, description="null: the model's own"
+    )
+    std: list[float] | None = Field(
+        [0.229, 0.224, 0.225], min_length=3, max_length=3, description="null: the model's own"
+    )
 
 
 class EarlyStoppingConfig(_Section):

@@ -62,3 +62,16 @@ def test_bad_augmentations_are_named() -> None:
         build_augment([{"name": "HorizontalFlip"}, {"name": "Blurr"}])
     with pytest.raises(AugmentError, match=r"train.augment\[0\] \(GaussNoise\)"):
         build_augment([{"name": "GaussNoise", "std_range": "loud"}])
+
+
+def test_null_size_and_normalisation_come_from_the_models_pretraining() -> None:
+    """vit uses 0.5 mean/std at 224: left null, the spec takes those; given, params win."""
+    from carinspect.config import ModelConfig
+    from carinspect.data.preprocess import PreprocessSpec
+
+    own = PreprocessSpec.from_model(
+        ModelConfig(name="vit_tiny_patch16_224", img_size=None, mean=None, std=None)
+    )
+    assert (own.img_size, own.mean, own.std) == (224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    given = PreprocessSpec.from_model(ModelConfig(name="vit_tiny_patch16_224", img_size=64))
+    assert (given.img_size, given.mean) == (64, (0.485, 0.456, 0.406))

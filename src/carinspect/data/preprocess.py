@@ -32,11 +32,21 @@ class PreprocessSpec:
 
     @classmethod
     def from_model(cls, cfg: ModelConfig, source_short_side: int | None = None) -> PreprocessSpec:
-        """Build the spec from the ``model`` section of params (and ingest's short side)."""
+        """Build the spec from the ``model`` section of params (and ingest's short side).
+
+        ``img_size``, ``mean`` or ``std`` left null come from timm's pretrained config of the
+        model (what its weights were trained with).
+        """
+        img_size, mean, std = cfg.img_size, cfg.mean, cfg.std
+        if img_size is None or mean is None or std is None:
+            own_size, own_mean, own_std = _pretrained_input(cfg.name)
+            img_size = own_size if img_size is None else img_size
+            mean = own_mean if mean is None else mean
+            std = own_std if std is None else std
         return cls(
-            img_size=cfg.img_size,
-            mean=(cfg.mean[0], cfg.mean[1], cfg.mean[2]),
-            std=(cfg.std[0], cfg.std[1], cfg.std[2]),
+            img_size=img_size,
+            mean=(mean[0], mean[1], mean[2]),
+            std=(std[0], std[1], std[2]),
             resize=cfg.resize,
             crop_pct=cfg.crop_pct,
             source_short_side=source_short_side,
@@ -90,3 +100,14 @@ def preprocess(img: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarra
     std = np.asarray(spec.std, dtype=np.float32)
     out: np.ndarray = np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
     return out
+
+
+def _pretrained_input(name: str) -> tuple[int, list[float], list[float]]:
+    """Input side, mean and std of timm's pretrained config for ``name`` (ImageNet's without)."""
+    import timm
+
+    pretrained = timm.get_pretrained_cfg(name)
+    size = int(pretrained.input_size[-1]) if pretrained is not None else 224
+    mean = list(pretrained.mean) if pretrained is not None else [0.485, 0.456, 0.406]
+    std = list(pretrained.std) if pretrained is not None else [0.229, 0.224, 0.225]
+    return size, mean, std
