@@ -204,7 +204,9 @@ def _handler(cluster: Cluster) -> type[BaseHTTPRequestHandler]:
                 return self._json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})  # fmt: skip
             m = re.fullmatch(r"/api/v1/namespaces/[^/]+/pods/(.+)-node-0-0/log", path)
             if m and m.group(1) in cluster.jobs:
-                return self._stream_log(cluster.jobs[m.group(1)], query.get("follow") == ["true"])
+                # the Python client sends follow=True; the API server parses bools like Go does
+                follow = query.get("follow", [""])[0].lower() in {"true", "1", "t"}
+                return self._stream_log(cluster.jobs[m.group(1)], follow)
             return self._not_found()
 
         def _stream_log(self, job: Job, follow: bool) -> None:

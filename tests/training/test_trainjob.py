@@ -47,8 +47,9 @@ def cluster(tmp_path: Path) -> Any:
 def test_created_strictly_log_followed_outcome_awaited(
     cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cluster.run_node = script_node(
-        "import os; print('rank', os.environ['PET_NODE_RANK']); print('epoch 1/1: loss 0.5')"
+    cluster.run_node = script_node(  # still running when the log is first read: followed
+        "import os, time; print('rank', os.environ['PET_NODE_RANK'], flush=True); "
+        "time.sleep(1.5); print('epoch 1/1: loss 0.5')"
     )
     kfp = two_nodes()
     body = manifest("carinspect-ok", kfp, ["carinspect", "train"], node_env(kfp, "run-1"))
