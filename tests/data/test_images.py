@@ -111,3 +111,54 @@ def test_resize_short_side_and_no_upscale() -> None:
 def test_grayscale_spread() -> None:
     assert grayscale_spread(colour_image().convert("L").convert("RGB")) == 0
     assert grayscale_spread(colour_image()) > 100
+
+
+def _photo(w: int, h: int, exif: Image.Exif | None = None) -> bytes:
+    """A JPEG with detail at every scale (noise over gradients), like a phone photo."""
+    rng = np.random.default_rng(w * h)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], axis=-1)
+    noisy = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    kw = {"exif": exif} if exif is not None else {}
+    return encode(Image.fromarray(noisy), "JPEG", quality=90, **kw)
+
+
+@pytest.mark.parametrize("short_side", [100, 149, 150, 151, 299, 300, 301, 599, 600, 1199, 1200])
+def test_reduced_decode_never_goes_below_the_short_side(short_side: int) -> None:
+    decoded = decode_image(_photo(1600, 1200), short_side=short_side)
+    assert decoded.image.size == (round(1600 * short_side / 1200), short_side)
+    assert (decoded.width, decoded.height) == (1600, 1200)  # the file's own size
+    assert decoded.reduced in (1, 2, 4, 8)
+    assert 1200 // decoded.reduced >= short_side  # the decoder's output had enough pixels
+    assert decoded.reduced == max(s for s in (1, 2, 4, 8) if 1200 // s >= short_side)
+
+
+def test_reduced_decode_is_close_to_a_full_decode_and_keeps_the_aspect() -> None:
+    data = _photo(2000, 1500)
+    reduced = decode_image(data, short_side=128)
+    assert reduced.reduced == 8 and reduced.image.size == (171, 128)  # 250x188 decoded
+    full = resize_short_side(decode_image(data).image, 128)
+    diff = np.abs(np.asarray(full, dtype=float) - np.asarray(reduced.image, dtype=float))
+    assert diff.mean() < 6  # the same picture, another pixel grid
+
+
+def test_reduced_decode_with_exif_rotation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    decoded = decode_image(_photo(1600, 1200, exif), short_side=150)
+    assert (decoded.width, decoded.height) == (1200, 1600)
+    assert decoded.image.size == (150, 200) and decoded.reduced == 8
+
+
+def test_short_side_on_formats_without_reduced_decode_and_small_images() -> None:
+    png = decode_image(encode(colour_image(400, 200), "PNG"), short_side=100)
+    assert png.image.size == (200, 100) and png.reduced == 1
+    small = decode_image(_photo(120, 90), short_side=128)  # never enlarged
+    assert small.image.size == (120, 90) and small.reduced == 1
+
+
+def test_truncated_jpeg_is_refused_at_a_reduced_scale_too() -> None:
+    data = _photo(1600, 1200)
+    with pytest.raises(ImageError) as err:
+        decode_image(data[: len(data) // 2], short_side=128)
+    assert err.value.reason == "corrupt"

@@ -193,3 +193,30 @@ def test_killed_run_leaves_no_output_and_is_cleaned_up(tmp_path: Path) -> None:
     ingest.run(DataConfig(source="demo", demo=DemoConfig(per_class=8)), CFG, out)
     assert (out / "manifest.csv").is_file()
     assert not list(tmp_path.glob(".ingest.tmp-*"))
+
+
+def test_serving_decodes_an_upload_to_the_pixels_ingest_cached(tmp_path: Path) -> None:
+    """Phone-size JPEGs: ingest's cached image equals what serving decodes from the upload."""
+    from carinspect.data.images import ImageLimits, decode_image
+
+    uploads = {}
+    for seed, label in enumerate(("a", "b")):
+        rng = np.random.default_rng(seed)
+        y, x = np.mgrid[0:1500, 0:2000]
+        arr = np.stack([x % 256, y % 256, (x // 8 + y // 8) % 256], -1)
+        arr = arr + rng.integers(0, 30, arr.shape)
+        buf = io.BytesIO()
+        Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        (tmp_path / "src" / label).mkdir(parents=True)
+        (tmp_path / "src" / label / "photo.jpg").write_bytes(buf.getvalue())
+        uploads[label] = buf.getvalue()
+    cfg = IngestConfig(short_side=96, min_side=32)
+    ingest.run(DataConfig(source=str(tmp_path / "src")), cfg, tmp_path / "out")
+    rows = read_manifest(tmp_path / "out" / "manifest.csv")
+    assert sorted(r.label for r in rows) == ["a", "b"]
+    for row in rows:
+        assert (row.width, row.height) == (2000, 1500)  # the file's size, not the cached one
+        cached = np.asarray(Image.open(tmp_path / "out" / row.path))
+        served = decode_image(uploads[row.label], ImageLimits(), short_side=96)
+        assert served.reduced == 8 and cached.shape == (96, 128, 3)
+        assert np.array_equal(cached, np.asarray(served.image))

@@ -17,9 +17,13 @@ UNCERTAIN_LABEL = "uncertain"
 def pixels_for(data: bytes, model: LoadedModel, limits: ImageLimits) -> np.ndarray:
     """Decode ``data`` (content sniffed, EXIF applied, any mode to RGB) and preprocess it.
 
+    Decoded as ingest decoded the training images: reduced to the model's
+    ``source_short_side`` in the decoder when there is one.
+
     Raises :class:`carinspect.data.images.ImageError` naming the problem.
     """
-    return preprocess(decode_image(data, limits).image, model.spec)
+    decoded = decode_image(data, limits, model.spec.source_short_side)
+    return preprocess(decoded.image, model.spec)
 
 
 def thresholds_of(decision: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from carinspect.data.images import (
     ImageLimits,
     decode_image,
     grayscale_spread,
-    resize_short_side,
 )
 from carinspect.data.manifest import ManifestRow, manifest_csv
 from carinspect.data.report import render_ingest_report
@@ -71,13 +70,13 @@ def _process(
     except Exception as err:  # any transport error: the file is reported, the run goes on
         return Rejected(item.source, item.label, "unreadable", f"{type(err).__name__}: {err}")
     try:
-        decoded = decode_image(data, limits)
+        decoded = decode_image(data, limits, short_side)
     except ImageError as err:
         return Rejected(item.source, item.label, err.reason, err.detail)
     sha = sha256_bytes(data)
     rel = f"images/{sha[:2]}/{sha}.png"
     buf = io.BytesIO()
-    resize_short_side(decoded.image, short_side).save(buf, format="PNG", compress_level=6)
+    decoded.image.save(buf, format="PNG", compress_level=6)
     write_bytes_atomic(root / rel, buf.getvalue())
     row = ManifestRow(
         sha256=sha,
