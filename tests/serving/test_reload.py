@@ -135,6 +135,45 @@ def test_alias_moves_under_load_without_failed_requests(
     assert r.status_code == 200 and r.json()["model"]["version"] == "2"
     assert "model reload failed, still serving 2" in s.log.read_text()
 
+    client.set_registered_model_alias(NAME, "champion", "2")  # back to the version serving
+    deadline = time.monotonic() + 15
+    while info["last_reload_error"] is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        info = httpx.get(s.url + "/model").json()
+    assert info["last_reload_error"] is None and info["version"] == "2"
+
+
+def test_waiting_for_a_first_champion_is_quiet_and_not_a_failure(
+    serve: Callable[..., Server], registry: str
+) -> None:
+    client = MlflowClient(registry)
+    client.delete_registered_model_alias(NAME, "champion")
+    s = serve(
+        ready=False, MODEL_URI=f"models:/{NAME}@champion", MLFLOW_TRACKING_URI=registry,
+        POLL_SECONDS="0.3",
+    )  # fmt: skip
+    time.sleep(3)  # about ten polls
+    ready = httpx.get(s.url + "/readyz")
+    assert ready.status_code == 503
+    assert "has no alias 'champion' yet" in ready.json()["detail"]
+    r = httpx.post(s.url + "/predict", files={"file": ("a.jpg", image_bytes(), "image/jpeg")})
+    assert r.status_code == 503 and "no alias 'champion' yet" in r.json()["detail"]
+    info = httpx.get(s.url + "/model").json()
+    assert info["reload_failures"] == 0 and info["last_reload_error"] is None
+    assert "no alias 'champion' yet" in info["waiting_for"]
+    assert "carinspect_model_reload_failures_total 0.0" in httpx.get(s.url + "/metrics").text
+    log = s.log.read_text()
+    assert log.count("waiting for models:/cars@champion") == 1, log
+    assert "ERROR" not in log and "reload failed" not in log, log
+
+    client.set_registered_model_alias(NAME, "champion", "1")  # the first promotion
+    deadline = time.monotonic() + 20
+    while httpx.get(s.url + "/readyz").status_code != 200:
+        assert time.monotonic() < deadline, s.log.read_text()
+        time.sleep(0.2)
+    info = httpx.get(s.url + "/model").json()
+    assert info["version"] == "1" and info["waiting_for"] is None and info["reload_failures"] == 0
+
 
 def test_webhook_triggers_a_reload_before_the_next_poll(
     serve: Callable[..., Server], registry: str
@@ -168,17 +207,16 @@ def test_webhook_triggers_a_reload_before_the_next_poll(
     _wait_for_version(s, "2", within=20)
 
 
-def test_a_missing_alias_leaves_the_server_up_but_not_ready(
+def test_a_registered_model_that_does_not_exist_yet_is_awaited(
     serve: Callable[..., Server], registry: str
 ) -> None:
     s = serve(
-        ready=False, MODEL_URI=f"models:/{NAME}@nobody", MLFLOW_TRACKING_URI=registry,
+        ready=False, MODEL_URI="models:/ghost@champion", MLFLOW_TRACKING_URI=registry,
         POLL_SECONDS="1",
     )  # fmt: skip
     ready = httpx.get(s.url + "/readyz")
-    assert ready.status_code == 503 and "cannot resolve alias 'nobody'" in ready.json()["detail"]
+    assert ready.status_code == 503
+    assert ready.json()["detail"] == "registered model 'ghost' does not exist yet"
     r = httpx.post(s.url + "/predict", files={"file": ("a.jpg", image_bytes(), "image/jpeg")})
     assert r.status_code == 503 and "no model loaded yet" in r.json()["detail"]
-    MlflowClient(registry).set_registered_model_alias(NAME, "nobody", "1")
-    _wait_for_version(s, "1", within=15)
-    assert httpx.get(s.url + "/readyz").status_code == 200
+    assert httpx.get(s.url + "/model").json()["reload_failures"] == 0

@@ -93,7 +93,7 @@ class Service:
         """The model serving now, or 503."""
         model = self.store.current
         if model is None:
-            raise HTTPException(503, f"no model loaded yet: {self.store.last_error or 'loading'}")
+            raise HTTPException(503, f"no model loaded yet: {self.store.not_ready_reason()}")
         return model
 
     async def predict(self, data: bytes, filename: str | None) -> Prediction:
@@ -189,7 +189,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     async def readyz(service: ServiceDep) -> Any:
         """Readiness: a model is loaded and warmed up."""
         if service.store.current is None:
-            detail = service.store.last_error or "loading"
+            detail = service.store.not_ready_reason()
             return JSONResponse(Health(status="not ready", detail=detail).model_dump(), 503)
         return Health(status="ready")
 
@@ -213,6 +213,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             reload_failures=store.failures,
             last_reload_error=store.last_error,
             last_reload_error_at=store.last_error_at,
+            waiting_for=store.waiting_for,
         )
 
     @app.get("/metrics", tags=["health"], response_class=Response)

@@ -5,6 +5,10 @@ with the configured execution providers (and checked to really use them: onnxrun
 to CPU silently when CUDA cannot start, mlflow/mlflow#13388), and a warm-up batch has produced
 sane probabilities. Until then, and whenever any of that fails, the previous model keeps serving
 and the error is kept for /model, /metrics and the log.
+
+An alias (or registered model) that does not exist yet is not a failure: a server is often
+deployed before the first version is promoted. It waits quietly (one INFO line, then DEBUG per
+poll), not ready, with the reason on /readyz and /model, and counts no reload failure.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 class ModelLoadError(InputError):
     """A model that cannot be served: the message says which and why."""
+
+
+class NotThereYet(ModelLoadError):
+    """MODEL_URI's registered model or alias does not exist (yet): nothing to load, no failure."""
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,7 @@ class ModelStore:
         self.last_error_at: str | None = None
         self.reloads = 0
         self.failures = 0
+        self.waiting_for: str | None = None  # why there is nothing to load yet (not a failure)
         self._on_reload = on_reload
         self._local_stamp: tuple[int, ...] | None = None
 
@@ -234,6 +243,10 @@ class ModelStore:
     def current(self) -> LoadedModel | None:
         """The model serving now (None before the first successful load)."""
         return self._current
+
+    def not_ready_reason(self) -> str:
+        """Why nothing serves yet: the load error, what is awaited, or loading."""
+        return self.last_error or self.waiting_for or "loading"
 
     def _client(self) -> Any:
         from mlflow.tracking import MlflowClient
@@ -248,13 +261,34 @@ class ModelStore:
             return None
         if self.ref.version is not None:
             return self.ref.version
+        client = self._client()
         try:
-            mv = self._client().get_model_version_by_alias(self.ref.name, self.ref.alias)
+            mv = client.get_model_version_by_alias(self.ref.name, self.ref.alias)
         except MlflowException as err:
+            self._raise_if_not_there_yet(client)
             raise ModelLoadError(
                 f"{self.ref.uri}: cannot resolve alias {self.ref.alias!r}: {err.message}"
             ) from err
         return str(mv.version)
+
+    def _raise_if_not_there_yet(self, client: Any) -> None:
+        """Raise :class:`NotThereYet` when the model or its alias is simply not there.
+
+        Asked of the registered model itself, because stores word a missing alias differently
+        (SQL stores answer INVALID_PARAMETER_VALUE, not RESOURCE_DOES_NOT_EXIST).
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            registered = client.get_registered_model(self.ref.name)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise NotThereYet(f"registered model {self.ref.name!r} does not exist yet") from err
+            return
+        if self.ref.alias not in (registered.aliases or {}):
+            raise NotThereYet(
+                f"registered model {self.ref.name!r} has no alias {self.ref.alias!r} yet"
+            )
 
     def _download(self, version: str) -> Path:
         """The version's files, downloaded once into MODEL_CACHE_DIR/<name>/<version>."""
@@ -310,11 +344,16 @@ class ModelStore:
                     version, folder = None, self.ref.folder
                 else:
                     version = self.target_version()
+                    self.waiting_for = None
                     if current is not None and current.version == version:
+                        self.last_error = None  # the alias is back on the version serving fine
                         return False
                     assert version is not None
                     folder = self._download(version)
                 model = open_model(self.ref, version, folder, self.settings)
+            except NotThereYet as err:
+                self._wait(str(err))
+                return False
             except ModelLoadError as err:
                 self._fail(str(err))
                 return False
@@ -332,6 +371,22 @@ class ModelStore:
             if self._on_reload:
                 self._on_reload(model, None)
             return True
+
+    def _wait(self, reason: str) -> None:
+        first = reason != self.waiting_for
+        self.waiting_for = reason
+        if self._current is None:
+            logger.log(
+                logging.INFO if first else logging.DEBUG,
+                "waiting for %s: %s (checking every %s s)",
+                self.ref.uri, reason, self.settings.poll_seconds,
+            )  # fmt: skip
+        else:
+            logger.log(
+                logging.WARNING if first else logging.DEBUG,
+                "%s: %s; still serving version %s",
+                self.ref.uri, reason, self._current.version,
+            )  # fmt: skip
 
     def _fail(self, message: str) -> None:
         self.failures += 1

@@ -60,6 +60,9 @@ class ModelStatus(BaseModel):
     reload_failures: int
     last_reload_error: str | None
     last_reload_error_at: str | None
+    waiting_for: str | None = Field(
+        None, description="why there is nothing to load yet (an alias not set yet): not an error"
+    )
 
 
 class Health(BaseModel):
