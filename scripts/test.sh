@@ -3,6 +3,7 @@
 # Extra arguments go to pytest (for example: -k ingest, or -m slow with CARINSPECT_SLOW=1).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/system.sh"
 cd "$ROOT"
 ruff check src tests benchmarks components pipelines
 mypy src components pipelines

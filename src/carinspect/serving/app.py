@@ -14,11 +14,13 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from carinspect.data.images import ImageError, ImageLimits
 from carinspect.errors import InputError
 from carinspect.serving.batcher import Batcher
+from carinspect.serving.docs import install_docs
 from carinspect.serving.inference import answer, pixels_for, thresholds_of
 from carinspect.serving.limits import BodyLimit, RequestMetrics
 from carinspect.serving.metrics import ServingMetrics
@@ -117,16 +119,27 @@ async def _service(request: Request) -> Service:
     return service
 
 
-async def _authorized(request: Request, service: Annotated[Service, Depends(_service)]) -> None:
-    """Predict routes need ``Authorization: Bearer <key>`` when API_KEYS is set."""
+_bearer = HTTPBearer(
+    auto_error=False, description="One of API_KEYS (only when the server sets API_KEYS)"
+)
+
+
+async def _authorized(
+    service: Annotated[Service, Depends(_service)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Predict routes need ``Authorization: Bearer <key>`` when API_KEYS is set.
+
+    Declared as HTTP bearer security, so Swagger UI's Authorize button sends the key.
+    """
     keys = service.settings.keys()
     if not keys:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = credentials.credentials.strip() if credentials is not None else ""
     ok = False
     for key in keys:  # compare with every key: the time taken does not depend on which matched
-        ok |= hmac.compare_digest(token.strip().encode(), key.encode())
-    if scheme.lower() != "bearer" or not ok:
+        ok |= hmac.compare_digest(token.encode(), key.encode())
+    if not ok:
         raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -154,8 +167,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         version="1",
         lifespan=lifespan,
         responses=ERRORS,
+        docs_url=None,  # install_docs: the same pages, from local assets instead of a CDN
+        redoc_url=None,
     )
     app.state.service = service
+    install_docs(app)
     app.add_middleware(
         BodyLimit,
         default_limit=settings.max_upload_bytes + 64 * 1024,
