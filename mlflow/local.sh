@@ -12,10 +12,12 @@ if [ ! -f "$store/params.yaml" ] && [ ! -f "$store/mlflow.db" ]; then
   echo "mlflow/local.sh: run it from the project folder (no params.yaml or mlflow.db in $store)" >&2
   exit 2
 fi
-if ! command -v mlflow >/dev/null 2>&1; then
+if ! command -v mlflow >/dev/null 2>&1 || ! command -v carinspect >/dev/null 2>&1; then
   # shellcheck source=../scripts/env.sh
   source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 fi
+# a copied or moved project folder: its mlflow.db still points at the original's mlruns/
+carinspect store check --db "$store/mlflow.db" >/dev/null
 mkdir -p "$store/mlruns"
 exec mlflow server \
   --backend-store-uri "sqlite:///$store/mlflow.db" \

@@ -245,6 +245,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory, prepared: Prepared) -> di
             prepared.ingest,
             prepared.splits,
             root / "eval",
+            t.run_id,  # later stages append to the training run, as in the pipeline
         )
         threshold.run(
             ThresholdConfig(
@@ -253,6 +254,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory, prepared: Prepared) -> di
             Settings(),
             root / "eval" / "predictions.csv",
             root / "thr",
+            t.run_id,
         )
         export.run(
             ExportConfig(),
@@ -263,6 +265,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory, prepared: Prepared) -> di
             prepared.ingest,
             prepared.splits,
             root / "export",
+            t.run_id,
         )
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)

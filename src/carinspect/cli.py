@@ -33,6 +33,11 @@ pipeline_app = typer.Typer(help="The Kubeflow Pipelines pipeline: compile, run l
 app.add_typer(pipeline_app, name="pipeline")
 webhook_app = typer.Typer(help="MLflow webhooks for alias moves (optional; serving also polls).")
 app.add_typer(webhook_app, name="webhook")
+store_app = typer.Typer(
+    help="The embedded MLflow store (mlflow.db + mlruns/).", no_args_is_help=True
+)
+app.add_typer(store_app, name="store")
+DbOpt = Annotated[Path, typer.Option("--db", help="The embedded store's database file.")]
 
 ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="params.yaml to read (one section per stage).")
@@ -538,6 +543,34 @@ def webhook_add(
         settings.webhook_secret.get_secret_value(),
     )
     typer.echo(f"webhook {hook.webhook_id} ({hook.name}) -> {hook.url}")
+
+
+@store_app.command("check")
+def store_check(db: DbOpt = Path("mlflow.db")) -> None:
+    """Exit 2 when mlflow.db's artifact paths point into another (original) project folder."""
+    from carinspect.tracking.store import check
+
+    check(f"sqlite:///{db}")
+    typer.echo(f"{db}: artifact paths are under {db.resolve().parent / 'mlruns'} or elsewhere")
+
+
+@store_app.command("relocate")
+def store_relocate(
+    db: DbOpt = Path("mlflow.db"),
+    old: Annotated[
+        Path | None, typer.Option("--from", help="The folder the paths point into (detected).")
+    ] = None,
+) -> None:
+    """Point a copied or moved store's artifact paths at the mlruns/ next to its database."""
+    from carinspect.tracking.store import relocate
+
+    moved = relocate(db, old)
+    if moved.rows == 0:
+        typer.echo(f"{db}: nothing to relocate")
+    else:
+        typer.echo(
+            f"{db}: {moved.rows} artifact paths moved from {moved.old_root} to {moved.new_root}"
+        )
 
 
 @data_app.command("demo")

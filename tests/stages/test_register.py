@@ -2,6 +2,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from carinspect.config import RegisterConfig, Settings
@@ -43,6 +44,12 @@ def test_two_registrations_give_versions_1_and_2(
         Path(files) / "extra_files" / "model.json"
     ).is_file()
     assert not list(Path(files).glob("*.data"))  # one self-contained ONNX file
+    # what was checked, not what might be: the parity check ran on CPU
+    assert mv.tags["onnx.checked_providers"] == "CPUExecutionProvider"
+    assert float(mv.tags["onnx.parity.fp32.max_abs_diff"]) < 1e-4
+    assert mv.tags["onnx.run_artifacts"] == f"runs:/{run_id}/export"
+    flavor = yaml.safe_load((Path(files) / "MLmodel").read_text())["flavors"]["onnx"]
+    assert flavor["providers"] == ["CPUExecutionProvider"]
 
 
 def test_missing_export(tmp_path: Path, upstream: dict[str, Path]) -> None:

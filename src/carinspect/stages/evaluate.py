@@ -130,7 +130,10 @@ def run(
         )
         _plots(tmp, probs, raw, labels, classes, cfg)
     if run_id:
-        runs.append_to_run(settings, run_id, metrics, "eval.", out, "evaluation")
+        runs.append_to_run(
+            settings, run_id, metrics, "eval.", out, "evaluation",
+            params={"evaluate": cfg.model_dump()},
+        )  # fmt: skip
     t = metrics["test"]
     logger.info(
         "test: accuracy %.3f, macro-F1 %.3f, AUROC %s, ECE %.3f (T=%.3f); baseline accuracy %.3f",

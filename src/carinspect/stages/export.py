@@ -62,7 +62,8 @@ def parity(
     classes: list[str],
 ) -> dict[str, Any]:
     """Compare an ONNX file's probabilities and decisions with the checkpoint's on ``batch``."""
-    ort_probs = ort_probabilities(session(onnx_path), batch)
+    sess = session(onnx_path)
+    ort_probs = ort_probabilities(sess, batch)
     flips = decide_from_spec(torch_probs, decision, classes) != decide_from_spec(
         ort_probs, decision, classes
     )
@@ -70,6 +71,7 @@ def parity(
         "images": len(batch),
         "max_abs_diff": float(np.abs(ort_probs - torch_probs).max()),
         "decision_flips": int(flips.sum()),
+        "execution_provider": sess.get_providers()[0],  # what the parity was checked on
     }
 
 
@@ -164,6 +166,11 @@ def run(
         write_json_atomic(tmp / "model.json", model_json)
         write_json_atomic(tmp / "metrics.json", figures)
     if run_id:
-        runs.append_to_run(settings, run_id, {"parity": figures}, "export.")
+        # the ONNX files in the run's own artifacts too (export/), not only on the logged
+        # model that register creates: a run page then links to what it produced
+        runs.append_to_run(
+            settings, run_id, {"parity": figures}, "export.", Path(out), "export",
+            params={"export": cfg.model_dump()},
+        )  # fmt: skip
     logger.info("exported %s: parity %s", Path(out) / "model.onnx", figures)
     return ExportResult(out=Path(out), parity=figures)

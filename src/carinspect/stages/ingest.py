@@ -190,6 +190,9 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         manifest_sha = sha256_bytes(text.encode("utf-8"))
         write_text_atomic(tmp / "manifest.csv", text)
         report = _report(source.kind, data.source, rows, rejected, near_dups, cfg, manifest_sha)
+        # the params that made this folder: train logs them on its run (params never change
+        # there, and these are exactly the ones behind the images it trained on)
+        report["params"] = {"data": data.model_dump(), "ingest": cfg.model_dump()}
         write_json_atomic(tmp / "report.json", report)
         write_json_atomic(tmp / "metrics.json", _metrics(report))
         write_text_atomic(tmp / "report.md", render_ingest_report(report))

@@ -154,6 +154,7 @@ def run(cfg: SplitConfig, manifest: Path, out: Path) -> SplitResult:
             for s in SPLIT_NAMES
         },
         "warnings": warnings,
+        "params": {"split": cfg.model_dump()},  # logged on the training run by train
     }
     out = Path(out)
     with staged_dir(out) as tmp:

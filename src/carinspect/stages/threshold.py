@@ -232,6 +232,7 @@ def run(
             {"t_low": spec["t_low"], "t_high": spec["t_high"]} if spec["task"] == "binary" else {}
         )
         runs.append_to_run(
-            settings, run_id, {**metrics, **band}, "threshold.", Path(out), "threshold"
-        )
+            settings, run_id, {**metrics, **band}, "threshold.", Path(out), "threshold",
+            params={"threshold": cfg.model_dump()},
+        )  # fmt: skip
     return ThresholdResult(out=Path(out), spec=spec)

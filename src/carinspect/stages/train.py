@@ -387,7 +387,7 @@ def _open_run(
     new = run_id is None
     run_id = runs.start_run(inputs.settings, inputs.mlflow, run_id)
     if new:
-        runs.log_params(config)
+        runs.log_params({**_upstream_params(inputs), **config})
         tags = lineage_tags(inputs.ingest_dir, inputs.settings)
         tags.update(
             {
@@ -407,6 +407,17 @@ def _open_run(
 
         mlflow.log_dict(config, "config/resolved.json")
     return run_id
+
+
+def _upstream_params(inputs: TrainInputs) -> dict[str, Any]:
+    """The data/ingest/split params recorded in the ingest and split reports (older: none)."""
+    found: dict[str, Any] = {}
+    for report in (inputs.ingest_dir / "report.json", inputs.splits.parent / "report.json"):
+        try:
+            found.update(json.loads(report.read_text()).get("params", {}))
+        except (OSError, ValueError):
+            logger.warning("%s: unreadable, its params are not logged on the run", report)
+    return found
 
 
 def _write_outputs(

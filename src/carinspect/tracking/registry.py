@@ -17,7 +17,6 @@ from carinspect.tracking.runs import reopen_run
 
 logger = logging.getLogger(__name__)
 
-EXECUTION_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 GATE_METRICS: tuple[str, ...] = get_args(GateMetric)
 
 
@@ -68,7 +67,9 @@ def register_version(
             signature=signature,
             input_example={INPUT: example},
             save_as_external_data=False,
-            onnx_execution_providers=EXECUTION_PROVIDERS,
+            # what mlflow.pyfunc loads it with: the provider export checked parity on, not a
+            # CUDA it never ran on (carinspect serve picks its own: ORT_PROVIDERS)
+            onnx_execution_providers=checked_providers(meta),
             extra_files=[str(export_dir / "model.json")],
         )
         version = mlflow.register_model(info.model_uri, name, tags=tags)
@@ -103,8 +104,20 @@ def version_tags(
         {k: v for k, v in decision.items() if k != "classes"}, sort_keys=True
     )
     tags["classes"] = ",".join(model_json["classes"])
-    tags["execution_providers"] = ",".join(EXECUTION_PROVIDERS)
+    tags["onnx.checked_providers"] = ",".join(checked_providers(model_json))
+    for precision, figures in sorted(model_json.get("parity", {}).items()):
+        tags[f"onnx.parity.{precision}.max_abs_diff"] = f"{figures['max_abs_diff']:.3g}"
+    tags["onnx.run_artifacts"] = f"runs:/{run_id}/export"  # a copy export logged on the run
     return tags
+
+
+def checked_providers(model_json: dict[str, Any]) -> list[str]:
+    """The onnxruntime execution providers the export's parity check ran the model on."""
+    parity = model_json.get("parity", {})
+    found = sorted(
+        {str(f["execution_provider"]) for f in parity.values() if "execution_provider" in f}
+    )
+    return found or ["CPUExecutionProvider"]  # exports made before the provider was recorded
 
 
 def to_json(v: RegisteredVersion) -> dict[str, str]:

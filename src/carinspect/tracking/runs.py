@@ -50,6 +50,9 @@ def start_run(settings: Settings, cfg: MlflowConfig | None, run_id: str | None =
     """Open a new run in ``cfg.experiment`` (or reopen ``run_id``) and return its id."""
     import mlflow
 
+    from carinspect.tracking.store import check
+
+    check(settings.mlflow_tracking_uri)  # a copied project must not write into the original's
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     if run_id is None:
         if cfg is None:
@@ -147,6 +150,34 @@ def log_params(params: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(items[i : i + 100]))
 
 
+def log_stage_params(params: Mapping[str, Any]) -> None:
+    """Add a later stage's params sections to the active run.
+
+    MLflow params cannot change, but DVC re-runs evaluate/threshold/export/register alone when
+    only their section changed, appending to the same training run. The first values stay as
+    params; a changed value is logged as the tag ``params.latest.<key>`` and warned about.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    run = mlflow.active_run()
+    assert run is not None, "log_stage_params needs an active run"
+    logged = MlflowClient().get_run(run.info.run_id).data.params
+    flat = {k: v[:6000] for k, v in flatten(params).items()}
+    new = {k: v for k, v in flat.items() if k not in logged}
+    changed = {k: v for k, v in flat.items() if k in logged and logged[k] != v}
+    items = list(new.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i : i + 100]))
+    if changed:
+        logger.warning(
+            "run %s was logged with other values of %s (params cannot change): the values used "
+            "now are the tags params.latest.*",
+            run.info.run_id, ", ".join(sorted(changed)),
+        )  # fmt: skip
+        mlflow.set_tags({f"params.latest.{k}": v for k, v in changed.items()})
+
+
 def log_metrics(metrics: Mapping[str, float], step: int | None) -> None:
     """Log one step of metrics."""
     import mlflow
@@ -177,12 +208,20 @@ def append_to_run(
     prefix: str,
     folder: Path | None = None,
     artifact_path: str | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> None:
-    """Add a later stage's figures (numeric leaves, named ``prefix...``) and ``folder`` to a run."""
+    """Add a later stage's figures, params sections and files to a run.
+
+    Figures are the numeric leaves of ``metrics``, named ``prefix...``; ``params`` are sections
+    such as ``{"evaluate": {...}}`` (see :func:`log_stage_params`); ``folder`` is logged under
+    ``artifact_path``.
+    """
     import mlflow
 
     start_run(settings, None, run_id)
     try:
+        if params:
+            log_stage_params(params)
         log_metrics(numeric_leaves(metrics, prefix), step=None)
         if folder is not None:
             mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
