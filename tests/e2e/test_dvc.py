@@ -127,6 +127,19 @@ def test_repro_runs_then_does_nothing(project: Path) -> None:
         "export.parity.fp32.max_abs_diff",
     ):
         assert key in run.data.metrics, key  # every stage appended to the one training run
+    for key in (
+        "data.source",
+        "ingest.short_side",
+        "split.seed",
+        "model.name",
+        "train.lr",
+        "evaluate.calibrate",
+        "threshold.target_precision",
+        "export.opset",
+    ):
+        assert key in run.data.params, key  # every section the model went through
+    exported = {a.path for a in client.list_artifacts(run_id, "export")}
+    assert {"export/model.onnx", "export/model.json"} <= exported
     assert (project / "dvc.lock").is_file()
     second = sh(project, DVC, "repro")
     assert "Running stage" not in second

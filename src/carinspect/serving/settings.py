@@ -50,6 +50,10 @@ class ServeSettings(BaseSettings):
         "auto", validation_alias="ORT_PROVIDERS",
         description="auto (CUDA when available, else CPU) or a comma-separated provider list",
     )  # fmt: skip
+    decode_threads: int = Field(
+        0, ge=0, le=256, validation_alias="DECODE_THREADS",
+        description="threads decoding uploads, first come first served; 0: one per CPU core",
+    )  # fmt: skip
     ort_intra_op_threads: int = Field(0, ge=0, le=256, validation_alias="ORT_INTRA_OP_THREADS")
     ort_inter_op_threads: int = Field(0, ge=0, le=256, validation_alias="ORT_INTER_OP_THREADS")
     ort_allow_spinning: bool = Field(
