@@ -26,6 +26,7 @@ Needs wrk (`apt-get install wrk`) and an exported model folder (model.onnx + mod
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from carinspect.data.images import ImageLimits
 from carinspect.serving.inference import pixels_for
@@ -92,10 +94,6 @@ PHONE_SIZES = ((2000, 1500), (4000, 3000))
 
 def phone_photos(images: list[bytes], size: tuple[int, int]) -> list[bytes]:
     """``images`` re-encoded as a phone would send them: ``size`` (landscape), JPEG quality 90."""
-    import io
-
-    from PIL import Image
-
     out = []
     for data in images:
         img = Image.open(io.BytesIO(data)).convert("RGB")

@@ -48,6 +48,8 @@ def test_two_registrations_give_versions_1_and_2(
     assert mv.tags["onnx.checked_providers"] == "CPUExecutionProvider"
     assert float(mv.tags["onnx.parity.fp32.max_abs_diff"]) < 1e-4
     assert mv.tags["onnx.run_artifacts"] == f"runs:/{run_id}/export"
+    # the tag is true on both stores: the server's run had no export copy, register added it
+    assert "export/model.onnx" in {a.path for a in client.list_artifacts(run_id, "export")}
     flavor = yaml.safe_load((Path(files) / "MLmodel").read_text())["flavors"]["onnx"]
     assert flavor["providers"] == ["CPUExecutionProvider"]
 

@@ -145,13 +145,11 @@ def decode_image(
     if short_side is not None:
         # sized from the file's own size, so the aspect ratio is the one a full decode keeps
         # (a 1/8 decode of 2000x1500 is 250x188: resized from that it would be 170, not 171 wide)
-        target = short_side_size(width, height, short_side)
-        if target != rgb.size:
-            rgb = rgb.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        rgb = resize_short_side(rgb, short_side, of_size=(width, height))
     return DecodedImage(rgb, fmt, mode, width, height, reduced)
 
 
-def short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+def _short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """The size with the shorter side reduced to ``short_side`` (never enlarged)."""
     scale = short_side / min(width, height)
     if scale >= 1.0:
@@ -159,9 +157,14 @@ def short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def resize_short_side(img: Image.Image, short_side: int) -> Image.Image:
-    """Resize so the shorter side is ``short_side`` (never upscales), keeping the aspect ratio."""
-    size = short_side_size(img.width, img.height, short_side)
+def resize_short_side(
+    img: Image.Image, short_side: int, of_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """Resize so the shorter side is ``short_side`` (never upscales), keeping the aspect ratio.
+
+    ``of_size``: the size the aspect ratio is taken from when ``img`` is a reduced decode of it.
+    """
+    size = _short_side_size(*(of_size or img.size), short_side)
     if size == img.size:
         return img
     return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)

@@ -38,6 +38,7 @@ from carinspect.modeling.onnx_export import (
 from carinspect.modeling.onnx_names import INPUT, OUTPUTS
 from carinspect.tracking import runs
 from carinspect.tracking.lineage import lineage_tags
+from carinspect.tracking.registry import RUN_COPY
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def run(
         # the ONNX files in the run's own artifacts too (export/), not only on the logged
         # model that register creates: a run page then links to what it produced
         runs.append_to_run(
-            settings, run_id, {"parity": figures}, "export.", Path(out), "export",
+            settings, run_id, {"parity": figures}, "export.", Path(out), RUN_COPY,
             params={"export": cfg.model_dump()},
         )  # fmt: skip
     logger.info("exported %s: parity %s", Path(out) / "model.onnx", figures)

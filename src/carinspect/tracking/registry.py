@@ -18,6 +18,7 @@ from carinspect.tracking.runs import reopen_run
 logger = logging.getLogger(__name__)
 
 GATE_METRICS: tuple[str, ...] = get_args(GateMetric)
+RUN_COPY = "export"  # where a training run holds its exported model.onnx and model.json
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,12 @@ def register_version(
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     client = MlflowClient()
     with reopen_run(run_id):
+        # the copy the version's onnx.run_artifacts tag names: export logs it when it was given
+        # the run; an export made without one gets it here
+        logged = {a.path for a in client.list_artifacts(run_id, RUN_COPY)}
+        if f"{RUN_COPY}/model.onnx" not in logged:
+            for file in ("model.onnx", "model.json"):
+                mlflow.log_artifact(str(export_dir / file), artifact_path=RUN_COPY)
         info = mlflow.onnx.log_model(
             onnx.load(str(export_dir / "model.onnx")),
             name="model",
@@ -107,7 +114,7 @@ def version_tags(
     tags["onnx.checked_providers"] = ",".join(checked_providers(model_json))
     for precision, figures in sorted(model_json.get("parity", {}).items()):
         tags[f"onnx.parity.{precision}.max_abs_diff"] = f"{figures['max_abs_diff']:.3g}"
-    tags["onnx.run_artifacts"] = f"runs:/{run_id}/export"  # a copy export logged on the run
+    tags["onnx.run_artifacts"] = f"runs:/{run_id}/{RUN_COPY}"  # the copy in the run
     return tags
 
 

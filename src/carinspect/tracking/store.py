@@ -106,14 +106,17 @@ def stale_root(db: Path) -> Path | None:
     db = Path(db).resolve()
     if not db.is_file():
         return None
+    mine: set[tuple[str, str, str]] | None = None
     for root in sorted(_experiment_roots(db)):
         if root == db.parent:
             continue
         if not root.exists():
             return root
         other = root / "mlflow.db"
-        if other.is_file() and _experiments(db) & _experiments(other):
-            return root
+        if other.is_file():
+            mine = _experiments(db) if mine is None else mine
+            if mine & _experiments(other):
+                return root
     return None
 
 
