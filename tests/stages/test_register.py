@@ -50,6 +50,7 @@ def test_two_registrations_give_versions_1_and_2(
     assert mv.tags["onnx.run_artifacts"] == f"runs:/{run_id}/export"
     # the tag is true on both stores: the server's run had no export copy, register added it
     assert "export/model.onnx" in {a.path for a in client.list_artifacts(run_id, "export")}
+    assert client.get_run(run_id).data.params["register.model_name"] == name
     flavor = yaml.safe_load((Path(files) / "MLmodel").read_text())["flavors"]["onnx"]
     assert flavor["providers"] == ["CPUExecutionProvider"]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from carinspect.config import RegisterConfig, Settings
 from carinspect.errors import InputError
 from carinspect.io import write_json_atomic
+from carinspect.tracking import runs
 from carinspect.tracking.registry import RegisteredVersion, register_version, to_json, version_tags
 
 
@@ -31,6 +32,7 @@ def run(
         if not needed.is_file():
             raise RegisterError(f"{needed} not found (run the earlier stages first)")
     model_json = json.loads((export_dir / "model.json").read_text())
+    runs.append_to_run(settings, run_id, {}, "register.", params={"register": cfg.model_dump()})
     tags = version_tags(settings, run_id, model_json, json.loads(Path(metrics).read_text()))
     version = register_version(settings, run_id, cfg.model_name, export_dir, tags, cfg.alias)
     write_json_atomic(Path(out), to_json(version))

@@ -140,14 +140,23 @@ def reopen_run(run_id: str) -> Any:
     return mlflow.start_run(run_id=run_id)
 
 
-def log_params(params: Mapping[str, Any]) -> None:
-    """Log nested params flattened (long values are cut to MLflow's limit)."""
+def _flat_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """Flattened params, long values cut to MLflow's limit."""
+    return {k: v[:6000] for k, v in flatten(params).items()}
+
+
+def _log_flat(flat: Mapping[str, str]) -> None:
+    """Log already flat params, 100 per request (MLflow's batch limit)."""
     import mlflow
 
-    flat = {k: v[:6000] for k, v in flatten(params).items()}
     items = list(flat.items())
     for i in range(0, len(items), 100):
         mlflow.log_params(dict(items[i : i + 100]))
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log nested params flattened (long values are cut to MLflow's limit)."""
+    _log_flat(_flat_params(params))
 
 
 def log_stage_params(params: Mapping[str, Any]) -> None:
@@ -163,12 +172,9 @@ def log_stage_params(params: Mapping[str, Any]) -> None:
     run = mlflow.active_run()
     assert run is not None, "log_stage_params needs an active run"
     logged = MlflowClient().get_run(run.info.run_id).data.params
-    flat = {k: v[:6000] for k, v in flatten(params).items()}
-    new = {k: v for k, v in flat.items() if k not in logged}
+    flat = _flat_params(params)
+    _log_flat({k: v for k, v in flat.items() if k not in logged})
     changed = {k: v for k, v in flat.items() if k in logged and logged[k] != v}
-    items = list(new.items())
-    for i in range(0, len(items), 100):
-        mlflow.log_params(dict(items[i : i + 100]))
     if changed:
         logger.warning(
             "run %s was logged with other values of %s (params cannot change): the values used "
