@@ -2,17 +2,20 @@
 
 A sync FastAPI route (FastAPI runs it in its thread pool), one onnxruntime call per request, no
 batching, and every upload decoded at full resolution before it is resized (``Image.open`` +
-``convert("RGB")``, as the seed services did), then the same preprocessing as carinspect.
-MODEL_DIR names a folder with model.onnx + model.json.
+``convert("RGB")``, as the seed services did), then the same preprocessing as carinspect. The
+onnxruntime session has onnxruntime's default options, as the seed services opened it (not
+carinspect serve's thread settings). MODEL_DIR names a folder with model.onnx + model.json.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 
@@ -22,7 +25,10 @@ from carinspect.serving.model_store import ModelRef, open_model
 from carinspect.serving.settings import ServeSettings
 
 _folder = Path(os.environ["MODEL_DIR"])
-_model = open_model(ModelRef.parse(str(_folder)), None, _folder, ServeSettings())
+_model = dataclasses.replace(
+    open_model(ModelRef.parse(str(_folder)), None, _folder, ServeSettings()),
+    session=ort.InferenceSession(str(_folder / "model.onnx"), providers=["CPUExecutionProvider"]),
+)
 app = FastAPI()
 
 

@@ -6,7 +6,8 @@ All measured in one run on the same images and model:
   onnxruntime alone on the preprocessed tensors;
 - the real server (`carinspect serve`, dynamic batching) and a naive FastAPI app (a sync route,
   one onnxruntime call per request, as the seed services do), each started as its own process
-  and driven by wrk from another process at concurrency 1, 8, 32 and 64.
+  and driven by wrk from another process at concurrency 1, 8, 32 and 64, taking turns
+  (``--rounds``, medians printed) so that the machine's drift hits both alike.
 Prints req/s, p50 and p99 per concurrency and the ratios the serving issues set as goals:
 server req/s at 32 >= 0.85x the in-process limit and >= 3x naive; p99 at 32 <= 4x p50 at 1
 (photos as they are) or <= 1.5x p50 at 32 (phone photos).
@@ -19,7 +20,7 @@ The naive server decodes every upload at full resolution, as the seed services d
 Needs wrk (`apt-get install wrk`) and an exported model folder (model.onnx + model.json: run
 `scripts/main.sh` first, or pass --model).
 
-    python benchmarks/serve_throughput.py [--model models/export] [--images DIR] [--seconds 8]
+    python benchmarks/serve_throughput.py [--model models/export] [--images DIR] [--seconds 6] [--rounds 3]
     python benchmarks/serve_throughput.py --phone --images ../shared/data/car-integrity-indrive
 """
 
@@ -172,7 +173,7 @@ def drive(port: int, script: Path, concurrency: int, seconds: int) -> dict[str, 
     }
 
 
-def compare(model_dir: Path, images: list[bytes], seconds: int, phone: bool) -> None:
+def compare(model_dir: Path, images: list[bytes], seconds: int, rounds: int, phone: bool) -> None:
     """One full comparison on ``images``: in-process figures, both servers, the ratios."""
     print(f"\n{len(images)} images, {sum(map(len, images)) / len(images) / 1024:.0f} KiB on "
           f"average; model {model_dir}")  # fmt: skip
@@ -196,14 +197,29 @@ def compare(model_dir: Path, images: list[bytes], seconds: int, phone: bool) -> 
             {"MODEL_DIR": str(model_dir)},
         ),
     }  # fmt: skip
+    # Both servers run side by side (the idle one waits) and take turns, `rounds` times per
+    # concurrency: this machine's speed drifts by 20% over minutes, so measuring one server
+    # after the other would compare two different machines. Medians over the rounds.
+    ports: dict[str, int] = {}
+    procs: list[subprocess.Popen[bytes]] = []
     results: dict[str, dict[int, dict[str, float]]] = {}
-    for name, (cmd, env) in servers.items():
-        port = _free_port()
-        proc = _start([c.replace("{port}", str(port)) for c in cmd], env, port)
-        try:
-            drive(port, script, 8, 2)  # warm-up
-            results[name] = {c: drive(port, script, c, seconds) for c in CONCURRENCY}
-        finally:
+    try:
+        for name, (cmd, env) in servers.items():
+            ports[name] = _free_port()
+            procs.append(_start([c.replace("{port}", str(ports[name])) for c in cmd], env,
+                                ports[name]))  # fmt: skip
+            drive(ports[name], script, 8, 2)  # warm-up
+        for c in CONCURRENCY:
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+            for _ in range(rounds):
+                for name in servers:
+                    runs[name].append(drive(ports[name], script, c, seconds))
+            for name, rs in runs.items():
+                results.setdefault(name, {})[c] = {
+                    k: float(np.median([r[k] for r in rs])) for k in rs[0]
+                } | {"failed": sum(r["failed"] for r in rs)}
+    finally:
+        for proc in procs:
             _stop(proc)
     print(f"\n{'server':18} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6}")
     for name, per in results.items():
@@ -232,7 +248,8 @@ def main() -> None:
     default_images = ROOT.parent / "shared" / "data" / "car-integrity-indrive"
     parser.add_argument("--images", type=Path, default=default_images)
     parser.add_argument("--count", type=int, default=64, help="distinct images to send")
-    parser.add_argument("--seconds", type=int, default=8, help="per concurrency level")
+    parser.add_argument("--seconds", type=int, default=6, help="per concurrency level and round")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per server (medians)")
     parser.add_argument("--phone", action="store_true", help="re-encode at phone sizes first")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -241,11 +258,11 @@ def main() -> None:
         sys.exit(f"{args.model}: no model.onnx (run scripts/main.sh, or pass --model)")
     images = _images(args.images, args.count)
     if not args.phone:
-        compare(args.model, images, args.seconds, phone=False)
+        compare(args.model, images, args.seconds, args.rounds, phone=False)
         return
     for w, h in PHONE_SIZES:
         print(f"\n=== phone photos at {w}x{h}, JPEG quality 90 ===")
-        compare(args.model, phone_photos(images, (w, h)), args.seconds, phone=True)
+        compare(args.model, phone_photos(images, (w, h)), args.seconds, args.rounds, phone=True)
 
 
 def _free_port() -> int:

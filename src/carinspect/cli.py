@@ -418,6 +418,8 @@ def predict(
     from carinspect.serving.settings import ServeSettings
 
     settings = ServeSettings()
+    if not settings.ort_intra_op_threads:  # one image decoded at a time: inference gets every CPU
+        settings = settings.model_copy(update={"ort_intra_op_threads": settings.cpus})
     store = ModelStore(settings)
     if not store.refresh() or store.current is None:
         raise ModelLoadError(

@@ -4,9 +4,11 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from carinspect.serving.model_store import (
     ModelLoadError,
@@ -75,6 +77,21 @@ def test_bad_model_folders_are_refused_with_the_reason(
     (folder / "model.json").unlink()
     with pytest.raises(ModelLoadError, match=r"model\.json not found"):
         open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())
+
+
+def test_thread_pools_follow_the_cpu_limit(upstream: dict[str, Path]) -> None:
+    """CPU_LIMIT (the pod's limits.cpu) sizes decoding and onnxruntime, not the node's cores."""
+    limited = ServeSettings(CPU_LIMIT=3.5)
+    assert (limited.cpus, limited.decoders, limited.inference_threads) == (4, 4, 2)
+    assert ServeSettings(CPU_LIMIT=1).inference_threads == 1
+    chosen = ServeSettings(CPU_LIMIT=8, DECODE_THREADS=3, ORT_INTRA_OP_THREADS=5)
+    assert (chosen.decoders, chosen.inference_threads) == (3, 5)
+    assert ServeSettings().cpus == len(os.sched_getaffinity(0))
+    folder = upstream["export"]
+    model = open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings(CPU_LIMIT=4))
+    assert model.session.get_session_options().intra_op_num_threads == 2
+    with pytest.raises(ValidationError, match="CPU_LIMIT"):
+        ServeSettings(CPU_LIMIT=-1)
 
 
 def test_local_folder_reloads_when_its_files_change(
@@ -152,3 +169,20 @@ def test_cuda_provider_is_really_used(upstream: dict[str, Path]) -> None:
     folder = upstream["export"]
     model = open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())
     assert model.provider == "CUDAExecutionProvider"
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice is Linux's")
+def test_decoding_threads_run_below_inference_priority(upstream: dict[str, Path]) -> None:
+    """Uploads are decoded at DECODE_NICE below the threads that finish requests."""
+    from carinspect.serving.app import Service
+
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = own_nice()
+    service = Service(ServeSettings(MODEL_URI=str(upstream["export"]), DECODE_NICE=7))
+    try:
+        assert service._decoder.submit(own_nice).result() == min(19, base + 7)
+    finally:
+        service._decoder.shutdown()
+    assert own_nice() == base  # the caller's own priority is untouched

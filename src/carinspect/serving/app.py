@@ -74,8 +74,10 @@ class Service:
         # default thread pool's 40 threads sharing the cores: no more decodes in flight than
         # cores, so requests finish in arrival order and the tail stays close to the median.
         self._decoder = ThreadPoolExecutor(
-            max_workers=settings.decode_threads or os.cpu_count() or 1,
+            max_workers=settings.decoders,
             thread_name_prefix="decode",
+            initializer=_lower_priority,
+            initargs=(settings.decode_nice,),
         )
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -125,6 +127,19 @@ class Service:
         probs = await future
         ms = (time.perf_counter() - started) * 1000
         return Prediction(**answer(model, probs), processing_ms=round(ms, 3), filename=filename)
+
+
+def _lower_priority(nice: int) -> None:
+    """Run the calling (decoding) thread at a lower CPU priority than inference and HTTP.
+
+    Work is taken in the order closest to done: a batch waiting for onnxruntime or a response
+    waiting to be written goes before the next upload's decode. Otherwise, under saturation,
+    decodes crowd out inference, batches grow into waves and the tail grows with them.
+    Linux applies nice per thread; elsewhere this does nothing.
+    """
+    if nice and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 async def _service(request: Request) -> Service:

@@ -162,8 +162,7 @@ def open_model(
     wanted, required = resolve_providers(settings.ort_providers)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if settings.ort_intra_op_threads:
-        opts.intra_op_num_threads = settings.ort_intra_op_threads
+    opts.intra_op_num_threads = settings.inference_threads
     if settings.ort_inter_op_threads:
         opts.inter_op_num_threads = settings.ort_inter_op_threads
     if not settings.ort_allow_spinning:  # idle ORT threads would spin on cores decoding needs
