@@ -70,10 +70,14 @@ def test_bad_model_folders_are_refused_with_the_reason(
     folder = tmp_path / "m"
     shutil.copytree(upstream["export"], folder)
     meta = json.loads((folder / "model.json").read_text())
-    meta["classes"] = ["a", "b", "c"]  # the graph has two outputs
+    meta["classes"] = ["a", "b", "c"]
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match=r"decision rule's classes \['clean', 'dirty'\]"):
+        open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())
+    meta["decision"] = {"task": "multiclass", "classes": ["a", "b", "c"]}  # a consistent card
     (folder / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match=r"warm-up gave shape \(1, 2\), expected \(1, 3\)"):
-        open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())
+        open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())  # 2 outputs
     (folder / "model.json").unlink()
     with pytest.raises(ModelLoadError, match=r"model\.json not found"):
         open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())

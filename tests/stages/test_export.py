@@ -7,6 +7,7 @@ import pytest
 from onnx import numpy_helper
 
 from carinspect.config import ExportConfig, Settings
+from carinspect.contracts.cards import ContractError
 from carinspect.modeling.onnx_export import file_is_self_contained, ort_probabilities, session
 from carinspect.stages import export
 from carinspect.stages.export import ExportError, parity
@@ -112,7 +113,7 @@ def test_failed_parity_exports_nothing(
 
 
 def test_missing_inputs(tmp_path: Path, upstream: dict[str, Path], prepared: Prepared) -> None:
-    with pytest.raises(ExportError, match=r"threshold.json .*not found"):
+    with pytest.raises(ContractError, match=r"none\.json: not found \(the decision rule thresh"):
         export.run(
             ExportConfig(),
             Settings(),

@@ -6,8 +6,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from carinspect.config import RegisterConfig, Settings
+from carinspect.contracts.folders import MissingStageOutput
 from carinspect.stages import register
-from carinspect.stages.register import RegisterError
 from tests.conftest import Registry
 
 
@@ -56,7 +56,9 @@ def test_two_registrations_give_versions_1_and_2(
 
 
 def test_missing_export(tmp_path: Path, upstream: dict[str, Path]) -> None:
-    with pytest.raises(RegisterError, match=r"model\.onnx not found"):
+    with pytest.raises(
+        MissingStageOutput, match=r"model\.onnx not found: it is written by the export"
+    ):
         register.run(
             RegisterConfig(), Settings(), tmp_path, upstream["metrics"], "x", tmp_path / "r.json"
         )

@@ -4,10 +4,13 @@ import json
 import shutil
 from pathlib import Path
 
+import mlflow
+import onnx
 import pytest
 from mlflow.tracking import MlflowClient
 
 from carinspect.config import PromoteConfig, RegisterConfig, Settings
+from carinspect.contracts.cards import ContractError
 from carinspect.stages import register
 from carinspect.tracking import promotion
 from carinspect.tracking.audit import read_trail, reconcile
@@ -114,7 +117,19 @@ def test_floor_and_incomplete_versions_are_refused(
     meta = json.loads((broken / "model.json").read_text())
     del meta["decision"]
     (broken / "model.json").write_text(json.dumps(meta))
-    version = _register(tmp_path, registry, upstream, name, 0.95, export=broken)
+    with pytest.raises(ContractError, match=r"model\.json has no decision"):
+        _register(tmp_path, registry, upstream, name, 0.95, export=broken)  # register refuses it
+    # a version registered by another tool with the same card is refused by the gate, by the
+    # same rules
+    mlflow.set_tracking_uri(registry.uri)
+    with mlflow.start_run(experiment_id=client.get_run(registry.run_id).info.experiment_id):
+        info = mlflow.onnx.log_model(
+            onnx.load(str(broken / "model.onnx")),
+            name="model",
+            extra_files=[str(broken / "model.json")],
+        )
+    version = mlflow.register_model(info.model_uri, name).version
+    client.set_model_version_tag(name, version, "metrics.test.accuracy", "0.95")
     with pytest.raises(GateRefused, match=r"model\.json has no decision"):
         promotion.promote(client, name, GATE, version, "alice")
     with pytest.raises(PromotionError, match="has no version '99'"):

@@ -13,7 +13,6 @@ poll), not ready, with the reason on /readyz and /model, and counts no reload fa
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -26,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from carinspect.contracts.cards import ContractError, read_card
+from carinspect.contracts.folders import ExportDir
 from carinspect.data.preprocess import PreprocessSpec
 from carinspect.errors import InputError
 from carinspect.modeling.onnx_names import INPUT, OUTPUTS
@@ -129,25 +130,23 @@ def resolve_providers(setting: str) -> tuple[list[str], bool]:
 
 def _read_meta(folder: Path) -> tuple[Path, dict[str, Any]]:
     """model.onnx and the parsed model.json of a downloaded or local model folder."""
-    onnx_path = folder / "model.onnx"
+    onnx_path = folder / ExportDir.ONNX
     meta_path = next(
-        (p for p in (folder / "model.json", folder / "extra_files" / "model.json") if p.is_file()),
+        (p for p in (folder / ExportDir.CARD, folder / ExportDir.LOGGED_CARD) if p.is_file()),
         None,
     )
     if not onnx_path.is_file():
-        raise ModelLoadError(f"{folder}: model.onnx not found")
+        raise ModelLoadError(f"{folder}: {ExportDir.ONNX} not found")
     if meta_path is None:
         raise ModelLoadError(
-            f"{folder}: model.json not found (beside model.onnx or in extra_files/)"
+            f"{folder}: {ExportDir.CARD} not found (beside {ExportDir.ONNX} or as "
+            f"{ExportDir.LOGGED_CARD})"
         )
     try:
-        meta: dict[str, Any] = json.loads(meta_path.read_text())
-    except ValueError as err:
-        raise ModelLoadError(f"{meta_path}: not JSON ({err})") from err
-    for key in ("classes", "preprocess", "decision"):
-        if not meta.get(key):
-            raise ModelLoadError(f"{meta_path}: no {key!r}")
-    return onnx_path, meta
+        card = read_card(meta_path)
+    except ContractError as err:
+        raise ModelLoadError(str(err)) from None
+    return onnx_path, card.to_json()
 
 
 def open_model(

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from carinspect.config import ExportConfig, Settings
+from carinspect.contracts.cards import parse_card, read_rule
+from carinspect.contracts.folders import ExportDir
 from carinspect.data.dataset import ImageDataset, load_split
 from carinspect.data.preprocess import PreprocessSpec
 from carinspect.errors import InputError
@@ -99,11 +101,7 @@ def run(
     classes: list[str] = state["classes"]
     spec = PreprocessSpec.from_dict(state["preprocess"])
     temperature = float(_read_json(calibration, "calibration.json (from evaluate)")["temperature"])
-    decision = {
-        k: v
-        for k, v in _read_json(threshold, "threshold.json (from threshold)").items()
-        if k != "splits"
-    }
+    decision = read_rule(Path(threshold)).model_dump()
     model = model_from_checkpoint(state)
 
     samples = load_split(Path(splits), Path(ingest_dir), "val", classes)[: cfg.parity_images]
@@ -115,11 +113,12 @@ def run(
         torch_probs = torch.softmax(model(torch.from_numpy(batch)) / temperature, dim=1).numpy()
 
     figures: dict[str, Any] = {}
-    with staged_dir(Path(out)) as tmp:
-        export_onnx(model, temperature, spec.img_size, cfg.opset, tmp / "model.onnx")
-        if not file_is_self_contained(tmp / "model.onnx"):
-            raise ExportError("model.onnx refers to external weight files")
-        figures["fp32"] = parity(tmp / "model.onnx", torch_probs, batch, decision, classes)
+    with staged_dir(Path(out)) as staged:
+        tmp = ExportDir(staged)
+        export_onnx(model, temperature, spec.img_size, cfg.opset, tmp.onnx)
+        if not file_is_self_contained(tmp.onnx):
+            raise ExportError(f"{tmp.ONNX} refers to external weight files")
+        figures["fp32"] = parity(tmp.onnx, torch_probs, batch, decision, classes)
         fp32 = figures["fp32"]
         if fp32["max_abs_diff"] > cfg.max_abs_diff or fp32["decision_flips"] > 0:
             raise ExportError(
@@ -127,12 +126,10 @@ def run(
                 f"{fp32['max_abs_diff']:.2e} (limit {cfg.max_abs_diff:.0e}), {fp32['decision_flips']} "
                 "decision flip(s) (limit 0); the model was not exported"
             )
-        files = {"fp32": "model.onnx"}
+        files = {"fp32": tmp.ONNX}
         if cfg.fp16:
-            to_fp16(tmp / "model.onnx", tmp / "model.fp16.onnx")
-            figures["fp16"] = half = parity(
-                tmp / "model.fp16.onnx", torch_probs, batch, decision, classes
-            )
+            to_fp16(tmp.onnx, tmp.onnx_fp16)
+            figures["fp16"] = half = parity(tmp.onnx_fp16, torch_probs, batch, decision, classes)
             if (
                 half["max_abs_diff"] > cfg.fp16_max_abs_diff
                 or half["decision_flips"] > cfg.fp16_max_flips
@@ -142,8 +139,8 @@ def run(
                     f"{cfg.fp16_max_abs_diff:.0e}), {half['decision_flips']} flip(s) (limit "
                     f"{cfg.fp16_max_flips}); the model was not exported"
                 )
-            files["fp16"] = "model.fp16.onnx"
-        model_json = {
+            files["fp16"] = tmp.ONNX_FP16
+        card = parse_card({
             "name": state["config"]["model"]["name"],
             "classes": classes,
             "preprocess": spec.to_dict(),
@@ -163,9 +160,9 @@ def run(
                 "mlflow.run_id": run_id or "",
                 "checkpoint.epoch": int(state["epoch"]) + 1,
             },
-        }
-        write_json_atomic(tmp / "model.json", model_json)
-        write_json_atomic(tmp / "metrics.json", figures)
+        }, f"the model card from {checkpoint} and {threshold}")  # fmt: skip
+        write_json_atomic(tmp.card, card.to_json())
+        write_json_atomic(tmp.metrics, figures)
     if run_id:
         # the ONNX files in the run's own artifacts too (export/), not only on the logged
         # model that register creates: a run page then links to what it produced
@@ -173,5 +170,5 @@ def run(
             settings, run_id, {"parity": figures}, "export.", Path(out), RUN_COPY,
             params={"export": cfg.model_dump()},
         )  # fmt: skip
-    logger.info("exported %s: parity %s", Path(out) / "model.onnx", figures)
+    logger.info("exported %s: parity %s", ExportDir(out).onnx, figures)
     return ExportResult(out=Path(out), parity=figures)

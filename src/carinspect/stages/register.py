@@ -13,25 +13,21 @@ import json
 from pathlib import Path
 
 from carinspect.config import RegisterConfig, Settings
-from carinspect.errors import InputError
+from carinspect.contracts.cards import read_card
+from carinspect.contracts.folders import EvaluateDir, ExportDir
 from carinspect.io import write_json_atomic
 from carinspect.tracking import runs
 from carinspect.tracking.registry import RegisteredVersion, register_version, to_json, version_tags
-
-
-class RegisterError(InputError):
-    """Inputs for registration are missing."""
 
 
 def run(
     cfg: RegisterConfig, settings: Settings, export_dir: Path, metrics: Path, run_id: str, out: Path
 ) -> RegisteredVersion:
     """Register ``export_dir`` from run ``run_id``; write ``out`` (registered.json)."""
-    export_dir = Path(export_dir)
-    for needed in (export_dir / "model.onnx", export_dir / "model.json", Path(metrics)):
-        if not needed.is_file():
-            raise RegisterError(f"{needed} not found (run the earlier stages first)")
-    model_json = json.loads((export_dir / "model.json").read_text())
+    export = ExportDir(export_dir)
+    export.require(export.onnx, export.card)
+    EvaluateDir(Path(metrics).parent).require(Path(metrics))
+    model_json = read_card(export.card).to_json()  # refused here, not on the server
     runs.append_to_run(settings, run_id, {}, "register.", params={"register": cfg.model_dump()})
     tags = version_tags(settings, run_id, model_json, json.loads(Path(metrics).read_text()))
     version = register_version(settings, run_id, cfg.model_name, export_dir, tags, cfg.alias)

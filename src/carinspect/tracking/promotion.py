@@ -9,7 +9,6 @@ both outcomes land in the audit trail with the gate's figures.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from carinspect.config import PromoteConfig
+from carinspect.contracts.cards import ContractError, read_card
+from carinspect.contracts.folders import ExportDir
 from carinspect.errors import InputError
 from carinspect.tracking.audit import (
     Action,
@@ -79,24 +80,19 @@ def _serving_files(client: Any, name: str, version: str) -> list[str]:
     uri = f"models:/{name}/{version}"
     problems: list[str] = []
     listed = {a.path for a in mlflow.artifacts.list_artifacts(artifact_uri=uri)}
-    if "model.onnx" not in listed:
-        problems.append("model.onnx is missing")
-    if "extra_files" not in listed:
-        return [*problems, "extra_files/model.json is missing"]
+    if ExportDir.ONNX not in listed:
+        problems.append(f"{ExportDir.ONNX} is missing")
+    folder = ExportDir.LOGGED_CARD.split("/")[0]
+    if folder not in listed:
+        return [*problems, f"{ExportDir.LOGGED_CARD} is missing"]
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{uri}/extra_files/model.json", dst_path=tmp
+            artifact_uri=f"{uri}/{ExportDir.LOGGED_CARD}", dst_path=tmp
         )
         try:
-            meta = json.loads(Path(path).read_text())
-        except ValueError as err:
-            return [*problems, f"model.json is not JSON ({err})"]
-    for key in ("classes", "preprocess", "decision"):
-        if not meta.get(key):
-            problems.append(f"model.json has no {key}")
-    decision = meta.get("decision") or {}
-    if decision and not any(k in decision for k in ("threshold", "min_confidence", "per_class")):
-        problems.append("model.json's decision has no thresholds")
+            read_card(Path(path))
+        except ContractError as err:  # the same rules as export and the server
+            problems.append(f"{ExportDir.CARD} {str(err).removeprefix(path).strip()}")
     return problems
 
 

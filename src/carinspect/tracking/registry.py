@@ -12,6 +12,8 @@ from typing import Any, get_args
 import numpy as np
 
 from carinspect.config import GateMetric, Settings
+from carinspect.contracts.cards import read_card
+from carinspect.contracts.folders import ExportDir
 from carinspect.errors import InputError
 from carinspect.tracking.runs import reopen_run
 
@@ -54,10 +56,12 @@ def register_version(
     from carinspect.modeling.onnx_export import session
     from carinspect.modeling.onnx_names import INPUT
 
-    meta = json.loads((export_dir / "model.json").read_text())
-    size = int(meta["preprocess"]["img_size"])
+    export = ExportDir(export_dir)
+    card = read_card(export.card)
+    meta = card.to_json()
+    size = card.preprocess.img_size
     example = np.zeros((1, 3, size, size), dtype=np.float32)  # one image: keeps the example small
-    outputs = session(export_dir / "model.onnx").run(None, {INPUT: example})
+    outputs = session(export.onnx).run(None, {INPUT: example})
     signature = infer_signature({INPUT: example}, dict(zip(meta["outputs"], outputs, strict=True)))
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     client = MlflowClient()
@@ -65,11 +69,11 @@ def register_version(
         # the copy the version's onnx.run_artifacts tag names: export logs it when it was given
         # the run; an export made without one gets it here
         logged = {a.path for a in client.list_artifacts(run_id, RUN_COPY)}
-        if f"{RUN_COPY}/model.onnx" not in logged:
-            for file in ("model.onnx", "model.json"):
-                mlflow.log_artifact(str(export_dir / file), artifact_path=RUN_COPY)
+        if f"{RUN_COPY}/{export.ONNX}" not in logged:
+            for file in (export.onnx, export.card):
+                mlflow.log_artifact(str(file), artifact_path=RUN_COPY)
         info = mlflow.onnx.log_model(
-            onnx.load(str(export_dir / "model.onnx")),
+            onnx.load(str(export.onnx)),
             name="model",
             signature=signature,
             input_example={INPUT: example},
@@ -77,7 +81,7 @@ def register_version(
             # what mlflow.pyfunc loads it with: the provider export checked parity on, not a
             # CUDA it never ran on (carinspect serve picks its own: ORT_PROVIDERS)
             onnx_execution_providers=checked_providers(meta),
-            extra_files=[str(export_dir / "model.json")],
+            extra_files=[str(export.card)],  # lands as ExportDir.LOGGED_CARD
         )
         version = mlflow.register_model(info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, alias, version.version)

@@ -1,0 +1,1 @@
+"""What stages hand each other: output folders that own their file names, and JSON contracts."""

@@ -1,0 +1,120 @@
+"""Each stage's output folder as a small class that owns its file names.
+
+Stages write through these, and later stages, the CLI, the KFP components and the lineage code
+find what they need through them, so a file name is spelled once. ``require`` turns a missing
+input into an error that names the file and the stage that makes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from carinspect.errors import InputError
+
+
+class MissingStageOutput(InputError):
+    """A stage's input is not there: the stage that writes it has not run (or ran elsewhere)."""
+
+
+class _File:
+    """One file of a stage folder: ``IngestDir(root).manifest`` is ``root / "manifest.csv"``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, folder: StageDir, owner: type[StageDir] | None = None) -> Path:
+        return folder.root / self.name
+
+
+@dataclass(frozen=True)
+class StageDir:
+    """The output folder of one stage."""
+
+    root: Path
+    stage: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    metrics = _File("metrics.json")  # flat figures DVC and KFP show (every stage writes one)
+
+    def require(self, *files: Path) -> None:
+        """Raise :class:`MissingStageOutput` naming the first of ``files`` that is missing."""
+        for f in files:
+            if not f.exists():
+                raise MissingStageOutput(
+                    f"{f} not found: it is written by the {self.stage} stage (run it first, "
+                    f"for example `dvc repro {self.stage}`)"
+                )
+
+
+@dataclass(frozen=True)
+class IngestDir(StageDir):
+    """ingest: the decoded images, their manifest and the data report."""
+
+    stage: ClassVar[str] = "ingest"
+
+    manifest = _File("manifest.csv")
+    report = _File("report.json")
+    report_md = _File("report.md")
+
+
+@dataclass(frozen=True)
+class SplitDir(StageDir):
+    """split: which image is in train, val and test."""
+
+    stage: ClassVar[str] = "split"
+
+    splits = _File("splits.csv")
+    report = _File("report.json")
+    report_md = _File("report.md")
+
+
+@dataclass(frozen=True)
+class TrainDir(StageDir):
+    """train: checkpoints, per-epoch history and the reference to its MLflow run."""
+
+    stage: ClassVar[str] = "train"
+
+    best = _File("best.pt")
+    last = _File("last.pt")
+    history = _File("history.csv")
+    run_ref = _File("run.json")  # the MLflow run the later stages add to
+
+
+@dataclass(frozen=True)
+class EvaluateDir(StageDir):
+    """evaluate: per-image predictions, the calibration temperature and the figures."""
+
+    stage: ClassVar[str] = "evaluate"
+
+    predictions = _File("predictions.csv")
+    calibration = _File("calibration.json")
+    report = _File("report.json")
+
+
+@dataclass(frozen=True)
+class ThresholdDir(StageDir):
+    """threshold: the decision rule (the operating point) and its curves."""
+
+    stage: ClassVar[str] = "threshold"
+
+    rule = _File("threshold.json")  # the decision rule with its per-split report
+
+
+@dataclass(frozen=True)
+class ExportDir(StageDir):
+    """export: the ONNX graph(s) and the model card, what register logs and serving loads."""
+
+    stage: ClassVar[str] = "export"
+    ONNX: ClassVar[str] = "model.onnx"
+    ONNX_FP16: ClassVar[str] = "model.fp16.onnx"
+    CARD: ClassVar[str] = "model.json"
+    # where an MLflow model logged with extra_files=[model.json] keeps the card
+    LOGGED_CARD: ClassVar[str] = "extra_files/model.json"
+
+    onnx = _File(ONNX)
+    onnx_fp16 = _File(ONNX_FP16)
+    card = _File(CARD)
