@@ -31,8 +31,8 @@ from sklearn import metrics as skm
 from torch import nn
 
 from carinspect.config import DataConfig, Settings, load_params
+from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.data.dataset import ImageDataset, class_names, load_split, loader_for
-from carinspect.data.preprocess import PreprocessSpec
 from carinspect.modeling.factory import build_model
 from carinspect.stages import evaluate, ingest, split, train
 

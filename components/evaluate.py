@@ -18,16 +18,17 @@ def evaluate(
 
     from carinspect import kfp_glue
     from carinspect.config import Settings
+    from carinspect.contracts.folders import EvaluateDir, SplitDir, TrainDir
     from carinspect.stages import evaluate as stage
 
     p = kfp_glue.params_from_inputs({"evaluate_cfg": evaluate_cfg})
-    out = Path(evaluation.path)
-    train_dir = Path(model.path)
+    out = EvaluateDir(evaluation.path)
+    train_dir = TrainDir(model.path)
     stage.run(
-        p.evaluate, Settings(), train_dir / "best.pt", Path(data.path),
-        Path(splits.path) / "splits.csv", out, kfp_glue.run_id_of(train_dir),
+        p.evaluate, Settings(), train_dir.best, Path(data.path),
+        SplitDir(splits.path).splits, out.root, kfp_glue.run_id_of(train_dir.root),
     )  # fmt: skip
-    kfp_glue.log_metrics(metrics, out / "metrics.json")
-    classes, matrix = kfp_glue.confusion(out / "predictions.csv", "test")
+    kfp_glue.log_metrics(metrics, out.metrics)
+    classes, matrix = kfp_glue.confusion(out.predictions, "test")
     confusion.log_confusion_matrix(classes, matrix)
-    kfp_glue.write_markdown(report, kfp_glue.evaluation_markdown(out / "metrics.json"))
+    kfp_glue.write_markdown(report, kfp_glue.evaluation_markdown(out.metrics))

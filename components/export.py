@@ -18,15 +18,22 @@ def export(
 
     from carinspect import kfp_glue
     from carinspect.config import Settings
+    from carinspect.contracts.folders import (
+        EvaluateDir,
+        ExportDir,
+        SplitDir,
+        ThresholdDir,
+        TrainDir,
+    )
     from carinspect.stages import export as stage
 
     p = kfp_glue.params_from_inputs({"export_cfg": export_cfg})
-    out = Path(onnx_model.path)
-    train_dir = Path(model.path)
+    out = ExportDir(onnx_model.path)
+    train_dir = TrainDir(model.path)
     stage.run(
-        p.export, Settings(), train_dir / "best.pt", Path(evaluation.path) / "calibration.json",
-        Path(operating_point.path) / "threshold.json", Path(data.path),
-        Path(splits.path) / "splits.csv", out, kfp_glue.run_id_of(train_dir),
+        p.export, Settings(), train_dir.best, EvaluateDir(evaluation.path).calibration,
+        ThresholdDir(operating_point.path).rule, Path(data.path),
+        SplitDir(splits.path).splits, out.root, kfp_glue.run_id_of(train_dir.root),
     )  # fmt: skip
-    kfp_glue.log_metrics(metrics, out / "metrics.json")
-    onnx_model.metadata.update({"framework": "onnx", "file": "model.onnx"})
+    kfp_glue.log_metrics(metrics, out.metrics)
+    onnx_model.metadata.update({"framework": "onnx", "file": ExportDir.ONNX})

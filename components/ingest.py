@@ -13,16 +13,15 @@ def ingest(
     metrics: Output[Metrics],
 ) -> None:
     """Decode, validate and deduplicate ``data_source`` (``data_version`` keys KFP's cache)."""
-    from pathlib import Path
-
     from carinspect import kfp_glue
+    from carinspect.contracts.folders import IngestDir
     from carinspect.stages import ingest as stage
 
     p = kfp_glue.params_from_inputs(
         {"demo_cfg": demo_cfg, "ingest_cfg": ingest_cfg}, {"data.source": data_source}
     )
-    out = Path(data.path)
-    stage.run(p.data, p.ingest, out)
+    out = IngestDir(data.path)
+    stage.run(p.data, p.ingest, out.root)
     data.metadata.update({"source": p.data.source, "version": data_version})
-    kfp_glue.write_markdown(report, (out / "report.md").read_text())
-    kfp_glue.log_metrics(metrics, out / "metrics.json")
+    kfp_glue.write_markdown(report, out.report_md.read_text())
+    kfp_glue.log_metrics(metrics, out.metrics)

@@ -11,13 +11,12 @@ def split(
     metrics: Output[Metrics],
 ) -> None:
     """Group-aware stratified train/val/test split of the ingest manifest."""
-    from pathlib import Path
-
     from carinspect import kfp_glue
+    from carinspect.contracts.folders import IngestDir, SplitDir
     from carinspect.stages import split as stage
 
     p = kfp_glue.params_from_inputs({"split_cfg": split_cfg})
-    out = Path(splits.path)
-    stage.run(p.split, Path(data.path) / "manifest.csv", out)
-    kfp_glue.write_markdown(report, (out / "report.md").read_text())
-    kfp_glue.log_metrics(metrics, out / "metrics.json")
+    out = SplitDir(splits.path)
+    stage.run(p.split, IngestDir(data.path).manifest, out.root)
+    kfp_glue.write_markdown(report, out.report_md.read_text())
+    kfp_glue.log_metrics(metrics, out.metrics)

@@ -15,12 +15,13 @@ def threshold(
 
     from carinspect import kfp_glue
     from carinspect.config import Settings
+    from carinspect.contracts.folders import EvaluateDir, ThresholdDir
     from carinspect.stages import threshold as stage
 
     p = kfp_glue.params_from_inputs({"threshold_cfg": threshold_cfg})
-    out = Path(operating_point.path)
+    out = ThresholdDir(operating_point.path)
     stage.run(
-        p.threshold, Settings(), Path(evaluation.path) / "predictions.csv", out,
+        p.threshold, Settings(), EvaluateDir(evaluation.path).predictions, out.root,
         kfp_glue.run_id_of(Path(model.path)),
     )  # fmt: skip
-    kfp_glue.log_metrics(metrics, out / "metrics.json")
+    kfp_glue.log_metrics(metrics, out.metrics)

@@ -24,6 +24,7 @@ def train(
 
     from carinspect import kfp_glue
     from carinspect.config import KfpConfig, Settings
+    from carinspect.contracts.folders import SplitDir, TrainDir
     from carinspect.stages import train as stage
 
     inputs = {"model_cfg": model_cfg, "train_cfg": train_cfg, "mlflow_cfg": mlflow_cfg}
@@ -37,9 +38,9 @@ def train(
     else:
         stage.run(
             p.model, p.train, p.mlflow, Settings(), Path(data.path),
-            Path(splits.path) / "splits.csv", out, nproc=max(nproc, 1),
+            SplitDir(splits.path).splits, out, nproc=max(nproc, 1),
         )  # fmt: skip
-    kfp_glue.log_metrics(metrics, out / "metrics.json")
+    kfp_glue.log_metrics(metrics, TrainDir(out).metrics)
     run_id = kfp_glue.run_id_of(out)
     model.metadata.update({"mlflow_run_id": run_id, "framework": "timm", "name": p.model.name})
     return run_id

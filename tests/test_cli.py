@@ -119,7 +119,7 @@ def test_malformed_run_json(tmp_path: Path) -> None:
     bad = tmp_path / "run.json"
     bad.write_text('{"experiment": "carinspect"}')
     out = run("register", "--run", str(bad), cwd=tmp_path)
-    assert f"{bad}: not a run reference from train (run_id: Field required)" in one_line_error(out)
+    assert f"{bad}: not a run reference from train (has no run_id)" in one_line_error(out)
 
 
 @pytest.mark.parametrize("command", [["models"], ["status"], ["promote"]])

@@ -8,16 +8,10 @@ from typing import Any
 
 import pytest
 
-from carinspect.contracts.cards import (
-    BinaryRule,
-    ContractError,
-    MulticlassRule,
-    parse_card,
-    parse_rule,
-    read_card,
-    read_rule,
-)
+from carinspect.contracts.base import ContractError
+from carinspect.contracts.cards import parse_card, read_card
 from carinspect.contracts.folders import ExportDir, IngestDir, MissingStageOutput, TrainDir
+from carinspect.contracts.rules import BinaryRule, MulticlassRule, parse_rule, read_rule
 
 
 def test_an_exported_card_round_trips_unchanged(upstream: dict[str, Path]) -> None:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from carinspect.config import Params, load_params
+from carinspect.contracts.folders import ExportDir
 from carinspect.errors import InputError
 from carinspect.logs import configure_logging
 
@@ -424,8 +425,8 @@ def predict(
     if not store.refresh() or store.current is None:
         raise ModelLoadError(
             f"{store.last_error or settings.model_uri + ': no model'}; set MODEL_URI to "
-            "models:/<name>@<alias>, models:/<name>/<version> or a folder with model.onnx and "
-            "model.json"
+            f"models:/<name>@<alias>, models:/<name>/<version> or a folder with {ExportDir.ONNX} "
+            f"and {ExportDir.CARD}"
         )
     model = store.current
     limits = ImageLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from carinspect.config import Params, parse_params
+from carinspect.contracts.folders import TrainDir
 from carinspect.errors import InputError
 from carinspect.tracking.runs import numeric_leaves, read_run_id
 
@@ -91,9 +92,10 @@ def set_run_env(kfp_run_id: str) -> None:
 
 def run_id_of(train_dir: Path) -> str:
     """The MLflow run id train recorded in its output."""
-    run_id = read_run_id(Path(train_dir) / "run.json")
+    run_ref = TrainDir(train_dir).run_ref
+    run_id = read_run_id(run_ref)
     if run_id is None:
-        raise InputError(f"{train_dir}: no run.json (the train task's output is incomplete)")
+        raise InputError(f"{run_ref} not found (the train task's output is incomplete)")
     return run_id
 
 

@@ -5,9 +5,10 @@ import pytest
 from PIL import Image
 
 from carinspect.config import ModelConfig, load_params
+from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.data.augment import AugmentError, apply_augment, build_augment
 from carinspect.data.images import resize_short_side
-from carinspect.data.preprocess import PreprocessSpec, preprocess
+from carinspect.data.preprocess import preprocess
 from tests.conftest import REPO_ROOT
 
 
@@ -67,7 +68,7 @@ def test_bad_augmentations_are_named() -> None:
 def test_null_size_and_normalisation_come_from_the_models_pretraining() -> None:
     """vit uses 0.5 mean/std at 224: left null, the spec takes those; given, params win."""
     from carinspect.config import ModelConfig
-    from carinspect.data.preprocess import PreprocessSpec
+    from carinspect.contracts.preprocess import PreprocessSpec
 
     own = PreprocessSpec.from_model(
         ModelConfig(name="vit_tiny_patch16_224", img_size=None, mean=None, std=None)

@@ -7,7 +7,7 @@ import pytest
 from onnx import numpy_helper
 
 from carinspect.config import ExportConfig, Settings
-from carinspect.contracts.cards import ContractError
+from carinspect.contracts.base import ContractError
 from carinspect.modeling.onnx_export import file_is_self_contained, ort_probabilities, session
 from carinspect.stages import export
 from carinspect.stages.export import ExportError, parity
@@ -84,8 +84,8 @@ def _reference(
 ) -> tuple[np.ndarray, np.ndarray, dict, list[str]]:
     import torch
 
+    from carinspect.contracts.preprocess import PreprocessSpec
     from carinspect.data.dataset import ImageDataset, load_split
-    from carinspect.data.preprocess import PreprocessSpec
     from carinspect.modeling.checkpoint import load_checkpoint, model_from_checkpoint
 
     state = load_checkpoint(upstream["best"])

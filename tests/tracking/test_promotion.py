@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from carinspect.config import PromoteConfig, RegisterConfig, Settings
-from carinspect.contracts.cards import ContractError
+from carinspect.contracts.base import ContractError
 from carinspect.stages import register
 from carinspect.tracking import promotion
 from carinspect.tracking.audit import read_trail, reconcile

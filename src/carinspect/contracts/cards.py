@@ -1,10 +1,9 @@
-"""The JSON contracts between stages, promotion and serving, each one pydantic model.
+"""The JSON contracts between stages, promotion and serving that describe a model.
 
-- :data:`DecisionRule`: how probabilities become an answer (threshold writes it in
-  threshold.json, export copies it into model.json, serving applies it);
 - :class:`ModelCard`: model.json, everything besides the ONNX graph that a consumer of an exported
   or registered model needs (classes, preprocessing, temperature, decision rule, input/outputs,
-  parity figures, lineage).
+  parity figures, lineage);
+- :class:`RunRef`: run.json, the MLflow run train opened and the later stages add to.
 
 Every reader validates through these models, so a model.json is accepted or refused by the same
 rules in export, register, the promotion gate and the server, and the error names the file and
@@ -14,77 +13,17 @@ is not served half-understood.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from carinspect.data.preprocess import PreprocessSpec
-from carinspect.errors import InputError
-
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-class ContractError(InputError):
-    """A contract file that is missing, not JSON, or not what its model says."""
+from carinspect.contracts.base import Contract, ContractError, explain, read_json
+from carinspect.contracts.preprocess import PreprocessSpec
+from carinspect.contracts.rules import DecisionRule
 
 
-class _Contract(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BinaryRule(_Contract):
-    """Two classes: the positive class at or above ``t_high``, the other below ``t_low``.
-
-    Between the two the answer is ``uncertain`` (a band of zero width when they are equal).
-    """
-
-    task: Literal["binary"]
-    classes: list[str] = Field(min_length=2, max_length=2)
-    positive_class: str
-    negative_class: str
-    target_precision: Probability | None = None
-    threshold: Probability
-    t_low: Probability
-    t_high: Probability
-    fallback: bool = False
-    val_precision_at_threshold: Probability | None = None
-    val_recall_at_threshold: Probability | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> BinaryRule:
-        if sorted([self.positive_class, self.negative_class]) != sorted(self.classes):
-            raise ValueError(
-                f"positive_class {self.positive_class!r} and negative_class "
-                f"{self.negative_class!r} are not the classes {self.classes}"
-            )
-        if self.t_low > self.t_high:
-            raise ValueError(f"t_low {self.t_low} is above t_high {self.t_high}")
-        return self
-
-
-class MulticlassRule(_Contract):
-    """Any number of classes: the most probable one, unless below its minimum confidence."""
-
-    task: Literal["multiclass"]
-    classes: list[str] = Field(min_length=2)
-    min_confidence: Probability = 0.0
-    per_class: dict[str, Probability] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _known_classes(self) -> MulticlassRule:
-        unknown = sorted(set(self.per_class) - set(self.classes))
-        if unknown:
-            raise ValueError(f"per_class names {unknown}, not among the classes {self.classes}")
-        return self
-
-
-DecisionRule = Annotated[BinaryRule | MulticlassRule, Field(discriminator="task")]
-_RULE: TypeAdapter[BinaryRule | MulticlassRule] = TypeAdapter(DecisionRule)
-
-
-class InputSpec(_Contract):
+class InputSpec(Contract):
     """The ONNX graph's input."""
 
     name: str
@@ -92,7 +31,7 @@ class InputSpec(_Contract):
     dtype: Literal["float32"] = "float32"
 
 
-class Parity(_Contract):
+class Parity(Contract):
     """How closely an exported file matched PyTorch on the val images."""
 
     images: int = Field(ge=1)
@@ -101,7 +40,7 @@ class Parity(_Contract):
     execution_provider: str
 
 
-class ModelCard(_Contract):
+class ModelCard(Contract):
     """model.json: what a model needs beside its ONNX graph."""
 
     name: str = Field(min_length=1)
@@ -140,31 +79,6 @@ class ModelCard(_Contract):
         return self.model_dump(mode="json")
 
 
-def explain(err: ValidationError) -> str:
-    """The first problem of ``err`` in words: ``has no decision``, ``decision.t_low: ...``."""
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("binary", "multi")))
-    if first["type"] == "missing":
-        return f"has no {where}"
-    if first["type"] == "extra_forbidden":
-        return f"has an unknown field {where}"
-    message = first["msg"].removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
-
-
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def _read(path: Path, what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise ContractError(f"{path}: not found ({what})")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise ContractError(f"{path}: not JSON ({err})") from None
-
-
 def parse_card(data: Any, source: str) -> ModelCard:
     """Validate parsed model.json content; ``source`` names it in the error."""
     try:
@@ -175,19 +89,28 @@ def parse_card(data: Any, source: str) -> ModelCard:
 
 def read_card(path: Path) -> ModelCard:
     """model.json at ``path``, validated."""
-    return parse_card(_read(path, "the model card export writes"), str(path))
+    return parse_card(read_json(path, "the model card export writes"), str(path))
 
 
-def parse_rule(data: Any, source: str) -> BinaryRule | MulticlassRule:
-    """Validate a decision rule (threshold.json's ``splits`` report is not part of it)."""
-    if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if k != "splits"}
+class RunRef(BaseModel):
+    """run.json: the MLflow run train opened, which later stages append to."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    run_id: str = Field(min_length=1)
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    best_checkpoint: str | None = None
+
+
+def read_run_ref(run_json: Path | None) -> RunRef | None:
+    """The run reference in ``run_json``; None without the file, an error when it is malformed."""
+    if run_json is None or not Path(run_json).is_file():
+        return None
     try:
-        return _RULE.validate_python(data)
+        return RunRef.model_validate_json(Path(run_json).read_text())
     except ValidationError as err:
-        raise ContractError(f"{source} {explain(err)}") from None
-
-
-def read_rule(path: Path) -> BinaryRule | MulticlassRule:
-    """The decision rule in threshold.json at ``path``."""
-    return parse_rule(_read(path, "the decision rule threshold writes"), str(path))
+        raise ContractError(
+            f"{run_json}: not a run reference from train ({explain(err)}); re-run train to "
+            "rewrite it"
+        ) from None

@@ -51,25 +51,29 @@ class StageDir:
 
 
 @dataclass(frozen=True)
-class IngestDir(StageDir):
+class _DataStageDir(StageDir):
+    """A data stage's folder: its report, as JSON for code and Markdown for people."""
+
+    report = _File("report.json")  # ends with the params that made the folder
+    report_md = _File("report.md")
+
+
+@dataclass(frozen=True)
+class IngestDir(_DataStageDir):
     """ingest: the decoded images, their manifest and the data report."""
 
     stage: ClassVar[str] = "ingest"
 
     manifest = _File("manifest.csv")
-    report = _File("report.json")
-    report_md = _File("report.md")
 
 
 @dataclass(frozen=True)
-class SplitDir(StageDir):
+class SplitDir(_DataStageDir):
     """split: which image is in train, val and test."""
 
     stage: ClassVar[str] = "split"
 
     splits = _File("splits.csv")
-    report = _File("report.json")
-    report_md = _File("report.md")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class EvaluateDir(StageDir):
     predictions = _File("predictions.csv")
     calibration = _File("calibration.json")
     report = _File("report.json")
+    confusion = _File("plots/confusion.csv")  # test-split pairs, for `dvc plots`
 
 
 @dataclass(frozen=True)

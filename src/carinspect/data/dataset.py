@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.data.augment import apply_augment
 from carinspect.data.manifest import ManifestError, SplitRow, read_splits
-from carinspect.data.preprocess import PreprocessSpec, preprocess
+from carinspect.data.preprocess import preprocess
 
 
 @dataclass(frozen=True)

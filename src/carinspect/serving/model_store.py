@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from carinspect.contracts.cards import ContractError, read_card
+from carinspect.contracts.base import ContractError
+from carinspect.contracts.cards import read_card
 from carinspect.contracts.folders import ExportDir
-from carinspect.data.preprocess import PreprocessSpec
+from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.errors import InputError
 from carinspect.modeling.onnx_names import INPUT, OUTPUTS
 from carinspect.serving.settings import ServeSettings
@@ -294,7 +295,7 @@ class ModelStore:
 
         assert self.ref.name is not None
         dest = self.settings.model_cache_dir / self.ref.name / version
-        if (dest / "model.onnx").is_file():
+        if (dest / ExportDir.ONNX).is_file():
             return dest
         tmp = dest.with_name(f".{version}.{time.monotonic_ns()}.tmp")
         tmp.mkdir(parents=True, exist_ok=True)
@@ -321,7 +322,7 @@ class ModelStore:
         assert folder is not None
         stamp = tuple(
             int(x)
-            for p in (folder / "model.onnx", folder / "model.json")
+            for p in (folder / ExportDir.ONNX, folder / ExportDir.CARD)
             if p.exists()
             for x in (p.stat().st_mtime_ns, p.stat().st_size)
         )

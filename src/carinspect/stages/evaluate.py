@@ -22,8 +22,9 @@ import numpy as np
 from sklearn import metrics as skm
 
 from carinspect.config import EvaluateConfig, Settings
+from carinspect.contracts.folders import EvaluateDir
+from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.data.dataset import ImageDataset, load_split, loader_for
-from carinspect.data.preprocess import PreprocessSpec
 from carinspect.evaluation import calibration, plots
 from carinspect.evaluation.metrics import classification_report, majority_baseline
 from carinspect.io import json_ready, staged_dir, write_json_atomic, write_text_atomic
@@ -104,15 +105,16 @@ def run(
     metrics["baseline"] = baseline
     metrics["calibration"] = {k: v for k, v in calib.items() if k != "fitted_on"}
     out = Path(out)
-    with staged_dir(out) as tmp:
-        write_json_atomic(tmp / "metrics.json", json_ready(metrics))
+    with staged_dir(out) as staged:
+        tmp = EvaluateDir(staged)
+        write_json_atomic(tmp.metrics, json_ready(metrics))
         write_json_atomic(
-            tmp / "report.json",
+            tmp.report,
             json_ready(
                 {"classes": classes, "splits": reports, "baseline": baseline, "calibration": calib}
             ),
         )
-        write_json_atomic(tmp / "calibration.json", {"temperature": temperature})
+        write_json_atomic(tmp.calibration, {"temperature": temperature})
         rows = [
             [
                 s,
@@ -125,7 +127,7 @@ def run(
             for smp, y, p in zip(samples[s], labels[s], probs[s], strict=True)
         ]
         write_text_atomic(
-            tmp / "predictions.csv",
+            tmp.predictions,
             _csv(["split", "path", "label", "predicted", *(f"p_{c}" for c in classes)], rows),
         )
         _plots(tmp, probs, raw, labels, classes, cfg)
@@ -154,14 +156,14 @@ def _ece(probs: np.ndarray, labels: np.ndarray, cfg: EvaluateConfig) -> float:
 
 
 def _plots(
-    out: Path,
+    out: EvaluateDir,
     probs: dict[str, np.ndarray],
     raw: dict[str, np.ndarray],
     labels: dict[str, np.ndarray],
     classes: list[str],
     cfg: EvaluateConfig,
 ) -> None:
-    figures, folder = out / "figures", out / "plots"
+    figures, folder = out.root / "figures", out.root / "plots"
     figures.mkdir(parents=True, exist_ok=True)
     for s in SPLITS:
         pred = probs[s].argmax(axis=1)
@@ -172,7 +174,7 @@ def _plots(
         )
     y, p = labels["test"], probs["test"]
     write_text_atomic(
-        folder / "confusion.csv",
+        out.confusion,
         _csv(
             ["actual", "predicted"],
             [[classes[a], classes[b]] for a, b in zip(y, p.argmax(1), strict=True)],

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from carinspect.config import ExportConfig, Settings
-from carinspect.contracts.cards import parse_card, read_rule
+from carinspect.contracts.cards import parse_card
 from carinspect.contracts.folders import ExportDir
+from carinspect.contracts.preprocess import PreprocessSpec
+from carinspect.contracts.rules import read_rule
 from carinspect.data.dataset import ImageDataset, load_split
-from carinspect.data.preprocess import PreprocessSpec
 from carinspect.errors import InputError
 from carinspect.evaluation.decision import decide_from_spec
 from carinspect.io import staged_dir, write_json_atomic

@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from carinspect.config import DataConfig, IngestConfig
+from carinspect.contracts.folders import IngestDir
 from carinspect.data import quality
 from carinspect.data.fingerprint import dhash, near_duplicate_groups, sha256_bytes
 from carinspect.data.images import (
@@ -188,14 +189,15 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         rows, near_dups = _near_duplicates(kept, cfg.near_duplicate_distance)
         text = manifest_csv(rows)
         manifest_sha = sha256_bytes(text.encode("utf-8"))
-        write_text_atomic(tmp / "manifest.csv", text)
+        written = IngestDir(tmp)
+        write_text_atomic(written.manifest, text)
         report = _report(source.kind, data.source, rows, rejected, near_dups, cfg, manifest_sha)
         # the params that made this folder: train logs them on its run (params never change
         # there, and these are exactly the ones behind the images it trained on)
         report["params"] = {"data": data.model_dump(), "ingest": cfg.model_dump()}
-        write_json_atomic(tmp / "report.json", report)
-        write_json_atomic(tmp / "metrics.json", _metrics(report))
-        write_text_atomic(tmp / "report.md", render_ingest_report(report))
+        write_json_atomic(written.report, report)
+        write_json_atomic(written.metrics, _metrics(report))
+        write_text_atomic(written.report_md, render_ingest_report(report))
     shortcut = report["shortcut"]
     if shortcut.get("warning"):
         logger.warning(
@@ -204,13 +206,13 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
             ", ".join(shortcut["features"]),
             {k: shortcut["auc"][k] for k in shortcut["features"]},
             cfg.shortcut_auc,
-            out / "report.md",
+            IngestDir(out).report_md,
         )
     logger.info("ingest: %d images kept, %d dropped -> %s", len(rows), len(rejected), out)
     return IngestResult(
         out=out,
-        manifest=out / "manifest.csv",
-        report=out / "report.json",
+        manifest=IngestDir(out).manifest,
+        report=IngestDir(out).report,
         images=len(rows),
         dropped=len(rejected),
         classes=tuple(classes),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from carinspect.config import SPLIT_NAMES, SplitConfig
+from carinspect.contracts.folders import SplitDir
 from carinspect.data.groups import DisjointSet
 from carinspect.data.manifest import ManifestRow, SplitRow, read_manifest, write_splits
 from carinspect.data.report import render_split_report
@@ -157,24 +158,25 @@ def run(cfg: SplitConfig, manifest: Path, out: Path) -> SplitResult:
         "params": {"split": cfg.model_dump()},  # logged on the training run by train
     }
     out = Path(out)
-    with staged_dir(out) as tmp:
-        write_splits(out_rows, tmp / "splits.csv")
-        write_json_atomic(tmp / "report.json", report)
+    with staged_dir(out) as staged:
+        tmp = SplitDir(staged)
+        write_splits(out_rows, tmp.splits)
+        write_json_atomic(tmp.report, report)
         write_json_atomic(
-            tmp / "metrics.json",
+            tmp.metrics,
             {
                 s: {"images": v["images"], "fraction": v["fraction"]}
                 for s, v in report["splits"].items()
             },
         )
-        write_text_atomic(tmp / "report.md", render_split_report(report))
+        write_text_atomic(tmp.report_md, render_split_report(report))
     for w in warnings:
         logger.warning("split: %s", w)
     logger.info(
         "split: %s -> %s",
         ", ".join(f"{s} {report['splits'][s]['images']}" for s in SPLIT_NAMES),
-        out / "splits.csv",
+        SplitDir(out).splits,
     )
     return SplitResult(
-        out=out, splits=out / "splits.csv", report=out / "report.json", counts=counts
+        out=out, splits=SplitDir(out).splits, report=SplitDir(out).report, counts=counts
     )

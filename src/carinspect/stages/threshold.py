@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from carinspect.config import Settings, ThresholdConfig
+from carinspect.contracts.folders import ThresholdDir
+from carinspect.contracts.rules import parse_rule
 from carinspect.errors import InputError
 from carinspect.evaluation import plots
 from carinspect.evaluation import threshold as th
@@ -213,14 +215,16 @@ def run(
         split: {k: v for k, v in figs.items() if k != "ci95"}
         for split, figs in spec["splits"].items()
     }
+    parse_rule(spec, "the decision rule threshold chose")  # what export and serving will read
     curves = _curves(classes, spec, data)
-    with staged_dir(Path(out)) as tmp:
-        write_json_atomic(tmp / "threshold.json", spec)
-        write_json_atomic(tmp / "metrics.json", metrics)
+    with staged_dir(Path(out)) as staged:
+        tmp = ThresholdDir(staged)
+        write_json_atomic(tmp.rule, spec)
+        write_json_atomic(tmp.metrics, metrics)
         for name, curve in curves.items():
-            write_text_atomic(tmp / "plots" / f"{name}.csv", _curve_csv(curve))
-        (tmp / "figures").mkdir()
-        figure = tmp / "figures" / "threshold.png"
+            write_text_atomic(staged / "plots" / f"{name}.csv", _curve_csv(curve))
+        (staged / "figures").mkdir()
+        figure = staged / "figures" / "threshold.png"
         if spec["task"] == "binary":
             plots.binary_threshold_png(
                 curves[spec["positive_class"]], spec["positive_class"], spec, figure

@@ -22,9 +22,11 @@ import torch
 from torch import nn
 
 from carinspect.config import MlflowConfig, ModelConfig, Settings, TrainConfig
+from carinspect.contracts.cards import RunRef
+from carinspect.contracts.folders import IngestDir, SplitDir, TrainDir
+from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.data.augment import build_augment
 from carinspect.data.dataset import ImageDataset, class_names, load_split, loader_for
-from carinspect.data.preprocess import PreprocessSpec
 from carinspect.data.samplers import EpochTagged, ShardedEpochSampler, shard
 from carinspect.errors import InputError
 from carinspect.io import write_json_atomic, write_text_atomic
@@ -131,10 +133,8 @@ def _check_inputs(inputs: TrainInputs, world: int) -> None:
     """Fail before any process starts, with a message naming the input."""
     if not inputs.splits.is_file():
         raise TrainError(f"split file {inputs.splits} not found (run the split stage first)")
-    if not (inputs.ingest_dir / "manifest.csv").is_file():
-        raise TrainError(
-            f"{inputs.ingest_dir / 'manifest.csv'} not found (run the ingest stage first)"
-        )
+    ingest = IngestDir(inputs.ingest_dir)
+    ingest.require(ingest.manifest)
     check_model_name(inputs.model.name)
     build_augment(inputs.train.augment)
     classes = class_names(inputs.splits)
@@ -147,8 +147,8 @@ def _check_inputs(inputs: TrainInputs, world: int) -> None:
         )
     if not val:
         raise TrainError(f"{inputs.splits}: the val split is empty; early stopping needs it")
-    if inputs.resume and not (inputs.out / "last.pt").is_file():
-        raise TrainError(f"--resume: {inputs.out / 'last.pt'} not found")
+    if inputs.resume and not TrainDir(inputs.out).last.is_file():
+        raise TrainError(f"--resume: {TrainDir(inputs.out).last} not found")
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -216,7 +216,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def _ingest_short_side(ingest_dir: Path) -> int | None:
     """The short side ingest stored the images at (None for an older ingest output)."""
-    report = Path(ingest_dir) / "report.json"
+    report = IngestDir(ingest_dir).report
     if not report.is_file():
         return None
     value = json.loads(report.read_text()).get("short_side")
@@ -284,10 +284,10 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
 
     start_epoch, history, run_id = 0, [], None
     if inputs.resume:
-        state = load_checkpoint(inputs.out / "last.pt")
+        state = load_checkpoint(TrainDir(inputs.out).last)
         if state["classes"] != classes:
             raise CheckpointError(
-                f"{inputs.out / 'last.pt'}: classes {state['classes']} != {classes}"
+                f"{TrainDir(inputs.out).last}: classes {state['classes']} != {classes}"
             )
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -342,10 +342,10 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
                 "mlflow_run_id": run_id,
                 "world_size": info.world_size,
             }
-            save_checkpoint(state, inputs.out / "last.pt")
+            save_checkpoint(state, TrainDir(inputs.out).last)
             if improved:
                 best_state = {**state, "model": _unwrap(eval_model).state_dict()}
-                save_checkpoint(best_state, inputs.out / "best.pt")
+                save_checkpoint(best_state, TrainDir(inputs.out).best)
             logger.info(
                 "epoch %d/%d: loss %.4f, val acc %.3f, val macro-F1 %.3f, %.0f img/s%s",
                 epoch + 1,
@@ -364,8 +364,8 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
     best = next(h for h in history if h["epoch"] == stopper.best_epoch + 1)
     result = TrainResult(
         out=inputs.out,
-        best=inputs.out / "best.pt",
-        last=inputs.out / "last.pt",
+        best=TrainDir(inputs.out).best,
+        last=TrainDir(inputs.out).last,
         run_id=str(run_id),
         best_epoch=stopper.best_epoch + 1,
         epochs_run=len(history),
@@ -398,11 +398,12 @@ def _open_run(
             }
         )
         runs.set_tags(tags)
-        split_dir = inputs.splits.parent
+        split_dir = SplitDir(inputs.splits.parent)
         runs.log_files(
-            [inputs.ingest_dir / "report.json", inputs.ingest_dir / "report.md"], "data/ingest"
+            [IngestDir(inputs.ingest_dir).report, IngestDir(inputs.ingest_dir).report_md],
+            "data/ingest",
         )
-        runs.log_files([split_dir / "report.json", split_dir / "report.md"], "data/split")
+        runs.log_files([split_dir.report, split_dir.report_md], "data/split")
         import mlflow
 
         mlflow.log_dict(config, "config/resolved.json")
@@ -412,7 +413,7 @@ def _open_run(
 def _upstream_params(inputs: TrainInputs) -> dict[str, Any]:
     """The data/ingest/split params recorded in the ingest and split reports (older: none)."""
     found: dict[str, Any] = {}
-    for report in (inputs.ingest_dir / "report.json", inputs.splits.parent / "report.json"):
+    for report in (IngestDir(inputs.ingest_dir).report, SplitDir(inputs.splits.parent).report):
         try:
             found.update(json.loads(report.read_text()).get("params", {}))
         except (OSError, ValueError):
@@ -427,22 +428,22 @@ def _write_outputs(
     writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    write_text_atomic(inputs.out / "history.csv", buf.getvalue())
+    write_text_atomic(TrainDir(inputs.out).history, buf.getvalue())
     metrics = {
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         **{k: v for k, v in result.metrics.items() if k != "epoch"},
     }
-    write_json_atomic(inputs.out / "metrics.json", metrics)
+    write_json_atomic(TrainDir(inputs.out).metrics, metrics)
     import mlflow
 
-    ref = runs.RunRef(
+    ref = RunRef(
         run_id=result.run_id,
         tracking_uri=inputs.settings.mlflow_tracking_uri,
         experiment=inputs.mlflow.experiment,
         best_checkpoint=str(result.best),
     )
-    write_json_atomic(inputs.out / "run.json", ref.model_dump())
-    mlflow.log_artifact(str(inputs.out / "history.csv"), artifact_path="train")
+    write_json_atomic(TrainDir(inputs.out).run_ref, ref.model_dump())
+    mlflow.log_artifact(str(TrainDir(inputs.out).history), artifact_path="train")
     runs.set_tags({"best_epoch": str(result.best_epoch)})
     runs.end_run("FINISHED" if finished else "KILLED")

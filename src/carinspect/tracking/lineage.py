@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from carinspect.config import Settings
+from carinspect.contracts.folders import IngestDir
 
 
 def _git(*args: str) -> str | None:
@@ -29,9 +30,9 @@ def git_state() -> dict[str, str]:
 
 def data_lineage(ingest_dir: Path) -> dict[str, str]:
     """Digest of manifest.csv (what the model was trained on) and the source it came from."""
-    manifest = Path(ingest_dir) / "manifest.csv"
+    manifest = IngestDir(ingest_dir).manifest
     tags = {"data.digest": "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()}
-    report = Path(ingest_dir) / "report.json"
+    report = IngestDir(ingest_dir).report
     if report.is_file():
         source = json.loads(report.read_text()).get("source", {})
         tags["data.source"] = str(source.get("uri", "unknown"))

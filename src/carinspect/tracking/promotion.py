@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from carinspect.config import PromoteConfig
-from carinspect.contracts.cards import ContractError, read_card
+from carinspect.contracts.base import ContractError
+from carinspect.contracts.cards import read_card
 from carinspect.contracts.folders import ExportDir
 from carinspect.errors import InputError
 from carinspect.tracking.audit import (

@@ -12,9 +12,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from carinspect.config import MlflowConfig, Settings
+from carinspect.contracts.cards import read_run_ref
 from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -63,32 +62,6 @@ def start_run(settings: Settings, cfg: MlflowConfig | None, run_id: str | None =
         run = reopen_run(run_id)
     logger.info("MLflow run %s at %s", run.info.run_id, settings.mlflow_tracking_uri)
     return str(run.info.run_id)
-
-
-class RunRef(BaseModel):
-    """run.json: the MLflow run train opened, which later stages append to."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    run_id: str = Field(min_length=1)
-    tracking_uri: str | None = None
-    experiment: str | None = None
-    best_checkpoint: str | None = None
-
-
-def read_run_ref(run_json: Path | None) -> RunRef | None:
-    """The run reference in ``run_json``; None without the file, an error when it is malformed."""
-    if run_json is None or not Path(run_json).is_file():
-        return None
-    try:
-        return RunRef.model_validate_json(Path(run_json).read_text())
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "the file"
-        raise InputError(
-            f"{run_json}: not a run reference from train ({where}: {first['msg']}); "
-            "re-run train to rewrite it"
-        ) from None
 
 
 def read_run_id(run_json: Path | None) -> str | None:

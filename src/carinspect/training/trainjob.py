@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from carinspect.config import KfpConfig, Params, Settings
+from carinspect.contracts.folders import SplitDir
 from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ def node_command(workspace: Path) -> list[str]:
         "torchrun", "--no-python", "carinspect", "train",
         "--params", str(workspace / "params.yaml"),
         "--ingest", str(workspace / "ingest"),
-        "--splits", str(workspace / "split" / "splits.csv"),
+        "--splits", str(SplitDir(workspace / "split").splits),
         "--out", str(workspace / "train"),
     ]  # fmt: skip
 
