@@ -6,6 +6,7 @@ from kfp.dsl import Dataset, Markdown, Metrics, Output
 def ingest(
     data_source: str,
     data_version: str,
+    data_task: str,
     demo_cfg: str,
     ingest_cfg: str,
     data: Output[Dataset],
@@ -18,7 +19,8 @@ def ingest(
     from carinspect.stages import ingest as stage
 
     p = kfp_glue.params_from_inputs(
-        {"demo_cfg": demo_cfg, "ingest_cfg": ingest_cfg}, {"data.source": data_source}
+        {"demo_cfg": demo_cfg, "ingest_cfg": ingest_cfg},
+        {"data.source": data_source, "data.task": data_task or None},
     )
     out = IngestDir(data.path)
     stage.run(p.data, p.ingest, out.root)

@@ -1,7 +1,8 @@
 """The training pipeline: ingest -> split -> train -> evaluate -> threshold -> export -> register.
 
 Pipeline inputs: one per params.yaml section (``train_cfg``, ``export_cfg``, ...: the section as
-JSON, defaulting to params.yaml's at compile time), ``data_source`` (overrides data.source) and
+JSON, defaulting to params.yaml's at compile time), ``data_source`` (overrides data.source),
+``data_task`` (data.task: the column of a CSV manifest with a column per task; empty: unset) and
 ``data_version`` (the DVC revision or md5 of the data: it is an input of ingest, so KFP's cache
 key changes when the data does, kubeflow/website#1875). Each task gets only the sections its
 stage reads, as `dvc repro` tracks them (dvc.yaml ``params:``), so a change to ``export.opset``
@@ -79,6 +80,7 @@ def build(cfg: Params) -> Any:
     def training(
         data_version: str,
         data_source: str = cfg.data.source,
+        data_task: str = cfg.data.task or "",
         demo_cfg: str = d["demo_cfg"],
         ingest_cfg: str = d["ingest_cfg"],
         split_cfg: str = d["split_cfg"],
@@ -93,6 +95,7 @@ def build(cfg: Params) -> Any:
         ingest = comp.ingest(
             data_source=data_source,
             data_version=data_version,
+            data_task=data_task,
             demo_cfg=demo_cfg,
             ingest_cfg=ingest_cfg,
         )

@@ -55,11 +55,17 @@ class DataConfig(_Section):
     """Where the labelled images come from.
 
     ``source`` is one of: ``demo``; a local folder with one subfolder per class; a CSV manifest
-    (``path,label[,split][,group]``); a COCO JSON file; ``s3://bucket/prefix`` (one sub-prefix per
+    (``path,label[,split][,group]``, or one column per task with ``task`` naming the one to
+    train on); a COCO JSON file; ``s3://bucket/prefix`` (one sub-prefix per
     class); ``dvc://<repo>@<rev>#<path>`` (a folder per class inside a DVC/git repo).
     """
 
     source: str = "demo"
+    task: str | None = Field(
+        None,
+        description="CSV manifests with a column per task (path,cleanliness,damage,...): the "
+        "column to train on; unset: `label`, or the only task column",
+    )
     demo: DemoConfig = DemoConfig()
 
     @model_validator(mode="after")

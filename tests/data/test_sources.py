@@ -90,7 +90,12 @@ def test_csv_source(tmp_path: Path) -> None:
 def test_csv_source_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("file,class\na.jpg,x\n")
-    with pytest.raises(SourceError, match=r"lacks column\(s\) \['label', 'path'\]"):
+    with pytest.raises(
+        SourceError, match=r"has the columns \['file', 'class'\]; expected a header"
+    ):
+        labels_of(str(bad))
+    bad.write_text("path,split\na.jpg,train\n")
+    with pytest.raises(SourceError, match=r"path,<task>\[,<task>...\]"):
         labels_of(str(bad))
     bad.write_text("path,label,split\na.jpg,x,holdout\n")
     with pytest.raises(SourceError, match="line 2: split 'holdout'"):

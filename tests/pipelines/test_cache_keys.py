@@ -123,9 +123,9 @@ def test_kfp_sections_are_the_params_dvc_tracks() -> None:
     spec, _ = strict_docs(REPO_ROOT / PIPELINE_FILE)
     for name, task in spec["root"]["dag"]["tasks"].items():
         kfp = {
-            SECTION_INPUTS.get(k, k).replace("data_source", "data.source")
+            SECTION_INPUTS.get(k, k).replace("data_", "data.")
             for k in task["inputs"]["parameters"]
-            if k.endswith("_cfg") or k == "data_source"
+            if k.endswith("_cfg") or k in ("data_source", "data_task")
         } - {"data.demo"}
         assert kfp == set(stages[name]["params"]), name
 

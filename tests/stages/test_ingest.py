@@ -13,6 +13,7 @@ from PIL import Image
 
 from carinspect.config import DataConfig, DemoConfig, IngestConfig
 from carinspect.data.manifest import read_manifest
+from carinspect.data.sources import SourceError
 from carinspect.stages import ingest
 from carinspect.stages.ingest import IngestError
 from tests.conftest import VENV_BIN
@@ -142,6 +143,42 @@ def test_csv_manifest_split_and_group_carried(tmp_path: Path, demo_dir: Path) ->
         ("test", "car2"),
         ("test", "car2"),
     ]
+
+
+def test_csv_manifest_with_a_column_per_task(tmp_path: Path, demo_dir: Path) -> None:
+    """One photo, several questions: data.task picks the column; every task is counted."""
+    path = tmp_path / "inspections.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "cleanliness", "damage", "split"])
+        for label in ("clean", "dirty"):
+            for i, file in enumerate(sorted((demo_dir / label).glob(f"{label}_*.jpg"))[:6]):
+                damage = "" if i == 5 else ("damaged" if i % 2 else "intact")  # not all labelled
+                w.writerow([file, label, damage, ""])
+    with pytest.raises(SourceError, match=r"2 task columns \['cleanliness', 'damage'\] and none"):
+        ingest.run(DataConfig(source=str(path)), CFG, tmp_path / "none")
+    with pytest.raises(SourceError, match=r"data.task 'weather' is not a column"):
+        ingest.run(DataConfig(source=str(path), task="weather"), CFG, tmp_path / "none")
+
+    damage = ingest.run(DataConfig(source=str(path), task="damage"), CFG, tmp_path / "damage")
+    report = json.loads(damage.report.read_text())
+    assert report["task"] == "damage"
+    assert report["tasks"] == {  # as listed, before decoding
+        "cleanliness": {"clean": 6, "dirty": 6},
+        "damage": {"damaged": 4, "intact": 6},
+    }
+    assert set(report["class_counts"]) == {"damaged", "intact"}  # what was decoded and kept
+    assert report["dropped_by_reason"]["no_label"] == 2  # the two photos with no damage label
+    assert sum(report["class_counts"].values()) == report["images"] <= 10
+    assert "| damage | damaged 4, intact 6 |" in (tmp_path / "damage" / "report.md").read_text()
+    clean = ingest.run(DataConfig(source=str(path), task="cleanliness"), CFG, tmp_path / "clean")
+    cleanliness = json.loads(clean.report.read_text())
+    assert set(cleanliness["class_counts"]) == {"clean", "dirty"}
+    assert "no_label" not in cleanliness["dropped_by_reason"]
+    assert cleanliness["images"] > report["images"]
+    with pytest.raises(SourceError, match=r"data.task 'damage' names a column of a CSV manifest"):
+        ingest.run(DataConfig(source=str(demo_dir), task="damage"), CFG, tmp_path / "none")
+    assert not (tmp_path / "none").exists()
 
 
 def test_failure_keeps_previous_output(tmp_path: Path, demo_dir: Path) -> None:

@@ -62,6 +62,22 @@ def render_ingest_report(report: dict[str, Any]) -> str:
             for label, s in report["per_class"].items()
         ],
     )
+    if report.get("tasks"):
+        out += [
+            "",
+            "## Tasks in the manifest",
+            "",
+            f"Trained on: `{report['task']}`. Labelled files per class of every task column "
+            "(listed files that exist, before decoding; an empty cell is not counted):",
+            "",
+        ]
+        out += _table(
+            ["task", "classes"],
+            [
+                [task, ", ".join(f"{c} {n}" for c, n in counts.items())]
+                for task, counts in report["tasks"].items()
+            ],
+        )
     out += ["", "## Shortcut check", ""]
     if shortcut.get("checked"):
         out.append(

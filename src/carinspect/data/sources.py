@@ -58,6 +58,9 @@ class ResolvedSource:
     uri: str
     items: list[SourceItem] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    task: str = "label"  # what ``SourceItem.label`` holds: a CSV manifest's chosen column
+    # a CSV manifest with a column per task: labelled files per class of every task
+    task_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def source_kind(source: str) -> str:
@@ -101,23 +104,53 @@ def _folder(root: Path, display: str) -> ResolvedSource:
     return resolved
 
 
-def _csv(path: Path) -> ResolvedSource:
+_CSV_FIXED = ("path", "split", "group")
+
+
+def csv_task_column(path: Path, columns: list[str], task: str | None) -> str:
+    """The column of a CSV manifest that holds the classes to train on.
+
+    A manifest may hold one column per task (``path,cleanliness,damage[,split][,group]``):
+    every column besides path, split and group is a task. ``task`` names the one to train on;
+    left out, it is ``label`` when there is such a column, else the only task column.
+    """
+    tasks = [c for c in columns if c not in _CSV_FIXED]
+    if task is not None:
+        if task not in tasks:
+            raise SourceError(
+                f"{path}: data.task {task!r} is not a column of the CSV manifest; its task "
+                f"columns are {tasks}"
+            )
+        return task
+    if "label" in tasks or len(tasks) == 1:
+        return "label" if "label" in tasks else tasks[0]
+    raise SourceError(
+        f"{path}: the CSV manifest has {len(tasks)} task columns {tasks} and none is named "
+        "label: set data.task to the one to train on"
+    )
+
+
+def _csv(path: Path, task: str | None) -> ResolvedSource:
     if not path.is_file():
         raise SourceError(f"data.source {str(path)!r}: CSV manifest not found")
     resolved = ResolvedSource("csv", str(path))
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        columns = set(reader.fieldnames or [])
-        missing = {"path", "label"} - columns
-        if missing:
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "path" not in columns or not set(columns) - set(_CSV_FIXED):
             raise SourceError(
-                f"{path}: CSV manifest lacks column(s) {sorted(missing)}; "
-                "expected header path,label[,split][,group]"
+                f"{path}: CSV manifest has the columns {columns}; expected a header "
+                "path,label[,split][,group] or one column per task: path,<task>[,<task>...]"
+                "[,split][,group]"
             )
+        column = csv_task_column(path, columns, task)
+        resolved.task = column
+        others = [c for c in columns if c not in _CSV_FIXED]
         for line, row in enumerate(reader, start=2):
-            raw_path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-            split = (row.get("split") or "").strip() or None
-            group = (row.get("group") or "").strip() or None
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            raw_path, label = row.get("path", ""), row.get(column, "")
+            split = row.get("split") or None
+            group = row.get("group") or None
             if split is not None and split not in SPLIT_NAMES:
                 raise SourceError(
                     f"{path}, line {line}: split {split!r} is not one of {list(SPLIT_NAMES)}"
@@ -125,13 +158,18 @@ def _csv(path: Path) -> ResolvedSource:
             file_path = Path(raw_path) if Path(raw_path).is_absolute() else path.parent / raw_path
             if not raw_path:
                 raise SourceError(f"{path}, line {line}: empty path")
-            if not label:
-                resolved.rejected.append(
-                    Rejected(raw_path, "", "no_label", f"line {line} has no label")
-                )
-            elif not file_path.is_file():
+            if not file_path.is_file():
                 resolved.rejected.append(
                     Rejected(raw_path, label, "missing_file", f"{file_path} not found")
+                )
+                continue
+            for other in others:  # what the manifest holds for every task, trained on or not
+                if row.get(other):
+                    counts = resolved.task_counts.setdefault(other, {})
+                    counts[row[other]] = counts.get(row[other], 0) + 1
+            if not label:
+                resolved.rejected.append(
+                    Rejected(raw_path, "", "no_label", f"line {line} has no {column}")
                 )
             else:
                 resolved.items.append(
@@ -286,9 +324,20 @@ def _demo(cfg: DemoConfig) -> ResolvedSource:
 
 
 @contextlib.contextmanager
-def open_source(source: str, demo: DemoConfig | None = None) -> Iterator[ResolvedSource]:
-    """Resolve ``source``; files stay readable until the block ends (dvc:// uses a temp copy)."""
+def open_source(
+    source: str, demo: DemoConfig | None = None, task: str | None = None
+) -> Iterator[ResolvedSource]:
+    """Resolve ``source``; files stay readable until the block ends (dvc:// uses a temp copy).
+
+    ``task``: the column of a CSV manifest to train on (see :func:`csv_task_column`); other
+    sources hold one label per file, so they take no task.
+    """
     kind = source_kind(source)
+    if task is not None and kind != "csv":
+        raise SourceError(
+            f"data.task {task!r} names a column of a CSV manifest, but data.source {source!r} is "
+            f"a {kind} source with one label per image: leave data.task unset"
+        )
     logger.info("reading %s source %s", kind, source)
     if kind == "dvc":
         with _dvc(source) as resolved:
@@ -299,7 +348,7 @@ def open_source(source: str, demo: DemoConfig | None = None) -> Iterator[Resolve
     elif kind == "s3":
         yield _s3(source)
     elif kind == "csv":
-        yield _csv(Path(source))
+        yield _csv(Path(source), task)
     elif kind == "coco":
         yield _coco(Path(source))
     else:

@@ -174,7 +174,7 @@ def _near_duplicates(
 def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
     """Ingest ``data.source`` into ``out``; see the module docstring for the layout."""
     out = Path(out)
-    with open_source(data.source, data.demo) as source, staged_dir(out) as tmp:
+    with open_source(data.source, data.demo, data.task) as source, staged_dir(out) as tmp:
         decoded = _decode_all(source.items, cfg, tmp)
         accepted = [r for r in decoded if isinstance(r, _Accepted)]
         rejected = list(source.rejected) + [r for r in decoded if isinstance(r, Rejected)]
@@ -192,6 +192,9 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         written = IngestDir(tmp)
         write_text_atomic(written.manifest, text)
         report = _report(source.kind, data.source, rows, rejected, near_dups, cfg, manifest_sha)
+        report["task"] = source.task
+        if source.task_counts:  # a manifest with a column per task: what each one holds
+            report["tasks"] = {t: dict(sorted(c.items())) for t, c in source.task_counts.items()}
         # the params that made this folder: train logs them on its run (params never change
         # there, and these are exactly the ones behind the images it trained on)
         report["params"] = {"data": data.model_dump(), "ingest": cfg.model_dump()}
