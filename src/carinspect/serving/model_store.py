@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from carinspect.contracts.base import ContractError
-from carinspect.contracts.cards import read_card
+from carinspect.contracts.cards import ModelCard, read_card
 from carinspect.contracts.folders import ExportDir
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.errors import InputError
@@ -129,8 +129,8 @@ def resolve_providers(setting: str) -> tuple[list[str], bool]:
     return wanted, True
 
 
-def _read_meta(folder: Path) -> tuple[Path, dict[str, Any]]:
-    """model.onnx and the parsed model.json of a downloaded or local model folder."""
+def _read_meta(folder: Path) -> tuple[Path, ModelCard]:
+    """model.onnx and the validated model.json of a downloaded or local model folder."""
     onnx_path = folder / ExportDir.ONNX
     meta_path = next(
         (p for p in (folder / ExportDir.CARD, folder / ExportDir.LOGGED_CARD) if p.is_file()),
@@ -144,10 +144,9 @@ def _read_meta(folder: Path) -> tuple[Path, dict[str, Any]]:
             f"{ExportDir.LOGGED_CARD})"
         )
     try:
-        card = read_card(meta_path)
+        return onnx_path, read_card(meta_path)
     except ContractError as err:
         raise ModelLoadError(str(err)) from None
-    return onnx_path, card.to_json()
 
 
 def open_model(
@@ -156,9 +155,7 @@ def open_model(
     """Open ``folder`` as a servable model: session, provider check, warm-up."""
     import onnxruntime as ort
 
-    onnx_path, meta = _read_meta(folder)
-    classes = [str(c) for c in meta["classes"]]
-    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    onnx_path, card = _read_meta(folder)
     wanted, required = resolve_providers(settings.ort_providers)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -188,13 +185,13 @@ def open_model(
     model = LoadedModel(
         ref=ref,
         version=version,
-        classes=classes,
-        spec=spec,
-        decision=apply_overrides(meta["decision"], settings),
+        classes=list(card.classes),
+        spec=card.preprocess,
+        decision=apply_overrides(card.rule, settings),
         session=session,
         providers=active,
         folder=folder,
-        meta=meta,
+        meta=card.to_json(),
     )
     _warm_up(model, settings.max_batch_size)
     return model

@@ -27,9 +27,9 @@ def run(
     export = ExportDir(export_dir)
     export.require(export.onnx, export.card)
     EvaluateDir(Path(metrics).parent).require(Path(metrics))
-    model_json = read_card(export.card).to_json()  # refused here, not on the server
+    card = read_card(export.card)  # a bad card is refused here, not on the server
     runs.append_to_run(settings, run_id, {}, "register.", params={"register": cfg.model_dump()})
-    tags = version_tags(settings, run_id, model_json, json.loads(Path(metrics).read_text()))
-    version = register_version(settings, run_id, cfg.model_name, export_dir, tags, cfg.alias)
+    tags = version_tags(settings, run_id, card.to_json(), json.loads(Path(metrics).read_text()))
+    version = register_version(settings, run_id, cfg.model_name, export_dir, card, tags, cfg.alias)
     write_json_atomic(Path(out), to_json(version))
     return version

@@ -12,7 +12,7 @@ from typing import Any, get_args
 import numpy as np
 
 from carinspect.config import GateMetric, Settings
-from carinspect.contracts.cards import read_card
+from carinspect.contracts.cards import ModelCard
 from carinspect.contracts.folders import ExportDir
 from carinspect.errors import InputError
 from carinspect.tracking.runs import reopen_run
@@ -44,6 +44,7 @@ def register_version(
     run_id: str,
     name: str,
     export_dir: Path,
+    card: ModelCard,
     tags: dict[str, str],
     alias: str,
 ) -> RegisteredVersion:
@@ -57,12 +58,10 @@ def register_version(
     from carinspect.modeling.onnx_names import INPUT
 
     export = ExportDir(export_dir)
-    card = read_card(export.card)
-    meta = card.to_json()
     size = card.preprocess.img_size
     example = np.zeros((1, 3, size, size), dtype=np.float32)  # one image: keeps the example small
     outputs = session(export.onnx).run(None, {INPUT: example})
-    signature = infer_signature({INPUT: example}, dict(zip(meta["outputs"], outputs, strict=True)))
+    signature = infer_signature({INPUT: example}, dict(zip(card.outputs, outputs, strict=True)))
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     client = MlflowClient()
     with reopen_run(run_id):
@@ -80,7 +79,7 @@ def register_version(
             save_as_external_data=False,
             # what mlflow.pyfunc loads it with: the provider export checked parity on, not a
             # CUDA it never ran on (carinspect serve picks its own: ORT_PROVIDERS)
-            onnx_execution_providers=checked_providers(meta),
+            onnx_execution_providers=checked_providers(card.to_json()),
             extra_files=[str(export.card)],  # lands as ExportDir.LOGGED_CARD
         )
         version = mlflow.register_model(info.model_uri, name, tags=tags)
