@@ -12,7 +12,9 @@ for m in data/ingest/metrics.json data/split/metrics.json models/train/metrics.j
 done
 if [ -f models/registered.json ]; then
   echo
-  carinspect models | head -n 6    # the newest versions, their aliases, test metric and lineage
+  # the newest versions, their aliases, test metric and lineage (not `| head`: under pipefail
+  # the closed pipe failed the main job once the registry held more than five versions)
+  carinspect models --limit 5
   echo "next: carinspect promote     # alias champion -> the challenger, if it passes the gate"
 fi
 exit 0

@@ -358,7 +358,11 @@ def status(
 
 
 @app.command()
-def models(params: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) -> None:
+def models(
+    params: ParamsOpt = Path("params.yaml"),
+    as_json: JsonOpt = False,
+    limit: Annotated[int, typer.Option(min=0, help="Show the newest N versions only; 0: all.")] = 0,
+) -> None:
     """Versions of the registered model with aliases, key metrics and lineage."""
     from dataclasses import asdict
 
@@ -366,6 +370,8 @@ def models(params: ParamsOpt = Path("params.yaml"), as_json: JsonOpt = False) ->
 
     p, client, _ = _registry(params)
     rows = list_versions(client, p.register_.model_name)
+    if limit:
+        rows = rows[:limit]  # newest first
     if as_json:
         typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
         return

@@ -52,6 +52,7 @@ def test_promote_status_models_rollback_commands(tmp_path: Path, upstream: dict[
     assert "git.commit" in rows[0]["lineage"]
     table = cli("models").stdout.splitlines()
     assert table[0].split()[:4] == ["version", "aliases", "created", "test.accuracy"]
+    assert len(json.loads(cli("models", "--json", "--limit", "1").stdout)) == 1
 
     nothing = cli("rollback")
     assert nothing.returncode == 2 and "no earlier champion" in nothing.stderr
