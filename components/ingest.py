@@ -7,6 +7,7 @@ def ingest(
     data_source: str,
     data_version: str,
     data_task: str,
+    coco_tasks_cfg: str,
     demo_cfg: str,
     ingest_cfg: str,
     data: Output[Dataset],
@@ -19,8 +20,8 @@ def ingest(
     from carinspect.stages import ingest as stage
 
     p = kfp_glue.params_from_inputs(
-        {"demo_cfg": demo_cfg, "ingest_cfg": ingest_cfg},
-        {"data.source": data_source, "data.task": data_task or None},
+        {"demo_cfg": demo_cfg, "coco_tasks_cfg": coco_tasks_cfg, "ingest_cfg": ingest_cfg},
+        {"data.source": data_source, "data.task": kfp_glue.task_input(data_task)},
     )
     out = IngestDir(data.path)
     stage.run(p.data, p.ingest, out.root)

@@ -2,7 +2,8 @@
 
 Pipeline inputs: one per params.yaml section (``train_cfg``, ``export_cfg``, ...: the section as
 JSON, defaulting to params.yaml's at compile time), ``data_source`` (overrides data.source),
-``data_task`` (data.task: the column of a CSV manifest with a column per task; empty: unset) and
+``data_task`` (data.task: the column of a CSV manifest with a column per task, or several
+separated by commas to train them together; empty: unset) and
 ``data_version`` (the DVC revision or md5 of the data: it is an input of ingest, so KFP's cache
 key changes when the data does, kubeflow/website#1875). Each task gets only the sections its
 stage reads, as `dvc repro` tracks them (dvc.yaml ``params:``), so a change to ``export.opset``
@@ -80,7 +81,8 @@ def build(cfg: Params) -> Any:
     def training(
         data_version: str,
         data_source: str = cfg.data.source,
-        data_task: str = cfg.data.task or "",
+        data_task: str = kfp_glue.task_text(cfg.data.task),
+        coco_tasks_cfg: str = d["coco_tasks_cfg"],
         demo_cfg: str = d["demo_cfg"],
         ingest_cfg: str = d["ingest_cfg"],
         split_cfg: str = d["split_cfg"],
@@ -96,6 +98,7 @@ def build(cfg: Params) -> Any:
             data_source=data_source,
             data_version=data_version,
             data_task=data_task,
+            coco_tasks_cfg=coco_tasks_cfg,
             demo_cfg=demo_cfg,
             ingest_cfg=ingest_cfg,
         )

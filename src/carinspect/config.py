@@ -37,6 +37,12 @@ class DemoConfig(_Section):
     per_class: int = Field(160, ge=4, le=100_000, description="images generated per class")
     seed: int = 0
     broken: bool = Field(True, description="add deliberately broken/duplicate files")
+    damaged: float = Field(
+        0.35,
+        ge=0.0,
+        le=1.0,
+        description="fraction of cars drawn with scratches and a dent (the damage task)",
+    )
     classes: list[DemoClass] = Field(
         default_factory=lambda: list(_BINARY_DEMO),
         min_length=2,
@@ -56,15 +62,23 @@ class DataConfig(_Section):
 
     ``source`` is one of: ``demo``; a local folder with one subfolder per class; a CSV manifest
     (``path,label[,split][,group]``, or one column per task with ``task`` naming the one to
-    train on); a COCO JSON file; ``s3://bucket/prefix`` (one sub-prefix per
+    train on, or a list of them to train together); a COCO JSON file (``coco_tasks`` maps its
+    categories to tasks); ``s3://bucket/prefix`` (one sub-prefix per
     class); ``dvc://<repo>@<rev>#<path>`` (a folder per class inside a DVC/git repo).
     """
 
     source: str = "demo"
-    task: str | None = Field(
+    task: str | list[str] | None = Field(
         None,
         description="CSV manifests with a column per task (path,cleanliness,damage,...): the "
-        "column to train on; unset: `label`, or the only task column",
+        "column to train on, or a list of columns to train together (one head each); unset: "
+        "`label`, or the only task column. COCO with coco_tasks: the task(s); unset: all",
+    )
+    coco_tasks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="COCO sources: the category names of each task, e.g. {cleanliness: [clean, "
+        "dirty], damage: [damaged, intact]}; an image's label for a task is its one category "
+        "from that list",
     )
     demo: DemoConfig = DemoConfig()
 
@@ -72,7 +86,24 @@ class DataConfig(_Section):
     def _source_not_empty(self) -> DataConfig:
         if not self.source.strip():
             raise ValueError("data.source must not be empty")
+        if isinstance(self.task, list) and (not self.task or len(set(self.task)) != len(self.task)):
+            raise ValueError(f"data.task lists no task or repeats one: {self.task}")
+        seen: dict[str, str] = {}
+        for name, members in self.coco_tasks.items():
+            for category in members:
+                if category in seen:
+                    raise ValueError(
+                        f"data.coco_tasks: category {category!r} is in both {seen[category]!r} "
+                        f"and {name!r}"
+                    )
+                seen[category] = name
+            if len(members) < 2:
+                raise ValueError(f"data.coco_tasks.{name} needs at least two categories")
         return self
+
+    def task_list(self) -> list[str] | None:
+        """The task(s) named by ``task`` as a list; None when unset."""
+        return [self.task] if isinstance(self.task, str) else self.task
 
 
 class IngestConfig(_Section):

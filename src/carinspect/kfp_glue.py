@@ -22,6 +22,7 @@ from carinspect.tracking.runs import numeric_leaves, read_run_id
 # only the sections it reads, so a change to export.opset is not in ingest's KFP cache key.
 SECTION_INPUTS: dict[str, str] = {
     "demo_cfg": "data.demo",
+    "coco_tasks_cfg": "data.coco_tasks",
     "ingest_cfg": "ingest",
     "split_cfg": "split",
     "model_cfg": "model",
@@ -65,6 +66,19 @@ def params_from_inputs(inputs: dict[str, str], overrides: dict[str, Any] | None 
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
     return parse_params(raw, "pipeline inputs")
+
+
+def task_input(text: str) -> str | list[str] | None:
+    """The ``data_task`` pipeline input as data.task: empty is unset, ``a,b`` trains both."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else names
+
+
+def task_text(task: str | list[str] | None) -> str:
+    """data.task as the ``data_task`` pipeline input (inverse of :func:`task_input`)."""
+    return ",".join([task] if isinstance(task, str) else task or [])
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

@@ -57,7 +57,8 @@ def test_compiled_pipeline_carries_the_platform_settings() -> None:
         "evaluate", "export", "ingest", "register", "split", "threshold", "train",
     ]  # fmt: skip
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
-        "data_source", "data_task", "data_version", "demo_cfg", "ingest_cfg", "split_cfg", "model_cfg",
+        "data_source", "data_task", "data_version", "demo_cfg", "coco_tasks_cfg", "ingest_cfg",
+        "split_cfg", "model_cfg",
         "train_cfg", "mlflow_cfg", "evaluate_cfg", "threshold_cfg", "export_cfg", "register_cfg",
     }  # fmt: skip
     # each task gets the sections its stage reads, as dvc.yaml's `params:` lists them
@@ -66,7 +67,7 @@ def test_compiled_pipeline_carries_the_platform_settings() -> None:
         for name, task in tasks.items()
     }
     assert sections == {
-        "ingest": {"demo_cfg", "ingest_cfg"}, "split": {"split_cfg"},
+        "ingest": {"demo_cfg", "coco_tasks_cfg", "ingest_cfg"}, "split": {"split_cfg"},
         "train": {"model_cfg", "train_cfg", "mlflow_cfg"}, "evaluate": {"evaluate_cfg"},
         "threshold": {"threshold_cfg"}, "export": {"export_cfg"}, "register": {"register_cfg"},
     }  # fmt: skip

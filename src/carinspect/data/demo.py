@@ -8,6 +8,12 @@ clean/dirty is binary; a severity scale such as clean/dusty/muddy (light film an
 splotches / caked mud) is a multiclass dataset drawn the same way. Sizes, aspect ratios, file formats and grayscale
 are drawn from the same distributions for both classes, so no trivial feature gives the label away.
 
+A second, independent task: a fraction ``damaged`` of the cars carry scratches and a dent, drawn
+from their own random stream (so a car's scene is the same with or without damage). The folder
+holds ``tasks.csv`` beside the class subfolders, a manifest with a column per task
+(``path,cleanliness,damage``) for training both together; every tenth image's damage cell is
+left empty, as real labelling leaves gaps.
+
 With ``broken`` on, a handful of deliberately bad files (empty, truncated, not an image, a
 decompression bomb header, too small, unsupported format, an exact and a near duplicate) give
 validation something to do.
@@ -58,16 +64,46 @@ class DemoFile:
     label: str
     name: str
     make: Callable[[], bytes]
+    damage: str = ""  # "damaged", "intact", or "" (not labelled)
+
+
+TASKS_CSV = "tasks.csv"  # the multi-task manifest write_demo puts beside the class folders
+DAMAGE_CLASSES = ("damaged", "intact")
 
 
 def _jitter(rng: np.random.Generator, colour: tuple[int, ...], amount: int) -> tuple[int, ...]:
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
 
 
+def _draw_damage(
+    d: ImageDraw.ImageDraw, rng: np.random.Generator, body: tuple[float, float, float, float]
+) -> None:
+    """Scratches through the paint and a dent on the body box ``(x0, y0, width, height)``."""
+    x0, y0, cw, ch = body
+    for _ in range(int(rng.integers(2, 5))):  # scratches: bare metal/primer lines
+        sx, sy = x0 + cw * rng.uniform(0.05, 0.7), y0 + ch * rng.uniform(0.15, 0.85)
+        points = [(sx, sy)]
+        for _ in range(int(rng.integers(2, 5))):
+            sx += cw * rng.uniform(0.05, 0.15)
+            sy = float(np.clip(sy + ch * rng.uniform(-0.15, 0.15), y0 + 2, y0 + ch - 2))
+            points.append((sx, sy))
+        shade = int(rng.integers(190, 250))
+        d.line(points, fill=(shade, shade, shade - 10, 230), width=int(rng.integers(2, 4)))
+    dx, dy = x0 + cw * rng.uniform(0.15, 0.75), y0 + ch * rng.uniform(0.3, 0.7)
+    r = ch * rng.uniform(0.18, 0.3)
+    d.ellipse([dx - r * 1.4, dy - r, dx + r * 1.4, dy + r], fill=(0, 0, 0, 110))  # dent shadow
+    d.arc(
+        [dx - r * 1.4, dy - r, dx + r * 1.4, dy + r], 200, 340, fill=(255, 255, 255, 170), width=2
+    )
+
+
 def _draw_scene(
-    rng: np.random.Generator, dirt: tuple[float, float] | None, size: tuple[int, int]
+    rng: np.random.Generator,
+    dirt: tuple[float, float] | None,
+    size: tuple[int, int],
+    damage: np.random.Generator | None = None,
 ) -> Image.Image:
-    """Render one car at 2x and downsample (cheap anti-aliasing)."""
+    """Render one car at 2x and downsample (cheap anti-aliasing); ``damage`` draws damage."""
     w, h = size[0] * 2, size[1] * 2
     img = Image.new("RGB", (w, h))
     d = ImageDraw.Draw(img, "RGBA")
@@ -124,6 +160,8 @@ def _draw_scene(
         d.ellipse([cx - r, y1 - r, cx + r, y1 + r], fill=(20, 20, 20))
         d.ellipse([cx - r * 0.5, y1 - r * 0.5, cx + r * 0.5, y1 + r * 0.5], fill=(150, 150, 155))
     d.rectangle([x0 + cw * 0.95, y0 + ch * 0.2, x0 + cw, y0 + ch * 0.4], fill=(240, 220, 140))
+    if damage is not None:
+        _draw_damage(d, damage, (x0, y0, cw, ch))
 
     def splotches(
         count: int, colour: tuple[int, ...], alpha: tuple[int, int], scale: float
@@ -170,12 +208,23 @@ def _file_name(label: str, i: int) -> str:
     return f"{label}_{i:04d}.{_EXTENSIONS.get(i % 25, 'jpg')}"
 
 
-def _image_bytes(seed: int, class_idx: int, i: int, label: str) -> bytes:
+def _damage_rng(seed: int, class_idx: int, i: int, fraction: float) -> np.random.Generator | None:
+    """The damage stream of an image, or None when the car is intact."""
+    rng = np.random.default_rng([seed, class_idx, i, 1])
+    return rng if rng.random() < fraction else None
+
+
+def _image_bytes(seed: int, class_idx: int, i: int, label: str, damaged: float = 0.0) -> bytes:
     """Bytes of the i-th image of a class; format and colour mode vary with the index."""
     rng = np.random.default_rng([seed, class_idx, i])
     aspect = rng.choice([4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4])
     width = int(rng.integers(72, 200))
-    img = _draw_scene(rng, DIRT_LEVELS[label], size=(width, max(40, int(width / aspect))))
+    img = _draw_scene(
+        rng,
+        DIRT_LEVELS[label],
+        size=(width, max(40, int(width / aspect))),
+        damage=_damage_rng(seed, class_idx, i, damaged),
+    )
     if rng.random() < 0.08:
         img = img.convert("L")
     variant = i % 25
@@ -218,10 +267,15 @@ def demo_files(cfg: DemoConfig) -> list[DemoFile]:
     classes = list(cfg.classes)
 
     def image(c: int, i: int) -> Callable[[], bytes]:
-        return lambda: _image_bytes(cfg.seed, c, i, classes[c])
+        return lambda: _image_bytes(cfg.seed, c, i, classes[c], cfg.damaged)
+
+    def damage(c: int, i: int) -> str:
+        if i % 10 == 9:
+            return ""  # not labelled for damage
+        return DAMAGE_CLASSES[_damage_rng(cfg.seed, c, i, cfg.damaged) is None]
 
     files = [
-        DemoFile(label, _file_name(label, i), image(c, i))
+        DemoFile(label, _file_name(label, i), image(c, i), damage(c, i))
         for c, label in enumerate(classes)
         for i in range(cfg.per_class)
     ]
@@ -246,20 +300,23 @@ def demo_files(cfg: DemoConfig) -> list[DemoFile]:
         DemoFile(
             second, "broken_unsupported.ppm", lambda: _encode(Image.new("RGB", (64, 48)), "PPM")
         ),
-        DemoFile(second, f"{second}_0004_copy.jpg", image(1, 4)),
-        DemoFile(first, f"resaved_{first}_0002.jpg", near_duplicate),
+        DemoFile(second, f"{second}_0004_copy.jpg", image(1, 4), damage(1, 4)),
+        DemoFile(first, f"resaved_{first}_0002.jpg", near_duplicate, damage(0, 2)),
     ]
     return files
 
 
 def write_demo(cfg: DemoConfig, out: Path) -> int:
-    """Write the demo dataset as ``out/<class>/<file>``, replacing ``out`` atomically.
+    """Write the demo dataset as ``out/<class>/<file>`` plus ``out/tasks.csv``, atomically.
 
-    Returns the number of files written.
+    Returns the number of image files written.
     """
     files = demo_files(cfg)
+    lines = ["path,cleanliness,damage"]
     with staged_dir(Path(out)) as tmp:
         for f in files:
             (tmp / f.label).mkdir(exist_ok=True)
             (tmp / f.label / f.name).write_bytes(f.make())
+            lines.append(f"{f.label}/{f.name},{f.label},{f.damage}")
+        (tmp / TASKS_CSV).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return len(files)

@@ -78,6 +78,22 @@ def render_ingest_report(report: dict[str, Any]) -> str:
                 for task, counts in report["tasks"].items()
             ],
         )
+    if report.get("trained_tasks"):
+        out += [
+            "",
+            "## Tasks trained together",
+            "",
+            "Kept images per class of each task (one head each; an image not labelled for a task "
+            "does not count towards that task's loss). The tables above count the first task.",
+            "",
+        ]
+        out += _table(
+            ["task", "classes", "labelled"],
+            [
+                [task, ", ".join(f"{c} {n}" for c, n in counts.items()), str(sum(counts.values()))]
+                for task, counts in report["trained_tasks"].items()
+            ],
+        )
     out += ["", "## Shortcut check", ""]
     if shortcut.get("checked"):
         out.append(
@@ -125,6 +141,20 @@ def render_split_report(report: dict[str, Any]) -> str:
         + [["**total**", *(report["splits"][s]["images"] for s in splits)]]
         + [["fraction", *(f"{report['splits'][s]['fraction']:.3f}" for s in splits)]],
     )
+    if report.get("tasks"):
+        out += [
+            "",
+            "## Tasks",
+            "",
+            f"Stratified on `{report['stratified_on']}`, the task with the rarest class. The "
+            "table above counts the first task; images per class of every task:",
+            "",
+        ]
+        rows = []
+        for task, per_split in report["tasks"].items():
+            names = sorted({c for counts in per_split.values() for c in counts})
+            rows += [[task, c, *(per_split[s].get(c, 0) for s in splits)] for c in names]
+        out += _table(["task", "class", *splits], rows)
     if report["warnings"]:
         out += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(out) + "\n"

@@ -1,7 +1,8 @@
 """Turn ``data.source`` into a list of labelled files, whatever the kind of source.
 
 Kinds: ``demo``; a local folder (one subfolder per class); a CSV manifest
-(``path,label[,split][,group]``); COCO JSON (one category per image); ``s3://bucket/prefix``
+(``path,label[,split][,group]``, or a column per task); COCO JSON (one category per image, or
+one per task through ``data.coco_tasks``); ``s3://bucket/prefix``
 (one sub-prefix per class, boto3's standard credential chain, ``AWS_ENDPOINT_URL`` honoured);
 ``dvc://<repo>@<rev>#<path>`` (a folder per class inside a git+DVC repository, via dvc.api).
 """
@@ -38,6 +39,9 @@ class SourceItem:
     read: Callable[[], bytes]
     split: str | None = None
     group: str | None = None
+    # several tasks trained together: every task's label ("" where the file has none);
+    # ``label`` is then the first task's
+    labels: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class ResolvedSource:
     items: list[SourceItem] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     task: str = "label"  # what ``SourceItem.label`` holds: a CSV manifest's chosen column
+    tasks: list[str] = field(default_factory=lambda: ["label"])  # trained together, first = task
     # a CSV manifest with a column per task: labelled files per class of every task
     task_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -107,30 +112,33 @@ def _folder(root: Path, display: str) -> ResolvedSource:
 _CSV_FIXED = ("path", "split", "group")
 
 
-def csv_task_column(path: Path, columns: list[str], task: str | None) -> str:
-    """The column of a CSV manifest that holds the classes to train on.
+def csv_task_columns(path: Path, columns: list[str], task: str | list[str] | None) -> list[str]:
+    """The column(s) of a CSV manifest that hold the classes to train on.
 
     A manifest may hold one column per task (``path,cleanliness,damage[,split][,group]``):
-    every column besides path, split and group is a task. ``task`` names the one to train on;
-    left out, it is ``label`` when there is such a column, else the only task column.
+    every column besides path, split and group is a task. ``task`` names the one to train on,
+    or a list of them to train together (one head each); left out, it is ``label`` when there
+    is such a column, else the only task column.
     """
     tasks = [c for c in columns if c not in _CSV_FIXED]
     if task is not None:
-        if task not in tasks:
+        wanted = [task] if isinstance(task, str) else list(task)
+        unknown = [t for t in wanted if t not in tasks]
+        if unknown:
             raise SourceError(
-                f"{path}: data.task {task!r} is not a column of the CSV manifest; its task "
+                f"{path}: data.task {unknown[0]!r} is not a column of the CSV manifest; its task "
                 f"columns are {tasks}"
             )
-        return task
+        return wanted
     if "label" in tasks or len(tasks) == 1:
-        return "label" if "label" in tasks else tasks[0]
+        return ["label" if "label" in tasks else tasks[0]]
     raise SourceError(
         f"{path}: the CSV manifest has {len(tasks)} task columns {tasks} and none is named "
-        "label: set data.task to the one to train on"
+        "label: set data.task to the one to train on (or a list of them to train together)"
     )
 
 
-def _csv(path: Path, task: str | None) -> ResolvedSource:
+def _csv(path: Path, task: str | list[str] | None) -> ResolvedSource:
     if not path.is_file():
         raise SourceError(f"data.source {str(path)!r}: CSV manifest not found")
     resolved = ResolvedSource("csv", str(path))
@@ -143,12 +151,13 @@ def _csv(path: Path, task: str | None) -> ResolvedSource:
                 "path,label[,split][,group] or one column per task: path,<task>[,<task>...]"
                 "[,split][,group]"
             )
-        column = csv_task_column(path, columns, task)
-        resolved.task = column
+        trained = csv_task_columns(path, columns, task)
+        resolved.task, resolved.tasks = trained[0], trained
         others = [c for c in columns if c not in _CSV_FIXED]
         for line, row in enumerate(reader, start=2):
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            raw_path, label = row.get("path", ""), row.get(column, "")
+            raw_path, label = row.get("path", ""), row.get(trained[0], "")
+            labels = {t: row.get(t, "") for t in trained} if len(trained) > 1 else None
             split = row.get("split") or None
             group = row.get("group") or None
             if split is not None and split not in SPLIT_NAMES:
@@ -167,13 +176,13 @@ def _csv(path: Path, task: str | None) -> ResolvedSource:
                 if row.get(other):
                     counts = resolved.task_counts.setdefault(other, {})
                     counts[row[other]] = counts.get(row[other], 0) + 1
-            if not label:
+            if not (any(labels.values()) if labels else label):
                 resolved.rejected.append(
-                    Rejected(raw_path, "", "no_label", f"line {line} has no {column}")
+                    Rejected(raw_path, "", "no_label", f"line {line} has no {' or '.join(trained)}")
                 )
             else:
                 resolved.items.append(
-                    SourceItem(raw_path, label, _read_file(file_path), split, group)
+                    SourceItem(raw_path, label, _read_file(file_path), split, group, labels)
                 )
     return resolved
 
@@ -184,7 +193,10 @@ def _require(obj: Any, key: str, where: str) -> Any:
     return obj[key]
 
 
-def _coco(path: Path) -> ResolvedSource:
+def _coco(
+    path: Path, task: str | list[str] | None, coco_tasks: dict[str, list[str]]
+) -> ResolvedSource:
+    """One category per image, or with ``coco_tasks`` one category per image and task."""
     if not path.is_file():
         raise SourceError(f"data.source {str(path)!r}: COCO JSON file not found")
     try:
@@ -208,25 +220,61 @@ def _coco(path: Path) -> ResolvedSource:
         if cat not in categories:
             raise SourceError(f"{where}: category_id {cat!r} is not in categories")
         labels[_require(ann, "image_id", where)].add(categories[cat])
+    groups = _coco_task_groups(path, task, coco_tasks, set(categories.values()))
     resolved = ResolvedSource("coco", str(path))
+    resolved.task, resolved.tasks = next(iter(groups)), list(groups)
     for i, image in enumerate(images):
         where = f"{path}: images[{i}]"
         name = str(_require(image, "file_name", where))
         found = labels.get(_require(image, "id", where), set())
+        per_task = {t: sorted(found & members) for t, members in groups.items()}
+        clash = next(((t, c) for t, c in per_task.items() if len(c) > 1), None)
         file_path = path.parent / name
-        if not found:
+        first = per_task[resolved.task][0] if per_task[resolved.task] else ""
+        if not any(per_task.values()):
             resolved.rejected.append(Rejected(name, "", "no_annotation", "image has no annotation"))
-        elif len(found) > 1:
+        elif clash is not None:
+            where_task = f" for task {clash[0]!r}" if coco_tasks else ""
             resolved.rejected.append(
-                Rejected(name, "", "multiple_categories", f"annotated as {sorted(found)}")
+                Rejected(name, "", "multiple_categories", f"annotated as {clash[1]}{where_task}")
             )
         elif not file_path.is_file():
             resolved.rejected.append(
-                Rejected(name, next(iter(found)), "missing_file", f"{file_path} not found")
+                Rejected(name, first, "missing_file", f"{file_path} not found")
             )
         else:
-            resolved.items.append(SourceItem(name, next(iter(found)), _read_file(file_path)))
+            multi = {t: c[0] if c else "" for t, c in per_task.items()} if len(groups) > 1 else None
+            resolved.items.append(SourceItem(name, first, _read_file(file_path), labels=multi))
     return resolved
+
+
+def _coco_task_groups(
+    path: Path,
+    task: str | list[str] | None,
+    coco_tasks: dict[str, list[str]],
+    names: set[str],
+) -> dict[str, set[str]]:
+    """Category names per trained task: every category as ``label`` without ``coco_tasks``."""
+    if not coco_tasks:
+        if task is not None:
+            raise SourceError(
+                f"{path}: data.task {task!r} needs data.coco_tasks (the categories of each task)"
+            )
+        return {"label": names}
+    for name, members in coco_tasks.items():
+        unknown = sorted(set(members) - names)
+        if unknown:
+            raise SourceError(
+                f"data.coco_tasks.{name}: categories {unknown} are not in {path} "
+                f"(its categories: {sorted(names)})"
+            )
+    wanted = list(coco_tasks) if task is None else [task] if isinstance(task, str) else task
+    missing = [t for t in wanted if t not in coco_tasks]
+    if missing:
+        raise SourceError(
+            f"data.task {missing[0]!r} is not a task of data.coco_tasks {list(coco_tasks)}"
+        )
+    return {t: set(coco_tasks[t]) for t in wanted}
 
 
 def s3_objects(uri: str, what: str = "data.source") -> list[tuple[str, Callable[[], bytes]]]:
@@ -325,18 +373,27 @@ def _demo(cfg: DemoConfig) -> ResolvedSource:
 
 @contextlib.contextmanager
 def open_source(
-    source: str, demo: DemoConfig | None = None, task: str | None = None
+    source: str,
+    demo: DemoConfig | None = None,
+    task: str | list[str] | None = None,
+    coco_tasks: dict[str, list[str]] | None = None,
 ) -> Iterator[ResolvedSource]:
     """Resolve ``source``; files stay readable until the block ends (dvc:// uses a temp copy).
 
-    ``task``: the column of a CSV manifest to train on (see :func:`csv_task_column`); other
-    sources hold one label per file, so they take no task.
+    ``task``: the column of a CSV manifest (see :func:`csv_task_columns`), or the task of
+    ``coco_tasks`` (COCO categories per task), to train on; a list trains them together.
+    Other sources hold one label per file, so they take no task.
     """
     kind = source_kind(source)
-    if task is not None and kind != "csv":
+    if task is not None and kind not in ("csv", "coco"):
         raise SourceError(
             f"data.task {task!r} names a column of a CSV manifest, but data.source {source!r} is "
             f"a {kind} source with one label per image: leave data.task unset"
+        )
+    if coco_tasks and kind != "coco":
+        raise SourceError(
+            f"data.coco_tasks maps COCO categories to tasks, but data.source {source!r} is a "
+            f"{kind} source: leave data.coco_tasks empty"
         )
     logger.info("reading %s source %s", kind, source)
     if kind == "dvc":
@@ -350,6 +407,6 @@ def open_source(
     elif kind == "csv":
         yield _csv(Path(source), task)
     elif kind == "coco":
-        yield _coco(Path(source))
+        yield _coco(Path(source), task, coco_tasks or {})
     else:
         yield _folder(Path(source), source)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import io
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from carinspect.data.images import (
     decode_image,
     grayscale_spread,
 )
-from carinspect.data.manifest import ManifestRow, manifest_csv
+from carinspect.data.manifest import ManifestRow, label_of, manifest_csv
 from carinspect.data.report import render_ingest_report
 from carinspect.data.sources import Rejected, SourceItem, open_source
 from carinspect.errors import InputError
@@ -92,6 +93,7 @@ def _process(
         near_dup_group="",
         split=item.split or "",
         group=item.group or "",
+        labels=dict(item.labels or {}),
     )
     return _Accepted(row, dhash(decoded.image))
 
@@ -122,7 +124,7 @@ def _deduplicate(accepted: list[_Accepted], root: Path) -> tuple[list[_Accepted]
     dropped: list[Rejected] = []
     for a in accepted:
         copies = by_sha[a.row.sha256]
-        labels = sorted({c.row.label for c in copies})
+        labels = sorted({_all_labels(c.row) for c in copies})
         if len(labels) > 1:
             dropped.append(
                 Rejected(
@@ -145,6 +147,21 @@ def _deduplicate(accepted: list[_Accepted], root: Path) -> tuple[list[_Accepted]
                 )
             )
     return kept, dropped
+
+
+def _all_labels(row: ManifestRow) -> str:
+    """Every task's label of a row, as one comparable string."""
+    if not row.labels:
+        return row.label
+    return ", ".join(f"{t}={v or '-'}" for t, v in row.labels.items())
+
+
+def _task_classes(rows: list[ManifestRow], tasks: list[str]) -> dict[str, dict[str, int]]:
+    """Images per class of every trained task (unlabelled ones left out)."""
+    return {
+        t: dict(sorted(Counter(label_of(r, t) for r in rows if label_of(r, t)).items()))
+        for t in tasks
+    }
 
 
 def _near_duplicates(
@@ -174,18 +191,25 @@ def _near_duplicates(
 def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
     """Ingest ``data.source`` into ``out``; see the module docstring for the layout."""
     out = Path(out)
-    with open_source(data.source, data.demo, data.task) as source, staged_dir(out) as tmp:
+    with (
+        open_source(data.source, data.demo, data.task, data.coco_tasks) as source,
+        staged_dir(out) as tmp,
+    ):
         decoded = _decode_all(source.items, cfg, tmp)
         accepted = [r for r in decoded if isinstance(r, _Accepted)]
         rejected = list(source.rejected) + [r for r in decoded if isinstance(r, Rejected)]
         kept, duplicates = _deduplicate(accepted, tmp)
         rejected += duplicates
-        classes = sorted({a.row.label for a in kept})
-        if len(classes) < 2:
-            raise IngestError(
-                f"data.source {data.source!r}: {len(kept)} usable images in {len(classes)} class(es) "
-                f"{classes}; at least two classes are needed ({len(rejected)} files were dropped)"
-            )
+        per_task = _task_classes([a.row for a in kept], source.tasks)
+        for task, counts in per_task.items():
+            if len(counts) < 2:
+                named = f" of task {task!r}" if len(per_task) > 1 else ""
+                raise IngestError(
+                    f"data.source {data.source!r}: {len(kept)} usable images in {len(counts)} "
+                    f"class(es){named} {list(counts)}; at least two classes are needed "
+                    f"({len(rejected)} files were dropped)"
+                )
+        classes = list(per_task[source.task])
         rows, near_dups = _near_duplicates(kept, cfg.near_duplicate_distance)
         text = manifest_csv(rows)
         manifest_sha = sha256_bytes(text.encode("utf-8"))
@@ -193,6 +217,8 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         write_text_atomic(written.manifest, text)
         report = _report(source.kind, data.source, rows, rejected, near_dups, cfg, manifest_sha)
         report["task"] = source.task
+        if len(source.tasks) > 1:  # trained together: images per class of each
+            report["trained_tasks"] = per_task
         if source.task_counts:  # a manifest with a column per task: what each one holds
             report["tasks"] = {t: dict(sorted(c.items())) for t, c in source.task_counts.items()}
         # the params that made this folder: train logs them on its run (params never change
@@ -248,7 +274,8 @@ def _report(
     cfg: IngestConfig,
     manifest_sha: str,
 ) -> dict[str, Any]:
-    per_class = quality.class_stats(rows)
+    labelled = [r for r in rows if r.label]  # several tasks: the first task's labelled images
+    per_class = quality.class_stats(labelled)
     counts = {k: v["count"] for k, v in per_class.items()}
     reasons: dict[str, int] = {}
     for r in rejected:
@@ -262,7 +289,7 @@ def _report(
         "dropped_by_reason": dict(sorted(reasons.items())),
         "near_duplicate_groups": len(near_dups),
         "near_duplicate_images": sum(len(g["sources"]) for g in near_dups),
-        "shortcut": quality.shortcut_check(rows, cfg.shortcut_auc, cfg.shortcut_folds),
+        "shortcut": quality.shortcut_check(labelled, cfg.shortcut_auc, cfg.shortcut_folds),
         "per_class": per_class,
         "source": {"kind": kind, "uri": uri},
         "short_side": cfg.short_side,  # training images were stored at this size: serving too

@@ -6,6 +6,12 @@ test has a near-twin in train. Units are assigned greedily, largest first, to th
 per-class shortfall against its target is largest; shuffling with ``split.seed`` first makes the
 result deterministic. A manifest that brings its own ``split`` column is honoured as given.
 
+Several tasks trained together: the split stratifies on the *rarest* task, the one whose
+smallest class has the fewest images (images it has no label for form one more stratum). That
+class is the one most likely to end up missing from val or test, which would leave its task's
+metrics and threshold undefined; the commoner classes of the other tasks spread evenly by chance
+at the sizes where their split matters. The report gives each task's counts per split.
+
 Output folder ``out``: ``splits.csv``, ``report.json``, ``report.md`` and ``metrics.json`` (images
 and fraction per split, for ``dvc metrics show``).
 """
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,14 @@ import numpy as np
 from carinspect.config import SPLIT_NAMES, SplitConfig
 from carinspect.contracts.folders import SplitDir
 from carinspect.data.groups import DisjointSet
-from carinspect.data.manifest import ManifestRow, SplitRow, read_manifest, write_splits
+from carinspect.data.manifest import (
+    ManifestRow,
+    SplitRow,
+    label_of,
+    read_manifest,
+    row_tasks,
+    write_splits,
+)
 from carinspect.data.report import render_split_report
 from carinspect.errors import InputError
 from carinspect.io import staged_dir, write_json_atomic, write_text_atomic
@@ -58,10 +71,26 @@ def units_of(rows: list[ManifestRow]) -> list[int]:
     return ds.labels()
 
 
+_UNLABELLED = "\x00unlabelled"  # the stratum of rows without a label for the stratifying task
+
+
+def rarest_task(rows: list[ManifestRow]) -> str | None:
+    """The task whose smallest class has the fewest images (None: a single-task manifest)."""
+    tasks = row_tasks(rows)
+    if not tasks:
+        return None
+
+    def smallest(task: str) -> int:
+        counts = Counter(label_of(r, task) for r in rows if label_of(r, task))
+        return min(counts.values(), default=0)
+
+    return min(tasks, key=smallest)  # ties: the first listed
+
+
 def _check_sizes(rows: list[ManifestRow], units: list[int], fractions: dict[str, float]) -> None:
     needed = sum(1 for f in fractions.values() if f > 0)
     wanted = ", ".join(f"{s}={f:g}" for s, f in fractions.items())
-    for label in sorted({r.label for r in rows}):
+    for label in sorted({r.label for r in rows} - {_UNLABELLED}):
         n = sum(r.label == label for r in rows)
         n_units = len({u for r, u in zip(rows, units, strict=True) if r.label == label})
         if n_units < needed:
@@ -103,6 +132,7 @@ def _assign(
 def run(cfg: SplitConfig, manifest: Path, out: Path) -> SplitResult:
     """Split the images of ``manifest`` and write ``out/splits.csv`` with its report."""
     rows = read_manifest(Path(manifest))
+    stratify_on = rarest_task(rows)
     units = units_of(rows)
     fractions = cfg.fractions()
     warnings: list[str] = []
@@ -125,22 +155,35 @@ def run(cfg: SplitConfig, manifest: Path, out: Path) -> SplitResult:
                     f"near-duplicates/group of {rows[u].source!r} span splits {sorted(found)} (leakage)"
                 )
     else:
-        _check_sizes(rows, units, fractions)
-        assigned = _assign(rows, units, fractions, cfg.seed)
+        strata = rows
+        if stratify_on is not None:
+            strata = [replace(r, label=label_of(r, stratify_on) or _UNLABELLED) for r in rows]
+        _check_sizes(strata, units, fractions)
+        assigned = _assign(strata, units, fractions, cfg.seed)
         split_of_row = [assigned[u] for u in units]
         method = "stratified greedy by unit"
     out_rows = [
-        SplitRow(r.sha256, r.path, r.label, s, rows[u].sha256[:16])
+        SplitRow(r.sha256, r.path, r.label, s, rows[u].sha256[:16], r.labels)
         for r, u, s in zip(rows, units, split_of_row, strict=True)
     ]
     counts = {
-        s: dict(sorted(Counter(r.label for r in out_rows if r.split == s).items()))
+        s: dict(sorted(Counter(r.label for r in out_rows if r.split == s and r.label).items()))
         for s in SPLIT_NAMES
     }
-    for s in SPLIT_NAMES:
-        empty = sorted({r.label for r in rows} - set(counts[s]))
-        if empty and fractions[s] > 0:
-            warnings.append(f"split {s!r} has no images of {empty}")
+    by_task = {
+        t: {
+            s: dict(sorted(Counter(label_of(r, t) for r in out_rows if r.split == s).items()))
+            for s in SPLIT_NAMES
+        }
+        for t in row_tasks(out_rows)
+    }
+    for t, per_split in (by_task or {"": counts}).items():
+        for s in SPLIT_NAMES:
+            present = {c for c in per_split[s] if c}
+            empty = sorted({label_of(r, t) if t else r.label for r in rows} - present - {""})
+            if empty and fractions[s] > 0:
+                named = f" of task {t!r}" if t else ""
+                warnings.append(f"split {s!r} has no images{named} of {empty}")
     report: dict[str, Any] = {
         "images": len(out_rows),
         "units": len(set(units)),
@@ -157,6 +200,12 @@ def run(cfg: SplitConfig, manifest: Path, out: Path) -> SplitResult:
         "warnings": warnings,
         "params": {"split": cfg.model_dump()},  # logged on the training run by train
     }
+    if by_task:  # several tasks: what each holds per split ("" = not labelled for it)
+        report["stratified_on"] = stratify_on
+        report["tasks"] = {
+            t: {s: {(c or "(unlabelled)"): n for c, n in v.items()} for s, v in per.items()}
+            for t, per in by_task.items()
+        }
     out = Path(out)
     with staged_dir(out) as staged:
         tmp = SplitDir(staged)
