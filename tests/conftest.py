@@ -145,6 +145,23 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     return Prepared(root / "ingest", result.splits)
 
 
+@pytest.fixture(scope="session")
+def prepared_tasks(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> Prepared:
+    """The demo's tasks.csv (cleanliness and damage, some damage cells empty), ingested at 40 px
+    and split: what a two-task train consumes."""
+    from carinspect.config import DataConfig, IngestConfig, SplitConfig
+    from carinspect.data.demo import TASKS_CSV
+    from carinspect.stages import ingest, split
+
+    root = tmp_path_factory.mktemp("prepared-tasks")
+    data = DataConfig(source=str(demo_dir / TASKS_CSV), task=["cleanliness", "damage"])
+    ingest.run(data, IngestConfig(short_side=40), root / "ingest")
+    result = split.run(
+        SplitConfig(train=0.6, val=0.2, test=0.2), root / "ingest" / "manifest.csv", root / "split"
+    )
+    return Prepared(root / "ingest", result.splits)
+
+
 def tiny_params(tmp_path: Path, **overrides: Any) -> Path:
     """params.yaml for a seconds-long training run: tiny timm model, 32 px, one epoch."""
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())

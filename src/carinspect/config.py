@@ -240,10 +240,21 @@ class TrainConfig(_Section):
     ema: bool = False
     ema_decay: float = Field(0.998, gt=0.0, lt=1.0)
     sampler: Literal["none", "weighted", "oversample"] = "none"
+    sampler_task: str | None = Field(
+        None, description="several tasks: the task whose classes the sampler balances (first)"
+    )
     class_weights: Literal["auto", "none"] | list[float] = "none"
     loss: Literal["ce", "focal"] = "ce"
     focal_gamma: float = Field(2.0, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    task_weighting: Literal["fixed", "uncertainty"] = Field(
+        "fixed",
+        description="several tasks: fixed (task_weights) or learned homoscedastic-uncertainty "
+        "weights (Kendall et al. 2018)",
+    )
+    task_weights: dict[str, float] = Field(
+        default_factory=dict, description="several tasks, fixed weighting: {task: weight}; 1.0"
+    )
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     augment: list[dict[str, Any]] = Field(
         default_factory=_default_augment,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,28 +13,54 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from carinspect.contracts.preprocess import PreprocessSpec
+from carinspect.contracts.tasks import MISSING, TaskSpec
 from carinspect.data.augment import apply_augment
-from carinspect.data.manifest import ManifestError, SplitRow, read_splits
+from carinspect.data.manifest import ManifestError, SplitRow, label_of, read_splits, row_tasks
 from carinspect.data.preprocess import preprocess
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of a split: its cache path and class index."""
+    """One image of a split: its cache path and class index (several tasks: one per task)."""
 
     path: Path
-    label: int
+    label: int | tuple[int, ...]
 
 
 def load_split(splits_csv: Path, image_root: Path, split: str, classes: list[str]) -> list[Sample]:
-    """Samples of ``split``; the cache files must exist under ``image_root``."""
-    rows: list[SplitRow] = [r for r in read_splits(Path(splits_csv)) if r.split == split]
-    index = {c: i for i, c in enumerate(classes)}
+    """Samples of ``split`` of a single-task splits.csv, labelled by index into ``classes``."""
+    return load_task_split(splits_csv, image_root, split, [TaskSpec(name="label", classes=classes)])
+
+
+def load_task_split(
+    splits_csv: Path, image_root: Path, split: str, tasks: Sequence[TaskSpec]
+) -> list[Sample]:
+    """Samples of ``split``; the cache files must exist under ``image_root``.
+
+    One task: each label is a class index. Several: a tuple of one index per task, with
+    :data:`MISSING` where the image is not labelled for that task.
+    """
+    all_rows = read_splits(Path(splits_csv))
+    rows: list[SplitRow] = [r for r in all_rows if r.split == split]
+    if len(tasks) > 1 and row_tasks(all_rows) != [t.name for t in tasks]:
+        raise ManifestError(
+            f"{splits_csv}: labelled for tasks {row_tasks(all_rows)}, not {[t.name for t in tasks]}"
+        )
+    indexes = [{c: i for i, c in enumerate(t.classes)} for t in tasks]
     samples = []
     for r in rows:
-        if r.label not in index:
-            raise ManifestError(f"{splits_csv}: label {r.label!r} is not one of {classes}")
-        samples.append(Sample(Path(image_root) / r.path, index[r.label]))
+        found: list[int] = []
+        for task, index in zip(tasks, indexes, strict=True):
+            label = label_of(r, task.name) if len(tasks) > 1 else r.label
+            if label and label not in index:
+                named = f" of task {task.name!r}" if len(tasks) > 1 else ""
+                raise ManifestError(
+                    f"{splits_csv}: label {label!r}{named} is not one of {task.classes}"
+                )
+            found.append(index[label] if label else MISSING)
+        samples.append(
+            Sample(Path(image_root) / r.path, tuple(found) if len(tasks) > 1 else found[0])
+        )
     missing = next((s.path for s in samples if not s.path.is_file()), None)
     if missing is not None:
         raise ManifestError(
@@ -47,8 +74,20 @@ def class_names(splits_csv: Path) -> list[str]:
     return sorted({r.label for r in read_splits(Path(splits_csv))})
 
 
-class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
+def split_tasks(splits_csv: Path, single: str = "label") -> list[TaskSpec]:
+    """The tasks of splits.csv with their sorted classes; ``single`` names a lone task."""
+    rows = read_splits(Path(splits_csv))
+    names = row_tasks(rows)
+    if not names:
+        return [TaskSpec(name=single, classes=sorted({r.label for r in rows}))]
+    return [TaskSpec(name=t, classes=sorted({label_of(r, t) for r in rows} - {""})) for t in names]
+
+
+class ImageDataset(Dataset[tuple[torch.Tensor, Any]]):
     """Cached image -> (augmentation) -> the shared preprocessing -> (tensor, class index).
+
+    Several tasks: the target is a LongTensor of one class index per task (batches stack it to
+    ``[batch, tasks]``), :data:`MISSING` where the image is not labelled for a task.
 
     Augmentation randomness is a function of (seed, epoch, index) only, so results do not depend
     on the number of DataLoader workers or processes, and a resumed run sees the same images.
@@ -83,18 +122,20 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def labels(self) -> list[int]:
-        """Class index of every sample, in order."""
-        return [s.label for s in self.samples]
+    def labels(self, task: int = 0) -> list[int]:
+        """Class index of every sample for the ``task``-th task, in order."""
+        return [s.label if isinstance(s.label, int) else s.label[task] for s in self.samples]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         sample = self.samples[i]
         pixels = self._pixels[i] if self._pixels is not None else _decode(sample.path)
         if self.augment is not None:
             seed = int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0])
             pixels = apply_augment(self.augment, pixels, seed)
-        return torch.from_numpy(preprocess(pixels, self.spec)), sample.label
+        label = sample.label
+        target = label if isinstance(label, int) else torch.tensor(label, dtype=torch.long)
+        return torch.from_numpy(preprocess(pixels, self.spec)), target
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -108,7 +149,7 @@ def loader_for(
     sampler: torch.utils.data.Sampler[Any] | list[int],
     workers: int,
     drop_last: bool,
-) -> torch.utils.data.DataLoader[tuple[torch.Tensor, int]]:
+) -> torch.utils.data.DataLoader[tuple[torch.Tensor, Any]]:
     """A DataLoader with settings that suit the cache (pinned memory only on CUDA)."""
     return torch.utils.data.DataLoader(
         dataset,

@@ -90,7 +90,11 @@ def run(
     raw = {s: calibration.softmax(logits[s]) for s in SPLITS}
     probs = {s: calibration.softmax(logits[s], temperature) for s in SPLITS}
     reports = {s: classification_report(probs[s], labels[s], classes, cfg.ece_bins) for s in SPLITS}
-    train_labels = [x.label for x in load_split(Path(splits), Path(ingest_dir), "train", classes)]
+    train_labels = [
+        x.label
+        for x in load_split(Path(splits), Path(ingest_dir), "train", classes)
+        if isinstance(x.label, int)
+    ]
     baseline = {s: majority_baseline(train_labels, labels[s], len(classes)) for s in SPLITS}
     calib = {"temperature": temperature, "fitted_on": "val", "enabled": cfg.calibrate}
     for s in SPLITS:

@@ -2,7 +2,7 @@
 
 Output folder ``out``: ``last.pt`` and ``best.pt`` (model, optimizer, scheduler, scaler, EMA,
 sampler and early-stopping state, RNG states, resolved config, class names, preprocessing spec,
-MLflow run id), ``metrics.json`` (the best epoch, for ``dvc metrics``), ``history.csv`` (one row
+MLflow run id; several tasks: ``tasks`` and the loss's learned weights), ``metrics.json`` (the best epoch, for ``dvc metrics``), ``history.csv`` (one row
 per epoch, for ``dvc plots``) and ``run.json`` (the MLflow run later stages append to).
 """
 
@@ -25,15 +25,22 @@ from carinspect.config import MlflowConfig, ModelConfig, Settings, TrainConfig
 from carinspect.contracts.cards import RunRef
 from carinspect.contracts.folders import IngestDir, SplitDir, TrainDir
 from carinspect.contracts.preprocess import PreprocessSpec
+from carinspect.contracts.tasks import (
+    MISSING,
+    TaskSpec,
+    num_outputs,
+    task_slices,
+    tasks_of_checkpoint,
+)
 from carinspect.data.augment import build_augment
-from carinspect.data.dataset import ImageDataset, class_names, load_split, loader_for
+from carinspect.data.dataset import ImageDataset, load_task_split, loader_for, split_tasks
 from carinspect.data.samplers import EpochTagged, ShardedEpochSampler, shard
 from carinspect.errors import InputError
 from carinspect.io import write_json_atomic, write_text_atomic
 from carinspect.logs import configure_logging
 from carinspect.modeling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from carinspect.modeling.factory import build_model, check_model_name
-from carinspect.modeling.losses import build_loss
+from carinspect.modeling.losses import MultiTaskLoss, build_task_loss
 from carinspect.tracking import runs
 from carinspect.tracking.lineage import lineage_tags
 from carinspect.training import distributed as dist_utils
@@ -137,9 +144,11 @@ def _check_inputs(inputs: TrainInputs, world: int) -> None:
     ingest.require(ingest.manifest)
     check_model_name(inputs.model.name)
     build_augment(inputs.train.augment)
-    classes = class_names(inputs.splits)
-    train = load_split(inputs.splits, inputs.ingest_dir, "train", classes)
-    val = load_split(inputs.splits, inputs.ingest_dir, "val", classes)
+    tasks = _tasks(inputs)
+    train = load_task_split(inputs.splits, inputs.ingest_dir, "train", tasks)
+    val = load_task_split(inputs.splits, inputs.ingest_dir, "val", tasks)
+    _sampler_task(inputs.train, tasks)
+    build_task_loss(inputs.train, tasks, [[0] for _ in tasks])  # refuses bad task weights
     if len(train) < inputs.train.batch_size * world:
         raise TrainError(
             f"train.batch_size {inputs.train.batch_size} x {world} process(es) is larger than the "
@@ -149,6 +158,25 @@ def _check_inputs(inputs: TrainInputs, world: int) -> None:
         raise TrainError(f"{inputs.splits}: the val split is empty; early stopping needs it")
     if inputs.resume and not TrainDir(inputs.out).last.is_file():
         raise TrainError(f"--resume: {TrainDir(inputs.out).last} not found")
+
+
+def _tasks(inputs: TrainInputs) -> list[TaskSpec]:
+    """The tasks of splits.csv; a single task is named as ingest's report names it."""
+    report = IngestDir(inputs.ingest_dir).report
+    name = "label"
+    if report.is_file():
+        name = str(json.loads(report.read_text()).get("task") or name)
+    return split_tasks(inputs.splits, name)
+
+
+def _sampler_task(cfg: TrainConfig, tasks: list[TaskSpec]) -> int:
+    """Index of the task whose classes the sampler balances."""
+    names = [t.name for t in tasks]
+    if cfg.sampler_task is None:
+        return 0
+    if cfg.sampler_task not in names:
+        raise TrainError(f"train.sampler_task {cfg.sampler_task!r} is not one of the tasks {names}")
+    return names.index(cfg.sampler_task)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -214,6 +242,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return optimizer
 
 
+def _describe(tasks: list[TaskSpec]) -> str:
+    """``cleanliness(clean,dirty); damage(damaged,intact)``."""
+    return "; ".join(f"{t.name}({','.join(t.classes)})" for t in tasks)
+
+
 def _ingest_short_side(ingest_dir: Path) -> int | None:
     """The short side ingest stored the images at (None for an older ingest output)."""
     report = IngestDir(ingest_dir).report
@@ -226,21 +259,22 @@ def _ingest_short_side(ingest_dir: Path) -> int | None:
 def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device) -> TrainResult:
     cfg, mcfg = inputs.train, inputs.model
     _seed_everything(cfg.seed, cfg.deterministic)
-    classes = class_names(inputs.splits)
+    tasks = _tasks(inputs)
+    multi = len(tasks) > 1
     spec = PreprocessSpec.from_model(mcfg, _ingest_short_side(inputs.ingest_dir))
     train_ds = ImageDataset(
-        load_split(inputs.splits, inputs.ingest_dir, "train", classes),
+        load_task_split(inputs.splits, inputs.ingest_dir, "train", tasks),
         spec,
         build_augment(cfg.augment),
         seed=cfg.seed,
     )
-    val_ds = ImageDataset(load_split(inputs.splits, inputs.ingest_dir, "val", classes), spec)
+    val_ds = ImageDataset(load_task_split(inputs.splits, inputs.ingest_dir, "val", tasks), spec)
     if cfg.cache_images:
         held = train_ds.preload() + val_ds.preload()
         logger.debug("decoded images held in memory: %.1f MiB", held / 2**20)
-    sampler = ShardedEpochSampler(
-        train_ds.labels(), cfg.sampler, info.rank, info.world_size, cfg.seed
-    )
+    by = _sampler_task(cfg, tasks)  # images unlabelled for that task: one more group
+    strata = [c if c != MISSING else len(tasks[by].classes) for c in train_ds.labels(by)]
+    sampler = ShardedEpochSampler(strata, cfg.sampler, info.rank, info.world_size, cfg.seed)
     train_loader = loader_for(
         train_ds, cfg.batch_size, EpochTagged(sampler), cfg.workers, drop_last=True
     )
@@ -252,7 +286,7 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
         drop_last=False,
     )
 
-    model: nn.Module = build_model(mcfg, len(classes)).to(device)
+    model: nn.Module = build_model(mcfg, num_outputs(tasks)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = None
@@ -267,7 +301,11 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
     if cfg.compile:
         model = torch.compile(model)  # type: ignore[assignment]
 
+    loss_fn = build_task_loss(cfg, tasks, [train_ds.labels(t) for t in range(len(tasks))])
+    loss_fn = loss_fn.to(device)
     optimizer = build_optimizer(_unwrap(model), cfg)
+    if list(loss_fn.parameters()):  # learned task weights: no weight decay pulls them to 0
+        optimizer.add_param_group({"params": list(loss_fn.parameters()), "weight_decay": 0.0})
     steps_per_epoch = -(-len(train_loader) // cfg.accumulate)
     scheduler = cosine_with_warmup(
         optimizer,
@@ -276,20 +314,23 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
         cfg.min_lr / cfg.lr,
     )
     precision = Precision.choose(cfg.amp, device)
-    loss_fn = build_loss(cfg, train_ds.labels(), len(classes)).to(device)
     stopper = EarlyStopping(cfg.early_stopping)
     ctx = StepContext(
         optimizer, scheduler, loss_fn, precision, device, cfg, info, ema, cfg.channels_last
     )
+    ctx.slices = task_slices(tasks) if multi else None
 
     start_epoch, history, run_id = 0, [], None
     if inputs.resume:
         state = load_checkpoint(TrainDir(inputs.out).last)
-        if state["classes"] != classes:
+        if tasks_of_checkpoint(state) != tasks:
             raise CheckpointError(
-                f"{TrainDir(inputs.out).last}: classes {state['classes']} != {classes}"
+                f"{TrainDir(inputs.out).last}: trained for {_describe(tasks_of_checkpoint(state))}, "
+                f"the data now has {_describe(tasks)}"
             )
         _unwrap(model).load_state_dict(state["model"])
+        if state.get("loss"):
+            loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if precision.scaler is not None and state.get("scaler"):
@@ -308,7 +349,7 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
         "mlflow": inputs.mlflow.model_dump(),
     }
     if info.primary:
-        run_id = _open_run(inputs, config, classes, precision, info, run_id)
+        run_id = _open_run(inputs, config, tasks, precision, info, run_id)
     run_id = dist_utils.broadcast_object(run_id)
 
     eval_model = ema.module if ema is not None else model
@@ -318,7 +359,9 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
             break
         sampler.set_epoch(epoch)
         stats = train_one_epoch(model, train_loader, ctx, epoch)
-        stats.update(evaluate(eval_model, val_loader, ctx, len(classes)))
+        stats.update(evaluate(eval_model, val_loader, ctx, tasks))
+        if isinstance(loss_fn, MultiTaskLoss):
+            stats.update({f"task_weight_{n}": w for n, w in loss_fn.task_weights().items()})
         stats["lr"] = max(g["lr"] for g in optimizer.param_groups)  # the head's
         improved = stopper.update(stats[cfg.early_stopping.monitor], epoch)
         history.append({"epoch": epoch + 1, **{k: round(v, 6) for k, v in stats.items()}})
@@ -336,7 +379,10 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
                 "rng": rng_states,
                 "epoch": epoch,
                 "history": history,
-                "classes": classes,
+                "classes": None if multi else tasks[0].classes,
+                "task": tasks[0].name,
+                "tasks": [t.model_dump() for t in tasks] if multi else None,
+                "loss": loss_fn.state_dict(),
                 "preprocess": spec.to_dict(),
                 "config": config,
                 "mlflow_run_id": run_id,
@@ -379,7 +425,7 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
 def _open_run(
     inputs: TrainInputs,
     config: dict[str, Any],
-    classes: list[str],
+    tasks: list[TaskSpec],
     precision: Precision,
     info: dist_utils.DistInfo,
     run_id: str | None,
@@ -391,7 +437,8 @@ def _open_run(
         tags = lineage_tags(inputs.ingest_dir, inputs.settings)
         tags.update(
             {
-                "classes": ",".join(classes),
+                "classes": ",".join(tasks[0].classes) if len(tasks) == 1 else "",
+                "tasks": _describe(tasks),
                 "world_size": str(info.world_size),
                 "precision": precision.name,
                 "stage": "train",

@@ -78,6 +78,16 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     return [float(x) for x in t.tolist()]
 
 
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average the gradients of parameters outside DDP's model (a loss's learned weights)."""
+    if not dist.is_initialized():
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
 def gather_lists(items: list[Any]) -> list[Any]:
     """Concatenate a Python list from every rank, on every rank, in rank order."""
     if not dist.is_initialized():

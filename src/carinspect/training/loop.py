@@ -16,7 +16,8 @@ from torch import nn
 from tqdm import tqdm
 
 from carinspect.config import EarlyStoppingConfig, TrainConfig
-from carinspect.training.distributed import DistInfo, all_sum, gather_lists
+from carinspect.contracts.tasks import MISSING, TaskSpec, task_slices
+from carinspect.training.distributed import DistInfo, all_sum, average_gradients, gather_lists
 
 
 def cosine_with_warmup(
@@ -119,6 +120,21 @@ class StepContext:
     ema: Any = None
     channels_last: bool = False
     on_step: list[Callable[[int], None]] = field(default_factory=list)
+    slices: list[slice] | None = None  # several tasks: each task's block of the outputs
+
+
+def correct_answers(
+    logits: torch.Tensor, y: torch.Tensor, slices: list[slice] | None
+) -> tuple[float, float]:
+    """(right answers, answers) of a batch; several tasks count every labelled (image, task)."""
+    if slices is None or y.dim() == 1:
+        return float((logits.argmax(1) == y).sum()), float(y.numel())
+    right = seen = 0.0
+    for t, sl in enumerate(slices):
+        labelled = y[:, t] != MISSING
+        right += float((logits[labelled, sl].argmax(1) == y[labelled, t]).sum())
+        seen += float(labelled.sum())
+    return right, seen
 
 
 def _to_device(
@@ -136,7 +152,7 @@ def train_one_epoch(
     """Train for one epoch; returns loss, accuracy and images/s summed over every rank."""
     model.train()
     accumulate = ctx.cfg.accumulate
-    total_loss, correct, seen = 0.0, 0.0, 0.0
+    total_loss, correct, seen, answered = 0.0, 0.0, 0.0, 0.0
     start = time.perf_counter()
     ctx.optimizer.zero_grad(set_to_none=True)
     n_batches = len(loader)
@@ -163,6 +179,7 @@ def train_one_epoch(
             else:
                 scaled.backward()
         if last_of_group:
+            average_gradients(list(ctx.loss_fn.parameters()))  # learned task weights: not in DDP
             if ctx.precision.scaler is not None:
                 ctx.precision.scaler.unscale_(ctx.optimizer)
             if ctx.cfg.clip_grad is not None:
@@ -176,24 +193,26 @@ def train_one_epoch(
             ctx.scheduler.step()
             if ctx.ema is not None:
                 ctx.ema.update(model)
-        n = y.numel()
+        n = x.shape[0]
         total_loss += float(loss.detach()) * n
-        correct += float((logits.detach().argmax(1) == y).sum())
+        right, answers = correct_answers(logits.detach(), y, ctx.slices)
+        correct += right
+        answered += answers
         seen += n
         elapsed = time.perf_counter() - start
         bar.update()
         bar.set_postfix(
             loss=f"{total_loss / seen:.4f}",
-            acc=f"{correct / seen:.3f}",
+            acc=f"{correct / max(answered, 1):.3f}",
             lr=f"{ctx.optimizer.param_groups[0]['lr']:.2e}",
             img_s=f"{seen * ctx.info.world_size / max(elapsed, 1e-9):.0f}",
         )
     bar.close()
     seconds = time.perf_counter() - start
-    total_loss, correct, seen = all_sum([total_loss, correct, seen], ctx.device)
+    total_loss, correct, seen, answered = all_sum([total_loss, correct, seen, answered], ctx.device)
     return {
         "train_loss": total_loss / max(seen, 1),
-        "train_accuracy": correct / max(seen, 1),
+        "train_accuracy": correct / max(answered, 1),
         "images_per_s": seen / max(seconds, 1e-9),
         "epoch_seconds": seconds,
     }
@@ -242,11 +261,33 @@ def classification_metrics(
     }
 
 
-def evaluate(model: nn.Module, loader: Any, ctx: StepContext, num_classes: int) -> dict[str, float]:
+def task_metrics(logits: np.ndarray, labels: np.ndarray, tasks: list[TaskSpec]) -> dict[str, float]:
+    """Per-task and headline validation metrics of a multi-task model.
+
+    Each task's ``val_<task>_loss/accuracy/macro_f1`` come from its labelled images; the
+    headline ``val_loss`` is their sum, ``val_accuracy`` and ``val_macro_f1`` their means.
+    """
+    out: dict[str, float] = {}
+    for t, (task, sl) in enumerate(zip(tasks, task_slices(tasks), strict=True)):
+        labelled = labels[:, t] != MISSING
+        probs = F.softmax(torch.from_numpy(logits[labelled, sl]).double(), dim=1).numpy()
+        metrics = classification_metrics(probs, labels[labelled, t], len(task.classes))
+        out.update({f"val_{task.name}_{k[4:]}": v for k, v in metrics.items()})
+    for key in ("loss", "accuracy", "macro_f1"):
+        values = [out[f"val_{t.name}_{key}"] for t in tasks]
+        out[f"val_{key}"] = float(np.sum(values) if key == "loss" else np.mean(values))
+    return out
+
+
+def evaluate(
+    model: nn.Module, loader: Any, ctx: StepContext, tasks: list[TaskSpec]
+) -> dict[str, float]:
     """Metrics over the whole validation set: each rank predicts its shard, then all gather."""
     logits, labels = predict_logits(model, loader, ctx.device, ctx.precision, ctx.channels_last)
-    probs = F.softmax(torch.from_numpy(logits).double(), dim=1).numpy() if len(logits) else logits
-    rows = gather_lists(list(zip(probs.tolist(), labels.tolist(), strict=True)))
-    all_probs = np.array([r[0] for r in rows], dtype=np.float64)
+    rows = gather_lists(list(zip(logits.tolist(), labels.tolist(), strict=True)))
+    all_logits = np.array([r[0] for r in rows], dtype=np.float64)
     all_labels = np.array([r[1] for r in rows], dtype=np.int64)
-    return classification_metrics(all_probs, all_labels, num_classes)
+    if len(tasks) > 1:
+        return task_metrics(all_logits, all_labels, tasks)
+    probs = F.softmax(torch.from_numpy(all_logits), dim=1).numpy()
+    return classification_metrics(probs, all_labels, len(tasks[0].classes))
