@@ -437,12 +437,13 @@ def predict(
     model = store.current
     limits = ImageLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes)
     rows = predict_inputs(model, list_inputs(target), limits, settings.max_batch_size)
-    write_predictions(rows, out, model.classes)
+    write_predictions(rows, out, model)
     failed = sum(1 for r in rows if "error" in r)
     counts: dict[str, int] = {}
     for r in rows:
-        if "label" in r:
-            counts[r["label"]] = counts.get(r["label"], 0) + 1
+        for name, got in (r.get("tasks") or ({"": r} if "label" in r else {})).items():
+            key = f"{name}:{got['label']}" if name else got["label"]
+            counts[key] = counts.get(key, 0) + 1
     version = f"version {model.version}" if model.version else str(model.folder)
     typer.echo(
         f"{len(rows)} inputs, {failed} unusable, labels {counts}; {version}; written to {out}"

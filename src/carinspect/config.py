@@ -299,6 +299,21 @@ class ThresholdConfig(_Section):
     )
     bootstrap: int = Field(1000, ge=0, le=100_000, description="resamples for confidence intervals")
     seed: int = 0
+    tasks: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="several tasks: per-task overrides of the keys above, e.g. {damage: "
+        "{positive_class: intact, target_precision: 0.9}}",
+    )
+
+    def for_task(self, task: str) -> ThresholdConfig:
+        """The settings of one task: this section with ``tasks[task]`` applied over it."""
+        override = self.tasks.get(task, {})
+        try:
+            return ThresholdConfig(**{**self.model_dump(exclude={"tasks"}), **override})
+        except ValidationError as err:
+            problem = err.errors()[0]
+            where = ".".join(str(x) for x in problem["loc"])
+            raise ConfigError(f"threshold.tasks.{task}.{where}: {problem['msg']}") from None
 
     @model_validator(mode="after")
     def _band_order(self) -> ThresholdConfig:

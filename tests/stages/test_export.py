@@ -10,7 +10,7 @@ from carinspect.config import ExportConfig, Settings
 from carinspect.contracts.base import ContractError
 from carinspect.modeling.onnx_export import file_is_self_contained, ort_probabilities, session
 from carinspect.stages import export
-from carinspect.stages.export import ExportError, parity
+from carinspect.stages.export import Answer, ExportError, parity
 from tests.conftest import Prepared
 
 
@@ -81,7 +81,7 @@ def test_parity_catches_a_perturbed_graph(
 
 def _reference(
     out: Path, upstream: dict[str, Path], prepared: Prepared
-) -> tuple[np.ndarray, np.ndarray, dict, list[str]]:
+) -> tuple[np.ndarray, np.ndarray, list[Answer]]:
     import torch
 
     from carinspect.contracts.preprocess import PreprocessSpec
@@ -96,10 +96,12 @@ def _reference(
     )
     batch = np.stack([ds[i][0].numpy() for i in range(len(ds))])
     with torch.no_grad():
-        probs = torch.softmax(
-            model_from_checkpoint(state)(torch.from_numpy(batch)) / meta["temperature"], 1
-        ).numpy()
-    return probs, batch, meta["decision"], state["classes"]
+        logits = model_from_checkpoint(state)(torch.from_numpy(batch)).numpy()
+    answer = Answer(
+        "label", state["classes"], slice(None), meta["temperature"], meta["decision"],
+        "probabilities",
+    )  # fmt: skip
+    return logits, batch, [answer]
 
 
 def test_failed_parity_exports_nothing(

@@ -2,7 +2,8 @@
 
 - :class:`ModelCard`: model.json, everything besides the ONNX graph that a consumer of an exported
   or registered model needs (classes, preprocessing, temperature, decision rule, input/outputs,
-  parity figures, lineage);
+  parity figures, lineage); a model with several tasks lists them instead (:class:`TaskCard`:
+  each task's classes, temperature, decision rule and ONNX output);
 - :class:`RunRef`: run.json, the MLflow run train opened and the later stages add to.
 
 Every reader validates through these models, so a model.json is accepted or refused by the same
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from carinspect.contracts.base import Contract, ContractError, explain, read_json
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.rules import DecisionRule
+from carinspect.contracts.tasks import TaskSpec
 
 
 class InputSpec(Contract):
@@ -40,14 +42,44 @@ class Parity(Contract):
     execution_provider: str
 
 
-class ModelCard(Contract):
-    """model.json: what a model needs beside its ONNX graph."""
+class TaskCard(Contract):
+    """One head of a multi-task model: its answer and where the graph gives its probabilities."""
 
-    name: str = Field(min_length=1)
+    name: str
     classes: list[str] = Field(min_length=2)
-    preprocess: PreprocessSpec
     temperature: float = Field(1.0, gt=0.0)
     decision: DecisionRule
+    output: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskCard:
+        TaskSpec(name=self.name, classes=self.classes)  # the same naming rules as training
+        if self.decision.classes != self.classes:
+            raise ValueError(
+                f"task {self.name!r}: the decision rule's classes {self.decision.classes} are "
+                f"not the task's {self.classes}"
+            )
+        return self
+
+    @property
+    def rule(self) -> dict[str, Any]:
+        """The decision rule as the plain dict :func:`decide_from_spec` applies."""
+        return self.decision.model_dump()
+
+
+class ModelCard(Contract):
+    """model.json: what a model needs beside its ONNX graph.
+
+    One task: ``classes``, ``temperature`` and ``decision``. Several: ``tasks`` instead, one
+    :class:`TaskCard` each, in the order of the heads.
+    """
+
+    name: str = Field(min_length=1)
+    classes: list[str] | None = Field(None, min_length=2)
+    preprocess: PreprocessSpec
+    temperature: float = Field(1.0, gt=0.0)
+    decision: DecisionRule | None = None
+    tasks: list[TaskCard] | None = Field(None, min_length=2)
     input: InputSpec
     outputs: list[str] = Field(min_length=1)
     opset: int | None = None
@@ -57,21 +89,61 @@ class ModelCard(Contract):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
-        if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes {self.classes} repeat a name")
-        if self.decision.classes != self.classes:
-            raise ValueError(
-                f"the decision rule's classes {self.decision.classes} are not the model's "
-                f"{self.classes}"
-            )
+        if self.tasks is not None:
+            self._check_tasks(self.tasks)
+        else:
+            if self.classes is None:
+                raise ValueError("has no classes (nor tasks)")
+            if self.decision is None:
+                raise ValueError("has no decision")
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"classes {self.classes} repeat a name")
+            if self.decision.classes != self.classes:
+                raise ValueError(
+                    f"the decision rule's classes {self.decision.classes} are not the model's "
+                    f"{self.classes}"
+                )
         side = self.preprocess.img_size
         if self.input.shape[1:] != [3, side, side]:
             raise ValueError(f"input shape {self.input.shape} does not match img_size {side}")
         return self
 
+    def _check_tasks(self, tasks: list[TaskCard]) -> None:
+        if self.classes is not None or self.decision is not None:
+            raise ValueError("lists tasks, so it takes no top-level classes or decision")
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks {names} repeat a name")
+        missing = [t.output for t in tasks if t.output not in self.outputs]
+        if missing:
+            raise ValueError(f"task outputs {missing} are not among the outputs {self.outputs}")
+
+    @property
+    def task_cards(self) -> list[TaskCard]:
+        """Every task as a TaskCard; a single-task card's one task is named ``label``."""
+        if self.tasks is not None:
+            return list(self.tasks)
+        assert self.classes is not None and self.decision is not None  # checked at validation
+        return [
+            TaskCard(
+                name="label",
+                classes=self.classes,
+                temperature=self.temperature,
+                decision=self.decision,
+                output=self.outputs[-1],
+            )
+        ]
+
+    @property
+    def multitask(self) -> bool:
+        """Several heads: answers are keyed by task."""
+        return self.tasks is not None
+
     @property
     def rule(self) -> dict[str, Any]:
-        """The decision rule as the plain dict :func:`decide_from_spec` applies."""
+        """The decision rule as the plain dict :func:`decide_from_spec` applies (one task)."""
+        if self.decision is None:
+            raise ContractError(f"model {self.name!r} has several tasks, so no single rule")
         return self.decision.model_dump()
 
     def to_json(self) -> dict[str, Any]:

@@ -33,10 +33,11 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
     """Rebuild the network a checkpoint was trained with and load its weights (eval mode)."""
     from carinspect.config import ModelConfig
+    from carinspect.contracts.tasks import num_outputs, tasks_of_checkpoint
     from carinspect.modeling.factory import build_model
 
     cfg = ModelConfig.model_validate({**state["config"]["model"], "pretrained": False})
-    model = build_model(cfg, len(state["classes"]))
+    model = build_model(cfg, num_outputs(tasks_of_checkpoint(state)))
     model.load_state_dict(state["model"])
     return model.eval()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,31 +12,69 @@ import numpy as np
 import torch
 from torch import nn
 
-from carinspect.modeling.onnx_names import INPUT, OUTPUTS
+from carinspect.modeling.onnx_names import INPUT, OUTPUTS, task_output
 
 logger = logging.getLogger(__name__)
 
 
 class _WithProbabilities(nn.Module):
-    """The network plus temperature-scaled softmax, so serving gets probabilities directly."""
+    """The network plus temperature-scaled softmax, so serving gets probabilities directly.
 
-    def __init__(self, model: nn.Module, temperature: float) -> None:
+    Several heads: one softmax per block of outputs, each at its own temperature.
+    """
+
+    def __init__(
+        self, model: nn.Module, temperatures: list[float], slices: list[slice] | None
+    ) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.slices = slices or [slice(None)]
+        self.temperature: torch.Tensor
+        self.register_buffer("temperature", torch.tensor([float(t) for t in temperatures]))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = self.model(x)
-        return logits, torch.softmax(logits / self.temperature, dim=1)
+        probs = [
+            torch.softmax(logits[:, sl] / self.temperature[i], dim=1)
+            for i, sl in enumerate(self.slices)
+        ]
+        return (logits, *probs)
+
+
+@dataclass(frozen=True)
+class Head:
+    """One task's block of the classifier outputs and its temperature, for export."""
+
+    name: str
+    outputs: slice
+    temperature: float
+
+
+def output_names(heads: list[Head] | None) -> list[str]:
+    """The graph's outputs: logits, then probabilities (one task) or one per task."""
+    if not heads:
+        return list(OUTPUTS)
+    return [OUTPUTS[0], *(task_output(h.name) for h in heads)]
 
 
 def export_onnx(
-    model: nn.Module, temperature: float, img_size: int, opset: int, path: Path
+    model: nn.Module,
+    temperature: float,
+    img_size: int,
+    opset: int,
+    path: Path,
+    heads: list[Head] | None = None,
 ) -> None:
-    """Export with torch's default (dynamo) exporter, weights inside the file, batch axis dynamic."""
+    """Export with torch's default (dynamo) exporter, weights inside the file, batch axis dynamic.
+
+    ``heads``: a multi-task model's tasks (``temperature`` is then unused); the graph gives
+    each task's probabilities as its own output, named by :func:`task_output`.
+    """
     import onnx
 
-    wrapped = _WithProbabilities(model.eval(), temperature).eval()
+    temperatures = [h.temperature for h in heads] if heads else [temperature]
+    slices = [h.outputs for h in heads] if heads else None
+    wrapped = _WithProbabilities(model.eval(), temperatures, slices).eval()
     example = torch.randn(2, 3, img_size, img_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
@@ -44,7 +83,7 @@ def export_onnx(
             (example,),
             str(path),
             input_names=[INPUT],
-            output_names=list(OUTPUTS),
+            output_names=output_names(heads),
             opset_version=opset,
             dynamo=True,
             external_data=False,
@@ -96,9 +135,9 @@ def session(path: Path, providers: list[str] | None = None, threads: int | None 
     )
 
 
-def ort_probabilities(sess: Any, batch: np.ndarray) -> np.ndarray:
-    """Probabilities from an exported model for a float32 NCHW batch."""
-    out: np.ndarray = sess.run([OUTPUTS[1]], {INPUT: batch.astype(np.float32)})[0]
+def ort_probabilities(sess: Any, batch: np.ndarray, output: str = OUTPUTS[1]) -> np.ndarray:
+    """Probabilities (of the task ``output`` names) from an exported model for an NCHW batch."""
+    out: np.ndarray = sess.run([output], {INPUT: batch.astype(np.float32)})[0]
     return out
 
 

@@ -1,4 +1,9 @@
 """Names in the exported ONNX graph: what export writes and serving reads (no torch import)."""
 
 INPUT = "input"
-OUTPUTS = ("logits", "probabilities")
+OUTPUTS = ("logits", "probabilities")  # one task; several add one probabilities output per task
+
+
+def task_output(task: str) -> str:
+    """The output holding one task's calibrated probabilities in a multi-task graph."""
+    return f"{OUTPUTS[1]}_{task}"

@@ -28,10 +28,12 @@ from carinspect.serving.limits import BodyLimit, RequestMetrics
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel, ModelStore
 from carinspect.serving.schemas import (
+    AnyPrediction,
     BatchPrediction,
     ErrorResponse,
     Health,
     ModelStatus,
+    MultiTaskPrediction,
     Prediction,
     UrlRequest,
 )
@@ -111,7 +113,7 @@ class Service:
             raise HTTPException(503, f"no model loaded yet: {self.store.not_ready_reason()}")
         return model
 
-    async def predict(self, data: bytes, filename: str | None) -> Prediction:
+    async def predict(self, data: bytes, filename: str | None) -> AnyPrediction:
         """Decode and preprocess off the event loop, then wait for a batch slot."""
         started = time.perf_counter()
         model = self.model()
@@ -126,7 +128,17 @@ class Service:
             future = self.batcher.enqueue(pixels, model)
         probs = await future
         ms = (time.perf_counter() - started) * 1000
-        return Prediction(**answer(model, probs), processing_ms=round(ms, 3), filename=filename)
+        kind = MultiTaskPrediction if model.multitask else Prediction
+        return kind(**answer(model, probs), processing_ms=round(ms, 3), filename=filename)
+
+
+def _thresholds(model: LoadedModel | None) -> dict[str, Any]:
+    """/model's thresholds: the rule's, or each task's by name."""
+    if model is None:
+        return {}
+    if model.multitask:
+        return {t.name: thresholds_of(t.decision) for t in model.tasks}
+    return thresholds_of(model.decision)
 
 
 def _lower_priority(nice: int) -> None:
@@ -248,7 +260,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             version=m.version if m else None,
             alias=store.ref.alias,
             classes=m.classes if m else [],
-            thresholds=thresholds_of(m.decision) if m else {},
+            thresholds=_thresholds(m),
+            tasks={t.name: t.classes for t in m.tasks} if m and m.multitask else None,
             preprocess=m.spec.to_dict() if m else {},
             execution_provider=m.provider if m else None,
             providers=m.providers if m else [],
@@ -267,9 +280,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/predict", response_model=Prediction, dependencies=Auth, tags=["predict"])
-    async def predict(service: ServiceDep, file: Annotated[UploadFile, File()]) -> Prediction:
-        """One image (multipart field ``file``): label, confidence, probabilities."""
+    @app.post("/predict", response_model=AnyPrediction, dependencies=Auth, tags=["predict"])
+    async def predict(service: ServiceDep, file: Annotated[UploadFile, File()]) -> AnyPrediction:
+        """One image (multipart field ``file``): label, confidence, probabilities.
+
+        A model with several tasks answers each under ``tasks``.
+        """
         return await service.predict(await file.read(), file.filename)
 
     @app.post("/predict/batch", response_model=BatchPrediction, dependencies=Auth, tags=["predict"])
@@ -295,12 +311,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             raise first
         ms = (time.perf_counter() - started) * 1000
         return BatchPrediction(
-            predictions=[r for r in results if isinstance(r, Prediction)],
+            predictions=[r for r in results if isinstance(r, Prediction | MultiTaskPrediction)],
             processing_ms=round(ms, 3),
         )
 
-    @app.post("/predict/url", response_model=Prediction, dependencies=Auth, tags=["predict"])
-    async def predict_url(service: ServiceDep, body: UrlRequest) -> Prediction:
+    @app.post("/predict/url", response_model=AnyPrediction, dependencies=Auth, tags=["predict"])
+    async def predict_url(service: ServiceDep, body: UrlRequest) -> AnyPrediction:
         """An image fetched from a public http(s) URL (only when ALLOW_URL_FETCH is on)."""
         if not service.settings.allow_url_fetch:
             raise HTTPException(403, "URL fetching is disabled on this server (ALLOW_URL_FETCH)")

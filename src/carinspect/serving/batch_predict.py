@@ -85,19 +85,32 @@ def predict_inputs(
     return rows
 
 
-def write_predictions(rows: list[dict[str, Any]], out: Path, classes: list[str]) -> None:
-    """``out`` as JSON (a list of rows) or CSV (one column per class probability)."""
+def write_predictions(rows: list[dict[str, Any]], out: Path, model: LoadedModel) -> None:
+    """``out`` as JSON (a list of rows) or CSV (one column per class probability).
+
+    Several tasks: the CSV has ``<task>:label``, ``<task>:confidence`` and ``<task>:p_<class>``
+    columns for each task.
+    """
     if out.suffix.lower() == ".json":
         write_json_atomic(out, rows)
         return
     if out.suffix.lower() != ".csv":
         raise InputError(f"--out {out}: use a .json or .csv file name")
+    tasks = [(t.name, t.classes) for t in model.tasks] if model.multitask else [("", model.classes)]
+    fields = ["path"]
+    for name, classes in tasks:
+        prefix = f"{name}:" if name else ""
+        fields += [f"{prefix}label", f"{prefix}confidence", *(f"{prefix}p_{c}" for c in classes)]
+    fields += ["error", "detail"]
     buf = io.StringIO()
-    fields = ["path", "label", "confidence", *(f"p_{c}" for c in classes), "error", "detail"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        flat = {k: row.get(k, "") for k in ("path", "label", "confidence", "error", "detail")}
-        flat.update({f"p_{c}": p for c, p in row.get("probabilities", {}).items()})
+        flat = {k: row.get(k, "") for k in ("path", "error", "detail")}
+        answers = row.get("tasks") or ({"": row} if "label" in row else {})
+        for name, got in answers.items():
+            prefix = f"{name}:" if name else ""
+            flat[f"{prefix}label"], flat[f"{prefix}confidence"] = got["label"], got["confidence"]
+            flat.update({f"{prefix}p_{c}": p for c, p in got["probabilities"].items()})
         writer.writerow(flat)
     write_text_atomic(out, buf.getvalue())

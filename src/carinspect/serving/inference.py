@@ -34,21 +34,33 @@ def thresholds_of(decision: dict[str, Any]) -> dict[str, Any]:
     return {k: decision[k] for k in keys if k in decision}
 
 
-def answer(model: LoadedModel, probs: np.ndarray) -> dict[str, Any]:
-    """Label, confidence, probabilities and rule for one probability row."""
-    index = int(decide_from_spec(probs[None, :], model.decision, model.classes)[0])
+def task_answer(probs: np.ndarray, classes: list[str], decision: dict[str, Any]) -> dict[str, Any]:
+    """Label, confidence, probabilities and rule of one task from its probability row."""
+    index = int(decide_from_spec(probs[None, :], decision, classes)[0])
     if index == UNCERTAIN:
         label, confidence = UNCERTAIN_LABEL, float(probs.max())
     else:
-        label, confidence = model.classes[index], float(probs[index])
+        label, confidence = classes[index], float(probs[index])
     return {
         "label": label,
         "confidence": round(confidence, 6),
-        "probabilities": {c: round(float(p), 6) for c, p in zip(model.classes, probs, strict=True)},
-        "thresholds": thresholds_of(model.decision),
-        "model": {
-            "name": model.ref.name,
-            "version": model.version,
-            "alias": model.ref.alias,
+        "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs, strict=True)},
+        "thresholds": thresholds_of(decision),
+    }
+
+
+def answer(model: LoadedModel, probs: np.ndarray) -> dict[str, Any]:
+    """The answer for one row of :meth:`LoadedModel.probabilities`.
+
+    One task: label, confidence, probabilities and rule at the top level (the seed service's
+    shape). Several: the same four under ``tasks``, keyed by task name.
+    """
+    which = {"name": model.ref.name, "version": model.version, "alias": model.ref.alias}
+    if not model.multitask:
+        return {**task_answer(probs, model.classes, model.decision), "model": which}
+    return {
+        "tasks": {
+            t.name: task_answer(probs[t.columns], t.classes, t.decision) for t in model.tasks
         },
+        "model": which,
     }

@@ -75,8 +75,24 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class ServedTask:
+    """One answer the model gives: its classes, decision rule, graph output and columns."""
+
+    name: str
+    classes: list[str]
+    decision: dict[str, Any]
+    output: str
+    columns: slice  # its block of the rows :meth:`LoadedModel.probabilities` returns
+
+
+@dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to serve: an open, warmed-up session and what model.json says."""
+    """A model ready to serve: an open, warmed-up session and what model.json says.
+
+    ``tasks`` holds one entry for a single-task model (``classes`` and ``decision`` are then
+    its), one per head for a multi-task model (``multitask``; ``classes`` is empty and
+    ``decision`` unused).
+    """
 
     ref: ModelRef
     version: str | None
@@ -87,6 +103,8 @@ class LoadedModel:
     providers: list[str]
     folder: Path
     meta: dict[str, Any]
+    tasks: list[ServedTask] = field(default_factory=list)
+    multitask: bool = False
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -94,10 +112,18 @@ class LoadedModel:
         """The execution provider that runs the model (the first one onnxruntime kept)."""
         return self.providers[0]
 
+    @property
+    def outputs(self) -> list[str]:
+        """The graph outputs a prediction reads."""
+        return [t.output for t in self.tasks] if self.tasks else [OUTPUTS[1]]
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for a float32 NCHW batch."""
-        out: np.ndarray = self.session.run([OUTPUTS[1]], {INPUT: batch})[0]
-        return out
+        """Probabilities for a float32 NCHW batch; several tasks: side by side, task order."""
+        out = self.session.run(self.outputs, {INPUT: batch})
+        if len(out) == 1:
+            first: np.ndarray = out[0]
+            return first
+        return np.concatenate(out, axis=1)
 
 
 def apply_overrides(decision: dict[str, Any], settings: ServeSettings) -> dict[str, Any]:
@@ -175,43 +201,66 @@ def open_model(
         if required:
             raise ModelLoadError(f"{onnx_path}: {message}")
         logger.warning("%s: %s", onnx_path, message)
+    tasks = _served_tasks(card, settings)
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    if INPUT not in inputs or OUTPUTS[1] not in outputs:
+    wanted_outputs = [t.output for t in tasks]
+    if INPUT not in inputs or not set(wanted_outputs) <= set(outputs):
         raise ModelLoadError(
-            f"{onnx_path}: expected input {INPUT!r} and output {OUTPUTS[1]!r}, "
+            f"{onnx_path}: expected input {INPUT!r} and outputs {wanted_outputs}, "
             f"found inputs {inputs} and outputs {outputs}"
         )
     model = LoadedModel(
         ref=ref,
         version=version,
-        classes=list(card.classes),
+        classes=[] if card.multitask else tasks[0].classes,
         spec=card.preprocess,
-        decision=apply_overrides(card.rule, settings),
+        decision={} if card.multitask else tasks[0].decision,
         session=session,
         providers=active,
         folder=folder,
         meta=card.to_json(),
+        tasks=tasks,
+        multitask=card.multitask,
     )
     _warm_up(model, settings.max_batch_size)
     return model
 
 
+def _served_tasks(card: ModelCard, settings: ServeSettings) -> list[ServedTask]:
+    """The card's tasks with their columns; THRESH/T_LOW/T_HIGH apply to a single task only."""
+    overridden = any(v is not None for v in (settings.thresh, settings.t_low, settings.t_high))
+    if card.multitask and overridden:
+        logger.warning(
+            "THRESH/T_LOW/T_HIGH are ignored: model %r has several tasks, each with its own rule",
+            card.name,
+        )
+    out, start = [], 0
+    for task in card.task_cards:
+        rule = task.rule if card.multitask else apply_overrides(task.rule, settings)
+        end = start + len(task.classes)
+        out.append(ServedTask(task.name, task.classes, rule, task.output, slice(start, end)))
+        start = end
+    return out
+
+
 def _warm_up(model: LoadedModel, max_batch: int) -> None:
     """Run batches of 1 and ``max_batch`` and check the probabilities are sane."""
     size = model.spec.img_size
+    width = sum(len(t.classes) for t in model.tasks)
     for n in sorted({1, max_batch}):
         batch = np.zeros((n, 3, size, size), dtype=np.float32)
         try:
             probs = model.probabilities(batch)
         except Exception as err:  # onnxruntime raises its own exception types
             raise ModelLoadError(f"{model.ref.uri}: warm-up batch of {n} failed: {err}") from err
-        if probs.shape != (n, len(model.classes)):
+        if probs.shape != (n, width):
             raise ModelLoadError(
-                f"{model.ref.uri}: warm-up gave shape {probs.shape}, expected "
-                f"({n}, {len(model.classes)}) for classes {model.classes}"
+                f"{model.ref.uri}: warm-up gave shape {probs.shape}, expected ({n}, {width}) "
+                f"for {', '.join(f'{t.name} {t.classes}' for t in model.tasks)}"
             )
-        if not np.all(np.isfinite(probs)) or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+        sums = [probs[:, t.columns].sum(axis=1) for t in model.tasks]
+        if not np.all(np.isfinite(probs)) or not all(np.allclose(x, 1.0, atol=1e-3) for x in sums):
             raise ModelLoadError(f"{model.ref.uri}: warm-up probabilities are not a distribution")
 
 

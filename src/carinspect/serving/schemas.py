@@ -29,10 +29,33 @@ class Prediction(BaseModel):
     filename: str | None = None
 
 
+class TaskAnswer(BaseModel):
+    """One task's answer in a multi-task prediction."""
+
+    label: str = Field(description="a class, or 'uncertain' inside the task's uncertainty band")
+    confidence: float = Field(
+        description="probability of the label (of the top class if uncertain)"
+    )
+    probabilities: dict[str, float] = Field(description="calibrated probability per class")
+    thresholds: dict[str, Any] = Field(description="the task's decision rule")
+
+
+class MultiTaskPrediction(BaseModel):
+    """One image's answers from a model with several tasks (one backbone, one head each)."""
+
+    tasks: dict[str, TaskAnswer] = Field(description="each task's answer, by task name")
+    model: ModelInfo
+    processing_ms: float = Field(description="time in the server for this image")
+    filename: str | None = None
+
+
+AnyPrediction = Prediction | MultiTaskPrediction
+
+
 class BatchPrediction(BaseModel):
     """Answers for /predict/batch, in upload order."""
 
-    predictions: list[Prediction]
+    predictions: list[Prediction | MultiTaskPrediction]
     processing_ms: float
 
 
@@ -52,6 +75,9 @@ class ModelStatus(BaseModel):
     alias: str | None
     classes: list[str]
     thresholds: dict[str, Any]
+    tasks: dict[str, list[str]] | None = Field(
+        None, description="several tasks: each task's classes (thresholds are then per task)"
+    )
     preprocess: dict[str, Any]
     execution_provider: str | None = Field(description="the provider onnxruntime really uses")
     providers: list[str]

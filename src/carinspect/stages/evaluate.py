@@ -7,6 +7,10 @@ probabilities, next to a most-frequent-class baseline. Output folder ``out``: ``
 ``predictions.csv``, ``figures/*.png`` and, for ``dvc plots``, ``plots/confusion.csv`` and
 ``plots/roc/<class>.csv`` / ``plots/pr/<class>.csv`` on test. All of it is logged to the
 training run in MLflow.
+
+A model with several tasks is evaluated per task on the images labelled for it, each with its
+own temperature (``calibration.json`` holds ``temperatures``); ``metrics.json`` holds every
+task's figures under ``tasks`` and, per split, their mean over tasks.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from sklearn import metrics as skm
 from carinspect.config import EvaluateConfig, Settings
 from carinspect.contracts.folders import EvaluateDir
 from carinspect.contracts.preprocess import PreprocessSpec
-from carinspect.data.dataset import ImageDataset, load_split, loader_for
+from carinspect.contracts.tasks import MISSING, TaskSpec, task_slices, tasks_of_checkpoint
+from carinspect.data.dataset import ImageDataset, load_task_split, loader_for
 from carinspect.evaluation import calibration, plots
 from carinspect.evaluation.metrics import classification_report, majority_baseline
 from carinspect.io import json_ready, staged_dir, write_json_atomic, write_text_atomic
@@ -53,6 +58,58 @@ def _csv(header: list[str], rows: list[list[Any]]) -> str:
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class _Assessment:
+    """One task's calibrated probabilities, reports and figures' inputs on val and test."""
+
+    temperature: float
+    raw: dict[str, np.ndarray]
+    probs: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    reports: dict[str, dict[str, Any]]
+    baseline: dict[str, dict[str, float]]
+    calibration: dict[str, Any]
+
+    def metrics(self) -> dict[str, Any]:
+        """What metrics.json holds for the task."""
+        out: dict[str, Any] = {
+            s: {k: v for k, v in self.reports[s].items() if k != "per_class"} for s in SPLITS
+        }
+        out["baseline"] = self.baseline
+        out["calibration"] = {k: v for k, v in self.calibration.items() if k != "fitted_on"}
+        return out
+
+
+def _assess(
+    logits: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    train_labels: list[int],
+    classes: list[str],
+    cfg: EvaluateConfig,
+) -> _Assessment:
+    """Fit the temperature on val, then report val and test with calibrated probabilities."""
+    temperature = (
+        calibration.fit_temperature(logits["val"], labels["val"]) if cfg.calibrate else 1.0
+    )
+    raw = {s: calibration.softmax(logits[s]) for s in SPLITS}
+    probs = {s: calibration.softmax(logits[s], temperature) for s in SPLITS}
+    reports = {s: classification_report(probs[s], labels[s], classes, cfg.ece_bins) for s in SPLITS}
+    baseline = {s: majority_baseline(train_labels, labels[s], len(classes)) for s in SPLITS}
+    calib: dict[str, Any] = {
+        "temperature": temperature,
+        "fitted_on": "val",
+        "enabled": cfg.calibrate,
+    }
+    for s in SPLITS:
+        calib[f"{s}_nll_before"] = calibration.nll(logits[s], labels[s])
+        calib[f"{s}_nll_after"] = calibration.nll(logits[s], labels[s], temperature)
+        calib[f"{s}_ece_before"] = (
+            reports[s]["ece"] if temperature == 1.0 else _ece(raw[s], labels[s], cfg)
+        )
+        calib[f"{s}_ece_after"] = reports[s]["ece"]
+    return _Assessment(temperature, raw, probs, labels, reports, baseline, calib)
+
+
 def run(
     cfg: EvaluateConfig,
     settings: Settings,
@@ -66,7 +123,7 @@ def run(
     import torch
 
     state = load_checkpoint(Path(checkpoint))
-    classes: list[str] = state["classes"]
+    tasks = tasks_of_checkpoint(state)
     spec = PreprocessSpec.from_dict(state["preprocess"])
     model = model_from_checkpoint(state)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -77,80 +134,149 @@ def run(
     labels: dict[str, np.ndarray] = {}
     samples = {}
     for split in SPLITS:
-        samples[split] = load_split(Path(splits), Path(ingest_dir), split, classes)
+        samples[split] = load_task_split(Path(splits), Path(ingest_dir), split, tasks)
         if not samples[split]:
             raise ValueError(f"{splits}: the {split} split is empty; nothing to evaluate")
         ds = ImageDataset(samples[split], spec)
         loader = loader_for(ds, cfg.batch_size, list(range(len(ds))), cfg.workers, drop_last=False)
         logits[split], labels[split] = predict_logits(model, loader, device, precision)
+    train_ds = ImageDataset(load_task_split(Path(splits), Path(ingest_dir), "train", tasks), spec)
+    paths = {s: [str(x.path.relative_to(Path(ingest_dir))) for x in samples[s]] for s in SPLITS}
 
-    temperature = (
-        calibration.fit_temperature(logits["val"], labels["val"]) if cfg.calibrate else 1.0
-    )
-    raw = {s: calibration.softmax(logits[s]) for s in SPLITS}
-    probs = {s: calibration.softmax(logits[s], temperature) for s in SPLITS}
-    reports = {s: classification_report(probs[s], labels[s], classes, cfg.ece_bins) for s in SPLITS}
-    train_labels = [
-        x.label
-        for x in load_split(Path(splits), Path(ingest_dir), "train", classes)
-        if isinstance(x.label, int)
-    ]
-    baseline = {s: majority_baseline(train_labels, labels[s], len(classes)) for s in SPLITS}
-    calib = {"temperature": temperature, "fitted_on": "val", "enabled": cfg.calibrate}
-    for s in SPLITS:
-        calib[f"{s}_nll_before"] = calibration.nll(logits[s], labels[s])
-        calib[f"{s}_nll_after"] = calibration.nll(logits[s], labels[s], temperature)
-        calib[f"{s}_ece_before"] = (
-            reports[s]["ece"] if temperature == 1.0 else _ece(raw[s], labels[s], cfg)
-        )
-        calib[f"{s}_ece_after"] = reports[s]["ece"]
+    if len(tasks) == 1:
+        a = _assess(logits, labels, train_ds.labels(), tasks[0].classes, cfg)
+        metrics = a.metrics()
+        result = {tasks[0].name: a}
+    else:
+        result = {}
+        for t, (task, sl) in enumerate(zip(tasks, task_slices(tasks), strict=True)):
+            mask = {s: labels[s][:, t] != MISSING for s in SPLITS}
+            for s in SPLITS:
+                if not mask[s].any():
+                    raise ValueError(
+                        f"{splits}: no image of the {s} split is labelled for task {task.name!r}"
+                    )
+            train_labels = [c for c in train_ds.labels(t) if c != MISSING]
+            result[task.name] = _assess(
+                {s: logits[s][mask[s], sl] for s in SPLITS},
+                {s: labels[s][mask[s], t] for s in SPLITS},
+                train_labels,
+                task.classes,
+                cfg,
+            )
+        metrics = _multitask_metrics({n: a.metrics() for n, a in result.items()})
 
-    metrics = {s: {k: v for k, v in reports[s].items() if k != "per_class"} for s in SPLITS}
-    metrics["baseline"] = baseline
-    metrics["calibration"] = {k: v for k, v in calib.items() if k != "fitted_on"}
     out = Path(out)
     with staged_dir(out) as staged:
         tmp = EvaluateDir(staged)
         write_json_atomic(tmp.metrics, json_ready(metrics))
-        write_json_atomic(
-            tmp.report,
-            json_ready(
-                {"classes": classes, "splits": reports, "baseline": baseline, "calibration": calib}
-            ),
-        )
-        write_json_atomic(tmp.calibration, {"temperature": temperature})
-        rows = [
-            [
-                s,
-                str(smp.path.relative_to(Path(ingest_dir))),
-                classes[int(y)],
-                classes[int(p.argmax())],
-                *(f"{v:.6f}" for v in p),
-            ]
-            for s in SPLITS
-            for smp, y, p in zip(samples[s], labels[s], probs[s], strict=True)
-        ]
-        write_text_atomic(
-            tmp.predictions,
-            _csv(["split", "path", "label", "predicted", *(f"p_{c}" for c in classes)], rows),
-        )
-        _plots(tmp, probs, raw, labels, classes, cfg)
+        if len(tasks) == 1:
+            a = result[tasks[0].name]
+            report: dict[str, Any] = {
+                "classes": tasks[0].classes,
+                "splits": a.reports,
+                "baseline": a.baseline,
+                "calibration": a.calibration,
+            }
+            write_json_atomic(tmp.calibration, {"temperature": a.temperature})
+        else:
+            report = {
+                "tasks": {
+                    task.name: {
+                        "classes": task.classes,
+                        "splits": result[task.name].reports,
+                        "baseline": result[task.name].baseline,
+                        "calibration": result[task.name].calibration,
+                    }
+                    for task in tasks
+                }
+            }
+            write_json_atomic(
+                tmp.calibration, {"temperatures": {n: a.temperature for n, a in result.items()}}
+            )
+        write_json_atomic(tmp.report, json_ready(report))
+        write_text_atomic(tmp.predictions, _predictions(tasks, logits, labels, result, paths))
+        _plots(tmp, tasks, result, cfg)
     if run_id:
         runs.append_to_run(
             settings, run_id, metrics, "eval.", out, "evaluation",
             params={"evaluate": cfg.model_dump()},
         )  # fmt: skip
-    t = metrics["test"]
-    logger.info(
-        "test: accuracy %.3f, macro-F1 %.3f, AUROC %s, ECE %.3f (T=%.3f); baseline accuracy %.3f",
-        t["accuracy"],
-        t["macro_f1"],
-        t["auroc_macro"],
-        t["ece"],
-        temperature,
-        baseline["test"]["accuracy"],
-    )
+    for name, a in result.items():
+        test = a.reports["test"]
+        logger.info(
+            "test%s: accuracy %.3f, macro-F1 %.3f, AUROC %s, ECE %.3f (T=%.3f); baseline "
+            "accuracy %.3f",
+            f" ({name})" if len(tasks) > 1 else "",
+            test["accuracy"],
+            test["macro_f1"],
+            test["auroc_macro"],
+            test["ece"],
+            a.temperature,
+            a.baseline["test"]["accuracy"],
+        )
+    temperature = result[tasks[0].name].temperature
     return EvaluateResult(out=out, temperature=temperature, metrics=metrics)
+
+
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auroc_macro")
+
+
+def _multitask_metrics(per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """metrics.json of several tasks: each task's metrics under ``tasks``, and per split.
+
+    The per-split figures are the mean over tasks of the headline ones; they are what the
+    promotion gate compares, so ``eval.test.accuracy`` stands for every task.
+    """
+    out: dict[str, Any] = {"tasks": per_task}
+    for s in SPLITS:
+        out[s] = {}
+        for key in HEADLINE:
+            values = [m[s][key] for m in per_task.values() if m[s][key] is not None]
+            out[s][key] = float(np.mean(values)) if values else None
+    return out
+
+
+def _predictions(
+    tasks: list[TaskSpec],
+    logits: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    result: dict[str, _Assessment],
+    paths: dict[str, list[str]],
+) -> str:
+    """The text of predictions.csv.
+
+    One task: ``split,path,label,predicted,p_<class>...``. Several: the same columns per task
+    after ``split,path``, each named ``<task>:<column>``; a task's probabilities are given for
+    every image, its label only where it has one.
+    """
+    if len(tasks) == 1:
+        a, classes = result[tasks[0].name], tasks[0].classes
+        header = ["split", "path", "label", "predicted", *(f"p_{c}" for c in classes)]
+        rows = [
+            [s, path, classes[int(y)], classes[int(p.argmax())], *(f"{v:.6f}" for v in p)]
+            for s in SPLITS
+            for path, y, p in zip(paths[s], a.labels[s], a.probs[s], strict=True)
+        ]
+        return _csv(header, rows)
+    header = ["split", "path"]
+    for task in tasks:
+        header += [f"{task.name}:label", f"{task.name}:predicted"]
+        header += [f"{task.name}:p_{c}" for c in task.classes]
+    rows = []
+    for s in SPLITS:
+        probs = [
+            calibration.softmax(logits[s][:, sl], result[task.name].temperature)
+            for task, sl in zip(tasks, task_slices(tasks), strict=True)
+        ]
+        for i, path in enumerate(paths[s]):
+            row = [s, path]
+            for t, task in enumerate(tasks):
+                y, p = int(labels[s][i, t]), probs[t][i]
+                row += [task.classes[y] if y != MISSING else "", task.classes[int(p.argmax())]]
+                row += [f"{v:.6f}" for v in p]
+            rows.append(row)
+    return _csv(header, rows)
 
 
 def _ece(probs: np.ndarray, labels: np.ndarray, cfg: EvaluateConfig) -> float:
@@ -160,44 +286,59 @@ def _ece(probs: np.ndarray, labels: np.ndarray, cfg: EvaluateConfig) -> float:
 
 
 def _plots(
-    out: EvaluateDir,
-    probs: dict[str, np.ndarray],
-    raw: dict[str, np.ndarray],
-    labels: dict[str, np.ndarray],
-    classes: list[str],
-    cfg: EvaluateConfig,
+    out: EvaluateDir, tasks: list[TaskSpec], result: dict[str, _Assessment], cfg: EvaluateConfig
 ) -> None:
+    """Figures per split and, for `dvc plots`, test-split confusion pairs and ROC/PR curves.
+
+    Several tasks: figures are prefixed with the task; confusion classes read ``task: class``
+    (one matrix, one block per task) and curves are ``<task>.<class>.csv``.
+    """
     figures, folder = out.root / "figures", out.root / "plots"
     figures.mkdir(parents=True, exist_ok=True)
-    for s in SPLITS:
-        pred = probs[s].argmax(axis=1)
-        plots.confusion_png(labels[s], pred, classes, s, figures / f"confusion_{s}.png")
-        plots.curves_png(probs[s], labels[s], classes, s, figures / f"curves_{s}.png")
-        plots.reliability_png(
-            raw[s], probs[s], labels[s], cfg.ece_bins, s, figures / f"reliability_{s}.png"
-        )
-    y, p = labels["test"], probs["test"]
-    write_text_atomic(
-        out.confusion,
-        _csv(
-            ["actual", "predicted"],
-            [[classes[a], classes[b]] for a, b in zip(y, p.argmax(1), strict=True)],
-        ),
-    )
-    for k, name in enumerate(classes):
-        positive = y == k
-        if positive.all() or not positive.any():
-            continue
-        fpr, tpr, _ = skm.roc_curve(positive, p[:, k])
-        precision, recall, _ = skm.precision_recall_curve(positive, p[:, k])
-        write_text_atomic(
-            folder / "roc" / f"{name}.csv",
-            _csv(["fpr", "tpr"], [[f"{a:.6f}", f"{b:.6f}"] for a, b in zip(fpr, tpr, strict=True)]),
-        )
-        write_text_atomic(
-            folder / "pr" / f"{name}.csv",
-            _csv(
-                ["recall", "precision"],
-                [[f"{a:.6f}", f"{b:.6f}"] for a, b in zip(recall, precision, strict=True)],
-            ),
-        )
+    multi = len(tasks) > 1
+    pairs: list[list[str]] = []
+    for task in tasks:
+        a, classes = result[task.name], task.classes
+        prefix = f"{task.name}_" if multi else ""
+        shown = [f"{task.name}: {c}" for c in classes] if multi else classes
+        for s in SPLITS:
+            pred = a.probs[s].argmax(axis=1)
+            title = f"{task.name}, {s}" if multi else s
+            plots.confusion_png(
+                a.labels[s], pred, classes, title, figures / f"{prefix}confusion_{s}.png"
+            )
+            plots.curves_png(
+                a.probs[s], a.labels[s], classes, title, figures / f"{prefix}curves_{s}.png"
+            )
+            plots.reliability_png(
+                a.raw[s],
+                a.probs[s],
+                a.labels[s],
+                cfg.ece_bins,
+                title,
+                figures / f"{prefix}reliability_{s}.png",
+            )
+        y, p = a.labels["test"], a.probs["test"]
+        pairs += [[shown[i], shown[j]] for i, j in zip(y, p.argmax(1), strict=True)]
+        for k, name in enumerate(classes):
+            positive = y == k
+            if positive.all() or not positive.any():
+                continue
+            fpr, tpr, _ = skm.roc_curve(positive, p[:, k])
+            precision, recall, _ = skm.precision_recall_curve(positive, p[:, k])
+            stem = f"{task.name}.{name}" if multi else name
+            write_text_atomic(
+                folder / "roc" / f"{stem}.csv",
+                _csv(
+                    ["fpr", "tpr"],
+                    [[f"{a:.6f}", f"{b:.6f}"] for a, b in zip(fpr, tpr, strict=True)],
+                ),
+            )
+            write_text_atomic(
+                folder / "pr" / f"{stem}.csv",
+                _csv(
+                    ["recall", "precision"],
+                    [[f"{a:.6f}", f"{b:.6f}"] for a, b in zip(recall, precision, strict=True)],
+                ),
+            )
+    write_text_atomic(out.confusion, _csv(["actual", "predicted"], pairs))

@@ -8,6 +8,10 @@ and ``export.fp16_max_flips``. Otherwise nothing is written.
 
 Output folder ``out``: ``model.onnx`` (and ``model.fp16.onnx``), ``model.json`` (classes,
 preprocessing spec, temperature, decision rule, lineage, parity) and ``metrics.json``.
+
+Several tasks: the graph has one probabilities output per task (each at its task's temperature),
+model.json lists the tasks, and the parity check covers every task (the largest difference, and
+the flips summed over tasks).
 """
 
 from __future__ import annotations
@@ -25,20 +29,23 @@ from carinspect.config import ExportConfig, Settings
 from carinspect.contracts.cards import parse_card
 from carinspect.contracts.folders import ExportDir
 from carinspect.contracts.preprocess import PreprocessSpec
-from carinspect.contracts.rules import read_rule
-from carinspect.data.dataset import ImageDataset, load_split
+from carinspect.contracts.rules import parse_rule, read_rule
+from carinspect.contracts.tasks import TaskSpec, task_slices, tasks_of_checkpoint
+from carinspect.data.dataset import ImageDataset, load_task_split
 from carinspect.errors import InputError
 from carinspect.evaluation.decision import decide_from_spec
 from carinspect.io import staged_dir, write_json_atomic
 from carinspect.modeling.checkpoint import load_checkpoint, model_from_checkpoint
 from carinspect.modeling.onnx_export import (
+    Head,
     export_onnx,
     file_is_self_contained,
     ort_probabilities,
+    output_names,
     session,
     to_fp16,
 )
-from carinspect.modeling.onnx_names import INPUT, OUTPUTS
+from carinspect.modeling.onnx_names import INPUT, OUTPUTS, task_output
 from carinspect.tracking import runs
 from carinspect.tracking.lineage import lineage_tags
 from carinspect.tracking.registry import RUN_COPY
@@ -58,25 +65,81 @@ class ExportResult:
     parity: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One task as export checks it: its decision rule and the graph output it reads."""
+
+    name: str
+    classes: list[str]
+    outputs: slice
+    temperature: float
+    decision: dict[str, Any]
+    output: str
+
+
 def parity(
-    onnx_path: Path,
-    torch_probs: np.ndarray,
-    batch: np.ndarray,
-    decision: dict[str, Any],
-    classes: list[str],
+    onnx_path: Path, torch_logits: np.ndarray, batch: np.ndarray, answers: list[Answer]
 ) -> dict[str, Any]:
     """Compare an ONNX file's probabilities and decisions with the checkpoint's on ``batch``."""
     sess = session(onnx_path)
-    ort_probs = ort_probabilities(sess, batch)
-    flips = decide_from_spec(torch_probs, decision, classes) != decide_from_spec(
-        ort_probs, decision, classes
-    )
+    worst, flips = 0.0, 0
+    for a in answers:
+        logits = torch.from_numpy(torch_logits[:, a.outputs])
+        torch_probs = torch.softmax(logits / a.temperature, dim=1).numpy()
+        ort_probs = ort_probabilities(sess, batch, a.output)
+        changed = decide_from_spec(torch_probs, a.decision, a.classes) != decide_from_spec(
+            ort_probs, a.decision, a.classes
+        )
+        worst = max(worst, float(np.abs(ort_probs - torch_probs).max()))
+        flips += int(changed.sum())
     return {
         "images": len(batch),
-        "max_abs_diff": float(np.abs(ort_probs - torch_probs).max()),
-        "decision_flips": int(flips.sum()),
+        "max_abs_diff": worst,
+        "decision_flips": flips,
         "execution_provider": sess.get_providers()[0],  # what the parity was checked on
     }
+
+
+def _answers(tasks: list[TaskSpec], calibration: dict[str, Any], threshold: Path) -> list[Answer]:
+    """Each task's decision rule and temperature, checked against the checkpoint's tasks."""
+    if len(tasks) == 1:
+        rule = read_rule(Path(threshold)).model_dump()
+        if rule["classes"] != tasks[0].classes:
+            raise ExportError(
+                f"{threshold}: the rule is for classes {rule['classes']}, the checkpoint's are "
+                f"{tasks[0].classes}"
+            )
+        return [
+            Answer(
+                tasks[0].name,
+                tasks[0].classes,
+                slice(None),
+                float(calibration["temperature"]),
+                rule,
+                OUTPUTS[1],
+            )
+        ]
+    rules = _read_json(threshold, "threshold.json (from threshold)").get("tasks", {})
+    temperatures = calibration.get("temperatures", {})
+    answers = []
+    for task, sl in zip(tasks, task_slices(tasks), strict=True):
+        if task.name not in rules or task.name not in temperatures:
+            raise ExportError(
+                f"task {task.name!r} has no rule in {threshold} or no temperature in "
+                "calibration.json: run evaluate and threshold on this checkpoint"
+            )
+        rule = parse_rule(rules[task.name], f"{threshold}: tasks.{task.name}").model_dump()
+        answers.append(
+            Answer(
+                task.name,
+                task.classes,
+                sl,
+                float(temperatures[task.name]),
+                rule,
+                task_output(task.name),
+            )
+        )
+    return answers
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -99,27 +162,30 @@ def run(
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out`` after the parity check."""
     state = load_checkpoint(Path(checkpoint))
-    classes: list[str] = state["classes"]
+    tasks = tasks_of_checkpoint(state)
     spec = PreprocessSpec.from_dict(state["preprocess"])
-    temperature = float(_read_json(calibration, "calibration.json (from evaluate)")["temperature"])
-    decision = read_rule(Path(threshold)).model_dump()
+    answers = _answers(
+        tasks, _read_json(calibration, "calibration.json (from evaluate)"), threshold
+    )
+    multi = len(tasks) > 1
+    heads = [Head(a.name, a.outputs, a.temperature) for a in answers] if multi else None
     model = model_from_checkpoint(state)
 
-    samples = load_split(Path(splits), Path(ingest_dir), "val", classes)[: cfg.parity_images]
+    samples = load_task_split(Path(splits), Path(ingest_dir), "val", tasks)[: cfg.parity_images]
     if not samples:
         raise ExportError(f"{splits}: no val images for the parity check")
     ds = ImageDataset(samples, spec)
     batch = np.stack([ds[i][0].numpy() for i in range(len(ds))])
     with torch.no_grad():
-        torch_probs = torch.softmax(model(torch.from_numpy(batch)) / temperature, dim=1).numpy()
+        torch_logits = model(torch.from_numpy(batch)).numpy()
 
     figures: dict[str, Any] = {}
     with staged_dir(Path(out)) as staged:
         tmp = ExportDir(staged)
-        export_onnx(model, temperature, spec.img_size, cfg.opset, tmp.onnx)
+        export_onnx(model, answers[0].temperature, spec.img_size, cfg.opset, tmp.onnx, heads)
         if not file_is_self_contained(tmp.onnx):
             raise ExportError(f"{tmp.ONNX} refers to external weight files")
-        figures["fp32"] = parity(tmp.onnx, torch_probs, batch, decision, classes)
+        figures["fp32"] = parity(tmp.onnx, torch_logits, batch, answers)
         fp32 = figures["fp32"]
         if fp32["max_abs_diff"] > cfg.max_abs_diff or fp32["decision_flips"] > 0:
             raise ExportError(
@@ -130,7 +196,7 @@ def run(
         files = {"fp32": tmp.ONNX}
         if cfg.fp16:
             to_fp16(tmp.onnx, tmp.onnx_fp16)
-            figures["fp16"] = half = parity(tmp.onnx_fp16, torch_probs, batch, decision, classes)
+            figures["fp16"] = half = parity(tmp.onnx_fp16, torch_logits, batch, answers)
             if (
                 half["max_abs_diff"] > cfg.fp16_max_abs_diff
                 or half["decision_flips"] > cfg.fp16_max_flips
@@ -141,18 +207,35 @@ def run(
                     f"{cfg.fp16_max_flips}); the model was not exported"
                 )
             files["fp16"] = tmp.ONNX_FP16
+        if multi:
+            answer: dict[str, Any] = {
+                "tasks": [
+                    {
+                        "name": a.name,
+                        "classes": a.classes,
+                        "temperature": a.temperature,
+                        "decision": a.decision,
+                        "output": a.output,
+                    }
+                    for a in answers
+                ]
+            }
+        else:
+            answer = {
+                "classes": answers[0].classes,
+                "temperature": answers[0].temperature,
+                "decision": answers[0].decision,
+            }
         card = parse_card({
             "name": state["config"]["model"]["name"],
-            "classes": classes,
+            **answer,
             "preprocess": spec.to_dict(),
-            "temperature": temperature,
-            "decision": decision,
             "input": {
                 "name": INPUT,
                 "shape": ["batch", 3, spec.img_size, spec.img_size],
                 "dtype": "float32",
             },
-            "outputs": list(OUTPUTS),
+            "outputs": output_names(heads),
             "opset": cfg.opset,
             "files": files,
             "parity": figures,

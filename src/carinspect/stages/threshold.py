@@ -11,6 +11,11 @@ Input: evaluate's ``predictions.csv`` (calibrated probabilities). Output folder 
 and, for ``dvc plots``, ``plots/<class>.csv``: precision, recall and coverage on val of answering
 that class above each threshold (binary: the positive class; multiclass: every predicted class,
 under the argmax rule, which is what ``per_class`` tunes).
+
+Several tasks: one rule per task, each from this section with ``threshold.tasks.<task>``
+applied over it, chosen on the val images labelled for that task. threshold.json is then
+``{"tasks": {<task>: <rule>}}``, ``metrics.json`` is keyed by task, and plots and figures are
+prefixed with the task.
 """
 
 from __future__ import annotations
@@ -49,21 +54,39 @@ class ThresholdResult:
     spec: dict[str, Any]
 
 
-def read_predictions(path: Path) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Classes and, per split, (probabilities, label indices) from evaluate's predictions.csv."""
+def prediction_tasks(path: Path) -> list[str]:
+    """The tasks of a multi-task predictions.csv (``<task>:label`` columns); [] for one task."""
     if not Path(path).is_file():
         raise ThresholdError(f"{path}: predictions file not found (run evaluate first)")
     with Path(path).open(newline="") as fh:
+        header = next(csv.reader(fh), [])
+    return [c.split(":", 1)[0] for c in header if c.endswith(":label")]
+
+
+def read_predictions(
+    path: Path, task: str | None = None
+) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Classes and, per split, (probabilities, label indices) from evaluate's predictions.csv.
+
+    ``task``: the columns of that task in a multi-task file, over the images labelled for it.
+    """
+    if not Path(path).is_file():
+        raise ThresholdError(f"{path}: predictions file not found (run evaluate first)")
+    prefix = f"{task}:" if task else ""
+    with Path(path).open(newline="") as fh:
         reader = csv.DictReader(fh)
-        classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
-        rows = list(reader)
+        start = f"{prefix}p_"
+        classes = [c[len(start) :] for c in reader.fieldnames or [] if c.startswith(start)]
+        rows = [r for r in reader if r[f"{prefix}label"]]
     if len(classes) < 2 or not rows:
-        raise ThresholdError(f"{path}: expected p_<class> columns and at least one row")
+        raise ThresholdError(f"{path}: expected {start}<class> columns and at least one row")
     out = {}
     for split in ("val", "test"):
         mine = [r for r in rows if r["split"] == split]
-        probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in mine], dtype=np.float64)
-        labels = np.array([classes.index(r["label"]) for r in mine], dtype=np.int64)
+        probs = np.array(
+            [[float(r[f"{start}{c}"]) for c in classes] for r in mine], dtype=np.float64
+        )
+        labels = np.array([classes.index(r[f"{prefix}label"]) for r in mine], dtype=np.int64)
         out[split] = (probs.reshape(len(mine), len(classes)), labels)
     if len(out["val"][1]) == 0:
         raise ThresholdError(f"{path}: no val rows; the threshold is chosen on val")
@@ -200,6 +223,51 @@ def _curve_csv(curve: th.LabelCurve) -> str:
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class _TaskRule:
+    """One task's rule with what it was chosen from."""
+
+    classes: list[str]
+    data: dict[str, tuple[np.ndarray, np.ndarray]]
+    spec: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Per-split figures without their confidence intervals."""
+        return {
+            split: {k: v for k, v in figs.items() if k != "ci95"}
+            for split, figs in self.spec["splits"].items()
+        }
+
+
+def _choose(cfg: ThresholdConfig, predictions: Path, task: str | None) -> _TaskRule:
+    classes, data = read_predictions(predictions, task)
+    spec = _binary(cfg, classes, data) if len(classes) == 2 else _multiclass(cfg, classes, data)
+    spec = json_ready({"classes": classes, **spec})
+    where = f" for task {task!r}" if task else ""
+    parse_rule(spec, f"the decision rule threshold chose{where}")  # what export will read
+    return _TaskRule(classes, data, spec)
+
+
+def _write_plots(staged: Path, rule: _TaskRule, prefix: str) -> None:
+    curves = _curves(rule.classes, rule.spec, rule.data)
+    for name, curve in curves.items():
+        write_text_atomic(staged / "plots" / f"{prefix}{name}.csv", _curve_csv(curve))
+    (staged / "figures").mkdir(exist_ok=True)
+    figure = staged / "figures" / f"{prefix}threshold.png"
+    spec = rule.spec
+    if spec["task"] == "binary":
+        plots.binary_threshold_png(
+            curves[spec["positive_class"]], spec["positive_class"], spec, figure
+        )
+    else:
+        plots.multiclass_threshold_png(*rule.data["val"], curves, spec["min_confidence"], figure)
+
+
+def _band(spec: dict[str, Any]) -> dict[str, float]:
+    return {"t_low": spec["t_low"], "t_high": spec["t_high"]} if spec["task"] == "binary" else {}
+
+
 def run(
     cfg: ThresholdConfig,
     settings: Settings,
@@ -208,35 +276,32 @@ def run(
     run_id: str | None = None,
 ) -> ThresholdResult:
     """Choose the operating point from ``predictions`` and write ``out``."""
-    classes, data = read_predictions(Path(predictions))
-    spec = _binary(cfg, classes, data) if len(classes) == 2 else _multiclass(cfg, classes, data)
-    spec = json_ready({"classes": classes, **spec})
-    metrics = {
-        split: {k: v for k, v in figs.items() if k != "ci95"}
-        for split, figs in spec["splits"].items()
-    }
-    parse_rule(spec, "the decision rule threshold chose")  # what export and serving will read
-    curves = _curves(classes, spec, data)
+    tasks = prediction_tasks(Path(predictions))
+    unknown = sorted(set(cfg.tasks) - set(tasks))
+    if unknown:
+        raise ThresholdError(
+            f"threshold.tasks names {unknown}, which are not tasks of {predictions} "
+            f"({tasks or 'a single-task model'})"
+        )
+    if not tasks:
+        rule = _choose(cfg, Path(predictions), None)
+        spec, metrics = rule.spec, rule.metrics
+        logged: dict[str, Any] = {**metrics, **_band(spec)}
+        rules = {"": rule}
+    else:
+        rules = {t: _choose(cfg.for_task(t), Path(predictions), t) for t in tasks}
+        spec = {"tasks": {t: r.spec for t, r in rules.items()}}
+        metrics = {t: r.metrics for t, r in rules.items()}
+        logged = {t: {**r.metrics, **_band(r.spec)} for t, r in rules.items()}
     with staged_dir(Path(out)) as staged:
         tmp = ThresholdDir(staged)
         write_json_atomic(tmp.rule, spec)
         write_json_atomic(tmp.metrics, metrics)
-        for name, curve in curves.items():
-            write_text_atomic(staged / "plots" / f"{name}.csv", _curve_csv(curve))
-        (staged / "figures").mkdir()
-        figure = staged / "figures" / "threshold.png"
-        if spec["task"] == "binary":
-            plots.binary_threshold_png(
-                curves[spec["positive_class"]], spec["positive_class"], spec, figure
-            )
-        else:
-            plots.multiclass_threshold_png(*data["val"], curves, spec["min_confidence"], figure)
+        for name, rule in rules.items():
+            _write_plots(staged, rule, f"{name}." if name else "")
     if run_id:
-        band = (
-            {"t_low": spec["t_low"], "t_high": spec["t_high"]} if spec["task"] == "binary" else {}
-        )
         runs.append_to_run(
-            settings, run_id, {**metrics, **band}, "threshold.", Path(out), "threshold",
+            settings, run_id, logged, "threshold.", Path(out), "threshold",
             params={"threshold": cfg.model_dump()},
         )  # fmt: skip
     return ThresholdResult(out=Path(out), spec=spec)

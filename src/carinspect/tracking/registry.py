@@ -109,16 +109,28 @@ def version_tags(
             value = metrics.get(split, {}).get(key)
             if value is not None:
                 tags[f"metrics.{split}.{key}"] = f"{value:.6f}"
-    decision = model_json.get("decision", {})
-    tags["decision"] = json.dumps(
-        {k: v for k, v in decision.items() if k != "classes"}, sort_keys=True
-    )
-    tags["classes"] = ",".join(model_json["classes"])
+    for task in model_json.get("tasks") or []:  # several tasks: each one's figures and rule
+        for split in ("val", "test"):
+            figures = metrics.get("tasks", {}).get(task["name"], {}).get(split, {})
+            for key in GATE_METRICS:
+                if figures.get(key) is not None:
+                    tags[f"metrics.{task['name']}.{split}.{key}"] = f"{figures[key]:.6f}"
+        tags[f"decision.{task['name']}"] = _rule_tag(task["decision"])
+        tags[f"classes.{task['name']}"] = ",".join(task["classes"])
+    if model_json.get("tasks"):
+        tags["tasks"] = ",".join(t["name"] for t in model_json["tasks"])
+    else:
+        tags["decision"] = _rule_tag(model_json.get("decision", {}))
+        tags["classes"] = ",".join(model_json["classes"])
     tags["onnx.checked_providers"] = ",".join(checked_providers(model_json))
     for precision, figures in sorted(model_json.get("parity", {}).items()):
         tags[f"onnx.parity.{precision}.max_abs_diff"] = f"{figures['max_abs_diff']:.3g}"
     tags["onnx.run_artifacts"] = f"runs:/{run_id}/{RUN_COPY}"  # the copy in the run
     return tags
+
+
+def _rule_tag(decision: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in decision.items() if k != "classes"}, sort_keys=True)
 
 
 def checked_providers(model_json: dict[str, Any]) -> list[str]:

@@ -1,0 +1,128 @@
+"""A two-task model after training: evaluate, threshold, export and a served answer per task."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from carinspect.config import EvaluateConfig, ExportConfig, Settings, ThresholdConfig, load_params
+from carinspect.contracts.cards import read_card
+from carinspect.data.images import ImageLimits
+from carinspect.serving.inference import pixels_for
+from carinspect.serving.model_store import ModelRef, open_model
+from carinspect.serving.settings import ServeSettings
+from carinspect.stages import evaluate, export, threshold, train
+from carinspect.stages.threshold import ThresholdError
+from tests.conftest import Prepared, start_server, stop_process, tiny_params
+
+TASKS = ["cleanliness", "damage"]
+RULES = ThresholdConfig(
+    positive_class="clean",
+    target_precision=0.5,
+    allow_fallback=True,
+    bootstrap=0,
+    tasks={"damage": {"positive_class": "intact", "target_precision": 0.6}},
+)
+
+
+@pytest.fixture(scope="module")
+def two_tasks(tmp_path_factory: pytest.TempPathFactory, prepared_tasks: Prepared) -> Path:
+    """A two-task model trained, evaluated, thresholded and exported (its MLflow store inside)."""
+    root = tmp_path_factory.mktemp("two-tasks")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    try:
+        p = load_params(tiny_params(root, train__epochs=2, model__drop_rate=0.2))
+        t = train.run(
+            p.model, p.train, p.mlflow, Settings(), prepared_tasks.ingest, prepared_tasks.splits,
+            root / "train",
+        )  # fmt: skip
+        evaluate.run(
+            EvaluateConfig(workers=0), Settings(), t.best, prepared_tasks.ingest,
+            prepared_tasks.splits, root / "eval", t.run_id,
+        )  # fmt: skip
+        threshold.run(RULES, Settings(), root / "eval" / "predictions.csv", root / "thr", t.run_id)
+        export.run(
+            ExportConfig(), Settings(), t.best, root / "eval" / "calibration.json",
+            root / "thr" / "threshold.json", prepared_tasks.ingest, prepared_tasks.splits,
+            root / "export", t.run_id,
+        )  # fmt: skip
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return root
+
+
+def test_evaluate_and_threshold_per_task(two_tasks: Path) -> None:
+    metrics = json.loads((two_tasks / "eval" / "metrics.json").read_text())
+    assert list(metrics["tasks"]) == TASKS
+    for split in ("val", "test"):
+        mean = np.mean([metrics["tasks"][t][split]["accuracy"] for t in TASKS])
+        assert metrics[split]["accuracy"] == pytest.approx(mean)  # what the promotion gate reads
+    temperatures = json.loads((two_tasks / "eval" / "calibration.json").read_text())
+    assert list(temperatures["temperatures"]) == TASKS
+    rows = list(csv.DictReader((two_tasks / "eval" / "predictions.csv").open()))
+    assert {"cleanliness:p_clean", "damage:p_intact", "damage:label"} <= rows[0].keys()
+    unlabelled = [r for r in rows if not r["damage:label"]]
+    assert unlabelled and all(r["damage:predicted"] for r in unlabelled)  # answered, not scored
+    labelled = sum(1 for r in rows if r["split"] == "test" and r["damage:label"])
+    assert metrics["tasks"]["damage"]["test"]["images"] == labelled
+    figures = {p.name for p in (two_tasks / "eval" / "figures").iterdir()}
+    assert {"cleanliness_confusion_test.png", "damage_reliability_val.png"} <= figures
+    confusion = (two_tasks / "eval" / "plots" / "confusion.csv").read_text()
+    assert "damage: intact" in confusion and "cleanliness: dirty" in confusion
+
+    rules = json.loads((two_tasks / "thr" / "threshold.json").read_text())["tasks"]
+    assert rules["cleanliness"]["positive_class"] == "clean"
+    assert rules["damage"]["positive_class"] == "intact"  # threshold.tasks.damage applied
+    assert rules["damage"]["target_precision"] == 0.6
+    plots = {p.name for p in (two_tasks / "thr" / "plots").iterdir()}
+    assert plots == {"cleanliness.clean.csv", "damage.intact.csv"}
+    with pytest.raises(ThresholdError, match=r"threshold.tasks names \['weather'\]"):
+        threshold.run(
+            ThresholdConfig(tasks={"weather": {}}), Settings(),
+            two_tasks / "eval" / "predictions.csv", two_tasks / "bad",
+        )  # fmt: skip
+
+
+def test_export_has_one_output_per_task_and_serving_answers_each(two_tasks: Path) -> None:
+    folder = two_tasks / "export"
+    card = read_card(folder / "model.json")
+    assert card.multitask and [t.name for t in card.task_cards] == TASKS
+    assert card.classes is None and card.decision is None
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    assert names == ["logits", "probabilities_cleanliness", "probabilities_damage"]
+    assert card.parity["fp32"].decision_flips == 0 and card.parity["fp32"].max_abs_diff < 1e-4
+
+    server = start_server(two_tasks, {"MODEL_URI": str(folder)})
+    try:
+        photo = next((two_tasks.parent).glob("*/ingest/images/*/*.png"), None)
+        data = photo.read_bytes() if photo else b""
+        assert data
+        r = httpx.post(server.url + "/predict", files={"file": ("car.png", data, "image/png")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert list(body["tasks"]) == TASKS and "label" not in body  # every task, keyed by name
+        damage = body["tasks"]["damage"]
+        assert damage["label"] in ("damaged", "intact", "uncertain")
+        assert damage["thresholds"]["positive_class"] == "intact"
+        assert sum(damage["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        model = open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())
+        offline = model.probabilities(pixels_for(data, model, ImageLimits())[None])[0]
+        served = [body["tasks"][t.name]["probabilities"][c] for t in model.tasks for c in t.classes]
+        assert served == pytest.approx(offline.tolist(), abs=1e-5)
+
+        files = [("files", (f"{i}.png", data, "image/png")) for i in range(2)]
+        batch = httpx.post(server.url + "/predict/batch", files=files).json()
+        assert [list(p["tasks"]) for p in batch["predictions"]] == [TASKS, TASKS]
+        info = httpx.get(server.url + "/model").json()
+        assert info["tasks"] == {"cleanliness": ["clean", "dirty"], "damage": ["damaged", "intact"]}
+        assert info["thresholds"]["damage"]["positive_class"] == "intact"
+        schema = httpx.get(server.url + "/openapi.json").json()["components"]["schemas"]
+        assert {"Prediction", "MultiTaskPrediction", "TaskAnswer"} <= schema.keys()
+    finally:
+        stop_process(server.proc)
