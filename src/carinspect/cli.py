@@ -179,11 +179,14 @@ def evaluate(
     result = stage.run(
         _params(params).evaluate, Settings(), checkpoint, ingest, splits, out, run_id
     )
-    t = result.metrics["test"]
-    typer.echo(
-        f"test: accuracy {t['accuracy']:.3f}, macro-F1 {t['macro_f1']:.3f}, ECE {t['ece']:.3f} "
-        f"(temperature {result.temperature:.3f}); written to {result.out}"
-    )
+    per_task = result.metrics.get("tasks") or {"": result.metrics}
+    for task, figures in per_task.items():
+        t, temperature = figures["test"], figures["calibration"]["temperature"]
+        typer.echo(
+            f"{f'{task}: ' if task else ''}test: accuracy {t['accuracy']:.3f}, macro-F1 "
+            f"{t['macro_f1']:.3f}, ECE {t['ece']:.3f} (temperature {temperature:.3f})"
+        )
+    typer.echo(f"written to {result.out}")
 
 
 @app.command()
@@ -201,22 +204,26 @@ def threshold(
 
     run_id = _run_id(run_json)
     spec = stage.run(_params(params).threshold, Settings(), predictions, out, run_id).spec
+    for task, rule in (spec.get("tasks") or {"": spec}).items():
+        typer.echo(f"{task}: {_describe_rule(rule)}" if task else _describe_rule(rule))
+
+
+def _describe_rule(spec: dict[str, Any]) -> str:
+    """One decision rule in words, with its val figures."""
+    val = spec["splits"]["val"]
     if spec["task"] == "binary":
-        val = spec["splits"]["val"]
-        typer.echo(
+        return (
             f"p({spec['positive_class']}) >= {spec['t_high']:.4f}: {spec['positive_class']}; "
             f"< {spec['t_low']:.4f}: {spec['negative_class']}; in between: uncertain. "
             f"val precision {val['precision']}, recall {val['recall']}, coverage {val['coverage']}"
         )
-    else:
-        val = spec["splits"]["val"]
-        per_class = ", ".join(f"{c} >= {t:g}" for c, t in spec["per_class"].items())
-        typer.echo(
-            f"the most probable class when its probability >= {spec['min_confidence']:g}"
-            f"{f' ({per_class})' if per_class else ''}, else uncertain. "
-            f"val coverage {val['coverage']}, accuracy {val['accuracy']}, "
-            f"macro-F1 {val['macro_f1']}"
-        )
+    per_class = ", ".join(f"{c} >= {t:g}" for c, t in spec["per_class"].items())
+    return (
+        f"the most probable class when its probability >= {spec['min_confidence']:g}"
+        f"{f' ({per_class})' if per_class else ''}, else uncertain. "
+        f"val coverage {val['coverage']}, accuracy {val['accuracy']}, "
+        f"macro-F1 {val['macro_f1']}"
+    )
 
 
 @app.command()

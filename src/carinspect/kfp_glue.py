@@ -139,22 +139,41 @@ def evaluation_markdown(metrics_json: Path) -> str:
     for split in ("val", "test"):
         row = [f"{m.get(split, {}).get(k, float('nan')):.4f}" for k in keys]
         lines.append(f"| {split} | " + " | ".join(row) + " |")
+    for task, figures in m.get("tasks", {}).items():
+        for split in ("val", "test"):
+            row = [f"{figures[split].get(k) or float('nan'):.4f}" for k in keys]
+            lines.append(f"| {task}, {split} | " + " | ".join(row) + " |")
     base = m.get("baseline", {}).get("test", {}).get("accuracy")
     if base is not None:
         lines += ["", f"Majority-class baseline, test accuracy: {base:.4f}"]
+    if m.get("tasks"):
+        lines += ["", "The val and test rows are means over the tasks."]
     return "\n".join(lines) + "\n"
 
 
 def confusion(predictions_csv: Path, split: str = "test") -> tuple[list[str], list[list[int]]]:
-    """Classes and the confusion matrix (rows: true, columns: predicted) of one split."""
+    """Classes and the confusion matrix (rows: true, columns: predicted) of one split.
+
+    Several tasks: one matrix with a block per task, classes named ``task: class``.
+    """
     with Path(predictions_csv).open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == split]
-        classes = [
-            c.removeprefix("p_") for c in (rows[0].keys() if rows else []) if c.startswith("p_")
-        ]
-    index = {c: i for i, c in enumerate(classes)}
-    matrix = [[0] * len(classes) for _ in classes]
-    for r in rows:
-        if r["predicted"] in index:
-            matrix[index[r["label"]]][index[r["predicted"]]] += 1
-    return classes, matrix
+    columns = list(rows[0]) if rows else []
+    tasks = [c.removesuffix(":label") for c in columns if c.endswith(":label")] or [""]
+    names: list[str] = []
+    blocks: list[tuple[str, list[str]]] = []
+    for task in tasks:
+        prefix = f"{task}:" if task else ""
+        classes = [c.removeprefix(f"{prefix}p_") for c in columns if c.startswith(f"{prefix}p_")]
+        blocks.append((prefix, classes))
+        names += [f"{task}: {c}" if task else c for c in classes]
+    index = {n: i for i, n in enumerate(names)}
+    matrix = [[0] * len(names) for _ in names]
+    for prefix, _ in blocks:
+        task = prefix.rstrip(":")
+        for r in rows:
+            label, predicted = r[f"{prefix}label"], r[f"{prefix}predicted"]
+            if label:  # a task's unlabelled images are answered but not scored
+                a, b = (f"{task}: {label}", f"{task}: {predicted}") if task else (label, predicted)
+                matrix[index[a]][index[b]] += 1
+    return names, matrix

@@ -38,8 +38,11 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path)
 
 
-def make_project(tmp_path: Path, **demo: object) -> Path:
-    """The project's dvc.yaml, src and params (tiny model; ``demo`` overrides data.demo)."""
+def make_project(
+    tmp_path: Path, change: Callable[[dict], None] | None = None, **demo: object
+) -> Path:
+    """The project's dvc.yaml, src and params (tiny model; ``demo`` overrides data.demo,
+    ``change`` edits the params further)."""
     repo = tmp_path / "project"
     repo.mkdir()
     for name in ("dvc.yaml", ".dvcignore", "src"):
@@ -52,6 +55,8 @@ def make_project(tmp_path: Path, **demo: object) -> Path:
     params["model"].update({"name": "test_resnet", "img_size": 32})
     params["train"].update({"epochs": 1, "batch_size": 4, "workers": 0})
     params["threshold"]["allow_fallback"] = True  # a one-epoch model may not reach the target
+    if change is not None:
+        change(params)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     sh(repo, "git", "init", "-q")
     sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
@@ -99,6 +104,51 @@ def test_multiclass_repro_registers_a_model_that_serves(
 
 
 STAGES = ("demo", "ingest", "split", "train", "evaluate", "threshold", "export", "register")
+
+
+def _two_tasks(params: dict) -> None:
+    """The demo's tasks.csv, cleanliness and damage trained together (as the README shows)."""
+    params["data"].update({"source": "data/demo/tasks.csv", "task": ["cleanliness", "damage"]})
+    params["threshold"]["tasks"] = {"damage": {"positive_class": "intact"}}
+
+
+def test_two_task_repro_registers_a_model_that_answers_both(
+    tmp_path: Path, serve: Callable[..., Server]
+) -> None:
+    """dvc repro -> register -> serve with two heads on one backbone, some labels missing."""
+    project = make_project(tmp_path, _two_tasks)
+    first = sh(project, DVC, "repro")
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first
+    header = (project / "data" / "split" / "splits.csv").read_text().splitlines()[0]
+    assert header.endswith("label:cleanliness,label:damage")
+    rules = json.loads((project / "models" / "threshold" / "threshold.json").read_text())
+    assert rules["tasks"]["damage"]["positive_class"] == "intact"
+    card = json.loads((project / "models" / "export" / "model.json").read_text())
+    assert [t["name"] for t in card["tasks"]] == ["cleanliness", "damage"]
+    registered = json.loads((project / "models" / "registered.json").read_text())
+    version = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_model_version(
+        registered["name"], registered["version"]
+    )
+    assert version.tags["tasks"] == "cleanliness,damage" and "decision.damage" in version.tags
+    assert "Running stage" not in sh(project, DVC, "repro")
+    shown = json.loads(sh(project, DVC, "metrics", "show", "--json"))[""]["data"]
+    evaluated = shown["models/evaluate/metrics.json"]["data"]
+    assert set(evaluated["tasks"]) == {"cleanliness", "damage"}
+
+    server = serve(
+        MODEL_URI=registered["model_uri"],
+        MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}",
+    )
+    photo = next((project / "data" / "demo" / "dirty").glob("dirty_000*.jpg"))
+    answer = httpx.post(
+        f"{server.url}/predict", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert set(body["tasks"]) == {"cleanliness", "damage"}
+    assert set(body["tasks"]["damage"]["probabilities"]) == {"damaged", "intact"}
+    assert body["model"]["version"] == registered["version"]
 
 
 @pytest.mark.slow
