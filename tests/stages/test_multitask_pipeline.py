@@ -14,7 +14,7 @@ from carinspect.config import EvaluateConfig, ExportConfig, Settings, ThresholdC
 from carinspect.contracts.cards import read_card
 from carinspect.data.images import ImageLimits
 from carinspect.serving.inference import pixels_for
-from carinspect.serving.model_store import ModelRef, open_model
+from carinspect.serving.model_store import ModelLoadError, ModelRef, open_model
 from carinspect.serving.settings import ServeSettings
 from carinspect.stages import evaluate, export, threshold, train
 from carinspect.stages.threshold import ThresholdError
@@ -95,7 +95,7 @@ def test_export_has_one_output_per_task_and_serving_answers_each(two_tasks: Path
     assert card.classes is None and card.decision is None
     sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    assert names == ["logits", "probabilities_cleanliness", "probabilities_damage"]
+    assert names == ["logits", "probabilities_cleanliness", "probabilities_damage", "features"]
     assert card.parity["fp32"].decision_flips == 0 and card.parity["fp32"].max_abs_diff < 1e-4
 
     server = start_server(two_tasks, {"MODEL_URI": str(folder)})
@@ -108,6 +108,7 @@ def test_export_has_one_output_per_task_and_serving_answers_each(two_tasks: Path
         body = r.json()
         assert list(body["tasks"]) == TASKS and "label" not in body  # every task, keyed by name
         damage = body["tasks"]["damage"]
+        assert "uncertainty" not in damage  # MC dropout is off by default
         assert damage["label"] in ("damaged", "intact", "uncertain")
         assert damage["thresholds"]["positive_class"] == "intact"
         assert sum(damage["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
@@ -143,3 +144,66 @@ def test_kfp_confusion_and_report_of_two_tasks(two_tasks: Path) -> None:
     assert sum(map(sum, matrix[2:])) == metrics["tasks"]["damage"]["test"]["images"]
     text = kfp_glue.evaluation_markdown(two_tasks / "eval" / "metrics.json")
     assert "| damage, test |" in text and "means over the tasks" in text
+
+
+def test_mc_dropout_samples_the_head_and_reports_the_spread(
+    two_tasks: Path, upstream: dict[str, Path]
+) -> None:
+    folder = two_tasks / "export"
+    card = read_card(folder / "model.json")
+    assert card.mc_dropout is not None and card.mc_dropout.rate == pytest.approx(0.2)
+    assert card.mc_dropout.max_abs_diff < 1e-5 and (folder / "mc_head.onnx").is_file()
+    photo = next(two_tasks.parent.glob("*/ingest/images/*/*.png"))
+    ref = ModelRef.parse(str(folder))
+    plain = open_model(ref, None, folder, ServeSettings())
+    sampled = open_model(ref, None, folder, ServeSettings(MC_SAMPLES=200, MC_SEED=0))
+    pixels = np.stack([pixels_for(photo.read_bytes(), plain, ImageLimits())] * 2)
+    rows = sampled.infer(pixels)
+    width = plain.probabilities(pixels).shape[1]
+    assert rows.shape == (2, 3 * width)
+    np.testing.assert_allclose(rows[:, :width], plain.probabilities(pixels), atol=1e-6)
+    mean, std = rows[0, width : 2 * width], rows[0, 2 * width :]
+    assert (std > 0).all() and (std < 0.5).all()  # dropout moves the probabilities, a little
+    assert np.allclose(rows[0, width:], rows[1, width:]) is False  # fresh masks per image
+    assert np.abs(mean - rows[0, :width]).max() < 0.25
+    again = open_model(ref, None, folder, ServeSettings(MC_SAMPLES=200, MC_SEED=0))
+    np.testing.assert_array_equal(again.infer(pixels), rows)  # MC_SEED makes it reproducible
+
+    server = start_server(two_tasks, {"MODEL_URI": str(folder), "MC_SAMPLES": "30"})
+    try:
+        data = photo.read_bytes()
+        body = httpx.post(
+            server.url + "/predict", files={"file": ("car.png", data, "image/png")}
+        ).json()
+        for task in TASKS:
+            spread = body["tasks"][task]["uncertainty"]
+            assert spread["samples"] == 30
+            assert set(spread["std"]) == set(body["tasks"][task]["probabilities"])
+        assert httpx.get(server.url + "/model").json()["mc_samples"] == 30
+    finally:
+        stop_process(server.proc)
+
+    single = upstream["export"]  # trained with model.drop_rate 0: nothing to sample
+    with pytest.raises(ModelLoadError, match=r"MC_SAMPLES=5, but model .* without an MC dropout"):
+        open_model(ModelRef.parse(str(single)), None, single, ServeSettings(MC_SAMPLES=5))
+
+
+def test_batch_predict_writes_a_column_group_per_task(two_tasks: Path, tmp_path: Path) -> None:
+    from carinspect.serving.batch_predict import list_inputs, predict_inputs, write_predictions
+
+    folder = two_tasks / "export"
+    model = open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())
+    images = tmp_path / "photos"
+    images.mkdir()
+    for i, photo in enumerate(sorted(two_tasks.parent.glob("*/ingest/images/*/*.png"))[:3]):
+        (images / f"{i}.png").write_bytes(photo.read_bytes())
+    (images / "broken.jpg").write_bytes(b"not an image")
+    rows = predict_inputs(model, list_inputs(str(images)), ImageLimits(), 8)
+    write_predictions(rows, tmp_path / "out.csv", model)
+    table = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert len(table) == 4 and table[0]["damage:label"] in ("damaged", "intact", "uncertain")
+    assert float(table[0]["cleanliness:p_clean"]) + float(table[0]["cleanliness:p_dirty"]) == (
+        pytest.approx(1.0, abs=1e-5)
+    )
+    broken = next(r for r in table if r["path"].endswith("broken.jpg"))
+    assert broken["error"] == "not_an_image" and broken["damage:label"] == ""

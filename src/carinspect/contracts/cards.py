@@ -67,6 +67,19 @@ class TaskCard(Contract):
         return self.decision.model_dump()
 
 
+class McDropout(Contract):
+    """How to sample the model's dropout at serving time (Monte Carlo dropout).
+
+    ``head`` is an ONNX file beside model.onnx: (features, mask) -> probabilities per task;
+    ``features`` is the output of model.onnx it takes; ``rate`` the model's dropout rate.
+    """
+
+    rate: float = Field(gt=0.0, lt=1.0)
+    head: str = Field(min_length=1)
+    features: str = Field(min_length=1)
+    max_abs_diff: float = Field(0.0, ge=0.0, description="head vs model with no dropout")
+
+
 class ModelCard(Contract):
     """model.json: what a model needs beside its ONNX graph.
 
@@ -85,6 +98,7 @@ class ModelCard(Contract):
     opset: int | None = None
     files: dict[str, str] = Field(default_factory=lambda: {"fp32": "model.onnx"})
     parity: dict[str, Parity] = Field(default_factory=dict)
+    mc_dropout: McDropout | None = None
     lineage: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -103,6 +117,11 @@ class ModelCard(Contract):
                     f"the decision rule's classes {self.decision.classes} are not the model's "
                     f"{self.classes}"
                 )
+        if self.mc_dropout is not None and self.mc_dropout.features not in self.outputs:
+            raise ValueError(
+                f"mc_dropout.features {self.mc_dropout.features!r} is not among the outputs "
+                f"{self.outputs}"
+            )
         side = self.preprocess.img_size
         if self.input.shape[1:] != [3, side, side]:
             raise ValueError(f"input shape {self.input.shape} does not match img_size {side}")

@@ -117,9 +117,12 @@ class ExportDir(StageDir):
     ONNX: ClassVar[str] = "model.onnx"
     ONNX_FP16: ClassVar[str] = "model.fp16.onnx"
     CARD: ClassVar[str] = "model.json"
-    # where an MLflow model logged with extra_files=[model.json] keeps the card
+    MC_HEAD: ClassVar[str] = "mc_head.onnx"  # the classifier alone, for MC dropout sampling
+    # where an MLflow model logged with extra_files=[model.json, ...] keeps them
     LOGGED_CARD: ClassVar[str] = "extra_files/model.json"
+    LOGGED_MC_HEAD: ClassVar[str] = "extra_files/mc_head.onnx"
 
     onnx = _File(ONNX)
     onnx_fp16 = _File(ONNX_FP16)
     card = _File(CARD)
+    mc_head = _File(MC_HEAD)

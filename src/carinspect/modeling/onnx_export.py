@@ -12,33 +12,92 @@ import numpy as np
 import torch
 from torch import nn
 
-from carinspect.modeling.onnx_names import INPUT, OUTPUTS, task_output
+from carinspect.modeling.onnx_names import FEATURES, INPUT, MASK, OUTPUTS, task_output
 
 logger = logging.getLogger(__name__)
+
+
+def _softmaxes(
+    logits: torch.Tensor, temperature: torch.Tensor, slices: list[slice]
+) -> list[torch.Tensor]:
+    return [torch.softmax(logits[:, sl] / temperature[i], dim=1) for i, sl in enumerate(slices)]
 
 
 class _WithProbabilities(nn.Module):
     """The network plus temperature-scaled softmax, so serving gets probabilities directly.
 
-    Several heads: one softmax per block of outputs, each at its own temperature.
+    Several heads: one softmax per block of outputs, each at its own temperature. With
+    ``features``, the pooled pre-logits are an output too (what the MC dropout head takes), and
+    the logits are computed from them by the classifier, as the model itself does.
     """
 
     def __init__(
-        self, model: nn.Module, temperatures: list[float], slices: list[slice] | None
+        self,
+        model: nn.Module,
+        temperatures: list[float],
+        slices: list[slice] | None,
+        features: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.slices = slices or [slice(None)]
+        self.features = features
         self.temperature: torch.Tensor
         self.register_buffer("temperature", torch.tensor([float(t) for t in temperatures]))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits = self.model(x)
-        probs = [
-            torch.softmax(logits[:, sl] / self.temperature[i], dim=1)
-            for i, sl in enumerate(self.slices)
-        ]
-        return (logits, *probs)
+        if not self.features:
+            logits = self.model(x)
+            return (logits, *_softmaxes(logits, self.temperature, self.slices))
+        pooled = pre_logits(self.model, x)
+        logits = self.model.get_classifier()(pooled)  # type: ignore[operator]
+        return (logits, *_softmaxes(logits, self.temperature, self.slices), pooled)
+
+
+class _DropoutHead(nn.Module):
+    """The classifier on masked features: one Monte Carlo dropout sample per row.
+
+    The mask (Bernoulli keep / keep probability) comes from the caller, so the graph has no
+    random op: a mask of ones gives exactly the deterministic probabilities (export checks it),
+    and a seeded caller gets reproducible samples.
+    """
+
+    def __init__(
+        self, classifier: nn.Module, temperatures: list[float], slices: list[slice] | None
+    ) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.slices = slices or [slice(None)]
+        self.temperature: torch.Tensor
+        self.register_buffer("temperature", torch.tensor([float(t) for t in temperatures]))
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = self.classifier(features * mask)
+        return tuple(_softmaxes(logits, self.temperature, self.slices))
+
+
+def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The pooled features timm's models feed their classifier (their dropout acts here)."""
+    feats = model.forward_features(x)  # type: ignore[operator]
+    out: torch.Tensor = model.forward_head(feats, pre_logits=True)  # type: ignore[operator]
+    return out
+
+
+def head_is_separable(model: nn.Module, img_size: int) -> bool:
+    """Whether ``classifier(pre_logits(x))`` is the model's output.
+
+    Then MC dropout on the pooled features is what the model's own dropout does.
+    """
+    get = getattr(model, "get_classifier", None)
+    if not callable(get) or not hasattr(model, "forward_head"):
+        return False
+    x = torch.randn(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        try:
+            split = get()(pre_logits(model.eval(), x))
+        except (TypeError, RuntimeError):
+            return False
+        return bool(torch.allclose(split, model(x), atol=1e-5, rtol=1e-4))
 
 
 @dataclass(frozen=True)
@@ -64,17 +123,19 @@ def export_onnx(
     opset: int,
     path: Path,
     heads: list[Head] | None = None,
+    features: bool = False,
 ) -> None:
     """Export with torch's default (dynamo) exporter, weights inside the file, batch axis dynamic.
 
     ``heads``: a multi-task model's tasks (``temperature`` is then unused); the graph gives
-    each task's probabilities as its own output, named by :func:`task_output`.
+    each task's probabilities as its own output, named by :func:`task_output`. ``features``:
+    the pooled pre-logits are the last output (for :func:`export_dropout_head`).
     """
     import onnx
 
     temperatures = [h.temperature for h in heads] if heads else [temperature]
     slices = [h.outputs for h in heads] if heads else None
-    wrapped = _WithProbabilities(model.eval(), temperatures, slices).eval()
+    wrapped = _WithProbabilities(model.eval(), temperatures, slices, features).eval()
     example = torch.randn(2, 3, img_size, img_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
@@ -83,7 +144,7 @@ def export_onnx(
             (example,),
             str(path),
             input_names=[INPUT],
-            output_names=output_names(heads),
+            output_names=output_names(heads) + ([FEATURES] if features else []),
             opset_version=opset,
             dynamo=True,
             external_data=False,
@@ -91,6 +152,44 @@ def export_onnx(
         )
     for leftover in path.parent.glob(f"{path.name}.data"):
         leftover.unlink()  # nothing may live outside the single file
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def export_dropout_head(
+    model: nn.Module,
+    temperature: float,
+    img_size: int,
+    opset: int,
+    path: Path,
+    heads: list[Head] | None = None,
+) -> None:
+    """The classifier alone as an ONNX graph: (features, mask) -> probabilities per task.
+
+    Serving runs the backbone once per image and this head K times on masked copies of the
+    features: K Monte Carlo dropout passes for the price of K small matrix products.
+    """
+    import onnx
+
+    temperatures = [h.temperature for h in heads] if heads else [temperature]
+    slices = [h.outputs for h in heads] if heads else None
+    wrapped = _DropoutHead(model.get_classifier(), temperatures, slices).eval()  # type: ignore[operator]
+    with torch.no_grad():
+        width = pre_logits(model.eval(), torch.zeros(1, 3, img_size, img_size)).shape[1]
+        example = torch.randn(2, width)
+        rows = torch.export.Dim("rows", min=1, max=1 << 20)
+        torch.onnx.export(
+            wrapped,
+            (example, torch.ones_like(example)),
+            str(path),
+            input_names=[FEATURES, MASK],
+            output_names=output_names(heads)[1:],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes=({0: rows}, {0: rows}),
+        )
+    for leftover in path.parent.glob(f"{path.name}.data"):
+        leftover.unlink()
     onnx.checker.check_model(str(path), full_check=True)
 
 

@@ -2,6 +2,8 @@
 
 INPUT = "input"
 OUTPUTS = ("logits", "probabilities")  # one task; several add one probabilities output per task
+FEATURES = "features"  # pooled pre-logits, output when the model can do MC dropout
+MASK = "mask"  # the MC dropout head's second input: a dropout mask (scaled by 1/keep)
 
 
 def task_output(task: str) -> str:

@@ -263,6 +263,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             thresholds=_thresholds(m),
             tasks={t.name: t.classes for t in m.tasks} if m and m.multitask else None,
             preprocess=m.spec.to_dict() if m else {},
+            mc_samples=m.mc.samples if m and m.mc else 0,
             execution_provider=m.provider if m else None,
             providers=m.providers if m else [],
             loaded_at=m.loaded_at if m else None,

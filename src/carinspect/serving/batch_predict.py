@@ -78,7 +78,7 @@ def predict_inputs(
             except OSError as err:
                 rows.append({"path": name, "error": "unreadable", "detail": str(err)})
         if good:
-            probs = model.probabilities(np.stack([p for _, p in good]))
+            probs = model.infer(np.stack([p for _, p in good]))
             for (index, _), row in zip(good, probs, strict=True):
                 rows[index].update(answer(model, row))
         assert len(rows) == start + len(chunk)

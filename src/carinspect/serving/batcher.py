@@ -124,7 +124,7 @@ class Batcher:
         model = live[0].model
 
         def infer() -> np.ndarray:  # the stack copies megabytes: keep it off the event loop too
-            return model.probabilities(np.stack([i.pixels for i in live]))
+            return model.infer(np.stack([i.pixels for i in live]))
 
         try:
             probs = await asyncio.get_running_loop().run_in_executor(self._executor, infer)

@@ -49,18 +49,29 @@ def task_answer(probs: np.ndarray, classes: list[str], decision: dict[str, Any])
     }
 
 
-def answer(model: LoadedModel, probs: np.ndarray) -> dict[str, Any]:
-    """The answer for one row of :meth:`LoadedModel.probabilities`.
+def answer(model: LoadedModel, row: np.ndarray) -> dict[str, Any]:
+    """The answer for one row of :meth:`LoadedModel.infer`.
 
     One task: label, confidence, probabilities and rule at the top level (the seed service's
-    shape). Several: the same four under ``tasks``, keyed by task name.
+    shape). Several: the same four under ``tasks``, keyed by task name. With MC dropout on,
+    each answer gains ``uncertainty``: the mean and spread of the sampled probabilities (the
+    label still comes from the deterministic ones, which the decision rule was tuned on).
     """
     which = {"name": model.ref.name, "version": model.version, "alias": model.ref.alias}
+    width = sum(len(t.classes) for t in model.tasks)
+    probs = row[:width]
+    answers = {}
+    for t in model.tasks:
+        got = task_answer(probs[t.columns], t.classes, t.decision)
+        if model.mc is not None:
+            mean = row[width : 2 * width][t.columns]
+            std = row[2 * width :][t.columns]
+            got["uncertainty"] = {
+                "samples": model.mc.samples,
+                "mean": {c: round(float(v), 6) for c, v in zip(t.classes, mean, strict=True)},
+                "std": {c: round(float(v), 6) for c, v in zip(t.classes, std, strict=True)},
+            }
+        answers[t.name] = got
     if not model.multitask:
-        return {**task_answer(probs, model.classes, model.decision), "model": which}
-    return {
-        "tasks": {
-            t.name: task_answer(probs[t.columns], t.classes, t.decision) for t in model.tasks
-        },
-        "model": which,
-    }
+        return {**answers[model.tasks[0].name], "model": which}
+    return {"tasks": answers, "model": which}

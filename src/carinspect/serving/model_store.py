@@ -30,7 +30,7 @@ from carinspect.contracts.cards import ModelCard, read_card
 from carinspect.contracts.folders import ExportDir
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.errors import InputError
-from carinspect.modeling.onnx_names import INPUT, OUTPUTS
+from carinspect.modeling.onnx_names import FEATURES, INPUT, MASK, OUTPUTS
 from carinspect.serving.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,35 @@ class ServedTask:
     columns: slice  # its block of the rows :meth:`LoadedModel.probabilities` returns
 
 
+@dataclass
+class McSampler:
+    """Monte Carlo dropout over the pooled features: K masked passes of the classifier head.
+
+    The backbone runs once per image; the head runs on K copies of its features, each with a
+    fresh dropout mask (keep with probability 1 - rate, scaled by 1/keep, as dropout trains).
+    Because the models' only dropout sits before the classifier, this is the same distribution
+    as K full stochastic passes, at the cost of K small matrix products.
+    """
+
+    session: Any
+    rate: float
+    samples: int
+    outputs: list[str]
+    rng: np.random.Generator
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def summary(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation over the K samples of each probability, per image."""
+        n, width = features.shape
+        tiled = np.broadcast_to(features, (self.samples, n, width)).reshape(-1, width)
+        keep = 1.0 - self.rate
+        with self.lock:  # numpy generators are not thread-safe
+            mask = (self.rng.random(tiled.shape, dtype=np.float32) < keep) / np.float32(keep)
+        out = self.session.run(self.outputs, {FEATURES: tiled, MASK: mask.astype(np.float32)})
+        probs = np.concatenate(out, axis=1).reshape(self.samples, n, -1)
+        return probs.mean(axis=0), probs.std(axis=0)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready to serve: an open, warmed-up session and what model.json says.
@@ -105,6 +134,7 @@ class LoadedModel:
     meta: dict[str, Any]
     tasks: list[ServedTask] = field(default_factory=list)
     multitask: bool = False
+    mc: McSampler | None = None  # MC_SAMPLES > 0: dropout sampled per image
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -124,6 +154,18 @@ class LoadedModel:
             first: np.ndarray = out[0]
             return first
         return np.concatenate(out, axis=1)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """The rows :func:`carinspect.serving.inference.answer` reads.
+
+        Without MC dropout: :meth:`probabilities`. With it: those, then the MC mean, then the
+        MC standard deviation, side by side (three times as wide).
+        """
+        if self.mc is None:
+            return self.probabilities(batch)
+        *probs, features = self.session.run([*self.outputs, FEATURES], {INPUT: batch})
+        mean, std = self.mc.summary(features)
+        return np.concatenate([*probs, mean, std], axis=1)
 
 
 def apply_overrides(decision: dict[str, Any], settings: ServeSettings) -> dict[str, Any]:
@@ -153,6 +195,32 @@ def resolve_providers(setting: str) -> tuple[list[str], bool]:
         return ["CPUExecutionProvider"], False
     wanted = [p.strip() for p in setting.split(",") if p.strip()]
     return wanted, True
+
+
+def _mc_sampler(
+    folder: Path, card: ModelCard, settings: ServeSettings, open_session: Callable[[Path], Any]
+) -> McSampler | None:
+    """The MC dropout head when MC_SAMPLES asks for it; a clear error when the model has none."""
+    if settings.mc_samples == 0:
+        return None
+    if card.mc_dropout is None:
+        raise ModelLoadError(
+            f"MC_SAMPLES={settings.mc_samples}, but model {card.name!r} was exported without "
+            "an MC dropout head (trained with model.drop_rate 0, or its output is not "
+            "classifier(pooled features)): retrain with model.drop_rate > 0, or unset MC_SAMPLES"
+        )
+    name = card.mc_dropout.head
+    head = next((p for p in (folder / name, folder / "extra_files" / name) if p.is_file()), None)
+    if head is None:
+        raise ModelLoadError(f"{folder}: model.json names MC dropout head {name}, not found")
+    outputs = [t.output for t in card.task_cards]
+    return McSampler(
+        open_session(head),
+        card.mc_dropout.rate,
+        settings.mc_samples,
+        outputs,
+        np.random.default_rng(settings.mc_seed),
+    )
 
 
 def _read_meta(folder: Path) -> tuple[Path, ModelCard]:
@@ -191,10 +259,14 @@ def open_model(
     if not settings.ort_allow_spinning:  # idle ORT threads would spin on cores decoding needs
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    try:
-        session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=wanted)
-    except Exception as err:  # onnxruntime raises its own exception types
-        raise ModelLoadError(f"{onnx_path}: onnxruntime cannot open it: {err}") from err
+
+    def open_session(path: Path) -> Any:
+        try:
+            return ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ModelLoadError(f"{path}: onnxruntime cannot open it: {err}") from err
+
+    session = open_session(onnx_path)
     active = list(session.get_providers())
     if active[0] != wanted[0]:
         message = f"{wanted[0]} was asked for but onnxruntime runs the model on {active[0]}"
@@ -222,6 +294,7 @@ def open_model(
         meta=card.to_json(),
         tasks=tasks,
         multitask=card.multitask,
+        mc=_mc_sampler(folder, card, settings, open_session),
     )
     _warm_up(model, settings.max_batch_size)
     return model
@@ -259,6 +332,13 @@ def _warm_up(model: LoadedModel, max_batch: int) -> None:
                 f"{model.ref.uri}: warm-up gave shape {probs.shape}, expected ({n}, {width}) "
                 f"for {', '.join(f'{t.name} {t.classes}' for t in model.tasks)}"
             )
+        if model.mc is not None:
+            try:
+                rows = model.infer(batch)
+            except Exception as err:  # onnxruntime raises its own exception types
+                raise ModelLoadError(f"{model.ref.uri}: MC dropout warm-up failed: {err}") from err
+            if rows.shape != (n, 3 * width):
+                raise ModelLoadError(f"{model.ref.uri}: MC dropout gave shape {rows.shape}")
         sums = [probs[:, t.columns].sum(axis=1) for t in model.tasks]
         if not np.all(np.isfinite(probs)) or not all(np.allclose(x, 1.0, atol=1e-3) for x in sums):
             raise ModelLoadError(f"{model.ref.uri}: warm-up probabilities are not a distribution")

@@ -15,6 +15,20 @@ class ModelInfo(BaseModel):
     alias: str | None = Field(description="the alias MODEL_URI follows, if any")
 
 
+class Uncertainty(BaseModel):
+    """Monte Carlo dropout (MC_SAMPLES > 0): how the probabilities vary with dropout on."""
+
+    samples: int = Field(description="stochastic passes (MC_SAMPLES)")
+    mean: dict[str, float] = Field(description="mean sampled probability per class")
+    std: dict[str, float] = Field(
+        description="standard deviation of the sampled probability per class: the spread"
+    )
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class Prediction(BaseModel):
     """One image's answer. ``label`` and ``confidence`` keep the seed service's meaning."""
 
@@ -24,6 +38,9 @@ class Prediction(BaseModel):
     )
     probabilities: dict[str, float] = Field(description="calibrated probability per class")
     thresholds: dict[str, Any] = Field(description="the decision rule applied")
+    uncertainty: Uncertainty | None = Field(
+        None, exclude_if=_absent, description="only with MC dropout on (MC_SAMPLES)"
+    )
     model: ModelInfo
     processing_ms: float = Field(description="time in the server for this image")
     filename: str | None = None
@@ -38,6 +55,9 @@ class TaskAnswer(BaseModel):
     )
     probabilities: dict[str, float] = Field(description="calibrated probability per class")
     thresholds: dict[str, Any] = Field(description="the task's decision rule")
+    uncertainty: Uncertainty | None = Field(
+        None, exclude_if=_absent, description="only with MC dropout on (MC_SAMPLES)"
+    )
 
 
 class MultiTaskPrediction(BaseModel):
@@ -79,6 +99,7 @@ class ModelStatus(BaseModel):
         None, description="several tasks: each task's classes (thresholds are then per task)"
     )
     preprocess: dict[str, Any]
+    mc_samples: int = Field(0, description="Monte Carlo dropout passes per image (0: off)")
     execution_provider: str | None = Field(description="the provider onnxruntime really uses")
     providers: list[str]
     loaded_at: str | None

@@ -34,6 +34,14 @@ class ServeSettings(BaseSettings):
     t_high: float | None = Field(None, ge=0.0, le=1.0, validation_alias="T_HIGH")
     max_batch_size: int = Field(32, ge=1, le=1024, validation_alias="MAX_BATCH_SIZE")
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, validation_alias="MAX_WAIT_MS")
+    mc_samples: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        validation_alias="MC_SAMPLES",
+        description="Monte Carlo dropout passes per image (0: off); answers gain an uncertainty",
+    )
+    mc_seed: int | None = Field(None, validation_alias="MC_SEED")
     poll_seconds: float = Field(30.0, gt=0.0, validation_alias="POLL_SECONDS")
     max_upload_mb: float = Field(10.0, gt=0.0, le=512.0, validation_alias="MAX_UPLOAD_MB")
     max_batch_files: int = Field(32, ge=1, le=1024, validation_alias="MAX_BATCH_FILES")

@@ -9,6 +9,11 @@ and ``export.fp16_max_flips``. Otherwise nothing is written.
 Output folder ``out``: ``model.onnx`` (and ``model.fp16.onnx``), ``model.json`` (classes,
 preprocessing spec, temperature, decision rule, lineage, parity) and ``metrics.json``.
 
+A model trained with dropout (``model.drop_rate`` > 0) also gets ``mc_head.onnx``, its classifier
+alone, and model.onnx gives the pooled features as an output: serving can then sample the
+dropout (``MC_SAMPLES``) for an uncertainty figure. The head with a mask of ones must give the
+model's probabilities within ``export.max_abs_diff``.
+
 Several tasks: the graph has one probabilities output per task (each at its task's temperature),
 model.json lists the tasks, and the parity check covers every task (the largest difference, and
 the flips summed over tasks).
@@ -38,14 +43,16 @@ from carinspect.io import staged_dir, write_json_atomic
 from carinspect.modeling.checkpoint import load_checkpoint, model_from_checkpoint
 from carinspect.modeling.onnx_export import (
     Head,
+    export_dropout_head,
     export_onnx,
     file_is_self_contained,
+    head_is_separable,
     ort_probabilities,
     output_names,
     session,
     to_fp16,
 )
-from carinspect.modeling.onnx_names import INPUT, OUTPUTS, task_output
+from carinspect.modeling.onnx_names import FEATURES, INPUT, MASK, OUTPUTS, task_output
 from carinspect.tracking import runs
 from carinspect.tracking.lineage import lineage_tags
 from carinspect.tracking.registry import RUN_COPY
@@ -142,6 +149,33 @@ def _answers(tasks: list[TaskSpec], calibration: dict[str, Any], threshold: Path
     return answers
 
 
+def _dropout_rate(state: dict[str, Any], model: torch.nn.Module, img_size: int) -> float:
+    """The dropout rate MC dropout can sample at serving time (0: none)."""
+    rate = float(state["config"]["model"].get("drop_rate", 0.0))
+    if rate <= 0:
+        return 0.0
+    if not head_is_separable(model, img_size):
+        logger.warning(
+            "model %s: its output is not classifier(pooled features), so MC dropout is not "
+            "exported (serving cannot sample its dropout)",
+            state["config"]["model"]["name"],
+        )
+        return 0.0
+    return rate
+
+
+def head_parity(
+    model_path: Path, head_path: Path, batch: np.ndarray, answers: list[Answer]
+) -> float:
+    """Max |p_head - p_model| with a mask of ones (no dropout): the head is the model's."""
+    main, head = session(model_path), session(head_path)
+    outputs = [a.output for a in answers]
+    found = main.run([*outputs, FEATURES], {INPUT: batch.astype(np.float32)})
+    features = found[-1]
+    again = head.run(outputs, {FEATURES: features, MASK: np.ones_like(features)})
+    return max(float(np.abs(a - b).max()) for a, b in zip(found[:-1], again, strict=True))
+
+
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise ExportError(f"{path}: {what} not found")
@@ -170,6 +204,7 @@ def run(
     multi = len(tasks) > 1
     heads = [Head(a.name, a.outputs, a.temperature) for a in answers] if multi else None
     model = model_from_checkpoint(state)
+    dropout = _dropout_rate(state, model, spec.img_size)
 
     samples = load_task_split(Path(splits), Path(ingest_dir), "val", tasks)[: cfg.parity_images]
     if not samples:
@@ -182,7 +217,9 @@ def run(
     figures: dict[str, Any] = {}
     with staged_dir(Path(out)) as staged:
         tmp = ExportDir(staged)
-        export_onnx(model, answers[0].temperature, spec.img_size, cfg.opset, tmp.onnx, heads)
+        export_onnx(
+            model, answers[0].temperature, spec.img_size, cfg.opset, tmp.onnx, heads, dropout > 0
+        )
         if not file_is_self_contained(tmp.onnx):
             raise ExportError(f"{tmp.ONNX} refers to external weight files")
         figures["fp32"] = parity(tmp.onnx, torch_logits, batch, answers)
@@ -194,6 +231,19 @@ def run(
                 "decision flip(s) (limit 0); the model was not exported"
             )
         files = {"fp32": tmp.ONNX}
+        mc: dict[str, Any] | None = None
+        if dropout > 0:
+            export_dropout_head(
+                model, answers[0].temperature, spec.img_size, cfg.opset, tmp.mc_head, heads
+            )
+            diff = head_parity(tmp.onnx, tmp.mc_head, batch, answers)
+            if diff > cfg.max_abs_diff:
+                raise ExportError(
+                    f"the MC dropout head differs from the model by {diff:.2e} with no dropout "
+                    f"(limit {cfg.max_abs_diff:.0e}); the model was not exported"
+                )
+            files["mc_head"] = tmp.MC_HEAD
+            mc = {"rate": dropout, "head": tmp.MC_HEAD, "features": FEATURES, "max_abs_diff": diff}
         if cfg.fp16:
             to_fp16(tmp.onnx, tmp.onnx_fp16)
             figures["fp16"] = half = parity(tmp.onnx_fp16, torch_logits, batch, answers)
@@ -235,7 +285,8 @@ def run(
                 "shape": ["batch", 3, spec.img_size, spec.img_size],
                 "dtype": "float32",
             },
-            "outputs": output_names(heads),
+            "outputs": output_names(heads) + ([FEATURES] if mc else []),
+            "mc_dropout": mc,
             "opset": cfg.opset,
             "files": files,
             "parity": figures,
@@ -246,7 +297,7 @@ def run(
             },
         }, f"the model card from {checkpoint} and {threshold}")  # fmt: skip
         write_json_atomic(tmp.card, card.to_json())
-        write_json_atomic(tmp.metrics, figures)
+        write_json_atomic(tmp.metrics, {**figures, **({"mc_head": mc} if mc else {})})
     if run_id:
         # the ONNX files in the run's own artifacts too (export/), not only on the logged
         # model that register creates: a run page then links to what it produced

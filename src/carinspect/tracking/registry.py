@@ -68,8 +68,9 @@ def register_version(
         # the copy the version's onnx.run_artifacts tag names: export logs it when it was given
         # the run; an export made without one gets it here
         logged = {a.path for a in client.list_artifacts(run_id, RUN_COPY)}
+        extra = [export.card] + ([export.mc_head] if card.mc_dropout is not None else [])
         if f"{RUN_COPY}/{export.ONNX}" not in logged:
-            for file in (export.onnx, export.card):
+            for file in (export.onnx, *extra):
                 mlflow.log_artifact(str(file), artifact_path=RUN_COPY)
         info = mlflow.onnx.log_model(
             onnx.load(str(export.onnx)),
@@ -80,7 +81,7 @@ def register_version(
             # what mlflow.pyfunc loads it with: the provider export checked parity on, not a
             # CUDA it never ran on (carinspect serve picks its own: ORT_PROVIDERS)
             onnx_execution_providers=checked_providers(card.to_json()),
-            extra_files=[str(export.card)],  # lands as ExportDir.LOGGED_CARD
+            extra_files=[str(f) for f in extra],  # as ExportDir.LOGGED_CARD/LOGGED_MC_HEAD
         )
         version = mlflow.register_model(info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, alias, version.version)
