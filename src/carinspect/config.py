@@ -101,10 +101,6 @@ class DataConfig(_Section):
                 raise ValueError(f"data.coco_tasks.{name} needs at least two categories")
         return self
 
-    def task_list(self) -> list[str] | None:
-        """The task(s) named by ``task`` as a list; None when unset."""
-        return [self.task] if isinstance(self.task, str) else self.task
-
 
 class IngestConfig(_Section):
     """Decoding, validation and the resized image cache."""

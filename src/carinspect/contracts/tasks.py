@@ -72,8 +72,3 @@ def tasks_of_checkpoint(state: Mapping[str, Any]) -> list[TaskSpec]:
     if state.get("tasks"):
         return [TaskSpec.model_validate(t) for t in state["tasks"]]
     return [TaskSpec(name=str(state.get("task") or "label"), classes=list(state["classes"]))]
-
-
-def is_multitask(tasks: Sequence[TaskSpec]) -> bool:
-    """More than one head: outputs, metrics and answers are keyed by task name."""
-    return len(tasks) > 1
