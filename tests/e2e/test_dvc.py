@@ -64,6 +64,23 @@ def make_project(
     return repo
 
 
+def _served_answer(
+    project: Path, registered: dict, serve: Callable[..., Server], label: str
+) -> dict:
+    """/predict's answer for a demo photo of ``label`` from the registered version, served."""
+    server = serve(
+        MODEL_URI=registered["model_uri"],
+        MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}",
+    )
+    photo = next((project / "data" / "demo" / label).glob(f"{label}_000*.jpg"))
+    answer = httpx.post(
+        f"{server.url}/predict", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}
+    )
+    assert answer.status_code == 200, answer.text
+    body: dict = answer.json()
+    return body
+
+
 def test_multiclass_repro_registers_a_model_that_serves(
     tmp_path: Path, serve: Callable[..., Server]
 ) -> None:
@@ -88,16 +105,7 @@ def test_multiclass_repro_registers_a_model_that_serves(
     shown = json.loads(sh(project, DVC, "plots", "show", "--json"))["data"]
     assert {f"models/threshold/plots/{c}.csv" for c in curves} <= set(shown)
 
-    server = serve(
-        MODEL_URI=registered["model_uri"],
-        MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}",
-    )
-    photo = next((project / "data" / "demo" / "muddy").glob("muddy_000*.jpg"))
-    answer = httpx.post(
-        f"{server.url}/predict", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}
-    )
-    assert answer.status_code == 200, answer.text
-    body = answer.json()
+    body = _served_answer(project, registered, serve, "muddy")
     assert set(body["probabilities"]) == {"clean", "dusty", "muddy"}
     assert body["label"] in {"clean", "dusty", "muddy", "uncertain"}
     assert body["model"]["version"] == registered["version"]
@@ -136,16 +144,7 @@ def test_two_task_repro_registers_a_model_that_answers_both(
     evaluated = shown["models/evaluate/metrics.json"]["data"]
     assert set(evaluated["tasks"]) == {"cleanliness", "damage"}
 
-    server = serve(
-        MODEL_URI=registered["model_uri"],
-        MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}",
-    )
-    photo = next((project / "data" / "demo" / "dirty").glob("dirty_000*.jpg"))
-    answer = httpx.post(
-        f"{server.url}/predict", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}
-    )
-    assert answer.status_code == 200, answer.text
-    body = answer.json()
+    body = _served_answer(project, registered, serve, "dirty")
     assert set(body["tasks"]) == {"cleanliness", "damage"}
     assert set(body["tasks"]["damage"]["probabilities"]) == {"damaged", "intact"}
     assert body["model"]["version"] == registered["version"]

@@ -116,6 +116,40 @@ def output_names(heads: list[Head] | None) -> list[str]:
     return [OUTPUTS[0], *(task_output(h.name) for h in heads)]
 
 
+def _save(
+    wrapped: nn.Module,
+    examples: tuple[torch.Tensor, ...],
+    path: Path,
+    names: tuple[list[str], list[str]],
+    opset: int,
+    dynamic: tuple[dict[int, Any], ...],
+) -> None:
+    """torch.onnx.export (dynamo) into one self-contained, checked file."""
+    import onnx
+
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapped,
+            examples,
+            str(path),
+            input_names=names[0],
+            output_names=names[1],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes=dynamic,
+        )
+    for leftover in path.parent.glob(f"{path.name}.data"):
+        leftover.unlink()  # nothing may live outside the single file
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _heads(heads: list[Head] | None, temperature: float) -> tuple[list[float], list[slice] | None]:
+    if not heads:
+        return [temperature], None
+    return [h.temperature for h in heads], [h.outputs for h in heads]
+
+
 def export_onnx(
     model: nn.Module,
     temperature: float,
@@ -131,28 +165,12 @@ def export_onnx(
     each task's probabilities as its own output, named by :func:`task_output`. ``features``:
     the pooled pre-logits are the last output (for :func:`export_dropout_head`).
     """
-    import onnx
-
-    temperatures = [h.temperature for h in heads] if heads else [temperature]
-    slices = [h.outputs for h in heads] if heads else None
+    temperatures, slices = _heads(heads, temperature)
     wrapped = _WithProbabilities(model.eval(), temperatures, slices, features).eval()
-    example = torch.randn(2, 3, img_size, img_size)
+    outputs = output_names(heads) + ([FEATURES] if features else [])
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapped,
-            (example,),
-            str(path),
-            input_names=[INPUT],
-            output_names=output_names(heads) + ([FEATURES] if features else []),
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            dynamic_shapes=({0: batch},),
-        )
-    for leftover in path.parent.glob(f"{path.name}.data"):
-        leftover.unlink()  # nothing may live outside the single file
-    onnx.checker.check_model(str(path), full_check=True)
+    example = torch.randn(2, 3, img_size, img_size)
+    _save(wrapped, (example,), path, ([INPUT], outputs), opset, ({0: batch},))
 
 
 def export_dropout_head(
@@ -168,29 +186,15 @@ def export_dropout_head(
     Serving runs the backbone once per image and this head K times on masked copies of the
     features: K Monte Carlo dropout passes for the price of K small matrix products.
     """
-    import onnx
-
-    temperatures = [h.temperature for h in heads] if heads else [temperature]
-    slices = [h.outputs for h in heads] if heads else None
-    wrapped = _DropoutHead(model.get_classifier(), temperatures, slices).eval()  # type: ignore[operator]
+    temperatures, slices = _heads(heads, temperature)
+    classifier = model.get_classifier()  # type: ignore[operator]
+    wrapped = _DropoutHead(classifier, temperatures, slices).eval()
     with torch.no_grad():
         width = pre_logits(model.eval(), torch.zeros(1, 3, img_size, img_size)).shape[1]
-        example = torch.randn(2, width)
-        rows = torch.export.Dim("rows", min=1, max=1 << 20)
-        torch.onnx.export(
-            wrapped,
-            (example, torch.ones_like(example)),
-            str(path),
-            input_names=[FEATURES, MASK],
-            output_names=output_names(heads)[1:],
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            dynamic_shapes=({0: rows}, {0: rows}),
-        )
-    for leftover in path.parent.glob(f"{path.name}.data"):
-        leftover.unlink()
-    onnx.checker.check_model(str(path), full_check=True)
+    example = torch.randn(2, width)
+    rows = torch.export.Dim("rows", min=1, max=1 << 20)
+    names = ([FEATURES, MASK], output_names(heads)[1:])
+    _save(wrapped, (example, torch.ones_like(example)), path, names, opset, ({0: rows}, {0: rows}))
 
 
 def to_fp16(src: Path, dst: Path) -> None:

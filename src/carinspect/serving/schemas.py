@@ -29,8 +29,8 @@ def _absent(value: object) -> bool:
     return value is None
 
 
-class Prediction(BaseModel):
-    """One image's answer. ``label`` and ``confidence`` keep the seed service's meaning."""
+class TaskAnswer(BaseModel):
+    """One task's answer: what a single-task prediction gives, and each task of a multi-task one."""
 
     label: str = Field(description="a class, or 'uncertain' inside the uncertainty band")
     confidence: float = Field(
@@ -41,32 +41,24 @@ class Prediction(BaseModel):
     uncertainty: Uncertainty | None = Field(
         None, exclude_if=_absent, description="only with MC dropout on (MC_SAMPLES)"
     )
+
+
+class _Answered(BaseModel):
     model: ModelInfo
     processing_ms: float = Field(description="time in the server for this image")
     filename: str | None = None
 
 
-class TaskAnswer(BaseModel):
-    """One task's answer in a multi-task prediction."""
-
-    label: str = Field(description="a class, or 'uncertain' inside the task's uncertainty band")
-    confidence: float = Field(
-        description="probability of the label (of the top class if uncertain)"
-    )
-    probabilities: dict[str, float] = Field(description="calibrated probability per class")
-    thresholds: dict[str, Any] = Field(description="the task's decision rule")
-    uncertainty: Uncertainty | None = Field(
-        None, exclude_if=_absent, description="only with MC dropout on (MC_SAMPLES)"
-    )
+class Prediction(_Answered, TaskAnswer):
+    """One image's answer. ``label`` and ``confidence`` keep the seed service's meaning."""
 
 
-class MultiTaskPrediction(BaseModel):
-    """One image's answers from a model with several tasks (one backbone, one head each)."""
-
+class _Tasks(BaseModel):
     tasks: dict[str, TaskAnswer] = Field(description="each task's answer, by task name")
-    model: ModelInfo
-    processing_ms: float = Field(description="time in the server for this image")
-    filename: str | None = None
+
+
+class MultiTaskPrediction(_Answered, _Tasks):
+    """One image's answers from a model with several tasks (one backbone, one head each)."""
 
 
 AnyPrediction = Prediction | MultiTaskPrediction
