@@ -78,22 +78,34 @@ def _jitter(rng: np.random.Generator, colour: tuple[int, ...], amount: int) -> t
 def _draw_damage(
     d: ImageDraw.ImageDraw, rng: np.random.Generator, body: tuple[float, float, float, float]
 ) -> None:
-    """Scratches through the paint and a dent on the body box ``(x0, y0, width, height)``."""
+    """A scrape to bare metal, scratches through the paint and a dent on the body box.
+
+    ``body`` is ``(x0, y0, width, height)``; the marks are large enough to survive the 96 px
+    the demo trains at.
+    """
     x0, y0, cw, ch = body
-    for _ in range(int(rng.integers(2, 5))):  # scratches: bare metal/primer lines
-        sx, sy = x0 + cw * rng.uniform(0.05, 0.7), y0 + ch * rng.uniform(0.15, 0.85)
-        points = [(sx, sy)]
-        for _ in range(int(rng.integers(2, 5))):
-            sx += cw * rng.uniform(0.05, 0.15)
-            sy = float(np.clip(sy + ch * rng.uniform(-0.15, 0.15), y0 + 2, y0 + ch - 2))
-            points.append((sx, sy))
-        shade = int(rng.integers(190, 250))
-        d.line(points, fill=(shade, shade, shade - 10, 230), width=int(rng.integers(2, 4)))
-    dx, dy = x0 + cw * rng.uniform(0.15, 0.75), y0 + ch * rng.uniform(0.3, 0.7)
-    r = ch * rng.uniform(0.18, 0.3)
-    d.ellipse([dx - r * 1.4, dy - r, dx + r * 1.4, dy + r], fill=(0, 0, 0, 110))  # dent shadow
+    sx, sy = x0 + cw * rng.uniform(0.1, 0.65), y0 + ch * rng.uniform(0.2, 0.5)
+    sw, sh = cw * rng.uniform(0.15, 0.28), ch * rng.uniform(0.3, 0.55)
+    ragged = [  # a scraped panel: light primer/metal with a jagged outline
+        (sx + sw * np.cos(a) * rng.uniform(0.6, 1.0), sy + sh * np.sin(a) * rng.uniform(0.6, 1.0))
+        for a in np.linspace(0, 2 * np.pi, 11)[:-1]
+    ]
+    shade = int(rng.integers(170, 215))
+    d.polygon(ragged, fill=(shade, shade, shade - 8, 235))
+    for _ in range(int(rng.integers(3, 7))):  # scratches running out of the scrape
+        px, py = sx, sy
+        points = [(px, py)]
+        for _ in range(int(rng.integers(2, 4))):
+            px += cw * rng.uniform(0.06, 0.14) * rng.choice([-1, 1])
+            py = float(np.clip(py + ch * rng.uniform(-0.2, 0.2), y0 + 2, y0 + ch - 2))
+            points.append((px, py))
+        light = int(rng.integers(200, 250))
+        d.line(points, fill=(light, light, light - 10, 240), width=int(rng.integers(3, 6)))
+    dx, dy = x0 + cw * rng.uniform(0.15, 0.8), y0 + ch * rng.uniform(0.35, 0.7)
+    r = ch * rng.uniform(0.3, 0.45)
+    d.ellipse([dx - r * 1.4, dy - r, dx + r * 1.4, dy + r], fill=(0, 0, 0, 140))  # dent shadow
     d.arc(
-        [dx - r * 1.4, dy - r, dx + r * 1.4, dy + r], 200, 340, fill=(255, 255, 255, 170), width=2
+        [dx - r * 1.4, dy - r, dx + r * 1.4, dy + r], 200, 340, fill=(255, 255, 255, 200), width=3
     )
 
 

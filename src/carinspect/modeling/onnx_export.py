@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,9 @@ def _save(
     """torch.onnx.export (dynamo) into one self-contained, checked file."""
     import onnx
 
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # two inputs sharing one dynamic axis: torch notes it keeps one name for both
+        warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
         torch.onnx.export(
             wrapped,
             examples,
