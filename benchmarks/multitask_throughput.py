@@ -73,8 +73,9 @@ def build(out: Path, name: str, img_size: int, tasks: dict[str, list[str]]) -> P
 
     torch.manual_seed(0)
     width = sum(len(c) for c in tasks.values())
-    model = build_model(ModelConfig(name=name, img_size=img_size, drop_rate=0.2), width).eval()
-    spec = PreprocessSpec(img_size=img_size, source_short_side=128)
+    cfg = ModelConfig(name=name, img_size=img_size, drop_rate=0.2)
+    model = build_model(cfg, width).eval()
+    spec = PreprocessSpec.from_model(cfg, source_short_side=128)
     multi = len(tasks) > 1
     heads, start = [], 0
     for task, classes in tasks.items():

@@ -126,3 +126,54 @@ def test_missing_inputs(tmp_path: Path, upstream: dict[str, Path], prepared: Pre
             prepared.splits,
             tmp_path / "o",
         )
+
+
+def test_a_single_task_model_with_dropout_gets_an_mc_head_that_serves(
+    tmp_path: Path, upstream: dict[str, Path], prepared: Prepared
+) -> None:
+    """model.drop_rate > 0: the features output and mc_head.onnx, and the answer keeps its shape.
+
+    Dropout changes no weight, so the upstream checkpoint with drop_rate 0.2 in its config is
+    the model that training with dropout would have written.
+    """
+    import httpx
+
+    from carinspect.data.images import ImageLimits
+    from carinspect.modeling.checkpoint import load_checkpoint, save_checkpoint
+    from carinspect.serving.inference import answer, pixels_for
+    from carinspect.serving.model_store import ModelRef, open_model
+    from carinspect.serving.settings import ServeSettings
+    from tests.conftest import start_server, stop_process
+
+    state = load_checkpoint(upstream["best"])
+    state["config"]["model"]["drop_rate"] = 0.2
+    save_checkpoint(state, tmp_path / "dropout.pt")
+    export.run(
+        ExportConfig(), Settings(), tmp_path / "dropout.pt", upstream["calibration"],
+        upstream["threshold"], prepared.ingest, prepared.splits, tmp_path / "export",
+    )  # fmt: skip
+    out = tmp_path / "export"
+    card = json.loads((out / "model.json").read_text())
+    assert card["outputs"] == ["logits", "probabilities", "features"]
+    assert card["mc_dropout"]["head"] == "mc_head.onnx" and (out / "mc_head.onnx").is_file()
+    assert card["classes"] == ["clean", "dirty"]
+    photo = next(prepared.ingest.glob("images/*/*.png")).read_bytes()
+    ref = ModelRef.parse(str(out))
+    plain = open_model(ref, None, out, ServeSettings())
+    sampled = open_model(ref, None, out, ServeSettings(MC_SAMPLES=50, MC_SEED=1))
+    pixels = pixels_for(photo, plain, ImageLimits())[None]
+    got = answer(sampled, sampled.infer(pixels)[0])
+    assert got["probabilities"] == answer(plain, plain.infer(pixels)[0])["probabilities"]
+    assert (
+        set(got["uncertainty"]["std"]) == {"clean", "dirty"} and got["uncertainty"]["samples"] == 50
+    )
+
+    server = start_server(tmp_path, {"MODEL_URI": str(out), "MC_SAMPLES": "8"})
+    try:
+        body = httpx.post(
+            server.url + "/predict", files={"file": ("car.png", photo, "image/png")}
+        ).json()
+        assert body["label"] in ("clean", "dirty", "uncertain")  # the single-task shape
+        assert body["uncertainty"]["samples"] == 8 and "tasks" not in body
+    finally:
+        stop_process(server.proc)

@@ -23,6 +23,7 @@ from carinspect.contracts.base import Contract, ContractError, explain, read_jso
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.rules import DecisionRule
 from carinspect.contracts.tasks import TaskSpec
+from carinspect.modeling.onnx_names import OUTPUTS
 
 
 class InputSpec(Contract):
@@ -106,6 +107,8 @@ class ModelCard(Contract):
         if self.tasks is not None:
             self._check_tasks(self.tasks)
         else:
+            if OUTPUTS[1] not in self.outputs:
+                raise ValueError(f"outputs {self.outputs} have no {OUTPUTS[1]!r}")
             if self.classes is None:
                 raise ValueError("has no classes (nor tasks)")
             if self.decision is None:
@@ -149,7 +152,7 @@ class ModelCard(Contract):
                 classes=self.classes,
                 temperature=self.temperature,
                 decision=self.decision,
-                output=self.outputs[-1],
+                output=OUTPUTS[1],
             )
         ]
 
