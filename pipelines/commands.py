@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from carinspect import kfp_glue
-from carinspect.config import Params, parse_params
+from carinspect.config import Params, parse_params, set_dotted
 from carinspect.errors import InputError
 from pipelines.training import PIPELINE_FILE, build
 
@@ -39,7 +39,7 @@ def load_with_overrides(params_path: Path, overrides: dict[str, Any]) -> Params:
     except OSError as err:
         raise InputError(f"{params_path}: cannot read ({err})") from err
     for key, value in overrides.items():
-        kfp_glue.set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     return parse_params(raw, params_path)
 
 

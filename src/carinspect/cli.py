@@ -190,6 +190,27 @@ def evaluate(
 
 
 @app.command()
+def tune(
+    params: ParamsOpt = Path("params.yaml"),
+    ingest: IngestOpt = Path("data/ingest"),
+    splits: SplitsOpt = Path("data/split/splits.csv"),
+    out: OutOpt = Path("models/tune"),
+) -> None:
+    """Search the `tune.space` params with Optuna (run again to continue a cut-off sweep)."""
+    from carinspect.config import Settings
+    from carinspect.stages import tune as stage
+
+    result = stage.run(_params(params), Settings(), ingest, splits, out)
+    counts = ", ".join(f"{n} {k}" for k, n in result.counts.items())
+    typer.echo(
+        f"best trial {result.best_trial}: {_params(params).tune.objective} "
+        f"{result.best_value:.4f} with {result.best_params} ({counts}; MLflow parent run "
+        f"{result.parent_run_id})\nwritten to {result.overlay}; train the final model with "
+        f"them:\n  {result.command}"
+    )
+
+
+@app.command()
 def threshold(
     params: ParamsOpt = Path("params.yaml"),
     predictions: Annotated[Path, typer.Option(help="predictions.csv from evaluate.")] = Path(

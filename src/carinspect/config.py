@@ -414,6 +414,74 @@ class MlflowConfig(_Section):
     run_name: str | None = None
 
 
+class SearchDim(_Section):
+    """One dimension of the search space: a distribution over one params key's values."""
+
+    type: Literal["loguniform", "uniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = Field(None, description="choice: the values to pick from")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchDim:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs a non-empty `values` list")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"{self.type} needs low < high, got low={self.low} high={self.high}")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.low}")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"int needs whole bounds, got {self.low} and {self.high}")
+        return self
+
+
+def _default_space() -> dict[str, SearchDim]:
+    return {
+        "train.lr": SearchDim(type="loguniform", low=3e-4, high=1e-2),
+        "train.weight_decay": SearchDim(type="loguniform", low=1e-3, high=1e-1),
+        "model.drop_rate": SearchDim(type="uniform", low=0.0, high=0.3),
+    }
+
+
+class TuneConfig(_Section):
+    """A hyper-parameter search (`carinspect tune`): Optuna trials of the train stage."""
+
+    trials: int = Field(6, ge=1, le=10_000, description="trials in the study, resumed ones count")
+    objective: str = Field(
+        "val_macro_f1", description="a val metric train records per epoch (history.csv column)"
+    )
+    direction: Literal["maximize", "minimize"] = "maximize"
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "halving", "none"] = Field(
+        "median", description="stop unpromising trials early (median rule, successive halving)"
+    )
+    prune_after: int = Field(2, ge=0, description="epochs every trial runs before it may be pruned")
+    seed: int = 0
+    study: str = Field("carinspect", min_length=1, description="the Optuna study name")
+    storage: str | None = Field(
+        None,
+        description="an SQLAlchemy URL for Optuna's storage; null: optuna.db (SQLite) in the "
+        "tune output folder, so an interrupted sweep resumes",
+    )
+    space: dict[str, SearchDim] = Field(
+        default_factory=_default_space, description="dotted params key -> its distribution"
+    )
+
+    @model_validator(mode="after")
+    def _keys(self) -> TuneConfig:
+        if not self.space:
+            raise ValueError("tune.space is empty: name at least one params key to search")
+        for key in self.space:
+            if key.count(".") < 1 or key.split(".")[0] not in ("model", "train"):
+                raise ValueError(
+                    f"tune.space key {key!r}: only model.* and train.* keys are searched (the "
+                    "trials re-run train on one ingest and split)"
+                )
+        return self
+
+
 class Params(_Section):
     """The whole of params.yaml."""
 
@@ -430,6 +498,7 @@ class Params(_Section):
     promote: PromoteConfig = PromoteConfig()
     kfp: KfpConfig = KfpConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    tune: TuneConfig = TuneConfig()
 
 
 class Settings(BaseSettings):
@@ -445,6 +514,18 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(
         None, validation_alias="CARINSPECT_WEBHOOK_SECRET", description="signs alias webhooks"
     )
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(d, "train.epochs", 3)`` sets ``d["train"]["epochs"] = 3``."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+        node = nxt
+    node[parts[-1]] = value
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from carinspect.config import Params, parse_params
+from carinspect.config import Params, parse_params, set_dotted
 from carinspect.contracts.folders import TrainDir
 from carinspect.errors import InputError
 from carinspect.tracking.runs import numeric_leaves, read_run_id
@@ -79,18 +79,6 @@ def task_input(text: str) -> str | list[str] | None:
 def task_text(task: str | list[str] | None) -> str:
     """data.task as the ``data_task`` pipeline input (inverse of :func:`task_input`)."""
     return ",".join([task] if isinstance(task, str) else task or [])
-
-
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    """``set_dotted(d, "train.epochs", 3)`` sets ``d["train"]["epochs"] = 3``."""
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        nxt = node.setdefault(part, {})
-        if not isinstance(nxt, dict):
-            raise InputError(f"override {key}: {part} is not a section")
-        node = nxt
-    node[parts[-1]] = value
 
 
 def set_run_env(kfp_run_id: str) -> None:

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,11 @@ class TrainInputs:
     out: Path
     resume: bool = False
     stop_after: int | None = None
+    parent_run_id: str | None = None  # a sweep's run: this one is nested under it
+
+
+# called on rank 0 after each epoch with (epoch, that epoch's figures); True stops training
+EpochHook = Callable[[int, dict[str, float]], bool]
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,8 @@ class TrainResult:
     best_epoch: int
     epochs_run: int
     metrics: dict[str, float]
+    history: tuple[dict[str, float], ...] = ()
+    stopped_by_hook: bool = False  # a sweep pruned it
 
 
 def run(
@@ -99,11 +107,15 @@ def run(
     resume: bool = False,
     stop_after: int | None = None,
     nproc: int | None = None,
+    parent_run_id: str | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
     """Train, in ``nproc`` processes (default ``train.nproc``) when not already under torchrun.
 
     ``stop_after`` ends this invocation after that many epochs (a time-boxed or preemptible job);
-    ``resume`` continues from ``out/last.pt``.
+    ``resume`` continues from ``out/last.pt``. ``parent_run_id`` nests the MLflow run under a
+    sweep's; ``on_epoch`` sees each epoch's figures and may stop training (a pruned trial). A
+    hook cannot cross to spawned processes, so it needs a single process.
     """
     inputs = TrainInputs(
         model,
@@ -115,16 +127,19 @@ def run(
         Path(out),
         resume,
         stop_after,
+        parent_run_id,
     )
     nproc = nproc or train.nproc
     under_torchrun = dist_utils.env_info().distributed
+    if on_epoch is not None and (nproc > 1 or under_torchrun):
+        raise TrainError("an epoch hook (a sweep's pruning) needs one training process: nproc 1")
     _check_inputs(inputs, dist_utils.env_info().world_size if under_torchrun else nproc)
     if nproc > 1 and not under_torchrun:
         logger.info("launching %d training processes", nproc)
         level = logging.getLogger().getEffectiveLevel()
         result: TrainResult = dist_utils.launch(nproc, _spawned_process, inputs, level)
         return result
-    return _train_process(inputs)
+    return _train_process(inputs, on_epoch)
 
 
 def _spawned_process(inputs: TrainInputs, log_level: int) -> TrainResult:
@@ -207,11 +222,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _train_process(inputs: TrainInputs) -> TrainResult:
+def _train_process(inputs: TrainInputs, on_epoch: EpochHook | None = None) -> TrainResult:
     info = dist_utils.env_info()
     device = dist_utils.init(info)
     try:
-        return _train(inputs, info, device)
+        return _train(inputs, info, device, on_epoch)
     finally:
         dist_utils.shutdown()
 
@@ -256,7 +271,12 @@ def _ingest_short_side(ingest_dir: Path) -> int | None:
     return int(value) if value else None
 
 
-def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device) -> TrainResult:
+def _train(
+    inputs: TrainInputs,
+    info: dist_utils.DistInfo,
+    device: torch.device,
+    on_epoch: EpochHook | None = None,
+) -> TrainResult:
     cfg, mcfg = inputs.train, inputs.model
     _seed_everything(cfg.seed, cfg.deterministic)
     tasks = _tasks(inputs)
@@ -354,6 +374,7 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
 
     eval_model = ema.module if ema is not None else model
     epoch = start_epoch - 1
+    hooked = False
     for calls, epoch in enumerate(range(start_epoch, cfg.epochs), start=1):
         if stopper.should_stop:
             break
@@ -403,10 +424,14 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
                 " (best)" if improved else "",
             )
         dist_utils.barrier()
+        if on_epoch is not None and on_epoch(epoch + 1, stats):
+            hooked = True
+            logger.info("epoch %d/%d: stopped by the sweep (pruned)", epoch + 1, cfg.epochs)
+            break
         if inputs.stop_after is not None and calls >= inputs.stop_after:
             break
 
-    finished = epoch + 1 >= cfg.epochs or stopper.should_stop
+    finished = (epoch + 1 >= cfg.epochs or stopper.should_stop) and not hooked
     best = next(h for h in history if h["epoch"] == stopper.best_epoch + 1)
     result = TrainResult(
         out=inputs.out,
@@ -416,6 +441,8 @@ def _train(inputs: TrainInputs, info: dist_utils.DistInfo, device: torch.device)
         best_epoch=stopper.best_epoch + 1,
         epochs_run=len(history),
         metrics=best,
+        history=tuple(history),
+        stopped_by_hook=hooked,
     )
     if info.primary:
         _write_outputs(inputs, result, history, finished)
@@ -431,7 +458,7 @@ def _open_run(
     run_id: str | None,
 ) -> str:
     new = run_id is None
-    run_id = runs.start_run(inputs.settings, inputs.mlflow, run_id)
+    run_id = runs.start_run(inputs.settings, inputs.mlflow, run_id, inputs.parent_run_id)
     if new:
         runs.log_params({**_upstream_params(inputs), **config})
         tags = lineage_tags(inputs.ingest_dir, inputs.settings)

@@ -45,8 +45,16 @@ def numeric_leaves(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     }
 
 
-def start_run(settings: Settings, cfg: MlflowConfig | None, run_id: str | None = None) -> str:
-    """Open a new run in ``cfg.experiment`` (or reopen ``run_id``) and return its id."""
+def start_run(
+    settings: Settings,
+    cfg: MlflowConfig | None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Open a new run in ``cfg.experiment`` (or reopen ``run_id``) and return its id.
+
+    ``parent_run_id``: the new run is nested under that one (a sweep's trial).
+    """
     import mlflow
 
     from carinspect.tracking.store import check
@@ -57,7 +65,7 @@ def start_run(settings: Settings, cfg: MlflowConfig | None, run_id: str | None =
         if cfg is None:
             raise ValueError("a new run needs the mlflow section of params")
         mlflow.set_experiment(cfg.experiment)
-        run = mlflow.start_run(run_name=cfg.run_name)
+        run = mlflow.start_run(run_name=cfg.run_name, parent_run_id=parent_run_id)
     else:
         run = reopen_run(run_id)
     logger.info("MLflow run %s at %s", run.info.run_id, settings.mlflow_tracking_uri)
