@@ -45,7 +45,7 @@ def make_project(
     ``change`` edits the params further)."""
     repo = tmp_path / "project"
     repo.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", "src"):
+    for name in ("dvc.yaml", ".dvcignore", "src", "tune"):
         src = REPO_ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
     (repo / ".dvc").mkdir()
@@ -198,6 +198,19 @@ def test_repro_runs_then_does_nothing(project: Path) -> None:
     assert ingest["images"] == 2 * 16 + 1 and ingest["dropped"] == 7
     split = shown["data/split/metrics.json"]["data"]
     assert sum(split[s]["images"] for s in ("train", "val", "test")) == 33
+
+    assert not (project / "models" / "tune").exists()  # the sweep is off the default path
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["tune"].update({"trials": 2, "prune_after": 0})
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    swept = sh(project, DVC, "repro", "tune/dvc.yaml")
+    assert "Running stage 'tune/dvc.yaml:tune'" in swept and "Running stage 'train'" not in swept
+    assert "train the final model with them:" in swept and "dvc exp run -S " in swept
+    best = yaml.safe_load((project / "models" / "tune" / "best_params.yaml").read_text())
+    assert set(best) <= {"model", "train"} and "lr" in best["train"]
+    report = json.loads((project / "models" / "tune" / "report.json").read_text())
+    assert report["trials"]["complete"] + report["trials"]["pruned"] == 2
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["split"]["seed"] = 43
