@@ -115,7 +115,7 @@ def _study(cfg: TuneConfig, out: Path) -> Any:
     )
     pruner: Any = optuna.pruners.NopPruner()
     if cfg.pruner == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=cfg.prune_after)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=cfg.prune_after)
     elif cfg.pruner == "halving":
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, cfg.prune_after))
     return optuna.create_study(
