@@ -16,7 +16,9 @@ from kfp import dsl
 from components.evaluate import evaluate
 from components.export import export
 from components.ingest import ingest
+from components.pick_best import pick_best
 from components.register import register
+from components.sample_trials import sample_trials
 from components.split import split
 from components.threshold import threshold
 from components.train import train
@@ -29,12 +31,14 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "threshold": threshold,
     "export": export,
     "register": register,
+    "sample_trials": sample_trials,
+    "pick_best": pick_best,
 }
 
 
 @dataclass(frozen=True)
 class Components:
-    """The seven components, ready to call inside a pipeline."""
+    """The components, ready to call inside a pipeline."""
 
     ingest: Any
     split: Any
@@ -43,6 +47,8 @@ class Components:
     threshold: Any
     export: Any
     register: Any
+    sample_trials: Any
+    pick_best: Any
 
 
 def build(image: str, train_image: str) -> Components:

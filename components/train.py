@@ -13,12 +13,14 @@ def train(
     cluster: str,
     model: Output[Model],
     metrics: Output[Metrics],
+    parent_run_id: str = "",
 ) -> str:
     """Train: one process per GPU on this pod, or a Kubeflow TrainJob when ``cluster`` is set.
 
     ``cluster`` is the kfp section (JSON) for training across nodes, empty to train here. The
     pipeline run id comes from the pod's environment (KFP_RUN_ID), not from an input, so that
-    equal inputs give the same cache key in every run. Returns the MLflow run id.
+    equal inputs give the same cache key in every run. ``parent_run_id``: a sweep's run, which
+    this trial's run nests under. Returns the MLflow run id.
     """
     from pathlib import Path
 
@@ -39,6 +41,7 @@ def train(
         stage.run(
             p.model, p.train, p.mlflow, Settings(), Path(data.path),
             SplitDir(splits.path).splits, out, nproc=max(nproc, 1),
+            parent_run_id=parent_run_id or None,
         )  # fmt: skip
     kfp_glue.log_metrics(metrics, TrainDir(out).metrics)
     run_id = kfp_glue.run_id_of(out)

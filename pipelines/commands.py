@@ -11,6 +11,7 @@ import yaml
 from carinspect import kfp_glue
 from carinspect.config import Params, parse_params, set_dotted
 from carinspect.errors import InputError
+from pipelines.sweep import SWEEP_FILE, build_sweep
 from pipelines.training import PIPELINE_FILE, build
 
 logger = logging.getLogger(__name__)
@@ -66,19 +67,29 @@ def data_version(params: Params, root: Path) -> str:
     )
 
 
-def compile_pipeline(params_path: Path, out: Path) -> Path:
-    """Write the pipeline YAML for params.yaml (the committed file is pipelines/training_pipeline.yaml)."""
+def _pipeline(params: Params, sweep: bool) -> Any:
+    """The training pipeline, or the sweep pipeline, for ``params``."""
+    return build_sweep(params) if sweep else build(params)
+
+
+def compile_pipeline(params_path: Path, out: Path, sweep: bool = False) -> Path:
+    """Write the pipeline YAML for params.yaml.
+
+    The committed files are pipelines/training_pipeline.yaml and pipelines/sweep_pipeline.yaml.
+    """
     from kfp import compiler
 
     params = load_with_overrides(params_path, {})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp.yaml")  # KFP insists on the .yaml ending
-    compiler.Compiler().compile(build(params), str(tmp))
+    compiler.Compiler().compile(_pipeline(params, sweep), str(tmp))
     tmp.replace(out)
     return out
 
 
-def run_local(params_path: Path, pairs: list[str], root: Path, pipeline_root: Path) -> str:
+def run_local(
+    params_path: Path, pairs: list[str], root: Path, pipeline_root: Path, sweep: bool = False
+) -> str:
     """Run the whole pipeline with kfp.local's SubprocessRunner; returns the registered model URI."""
     from kfp import local
 
@@ -90,7 +101,7 @@ def run_local(params_path: Path, pairs: list[str], root: Path, pipeline_root: Pa
         pipeline_root=str(pipeline_root),
         raise_on_error=True,
     )
-    result = build(params)(**inputs, **kfp_glue.section_texts(params))
+    result = _pipeline(params, sweep)(**inputs, **kfp_glue.section_texts(params, sweep))
     return str(result.output)
 
 
@@ -101,6 +112,7 @@ def submit(
     root: Path,
     experiment: str | None,
     run_name: str | None,
+    sweep: bool = False,
 ) -> str:
     """Compile and submit a run to Kubeflow Pipelines at ``host``; returns the run id."""
     import tempfile
@@ -114,11 +126,11 @@ def submit(
         package = Path(tmp) / "pipeline.yaml"
         from kfp import compiler
 
-        compiler.Compiler().compile(build(params), str(package))
+        compiler.Compiler().compile(_pipeline(params, sweep), str(package))
         client = kfp.Client(host=host)
         run = client.create_run_from_pipeline_package(
             str(package),
-            arguments={**inputs, **kfp_glue.section_texts(params)},
+            arguments={**inputs, **kfp_glue.section_texts(params, sweep)},
             experiment_name=experiment or params.kfp.pipeline_name,
             run_name=run_name,
         )
@@ -144,6 +156,7 @@ def trainjob_yaml(params_path: Path, pairs: list[str], run_id: str) -> str:
 
 __all__ = [
     "PIPELINE_FILE",
+    "SWEEP_FILE",
     "compile_pipeline",
     "data_version",
     "run_local",

@@ -30,6 +30,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+SweepOpt = Annotated[
+    bool,
+    typer.Option("--sweep", help="The sweep pipeline (tune.* trials in parallel, the best on)."),
+]
 pipeline_app = typer.Typer(help="The Kubeflow Pipelines pipeline: compile, run locally, submit.")
 app.add_typer(pipeline_app, name="pipeline")
 webhook_app = typer.Typer(help="MLflow webhooks for alias moves (optional; serving also polls).")
@@ -491,14 +495,17 @@ ParamPairs = Annotated[
 @pipeline_app.command("compile")
 def pipeline_compile(
     params: ParamsOpt = Path("params.yaml"),
-    out: Annotated[Path, typer.Option(help="Pipeline YAML to write.")] = Path(
-        "pipelines/training_pipeline.yaml"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Pipeline YAML to write (default: the committed file)."),
+    ] = None,
+    sweep: SweepOpt = False,
 ) -> None:
-    """Compile the training pipeline (committed as pipelines/training_pipeline.yaml)."""
-    from pipelines.commands import compile_pipeline
+    """Compile the training pipeline (or the sweep): pipelines/{training,sweep}_pipeline.yaml."""
+    from pipelines.commands import PIPELINE_FILE, SWEEP_FILE, compile_pipeline
 
-    typer.echo(f"pipeline written to {compile_pipeline(params, out)}")
+    target = out or Path(SWEEP_FILE if sweep else PIPELINE_FILE)
+    typer.echo(f"pipeline written to {compile_pipeline(params, target, sweep)}")
 
 
 @pipeline_app.command("run")
@@ -509,13 +516,14 @@ def pipeline_run(
     pipeline_root: Annotated[Path, typer.Option(help="Where task outputs go.")] = Path(
         ".kfp/outputs"
     ),
+    sweep: SweepOpt = False,
 ) -> None:
     """Run the whole pipeline locally (SubprocessRunner); for a cluster use `pipeline submit`."""
     from pipelines.commands import run_local
 
     if not local:
         raise InputError("pipeline run needs --local (use `carinspect pipeline submit` for KFP)")
-    uri = run_local(params, param or [], Path.cwd(), pipeline_root)
+    uri = run_local(params, param or [], Path.cwd(), pipeline_root, sweep)
     typer.echo(f"pipeline finished: registered {uri}")
 
 
@@ -528,11 +536,12 @@ def pipeline_submit(
     param: ParamPairs = None,
     experiment: Annotated[str | None, typer.Option(help="KFP experiment name.")] = None,
     run_name: Annotated[str | None, typer.Option(help="KFP run name.")] = None,
+    sweep: SweepOpt = False,
 ) -> None:
-    """Compile and submit a run of the training pipeline to Kubeflow Pipelines."""
+    """Compile and submit a run of the training (or sweep) pipeline to Kubeflow Pipelines."""
     from pipelines.commands import submit
 
-    run_id = submit(host, params, param or [], Path.cwd(), experiment, run_name)
+    run_id = submit(host, params, param or [], Path.cwd(), experiment, run_name, sweep)
     typer.echo(f"submitted run {run_id} to {host}")
 
 

@@ -33,9 +33,11 @@ SECTION_INPUTS: dict[str, str] = {
     "export_cfg": "export",
     "register_cfg": "register",
 }
+# the sweep pipeline's extra section input
+SWEEP_INPUTS: dict[str, str] = {"tune_cfg": "tune"}
 
 
-def section_texts(params: Params) -> dict[str, str]:
+def section_texts(params: Params, sweep: bool = False) -> dict[str, str]:
     """Each pipeline section input's value: its section of ``params``, sorted one-line JSON.
 
     One line: KFP copies default values into a comment at the top of the compiled file, and a
@@ -43,7 +45,7 @@ def section_texts(params: Params) -> dict[str, str]:
     """
     raw = params.model_dump(mode="json", by_alias=True)
     texts = {}
-    for name, key in SECTION_INPUTS.items():
+    for name, key in {**SECTION_INPUTS, **(SWEEP_INPUTS if sweep else {})}.items():
         node: Any = raw
         for part in key.split("."):
             node = node[part]
@@ -62,7 +64,7 @@ def params_from_inputs(inputs: dict[str, str], overrides: dict[str, Any] | None 
             value = json.loads(text)
         except ValueError as err:
             raise InputError(f"pipeline input {name}: not JSON: {err}") from None
-        set_dotted(raw, SECTION_INPUTS[name], value)
+        set_dotted(raw, {**SECTION_INPUTS, **SWEEP_INPUTS}[name], value)
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
     return parse_params(raw, "pipeline inputs")

@@ -98,15 +98,18 @@ def _probe(params: Params) -> None:
             with_values(params, {key: value})
 
 
-def _study(cfg: TuneConfig, out: Path) -> Any:
+def _study(cfg: TuneConfig, out: Path | None) -> Any:
+    """The study in ``tune.storage`` (default ``out/optuna.db``); ``out`` None: in memory."""
     import optuna
 
-    storage = cfg.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
-    # A resumed sweep must not replay the first run's draws: the seed moves on with the number
-    # of trials the study already holds (still reproducible from the same history).
+    storage = None
     held = 0
-    with contextlib.suppress(KeyError):  # KeyError: no such study yet
-        held = len(optuna.load_study(study_name=cfg.study, storage=storage).trials)
+    if out is not None:
+        storage = cfg.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+        # A resumed sweep must not replay the first run's draws: the seed moves on with the
+        # number of trials the study already holds (still reproducible from the same history).
+        with contextlib.suppress(KeyError):  # KeyError: no such study yet
+            held = len(optuna.load_study(study_name=cfg.study, storage=storage).trials)
     seed = cfg.seed + held
     sampler = (
         optuna.samplers.TPESampler(seed=seed)
@@ -130,17 +133,29 @@ def _study(cfg: TuneConfig, out: Path) -> Any:
 
 def _parent_run(study: Any, params: Params, settings: Settings) -> str:
     """The sweep's MLflow run: created once, found again through the study on resume."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     from carinspect.tracking.store import check
 
     known = study.user_attrs.get(PARENT_ATTR)
+    if known:
+        check(settings.mlflow_tracking_uri)
+        MlflowClient(settings.mlflow_tracking_uri).update_run(known, status="RUNNING")
+        return str(known)
+    parent = create_parent_run(params, settings)
+    study.set_user_attr(PARENT_ATTR, parent)
+    return parent
+
+
+def create_parent_run(params: Params, settings: Settings) -> str:
+    """A new MLflow run for a sweep, recording its space; trials nest under it."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from carinspect.tracking.store import check
+
     check(settings.mlflow_tracking_uri)
     client = MlflowClient(settings.mlflow_tracking_uri)
-    if known:
-        client.update_run(known, status="RUNNING")
-        return str(known)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     experiment = mlflow.set_experiment(params.mlflow.experiment)
     run = client.create_run(
@@ -160,8 +175,55 @@ def _parent_run(study: Any, params: Params, settings: Settings) -> str:
             for k, d in cfg.space.items()
         ],
     )
-    study.set_user_attr(PARENT_ATTR, run.info.run_id)
     return str(run.info.run_id)
+
+
+def sample_configs(params: Params, parent_run_id: str = "") -> list[dict[str, Any]]:
+    """``tune.trials`` configurations drawn up front from the sampler (seeded), no feedback.
+
+    For sweeps whose trials run in parallel (the KFP sweep): each item names its trial and
+    holds its model and train sections, as the pipeline's section inputs carry them (one-line
+    sorted JSON).
+    """
+    import json
+
+    import optuna
+
+    cfg = params.tune
+    _probe(params)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = _study(cfg, None)
+    out = []
+    for number in range(cfg.trials):
+        trial = study.ask()
+        values = {key: suggest(trial, key, dim) for key, dim in cfg.space.items()}
+        p = with_values(params, values)
+        out.append(
+            {
+                "trial": number,
+                "parent_run_id": parent_run_id,
+                "values": json.dumps(values, sort_keys=True),
+                "model_cfg": p.model.model_dump_json(),
+                "train_cfg": p.train.model_dump_json(),
+            }
+        )
+    return out
+
+
+def best_trial_dir(objective: str, maximise: bool, train_dirs: list[Path]) -> tuple[int, float]:
+    """Index and value of the trial folder whose history.csv is best on ``objective``."""
+    from carinspect.contracts.folders import TrainDir
+
+    scores = []
+    for folder in train_dirs:
+        found = TrainDir(folder)
+        found.require(found.history)
+        with found.history.open(newline="") as fh:
+            rows = tuple({k: float(v) for k, v in r.items()} for r in csv.DictReader(fh))
+        scores.append(_best_of(rows, objective, maximise))
+    pick = max if maximise else min
+    best = pick(range(len(scores)), key=lambda i: scores[i])
+    return best, scores[best]
 
 
 def _best_of(history: tuple[dict[str, float], ...], key: str, maximise: bool) -> float:
@@ -280,12 +342,12 @@ def _finish(study: Any, params: Params, settings: Settings, out: Path, parent: s
         {"best_value": best.value, **{f"trials_{k}": v for k, v in counts.items()}},
     )
     client = MlflowClient(settings.mlflow_tracking_uri)
-    client.log_metric(parent, f"best_{cfg.objective}", best.value)
     for key, value in best.params.items():
         client.set_tag(parent, f"best.{key}", str(value))
-    client.set_tag(parent, "best.run_id", str(best.user_attrs.get("mlflow_run_id")))
     client.log_artifact(parent, str(overlay))
-    client.set_terminated(parent, "FINISHED")
+    finish_parent_run(
+        settings, parent, cfg.objective, best.value, str(best.user_attrs.get("mlflow_run_id"))
+    )
     command = "dvc exp run " + " ".join(f"-S {k}={v}" for k, v in best.params.items())
     logger.info(
         "best trial %d: %s %.4f with %s", best.number, cfg.objective, best.value, best.params
@@ -293,6 +355,18 @@ def _finish(study: Any, params: Params, settings: Settings, out: Path, parent: s
     return TuneResult(
         out, best.value, dict(best.params), best.number, parent, counts, overlay, command
     )
+
+
+def finish_parent_run(
+    settings: Settings, parent: str, objective: str, value: float, best_run_id: str
+) -> None:
+    """Record the best trial on the sweep's run and close it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    client.log_metric(parent, f"best_{objective}", value)
+    client.set_tag(parent, "best.run_id", best_run_id)
+    client.set_terminated(parent, "FINISHED")
 
 
 def _trials_csv(study: Any, cfg: TuneConfig) -> str:
