@@ -9,7 +9,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from carinspect.config import Settings, load_params
-from carinspect.stages import tune
+from carinspect.stages import train, tune
 from carinspect.stages.tune import TuneError
 from tests.conftest import Prepared, tiny_params
 
@@ -70,6 +70,14 @@ def test_a_sweep_prunes_nests_its_runs_and_resumes(
 
     best = yaml.safe_load(done.overlay.read_text())
     assert best["train"]["lr"] == done.best_params["train.lr"]
+    # the overlay feeds a final training (what `dvc exp run -S ...` does through params.yaml)
+    final = tune.with_values(p4, done.best_params)
+    trained = train.run(
+        final.model, final.train, final.mlflow, Settings(), prepared.ingest, prepared.splits,
+        tmp_path / "final",
+    )  # fmt: skip
+    logged = MlflowClient(sqlite_tracking).get_run(trained.run_id).data.params
+    assert float(logged["train.lr"]) == done.best_params["train.lr"]
     assert "model" in best and "-S train.lr=" in done.command
     assert done.command.startswith("dvc exp run -S ")
     client = MlflowClient(sqlite_tracking)
