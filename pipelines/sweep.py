@@ -18,7 +18,7 @@ from kfp import dsl, kubernetes
 import components
 from carinspect import kfp_glue
 from carinspect.config import Params
-from pipelines.training import _gpu_pool, _platform
+from pipelines.training import _gpu_pool, _platform, release
 
 SWEEP_FILE = "pipelines/sweep_pipeline.yaml"
 
@@ -79,33 +79,11 @@ def build_sweep(cfg: Params) -> Any:
             )
         best = comp.pick_best(tune_cfg=tune_cfg, trials=dsl.Collected(train.outputs["model"]))
         model = best.outputs["best"]
-        evaluate = comp.evaluate(
-            evaluate_cfg=evaluate_cfg,
-            model=model,
-            data=ingest.outputs["data"],
-            splits=split.outputs["splits"],
-        )
-        threshold = comp.threshold(
-            threshold_cfg=threshold_cfg, model=model, evaluation=evaluate.outputs["evaluation"]
-        )
-        export = comp.export(
-            export_cfg=export_cfg,
-            model=model,
-            evaluation=evaluate.outputs["evaluation"],
-            operating_point=threshold.outputs["operating_point"],
-            data=ingest.outputs["data"],
-            splits=split.outputs["splits"],
-        )
-        register = comp.register(
-            register_cfg=register_cfg,
-            model=model,
-            evaluation=evaluate.outputs["evaluation"],
-            onnx_model=export.outputs["onnx_model"],
-            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        evaluate, threshold, export, register = release(
+            comp, model, ingest, split, evaluate_cfg, threshold_cfg, export_cfg, register_cfg
         )
         for task in (ingest, split, sample, best, evaluate, threshold, export, register):
             _platform(task, kfp)
-        register.set_caching_options(False)
         sample.set_caching_options(False)  # a new parent MLflow run for every sweep
         return register.outputs["Output"]  # type: ignore[no-any-return]
 

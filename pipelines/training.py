@@ -112,38 +112,54 @@ def build(cfg: Params) -> Any:
             nproc=max(kfp.train.gpus, 1),
             cluster=cluster,
         )
-        evaluate = comp.evaluate(
-            evaluate_cfg=evaluate_cfg,
-            model=train.outputs["model"],
-            data=ingest.outputs["data"],
-            splits=split.outputs["splits"],
-        )
-        threshold = comp.threshold(
-            threshold_cfg=threshold_cfg,
-            model=train.outputs["model"],
-            evaluation=evaluate.outputs["evaluation"],
-        )
-        export = comp.export(
-            export_cfg=export_cfg,
-            model=train.outputs["model"],
-            evaluation=evaluate.outputs["evaluation"],
-            operating_point=threshold.outputs["operating_point"],
-            data=ingest.outputs["data"],
-            splits=split.outputs["splits"],
-        )
-        register = comp.register(
-            register_cfg=register_cfg,
-            model=train.outputs["model"],
-            evaluation=evaluate.outputs["evaluation"],
-            onnx_model=export.outputs["onnx_model"],
-            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,  # caching is off for register
-        )
+        evaluate, threshold, export, register = release(
+            comp, train.outputs["model"], ingest, split,
+            evaluate_cfg, threshold_cfg, export_cfg, register_cfg,
+        )  # fmt: skip
         for task in (ingest, split, evaluate, threshold, export, register):
             _platform(task, kfp)
         _gpu_pool(train, kfp)
         # the run id for the training run's lineage tags, from the pod's label: not an input
         kubernetes.use_field_path_as_env(train, "KFP_RUN_ID", "metadata.labels['pipeline/runid']")
-        register.set_caching_options(False)  # a new version every run, even with equal inputs
         return register.outputs["Output"]  # type: ignore[no-any-return]
 
     return training
+
+
+def release(
+    comp: Any,
+    model: Any,
+    ingest: Any,
+    split: Any,
+    evaluate_cfg: Any,
+    threshold_cfg: Any,
+    export_cfg: Any,
+    register_cfg: Any,
+) -> tuple[Any, Any, Any, Any]:
+    """Evaluate, threshold, export and register ``model`` (the training or the sweep's best)."""
+    evaluate = comp.evaluate(
+        evaluate_cfg=evaluate_cfg,
+        model=model,
+        data=ingest.outputs["data"],
+        splits=split.outputs["splits"],
+    )
+    threshold = comp.threshold(
+        threshold_cfg=threshold_cfg, model=model, evaluation=evaluate.outputs["evaluation"]
+    )
+    export = comp.export(
+        export_cfg=export_cfg,
+        model=model,
+        evaluation=evaluate.outputs["evaluation"],
+        operating_point=threshold.outputs["operating_point"],
+        data=ingest.outputs["data"],
+        splits=split.outputs["splits"],
+    )
+    register = comp.register(
+        register_cfg=register_cfg,
+        model=model,
+        evaluation=evaluate.outputs["evaluation"],
+        onnx_model=export.outputs["onnx_model"],
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,  # caching is off for register
+    )
+    register.set_caching_options(False)  # a new version every run, even with equal inputs
+    return evaluate, threshold, export, register
