@@ -108,6 +108,10 @@ def test_bad_sweeps_fail_before_training(tmp_path: Path, prepared: Prepared) -> 
     )
     with pytest.raises(TuneError, match=r"train.batch_size"):
         tune.run(bad_value, Settings(), prepared.ingest, prepared.splits, tmp_path / "b")
+    good = load_params(sweep_params(tmp_path))
+    with pytest.raises(TuneError, match=r"split file .*missing.csv not found"):
+        tune.run(good, Settings(), prepared.ingest, tmp_path / "missing.csv", tmp_path / "c")
+    assert not (tmp_path / "c").exists()  # refused before anything was written
     with pytest.raises(Exception, match=r"only model.\* and train.\* keys"):
         load_params(
             sweep_params(tmp_path, space={"split.seed": {"type": "int", "low": 1, "high": 3}})

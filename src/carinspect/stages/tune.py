@@ -250,6 +250,8 @@ def run(
 
     cfg = params.tune
     _probe(params)
+    if not Path(splits).is_file():
+        raise TuneError(f"split file {splits} not found (run `dvc repro split` first)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
