@@ -207,3 +207,42 @@ def test_batch_predict_writes_a_column_group_per_task(two_tasks: Path, tmp_path:
     )
     broken = next(r for r in table if r["path"].endswith("broken.jpg"))
     assert broken["error"] == "not_an_image" and broken["damage:label"] == ""
+
+
+def test_a_multiclass_task_beside_a_binary_one(tmp_path: Path, sqlite_tracking: str) -> None:
+    """A three-level severity scale and damage: a multiclass rule and a binary rule, served."""
+    from carinspect.config import DataConfig, DemoConfig, IngestConfig, SplitConfig
+    from carinspect.data.demo import TASKS_CSV, write_demo
+    from carinspect.serving.inference import answer
+    from carinspect.stages import ingest, split
+
+    write_demo(DemoConfig(per_class=16, classes=["clean", "dusty", "muddy"]), tmp_path / "demo")
+    data = DataConfig(source=str(tmp_path / "demo" / TASKS_CSV), task=TASKS)
+    ingest.run(data, IngestConfig(short_side=40), tmp_path / "ingest")
+    splits = split.run(
+        SplitConfig(train=0.6, val=0.2, test=0.2), tmp_path / "ingest" / "manifest.csv",
+        tmp_path / "split",
+    ).splits  # fmt: skip
+    p = load_params(tiny_params(tmp_path, train__epochs=1))
+    t = train.run(
+        p.model, p.train, p.mlflow, Settings(), tmp_path / "ingest", splits, tmp_path / "t"
+    )
+    evaluate.run(
+        EvaluateConfig(workers=0), Settings(), t.best, tmp_path / "ingest", splits, tmp_path / "e"
+    )
+    threshold.run(RULES, Settings(), tmp_path / "e" / "predictions.csv", tmp_path / "r")
+    rules = json.loads((tmp_path / "r" / "threshold.json").read_text())["tasks"]
+    assert rules["cleanliness"]["task"] == "multiclass"
+    assert rules["cleanliness"]["classes"] == ["clean", "dusty", "muddy"]
+    assert rules["damage"]["task"] == "binary"
+    export.run(
+        ExportConfig(), Settings(), t.best, tmp_path / "e" / "calibration.json",
+        tmp_path / "r" / "threshold.json", tmp_path / "ingest", splits, tmp_path / "x",
+    )  # fmt: skip
+    folder = tmp_path / "x"
+    model = open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())
+    photo = next((tmp_path / "demo" / "muddy").glob("*.jpg")).read_bytes()
+    got = answer(model, model.infer(pixels_for(photo, model, ImageLimits())[None])[0])
+    assert set(got["tasks"]["cleanliness"]["probabilities"]) == {"clean", "dusty", "muddy"}
+    assert got["tasks"]["cleanliness"]["label"] in ("clean", "dusty", "muddy", "uncertain")
+    assert set(got["tasks"]["damage"]["probabilities"]) == {"damaged", "intact"}
