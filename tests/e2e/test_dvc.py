@@ -244,7 +244,7 @@ def test_push_pull_round_trip_through_s3(project: Path, s3_endpoint: str) -> Non
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     sh(project, DVC, "pull")
     assert digest(project / "data") == before
-    assert "up to date" in sh(project, DVC, "status")
+    assert "up to date" in sh(project, DVC, "status", "dvc.yaml")  # tune/dvc.yaml never ran
 
 
 @pytest.mark.slow
