@@ -18,7 +18,7 @@ from kfp import dsl, kubernetes
 import components
 from carinspect import kfp_glue
 from carinspect.config import Params
-from pipelines.training import _gpu_pool, _platform, release
+from pipelines.training import _gpu_pool, _platform, prepare, release
 
 SWEEP_FILE = "pipelines/sweep_pipeline.yaml"
 
@@ -50,15 +50,10 @@ def build_sweep(cfg: Params) -> Any:
         export_cfg: str = d["export_cfg"],
         register_cfg: str = d["register_cfg"],
     ) -> str:
-        ingest = comp.ingest(
-            data_source=data_source,
-            data_version=data_version,
-            data_task=data_task,
-            coco_tasks_cfg=coco_tasks_cfg,
-            demo_cfg=demo_cfg,
-            ingest_cfg=ingest_cfg,
-        )
-        split = comp.split(split_cfg=split_cfg, data=ingest.outputs["data"])
+        ingest, split = prepare(
+            comp, data_source, data_version, data_task, coco_tasks_cfg, demo_cfg, ingest_cfg,
+            split_cfg,
+        )  # fmt: skip
         sample = comp.sample_trials(
             tune_cfg=tune_cfg, model_cfg=model_cfg, train_cfg=train_cfg, mlflow_cfg=mlflow_cfg
         )

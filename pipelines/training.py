@@ -94,15 +94,10 @@ def build(cfg: Params) -> Any:
         export_cfg: str = d["export_cfg"],
         register_cfg: str = d["register_cfg"],
     ) -> str:
-        ingest = comp.ingest(
-            data_source=data_source,
-            data_version=data_version,
-            data_task=data_task,
-            coco_tasks_cfg=coco_tasks_cfg,
-            demo_cfg=demo_cfg,
-            ingest_cfg=ingest_cfg,
-        )
-        split = comp.split(split_cfg=split_cfg, data=ingest.outputs["data"])
+        ingest, split = prepare(
+            comp, data_source, data_version, data_task, coco_tasks_cfg, demo_cfg, ingest_cfg,
+            split_cfg,
+        )  # fmt: skip
         train = comp.train(
             model_cfg=model_cfg,
             train_cfg=train_cfg,
@@ -163,3 +158,25 @@ def release(
     )
     register.set_caching_options(False)  # a new version every run, even with equal inputs
     return evaluate, threshold, export, register
+
+
+def prepare(
+    comp: Any,
+    data_source: Any,
+    data_version: Any,
+    data_task: Any,
+    coco_tasks_cfg: Any,
+    demo_cfg: Any,
+    ingest_cfg: Any,
+    split_cfg: Any,
+) -> tuple[Any, Any]:
+    """Ingest and split: the data every pipeline trains on."""
+    ingest = comp.ingest(
+        data_source=data_source,
+        data_version=data_version,
+        data_task=data_task,
+        coco_tasks_cfg=coco_tasks_cfg,
+        demo_cfg=demo_cfg,
+        ingest_cfg=ingest_cfg,
+    )
+    return ingest, comp.split(split_cfg=split_cfg, data=ingest.outputs["data"])
