@@ -32,7 +32,7 @@ def colour_image(w: int = 80, h: int = 60) -> Image.Image:
     [
         (b"", "empty"),
         (b"plain text, not an image" * 10, "not_an_image"),
-        (encode(colour_image(), "JPEG")[:300], "corrupt"),
+        (encode(colour_image(), "JPEG")[:300], "truncated"),
         (_pixel_bomb_png(30_000, 30_000), "pixel_bomb"),
         (encode(colour_image(20, 10), "PNG"), "too_small"),
         (encode(colour_image(), "PPM"), "unsupported_format"),
@@ -161,4 +161,4 @@ def test_truncated_jpeg_is_refused_at_a_reduced_scale_too() -> None:
     data = _photo(1600, 1200)
     with pytest.raises(ImageError) as err:
         decode_image(data[: len(data) // 2], short_side=128)
-    assert err.value.reason == "corrupt"
+    assert err.value.reason == "truncated"

@@ -15,6 +15,7 @@ from carinspect.data.images import ImageLimits
 from carinspect.serving.inference import pixels_for
 from carinspect.serving.model_store import ModelRef, open_model
 from carinspect.serving.settings import ServeSettings
+from tests.corpus.malformed import png_rows
 from tests.serving.conftest import Server, image_bytes
 
 
@@ -128,10 +129,12 @@ BAD_UPLOADS: list[tuple[str, bytes, str, int, str]] = [
     ("plain text", b"hello, I am not a car\n", "text/plain", 415, "not_an_image"),
     ("html", b"<!doctype html><html><body>hi</body></html>", "text/html", 415, "not_an_image"),
     ("text sent as image/png", b"GIF? no, text", "image/png", 415, "not_an_image"),
-    ("truncated jpeg", image_bytes("JPEG", size=(64, 64))[:300], "image/jpeg", 422, "corrupt"),
-    ("truncated png", image_bytes("PNG", size=(64, 64))[:200], "image/png", 422, "corrupt"),
-    ("jpeg header then garbage", b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, "image/jpeg", 415, "not_an_image"),
+    ("truncated jpeg", image_bytes("JPEG", size=(64, 64))[:300], "image/jpeg", 422, "truncated"),
+    ("truncated png", image_bytes("PNG", size=(64, 64))[:200], "image/png", 422, "truncated"),
+    ("jpeg header then garbage", b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, "image/jpeg", 422, "corrupt"),
     ("png pixel bomb", pixel_bomb_png(), "image/png", 422, "pixel_bomb"),
+    ("png with 4 of its 8 rows", png_rows(8, 8, 4), "image/png", 422, "truncated: IDAT holds 4 of the 8 rows"),
+    ("png with a zeroed IEND CRC", png_rows(8, 8, 4)[:-4] + b"\0" * 4, "image/png", 422, "corrupt: chunk IEND"),
     ("svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "image/svg+xml", 415, "not_an_image"),
     ("pdf", b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", "application/pdf", 415, "not_an_image"),
     ("zip", b"PK\x03\x04" + b"\x00" * 60, "application/zip", 415, "not_an_image"),

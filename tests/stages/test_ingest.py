@@ -22,7 +22,7 @@ CFG = IngestConfig(short_side=48, workers=2)
 
 EXPECTED_DROPS = {
     "broken_zero_bytes.jpg": "empty",
-    "broken_truncated.jpg": "corrupt",
+    "broken_truncated.jpg": "truncated",
     "broken_not_an_image.jpg": "not_an_image",
     "broken_pixel_bomb.png": "pixel_bomb",
     "broken_too_small.png": "too_small",

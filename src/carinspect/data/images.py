@@ -1,12 +1,13 @@
 """Decoding and validating one image file: the single place that turns bytes into RGB pixels.
 
 Ingest uses it for every source file and serving for every upload, so both see the same image:
-full decode (truncation is an error, not grey pixels), EXIF orientation applied, every colour mode
-converted to 8-bit RGB, size limits checked *before* pixels are allocated, and, given the short
-side the model's data is kept at (``ingest.short_side``), the image reduced to it.
+full decode with the integrity checks of :mod:`carinspect.data.integrity` (a cut or corrupt file
+is an error, not grey pixels), EXIF orientation applied, every colour mode converted to 8-bit
+RGB, size limits checked *before* pixels are allocated, and, given the short side the model's
+data is kept at (``ingest.short_side``), the image reduced to it.
 
 Reduction starts in the decoder: libjpeg decodes a JPEG directly at 1/2, 1/4 or 1/8 scale (its
-DCT scaling, Pillow's ``Image.draft``), at the largest reduction whose result still has a short
+DCT scaling, through simplejpeg in strict mode), at the largest reduction whose result still has a short
 side of at least the target; the rest is a bicubic resize. For a 4000x3000 phone photo and a
 128 px target that is a 500x375 decode instead of 12 megapixels, several times faster. Both
 ingest and serving reduce through this one function, so the pixels a model is trained on and the
@@ -17,25 +18,27 @@ from __future__ import annotations
 
 import contextlib
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from carinspect.errors import InputError
+from carinspect.data import integrity
+from carinspect.data.integrity import ImageError
+
+__all__ = [
+    "DecodedImage",
+    "ImageError",
+    "ImageLimits",
+    "decode_image",
+    "resize_short_side",
+    "to_rgb",
+]
 
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 _WHITE = (255, 255, 255)
-
-
-class ImageError(InputError):
-    """An image that cannot be used; ``reason`` is a short, stable code for reports."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ def decode_image(
     ``height`` are always the file's own, oriented size.
 
     Reasons: ``empty``, ``too_large_file``, ``not_an_image``, ``unsupported_format``,
-    ``pixel_bomb``, ``corrupt`` (truncated or undecodable pixels), ``too_small``.
+    ``pixel_bomb``, ``truncated`` (the data ends before the image does), ``corrupt`` (bad
+    checksums, undecodable or inconsistent pixel data), ``too_small``.
     """
     if len(data) == 0:
         raise ImageError("empty", "file has zero bytes")
@@ -101,14 +105,9 @@ def decode_image(
         raise ImageError(
             "too_large_file", f"{len(data)} bytes exceeds max_bytes={limits.max_bytes}"
         )
-    try:
-        img: Image.Image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as err:
-        raise ImageError("pixel_bomb", str(err)) from None
-    except UnidentifiedImageError:
-        raise ImageError("not_an_image", "content is not a recognised image format") from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ImageError("corrupt", f"header cannot be read: {err}") from None
+    announced = integrity.sniff(data)
+    integrity.check_structure(announced, data)
+    img = _open(data, announced)
     fmt = img.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
         raise ImageError("unsupported_format", f"{fmt} is not one of {sorted(SUPPORTED_FORMATS)}")
@@ -123,30 +122,94 @@ def decode_image(
         raise ImageError(
             "too_small", f"{width}x{height} has a side below min_side={limits.min_side}"
         )
+    if fmt == "PNG":
+        integrity.check_png_pixels(data)
+    elif fmt == "TIFF":
+        integrity.check_tiff_strips(img, len(data))
     reduced = 1
-    if short_side is not None and fmt in ("JPEG", "MPO"):
-        # a square request: whichever side ends up shorter after EXIF rotation keeps short_side
-        drafted = img.draft(None, (short_side, short_side))
-        if drafted is not None:
-            reduced = round(width / drafted[1][2])
-    try:
-        img.load()
-    except Image.DecompressionBombError as err:
-        raise ImageError("pixel_bomb", str(err)) from None
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
-        raise ImageError("corrupt", f"pixels cannot be decoded: {err}") from None
-    stored = img.size
-    # Unreadable EXIF: keep the stored orientation rather than drop a good image.
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, SyntaxError):
-        img = ImageOps.exif_transpose(img) or img
-    if img.size != stored:  # rotated by a quarter turn: the file's size, oriented
+    if fmt in ("JPEG", "MPO"):
+        reduced = integrity.jpeg_scale(width, height, short_side)
+        if mode in ("RGB", "L"):  # YCbCr or grey: libjpeg converts, one strict decode
+            pixels = integrity.decode_jpeg(data, width, height, reduced, "RGB")
+            decoded, turned = _oriented(img, Image.fromarray(pixels))
+        else:  # CMYK/YCCK (Adobe's inverted ink included): Pillow converts, libjpeg checks
+            integrity.decode_jpeg(data, width, height, reduced, "CMYK")
+            img.draft(None, (width // reduced, height // reduced))
+            decoded, turned = _oriented(img, _load(img))
+    else:
+        decoded, turned = _oriented(img, _load(img))
+    if turned:  # rotated by a quarter turn: the file's size, oriented
         width, height = height, width
-    rgb = to_rgb(img)
+    rgb = to_rgb(decoded)
     if short_side is not None:
         # sized from the file's own size, so the aspect ratio is the one a full decode keeps
         # (a 1/8 decode of 2000x1500 is 250x188: resized from that it would be 170, not 171 wide)
         rgb = resize_short_side(rgb, short_side, of_size=(width, height))
     return DecodedImage(rgb, fmt, mode, width, height, reduced)
+
+
+def _open(data: bytes, announced: str | None) -> Image.Image:
+    """Open the header; a file whose magic names a format but does not open is broken, not alien."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise ImageError("pixel_bomb", str(err)) from None
+    except UnidentifiedImageError:
+        if announced is None:
+            raise ImageError("not_an_image", "content is not a recognised image format") from None
+        why = _plugin_error(announced, data)
+        raise ImageError(
+            integrity.reason_of(why), f"{announced} header cannot be read: {why}"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as err:
+        raise ImageError(integrity.reason_of(err), f"header cannot be read: {err}") from None
+
+
+def _plugin_error(fmt: str, data: bytes) -> BaseException:
+    """Why the plugin of ``fmt`` refuses ``data`` (Image.open only says no plugin took it)."""
+    Image.init()
+    factory = Image.OPEN[fmt][0]
+    try:
+        factory(io.BytesIO(data), "")
+    except Exception as err:  # whatever the plugin raised is the reason given
+        return err
+    return OSError("the file does not open")
+
+
+def _load(img: Image.Image) -> Image.Image:
+    """Decode the pixels Pillow holds back; its errors as reasons."""
+    try:
+        img.load()
+    except Image.DecompressionBombError as err:
+        raise ImageError("pixel_bomb", str(err)) from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as err:
+        raise ImageError(integrity.reason_of(err), f"pixels cannot be decoded: {err}") from None
+    return img
+
+
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _oriented(header: Image.Image, pixels: Image.Image) -> tuple[Image.Image, bool]:
+    """``pixels`` turned as the EXIF orientation of ``header`` says (unreadable EXIF: as stored).
+
+    Also whether that was a quarter turn (width and height swap).
+    """
+    orientation = 1
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, SyntaxError, struct.error):
+        orientation = int(header.getexif().get(0x0112, 1))
+    method = _ORIENTATION.get(orientation)
+    if method is None:
+        return pixels, False
+    return pixels.transpose(method), orientation >= 5
 
 
 def _short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:

@@ -50,6 +50,7 @@ IMAGE_STATUS = {
     "unsupported_format": 415,
     "pixel_bomb": 422,
     "corrupt": 422,
+    "truncated": 422,
     "too_small": 422,
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
