@@ -17,6 +17,10 @@ script at phone sizes (2000x1500 and 4000x3000, JPEG quality 90), one full compa
 The naive server decodes every upload at full resolution, as the seed services did; carinspect
 (and the in-process limit) decode through ``decode_image``, which reduces a JPEG in the decoder.
 
+``--baseline-src DIR`` adds a third server: ``carinspect serve`` from another checkout's src/ (e.g.
+``git worktree add /tmp/before HEAD~1``), in the same rounds, to price a change to the request
+path (the ratio of this tree's server to the baseline's is printed).
+
 Needs wrk (`apt-get install wrk`) and an exported model folder (model.onnx + model.json: run
 `scripts/main.sh` first, or pass --model).
 
@@ -173,7 +177,14 @@ def drive(port: int, script: Path, concurrency: int, seconds: int) -> dict[str, 
     }
 
 
-def compare(model_dir: Path, images: list[bytes], seconds: int, rounds: int, phone: bool) -> None:
+def compare(
+    model_dir: Path,
+    images: list[bytes],
+    seconds: int,
+    rounds: int,
+    phone: bool,
+    baseline_src: Path | None = None,
+) -> None:
     """One full comparison on ``images``: in-process figures, both servers, the ratios."""
     print(f"\n{len(images)} images, {sum(map(len, images)) / len(images) / 1024:.0f} KiB on "
           f"average; model {model_dir}")  # fmt: skip
@@ -197,7 +208,13 @@ def compare(model_dir: Path, images: list[bytes], seconds: int, rounds: int, pho
             {"MODEL_DIR": str(model_dir)},
         ),
     }  # fmt: skip
-    # Both servers run side by side (the idle one waits) and take turns, `rounds` times per
+    if baseline_src is not None:
+        serve = "import sys; from carinspect.cli import main; sys.argv[0] = 'carinspect'; main()"
+        servers["baseline serve"] = (
+            [sys.executable, "-c", serve, "serve", "--port", "{port}"],
+            {"MODEL_URI": str(model_dir), "PYTHONPATH": str(baseline_src.resolve())},
+        )
+    # The servers run side by side (the idle one waits) and take turns, `rounds` times per
     # concurrency: this machine's speed drifts by 20% over minutes, so measuring one server
     # after the other would compare two different machines. Medians over the rounds.
     ports: dict[str, int] = {}
@@ -233,6 +250,10 @@ def compare(model_dir: Path, images: list[bytes], seconds: int, rounds: int, pho
         f"server req/s at 32 / naive at 32:      {ours[32]['rps'] / naive[32]['rps']:.2f}x "
         "(goal >= 3)"
     )
+    if "baseline serve" in results:
+        base = results["baseline serve"]
+        print(f"server req/s at 32 / baseline at 32:   {ours[32]['rps'] / base[32]['rps']:.2f}x "
+              f"(at 8: {ours[8]['rps'] / base[8]['rps']:.2f}x)")  # fmt: skip
     if phone:
         print(f"server p99 at 32 / p50 at 32:          {ours[32]['p99'] / ours[32]['p50']:.2f}x "
               "(goal <= 1.5)")  # fmt: skip
@@ -251,6 +272,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=6, help="per concurrency level and round")
     parser.add_argument("--rounds", type=int, default=3, help="turns per server (medians)")
     parser.add_argument("--phone", action="store_true", help="re-encode at phone sizes first")
+    parser.add_argument(
+        "--baseline-src", type=Path, help="another checkout's src/: its server joins the rounds"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -258,11 +282,12 @@ def main() -> None:
         sys.exit(f"{args.model}: no model.onnx (run scripts/main.sh, or pass --model)")
     images = _images(args.images, args.count)
     if not args.phone:
-        compare(args.model, images, args.seconds, args.rounds, phone=False)
+        compare(args.model, images, args.seconds, args.rounds, False, args.baseline_src)
         return
     for w, h in PHONE_SIZES:
         print(f"\n=== phone photos at {w}x{h}, JPEG quality 90 ===")
-        compare(args.model, phone_photos(images, (w, h)), args.seconds, args.rounds, phone=True)
+        photos = phone_photos(images, (w, h))
+        compare(args.model, photos, args.seconds, args.rounds, True, args.baseline_src)
 
 
 def _free_port() -> int:

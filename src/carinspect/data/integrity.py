@@ -303,9 +303,11 @@ def check_tiff_strips(img: Image.Image, size: int) -> None:
     if not isinstance(counts, tuple):
         counts = (counts,)
     for offset, count in zip(offsets, counts, strict=False):
-        if int(offset) + int(count) > size:
+        if not isinstance(offset, int) or not isinstance(count, int) or offset < 0 or count < 0:
+            raise corrupt(f"strip offset {offset!r} and byte count {count!r} are not byte counts")
+        if offset + count > size:
             raise truncated(
-                f"a strip at byte {offset} needs {int(offset) + int(count)} bytes, the file has {size}"
+                f"a strip at byte {offset} needs {offset + count} bytes, the file has {size}"
             )
 
 
