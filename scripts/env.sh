@@ -23,6 +23,11 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$sta
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     -c "$ROOT/requirements/constraints.txt" -e "$ROOT[cpu,dev]" \
     2> >(grep -v 'is ignored: it is neither' >&2)
+  # KServe's typed models (the InferenceService test validates k8s/kserve against them). Its
+  # server's pins (psutil<6, pandas<3) conflict with ours, so the SDK goes to a folder of its
+  # own without dependencies; the tests import only kserve.models from it.
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps \
+    --target "$VENV/kserve-sdk" kserve==0.21.0 2> >(grep -v 'is ignored: it is neither' >&2)
   echo "$stamp" > "$VENV/.stamp"
 fi
 

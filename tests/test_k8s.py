@@ -16,7 +16,7 @@ from carinspect.training.trainjob import manifest, node_command, node_env
 from tests.conftest import REPO_ROOT
 
 K8S_VERSION = "1.32.0"  # the Kubernetes API the manifests are written for
-TARGETS = ["base", "mlflow", "kubeflow", "overlays/local", "overlays/gpu", "overlays/prod"]
+TARGETS = ["base", "mlflow", "kubeflow", "overlays/local", "overlays/gpu", "overlays/prod"]  # + kserve, below
 SERVING_TARGETS = ["base", "overlays/local", "overlays/gpu", "overlays/prod"]
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
 # read by the MLflow client inside the app rather than by ServeSettings
@@ -235,3 +235,84 @@ def test_kubeflow_target_lets_the_train_task_run_trainjobs() -> None:
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # every node mounts it
     trainjob_role = next(d for d in docs if d["metadata"]["name"] == "carinspect-trainjobs")
     assert trainjob_role["metadata"]["namespace"] == train.namespace
+
+
+def _kserve_models() -> Any:
+    """kserve.models from the SDK env.sh puts in <venv>/kserve-sdk (typed models only)."""
+    import importlib
+    import sys
+    import types
+
+    root = Path(sys.prefix) / "kserve-sdk" / "kserve"
+    if not root.is_dir():
+        pytest.skip(f"{root} missing: scripts/env.sh installs KServe's SDK there")
+    if "kserve" not in sys.modules:  # its __init__ starts a model server stack: skip it
+        package = types.ModuleType("kserve")
+        package.__path__ = [str(root)]
+        sys.modules["kserve"] = package
+    return importlib.import_module("kserve.models")
+
+
+def check_typed(value: Any, kind: str, where: str, kserve: Any) -> None:
+    """``value`` against an OpenAPI-generated type (KServe's or Kubernetes'): unknown keys fail."""
+    import datetime
+
+    import kubernetes.client
+
+    if kind.startswith("list["):
+        assert isinstance(value, list), f"{where}: expected a list"
+        for i, item in enumerate(value):
+            check_typed(item, kind[5:-1], f"{where}[{i}]", kserve)
+        return
+    if kind.startswith("dict("):
+        assert isinstance(value, dict), f"{where}: expected a mapping"
+        inner = kind[5:-1].split(", ", 1)[1]
+        for key, item in value.items():
+            check_typed(item, inner, f"{where}.{key}", kserve)
+        return
+    basic = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object,
+             "datetime": (str, datetime.datetime)}  # fmt: skip
+    if kind in basic:
+        assert isinstance(value, basic[kind]), f"{where}: {value!r} is not {kind}"
+        return
+    cls = getattr(kserve, kind, None) or getattr(kubernetes.client, kind)
+    assert isinstance(value, dict), f"{where}: expected a {kind} mapping"
+    by_json = {json_key: attr for attr, json_key in cls.attribute_map.items()}
+    unknown = sorted(set(value) - set(by_json))
+    assert not unknown, f"{where}: {unknown} are not fields of {kind}"
+    for key, item in value.items():
+        check_typed(item, cls.openapi_types[by_json[key]], f"{where}.{key}", kserve)
+
+
+def test_kserve_target_is_a_valid_triton_inferenceservice() -> None:
+    """k8s/kserve: strictly typed against KServe's models, ONNX on Triton over protocol v2."""
+    kserve = _kserve_models()
+    docs = render("kserve")
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    check_typed(isvc, "V1beta1InferenceService", "InferenceService", kserve)
+    with pytest.raises(AssertionError, match="not fields of V1beta1ModelSpec"):  # it can fail
+        bad = {**isvc["spec"]["predictor"]["model"], "protocol": "v2"}
+        check_typed(bad, "V1beta1ModelSpec", "model", kserve)
+    for doc in docs:
+        if doc["kind"] != "InferenceService":
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    predictor = isvc["spec"]["predictor"]
+    model = predictor["model"]
+    assert model["modelFormat"]["name"] == "onnx" and model["protocolVersion"] == "v2"
+    assert model["runtime"] == "kserve-tritonserver"
+    assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # the repository export-triton writes into the MLflow artifact bucket (k8s/mlflow)
+    bucket_job = next(d for d in render("mlflow") if d["metadata"]["name"] == "mlflow-minio-bucket")
+    bucket = bucket_job["spec"]["template"]["spec"]["containers"][0]["args"][0].split("store/")[-1]
+    assert model["storageUri"].startswith(f"s3://{bucket}/")
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"carinspect export-triton --out {model['storageUri']}" in readme
+    (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
+    assert predictor["serviceAccountName"] == account["metadata"]["name"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}, "spec": {
+        "serviceAccountName": predictor["serviceAccountName"],
+        "nodeSelector": predictor["nodeSelector"], "tolerations": predictor["tolerations"],
+        "containers": [{"name": "kserve-container", "image": "triton",
+                        "resources": model["resources"]}],
+    }}  # fmt: skip
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)

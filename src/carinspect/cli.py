@@ -482,6 +482,78 @@ def predict(
     )
 
 
+@app.command("export-triton")
+def export_triton(
+    out: Annotated[
+        str, typer.Option(help="Repository to write into: a folder or s3://bucket/prefix.")
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+    version: Annotated[str | None, typer.Option(help="Registered version to export.")] = None,
+    alias: Annotated[
+        str | None, typer.Option(help="Alias to export (default: promote.alias, the champion).")
+    ] = None,
+    model_uri: Annotated[
+        str | None, typer.Option(help="Any MODEL_URI instead (e.g. the models/export folder).")
+    ] = None,
+) -> None:
+    """Write a Triton model repository entry (config.pbtxt, the ONNX model, model.json)."""
+    from carinspect.serving.model_store import ModelStore, read_meta
+    from carinspect.serving.settings import ServeSettings
+    from carinspect.serving.triton import publish, write_repository
+
+    p = _params(params)
+    if sum(x is not None for x in (version, alias, model_uri)) > 1:
+        raise InputError("export-triton: give one of --version, --alias or --model-uri")
+    name = p.register_.model_name
+    uri = model_uri or (
+        f"models:/{name}/{version}" if version else f"models:/{name}@{alias or p.promote.alias}"
+    )
+    store = ModelStore(ServeSettings(MODEL_URI=uri))
+    found, folder = store.fetch()
+    _, card = read_meta(folder)
+    number = int(found) if found and found.isdigit() else 1
+    if out.startswith("s3://"):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            entry = write_repository(folder, card, p.triton, Path(tmp), number)
+            where = publish(entry, out)
+    else:
+        where = str(write_repository(folder, card, p.triton, Path(out), number))
+    typer.echo(f"{uri} (version {number}) -> {where}")
+
+
+@app.command("triton-predict")
+def triton_predict(
+    target: Annotated[
+        str, typer.Argument(help="An image, a folder of images, or s3://bucket/prefix.")
+    ],
+    repository: Annotated[
+        Path, typer.Option(help="The repository (or its model folder) export-triton wrote.")
+    ],
+    url: Annotated[
+        str | None,
+        typer.Option(help="Triton's HTTP endpoint (host:8000); none: onnxruntime in-process."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="predictions.json or predictions.csv to write.")] = Path(
+        "predictions.json"
+    ),
+) -> None:
+    """Predict images through Triton with the answers `carinspect serve` gives."""
+    from carinspect.data.images import ImageLimits
+    from carinspect.serving.batch_predict import list_inputs, predict_inputs, write_predictions
+    from carinspect.serving.settings import ServeSettings
+    from carinspect.serving.triton_client import open_triton_model
+
+    settings = ServeSettings()
+    model = open_triton_model(repository, url, settings)
+    limits = ImageLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes)
+    rows = predict_inputs(model, list_inputs(target), limits, settings.max_batch_size)
+    write_predictions(rows, out, model)
+    failed = sum(1 for r in rows if "error" in r)
+    typer.echo(f"{len(rows)} inputs, {failed} unusable; via {model.provider}; written to {out}")
+
+
 ParamPairs = Annotated[
     list[str] | None,
     typer.Option(

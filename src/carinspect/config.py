@@ -353,6 +353,39 @@ class PromoteConfig(_Section):
     floor: float = Field(0.65, ge=0.0, le=1.0, description="candidate >= floor, champion or not")
 
 
+class TritonConfig(_Section):
+    """``carinspect export-triton``: the Triton model repository of a registered version."""
+
+    model_name: str = Field(
+        "carinspect",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the model's folder in the repository",
+    )
+    max_batch_size: int = Field(32, ge=1, le=4096, description="largest batch Triton forms")
+    preferred_batch_sizes: list[int] = Field(
+        [8, 16, 32], description="batch sizes the dynamic batcher aims for (<= max_batch_size)"
+    )
+    max_queue_delay_us: int = Field(
+        2000, ge=0, description="how long a request may wait for a batch to fill (microseconds)"
+    )
+    instance_count: int = Field(1, ge=1, le=64, description="model instances per device")
+    instance_kind: Literal["KIND_GPU", "KIND_CPU", "KIND_AUTO"] = "KIND_GPU"
+    tensorrt: bool = Field(
+        True, description="onnxruntime's TensorRT accelerator on GPU instances (FP16 below)"
+    )
+    tensorrt_fp16: bool = Field(True, description="TensorRT builds FP16 engines")
+    tensorrt_workspace_mb: int = Field(1024, ge=64, description="TensorRT's builder workspace")
+
+    @model_validator(mode="after")
+    def _batch_sizes(self) -> TritonConfig:
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ValueError(
+                f"preferred_batch_sizes {bad} must lie in 1..max_batch_size={self.max_batch_size}"
+            )
+        return self
+
+
 class Toleration(_Section):
     """A Kubernetes toleration (for a tainted GPU node pool)."""
 
@@ -499,6 +532,7 @@ class Params(_Section):
     kfp: KfpConfig = KfpConfig()
     mlflow: MlflowConfig = MlflowConfig()
     tune: TuneConfig = TuneConfig()
+    triton: TritonConfig = TritonConfig()
 
 
 class Settings(BaseSettings):

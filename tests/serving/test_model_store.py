@@ -7,18 +7,23 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from carinspect.data.images import ImageLimits
+from carinspect.data.manifest import read_splits
+from carinspect.serving.inference import pixels_for
 from carinspect.serving.model_store import (
     ModelLoadError,
     ModelRef,
     ModelStore,
     apply_overrides,
     open_model,
+    provider_options,
 )
 from carinspect.serving.settings import ServeSettings
-from tests.conftest import VENV_BIN
+from tests.conftest import VENV_BIN, Prepared
 from tests.serving.conftest import image_bytes
 
 
@@ -55,13 +60,65 @@ def test_threshold_overrides() -> None:
         ServeSettings(T_LOW=0.8, T_HIGH=0.2)
 
 
+@pytest.mark.parametrize("provider", ["CUDAExecutionProvider", "TensorrtExecutionProvider"])
 def test_a_required_provider_that_is_not_active_refuses_the_model(
-    upstream: dict[str, Path],
+    upstream: dict[str, Path], provider: str, tmp_path: Path
 ) -> None:
+    import onnxruntime as ort
+
+    if provider in ort.get_available_providers():
+        pytest.skip(f"{provider} is available here")
     folder = upstream["export"]
-    settings = ServeSettings(ORT_PROVIDERS="CUDAExecutionProvider")
-    with pytest.raises(ModelLoadError, match="CUDAExecutionProvider"):
+    settings = ServeSettings(
+        ORT_PROVIDERS=f"{provider},CPUExecutionProvider", MODEL_CACHE_DIR=tmp_path
+    )
+    with pytest.raises(ModelLoadError, match=f"{provider} was asked for"):
         open_model(ModelRef.parse(str(folder)), None, folder, settings)
+
+
+def test_tensorrt_gets_an_engine_cache_and_its_precision(tmp_path: Path) -> None:
+    wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    settings = ServeSettings(MODEL_CACHE_DIR=tmp_path, ORT_TRT_FP16=True)
+    trt, *rest = provider_options(wanted, settings)
+    assert rest == wanted[1:] and trt[0] == wanted[0]
+    assert (
+        trt[1]["trt_engine_cache_path"] == str(tmp_path / "tensorrt") and trt[1]["trt_fp16_enable"]
+    )
+    assert (tmp_path / "tensorrt").is_dir()
+    chosen = ServeSettings(ORT_TRT_CACHE_DIR=tmp_path / "engines")
+    assert provider_options(wanted[:1], chosen)[0][1]["trt_engine_cache_path"] == str(
+        tmp_path / "engines"
+    )
+
+
+@pytest.mark.gpu
+def test_tensorrt_provider_is_really_used(
+    upstream: dict[str, Path], prepared: Prepared, tmp_path: Path
+) -> None:
+    """On a GPU with onnxruntime-gpu's TensorRT: engines are built and cached, decisions match CPU."""
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu with TensorRT is not installed")
+    folder = upstream["export"]
+    trt = open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings(
+        ORT_PROVIDERS="TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider",
+        ORT_TRT_CACHE_DIR=tmp_path / "engines"))  # fmt: skip
+    assert trt.provider == "TensorrtExecutionProvider"
+    assert any((tmp_path / "engines").iterdir())  # the engine built at warm-up is cached
+    cpu = open_model(
+        ModelRef.parse(str(folder)),
+        None,
+        folder,
+        ServeSettings(ORT_PROVIDERS="CPUExecutionProvider"),
+    )
+    limits = ImageLimits()
+    rows = [r for r in read_splits(prepared.splits) if r.split == "val"]
+    batch = np.stack(
+        [pixels_for((prepared.ingest / r.path).read_bytes(), cpu, limits) for r in rows]
+    )
+    a, b = trt.probabilities(batch), cpu.probabilities(batch)
+    assert np.abs(a - b).max() < 1e-3 and (a.argmax(1) == b.argmax(1)).all()
 
 
 def test_bad_model_folders_are_refused_with_the_reason(
@@ -190,3 +247,30 @@ def test_decoding_threads_run_below_inference_priority(upstream: dict[str, Path]
     finally:
         service._decoder.shutdown()
     assert own_nice() == base  # the caller's own priority is untouched
+
+
+def test_the_download_cache_tells_stores_apart(
+    tmp_path: Path, upstream: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """carinspect version 1 of two stores are two models: a shared MODEL_CACHE_DIR keeps both."""
+    from carinspect.config import RegisterConfig, Settings
+    from carinspect.stages import register
+
+    folders = []
+    for store in ("a", "b"):
+        db = tmp_path / f"{store}.db"
+        shutil.copy(upstream["tracking"], db)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+        register.run(
+            RegisterConfig(), Settings(), upstream["export"], upstream["metrics"],
+            str(upstream["run_id"]), tmp_path / f"{store}.json",
+        )  # fmt: skip
+        settings = ServeSettings(
+            MODEL_URI="models:/carinspect/1", MLFLOW_TRACKING_URI=f"sqlite:///{db}",
+            MODEL_CACHE_DIR=tmp_path / "cache",
+        )  # fmt: skip
+        version, folder = ModelStore(settings).fetch()
+        assert version == "1" and (folder / "model.onnx").is_file()
+        assert ModelStore(settings).fetch()[1] == folder  # downloaded once per store and version
+        folders.append(folder)
+    assert folders[0] != folders[1] and folders[0].parent == folders[1].parent

@@ -13,6 +13,7 @@ poll), not ready, with the reason on /readyz and /model, and counts no reload fa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import threading
@@ -197,6 +198,31 @@ def resolve_providers(setting: str) -> tuple[list[str], bool]:
     return wanted, True
 
 
+def provider_options(wanted: list[str], settings: ServeSettings) -> list[Any]:
+    """``wanted`` as onnxruntime's providers argument, with the TensorRT provider's options.
+
+    TensorRT builds an engine per model on first load (minutes for a large model): it is cached
+    under ORT_TRT_CACHE_DIR (or MODEL_CACHE_DIR/tensorrt), keyed by model, so a restarted pod
+    reuses it. FP16 engines only with ORT_TRT_FP16.
+    """
+    out: list[Any] = []
+    for name in wanted:
+        if name == "TensorrtExecutionProvider":
+            cache = settings.ort_trt_cache_dir or settings.model_cache_dir / "tensorrt"
+            cache.mkdir(parents=True, exist_ok=True)
+            options = {
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(cache),
+                "trt_fp16_enable": settings.ort_trt_fp16,
+            }
+            out.append((name, options))
+        else:
+            out.append(name)
+    return out
+
+
 def _mc_sampler(
     folder: Path, card: ModelCard, settings: ServeSettings, open_session: Callable[[Path], Any]
 ) -> McSampler | None:
@@ -223,7 +249,7 @@ def _mc_sampler(
     )
 
 
-def _read_meta(folder: Path) -> tuple[Path, ModelCard]:
+def read_meta(folder: Path) -> tuple[Path, ModelCard]:
     """model.onnx and the validated model.json of a downloaded or local model folder."""
     onnx_path = folder / ExportDir.ONNX
     meta_path = next(
@@ -249,7 +275,7 @@ def open_model(
     """Open ``folder`` as a servable model: session, provider check, warm-up."""
     import onnxruntime as ort
 
-    onnx_path, card = _read_meta(folder)
+    onnx_path, card = read_meta(folder)
     wanted, required = resolve_providers(settings.ort_providers)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -262,7 +288,9 @@ def open_model(
 
     def open_session(path: Path) -> Any:
         try:
-            return ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+            return ort.InferenceSession(
+                str(path), sess_options=opts, providers=provider_options(wanted, settings)
+            )
         except Exception as err:  # onnxruntime raises its own exception types
             raise ModelLoadError(f"{path}: onnxruntime cannot open it: {err}") from err
 
@@ -273,15 +301,34 @@ def open_model(
         if required:
             raise ModelLoadError(f"{onnx_path}: {message}")
         logger.warning("%s: %s", onnx_path, message)
-    tasks = _served_tasks(card, settings)
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    wanted_outputs = [t.output for t in tasks]
+    wanted_outputs = [t.output for t in card.task_cards]
     if INPUT not in inputs or not set(wanted_outputs) <= set(outputs):
         raise ModelLoadError(
             f"{onnx_path}: expected input {INPUT!r} and outputs {wanted_outputs}, "
             f"found inputs {inputs} and outputs {outputs}"
         )
+    mc = _mc_sampler(folder, card, settings, open_session)
+    return model_from_session(ref, version, folder, card, session, active, settings, mc)
+
+
+def model_from_session(
+    ref: ModelRef,
+    version: str | None,
+    folder: Path,
+    card: ModelCard,
+    session: Any,
+    providers: list[str],
+    settings: ServeSettings,
+    mc: McSampler | None = None,
+) -> LoadedModel:
+    """A warmed-up :class:`LoadedModel` around anything with onnxruntime's ``run(outputs, feeds)``.
+
+    onnxruntime's session for ``carinspect serve``; a Triton client for the Triton repository
+    (:mod:`carinspect.serving.triton_client`), so both answer through the same code.
+    """
+    tasks = _served_tasks(card, settings)
     model = LoadedModel(
         ref=ref,
         version=version,
@@ -289,12 +336,12 @@ def open_model(
         spec=card.preprocess,
         decision={} if card.multitask else tasks[0].decision,
         session=session,
-        providers=active,
+        providers=providers,
         folder=folder,
         meta=card.to_json(),
         tasks=tasks,
         multitask=card.multitask,
-        mc=_mc_sampler(folder, card, settings, open_session),
+        mc=mc,
     )
     _warm_up(model, settings.max_batch_size)
     return model
@@ -415,15 +462,42 @@ class ModelStore:
                 f"registered model {self.ref.name!r} has no alias {self.ref.alias!r} yet"
             )
 
+    def fetch(self) -> tuple[str | None, Path]:
+        """MODEL_URI's current version (None for a folder) and its files on local disk."""
+        version = self.target_version()
+        if version is None:
+            assert self.ref.folder is not None
+            return None, self.ref.folder
+        return version, self._download(version)
+
+    def _cache_key(self, version: str) -> str:
+        """Which version of which store: ``<version>-<hash>`` of the store, run and creation time.
+
+        A name and number alone are not unique: two stores (a laptop's and a test's, or a store
+        rebuilt after its registered model was deleted) both have carinspect version 1, and a
+        shared MODEL_CACHE_DIR served one store's model for the other.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self._client().get_model_version(self.ref.name, version)
+        except MlflowException as err:
+            raise ModelLoadError(f"models:/{self.ref.name}/{version}: {err.message}") from err
+        identity = "\n".join(
+            (self.settings.mlflow_tracking_uri, str(self.ref.name), version, str(mv.run_id),
+             str(mv.source), str(mv.creation_timestamp))
+        )  # fmt: skip
+        return f"{version}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+
     def _download(self, version: str) -> Path:
-        """The version's files, downloaded once into MODEL_CACHE_DIR/<name>/<version>."""
+        """The version's files, downloaded once into MODEL_CACHE_DIR/<name>/<version>-<key>."""
         import mlflow
 
         assert self.ref.name is not None
-        dest = self.settings.model_cache_dir / self.ref.name / version
+        dest = self.settings.model_cache_dir / self.ref.name / self._cache_key(version)
         if (dest / ExportDir.ONNX).is_file():
             return dest
-        tmp = dest.with_name(f".{version}.{time.monotonic_ns()}.tmp")
+        tmp = dest.with_name(f".{dest.name}.{time.monotonic_ns()}.tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         try:
             mlflow.artifacts.download_artifacts(
