@@ -306,6 +306,29 @@ class Registry:
     kind: str
 
 
+def registered_store(folder: Path, upstream: dict[str, Path], name: str = "mlflow") -> str:
+    """A copy of the upstream store in ``folder`` with its export registered (version 1); the URI."""
+    from carinspect.config import RegisterConfig, Settings
+    from carinspect.stages import register
+
+    db = folder / f"{name}.db"
+    shutil.copy(upstream["tracking"], db)
+    uri = f"sqlite:///{db}"
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        register.run(
+            RegisterConfig(), Settings(), upstream["export"], upstream["metrics"],
+            str(upstream["run_id"]), folder / f"{name}-registered.json",
+        )  # fmt: skip
+    finally:
+        if before is None:
+            del os.environ["MLFLOW_TRACKING_URI"]
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+    return uri
+
+
 @pytest.fixture(params=["embedded", "server"])
 def registry(
     request: pytest.FixtureRequest,

@@ -16,7 +16,14 @@ from carinspect.training.trainjob import manifest, node_command, node_env
 from tests.conftest import REPO_ROOT
 
 K8S_VERSION = "1.32.0"  # the Kubernetes API the manifests are written for
-TARGETS = ["base", "mlflow", "kubeflow", "overlays/local", "overlays/gpu", "overlays/prod"]  # + kserve, below
+TARGETS = [
+    "base",
+    "mlflow",
+    "kubeflow",
+    "overlays/local",
+    "overlays/gpu",
+    "overlays/prod",
+]  # + kserve, below
 SERVING_TARGETS = ["base", "overlays/local", "overlays/gpu", "overlays/prod"]
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
 # read by the MLflow client inside the app rather than by ServeSettings

@@ -23,7 +23,7 @@ from carinspect.serving.model_store import (
     provider_options,
 )
 from carinspect.serving.settings import ServeSettings
-from tests.conftest import VENV_BIN, Prepared
+from tests.conftest import VENV_BIN, Prepared, registered_store
 from tests.serving.conftest import image_bytes
 
 
@@ -249,25 +249,13 @@ def test_decoding_threads_run_below_inference_priority(upstream: dict[str, Path]
     assert own_nice() == base  # the caller's own priority is untouched
 
 
-def test_the_download_cache_tells_stores_apart(
-    tmp_path: Path, upstream: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_download_cache_tells_stores_apart(tmp_path: Path, upstream: dict[str, Path]) -> None:
     """carinspect version 1 of two stores are two models: a shared MODEL_CACHE_DIR keeps both."""
-    from carinspect.config import RegisterConfig, Settings
-    from carinspect.stages import register
-
     folders = []
     for store in ("a", "b"):
-        db = tmp_path / f"{store}.db"
-        shutil.copy(upstream["tracking"], db)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-        register.run(
-            RegisterConfig(), Settings(), upstream["export"], upstream["metrics"],
-            str(upstream["run_id"]), tmp_path / f"{store}.json",
-        )  # fmt: skip
         settings = ServeSettings(
-            MODEL_URI="models:/carinspect/1", MLFLOW_TRACKING_URI=f"sqlite:///{db}",
-            MODEL_CACHE_DIR=tmp_path / "cache",
+            MODEL_URI="models:/carinspect/1", MODEL_CACHE_DIR=tmp_path / "cache",
+            MLFLOW_TRACKING_URI=registered_store(tmp_path, upstream, store),
         )  # fmt: skip
         version, folder = ModelStore(settings).fetch()
         assert version == "1" and (folder / "model.onnx").is_file()

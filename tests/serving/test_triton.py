@@ -16,12 +16,11 @@ import httpx
 import pytest
 from google.protobuf import text_format
 
-from carinspect.config import RegisterConfig, Settings, TritonConfig
+from carinspect.config import TritonConfig
 from carinspect.contracts.cards import read_card
 from carinspect.data.manifest import read_splits
 from carinspect.serving.triton import TritonError, model_config
-from carinspect.stages import register
-from tests.conftest import REPO_ROOT, VENV_BIN, Prepared, Server
+from tests.conftest import REPO_ROOT, VENV_BIN, Prepared, Server, registered_store
 
 
 def _config(text: str) -> object:
@@ -38,17 +37,8 @@ def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
 
 
 def test_export_triton_from_a_registered_version(tmp_path: Path, upstream: dict[str, Path]) -> None:
-    db = tmp_path / "mlflow.db"
-    shutil.copy(upstream["tracking"], db)
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{db}", "MODEL_CACHE_DIR": str(tmp_path / "cache")}
-    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
-    try:
-        register.run(
-            RegisterConfig(), Settings(), upstream["export"], upstream["metrics"],
-            str(upstream["run_id"]), tmp_path / "registered.json",
-        )  # fmt: skip
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
+    uri = registered_store(tmp_path, upstream)
+    env = {"MLFLOW_TRACKING_URI": uri, "MODEL_CACHE_DIR": str(tmp_path / "cache")}
     params = ["--params", str(REPO_ROOT / "params.yaml")]
     done = _cli("export-triton", "--version", "1", "--out", "repo", *params, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -2,28 +2,15 @@
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-from carinspect.config import RegisterConfig, Settings
-from carinspect.stages import register
-from tests.conftest import REPO_ROOT, VENV_BIN
+from tests.conftest import REPO_ROOT, VENV_BIN, registered_store
 
 
 def test_promote_status_models_rollback_commands(tmp_path: Path, upstream: dict[str, Path]) -> None:
-    db = tmp_path / "mlflow.db"
-    shutil.copy(upstream["tracking"], db)
-    uri = f"sqlite:///{db}"
+    uri = registered_store(tmp_path, upstream)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CARINSPECT_USER": "tester"}
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        register.run(
-            RegisterConfig(), Settings(), upstream["export"], upstream["metrics"],
-            str(upstream["run_id"]), tmp_path / "registered.json",
-        )  # fmt: skip
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
