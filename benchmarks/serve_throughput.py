@@ -94,9 +94,6 @@ def _images(folder: Path | None, limit: int) -> list[bytes]:
     return [p.read_bytes() for p in sorted(tmp.rglob("*.*"))[:limit]]
 
 
-PHONE_SIZES = ((2000, 1500), (4000, 3000))
-
-
 def phone_photos(images: list[bytes], size: tuple[int, int]) -> list[bytes]:
     """``images`` re-encoded as a phone would send them: ``size`` (landscape), JPEG quality 90."""
     out = []
@@ -273,6 +270,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="turns per server (medians)")
     parser.add_argument("--phone", action="store_true", help="re-encode at phone sizes first")
     parser.add_argument(
+        "--sizes", default="2000x1500,4000x3000", help="phone sizes, WxH comma-separated"
+    )
+    parser.add_argument(
         "--baseline-src", type=Path, help="another checkout's src/: its server joins the rounds"
     )
     args = parser.parse_args()
@@ -284,7 +284,8 @@ def main() -> None:
     if not args.phone:
         compare(args.model, images, args.seconds, args.rounds, False, args.baseline_src)
         return
-    for w, h in PHONE_SIZES:
+    for size in args.sizes.split(","):
+        w, h = (int(x) for x in size.split("x"))
         print(f"\n=== phone photos at {w}x{h}, JPEG quality 90 ===")
         photos = phone_photos(images, (w, h))
         compare(args.model, photos, args.seconds, args.rounds, True, args.baseline_src)
