@@ -105,7 +105,7 @@ def decode_image(
             "too_large_file", f"{len(data)} bytes exceeds max_bytes={limits.max_bytes}"
         )
     announced = integrity.sniff(data)
-    integrity.check_structure(announced, data)
+    layout = integrity.check_structure(announced, data)
     img = _open(data, announced)
     fmt = img.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
@@ -122,7 +122,9 @@ def decode_image(
             "too_small", f"{width}x{height} has a side below min_side={limits.min_side}"
         )
     if fmt == "PNG":
-        integrity.check_png_pixels(data)
+        if layout is None:  # Pillow took it for a PNG without the PNG signature
+            raise ImageError("corrupt", "PNG content without the PNG signature")
+        integrity.check_png_pixels(layout)
     elif fmt == "TIFF":
         integrity.check_tiff_strips(img, len(data))
     reduced = 1

@@ -91,14 +91,15 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def check_structure(fmt: str | None, data: bytes) -> None:
+def check_structure(fmt: str | None, data: bytes) -> PngLayout | None:
     """Walk the container: PNG chunks (with CRCs), GIF blocks, WebP's RIFF, and so on.
 
     Also JPEG's header segments and TIFF's first directory. Cheap: no pixel data is decoded.
+    A PNG's layout comes back for :func:`check_png_pixels`.
     """
     if fmt == "PNG":
-        png_layout(data)
-    elif fmt == "GIF":
+        return png_layout(data)
+    if fmt == "GIF":
         _check_gif(data)
     elif fmt == "WEBP":
         _check_riff(data)
@@ -106,6 +107,7 @@ def check_structure(fmt: str | None, data: bytes) -> None:
         _jpeg_header_end(data)
     elif fmt == "TIFF":
         _check_tiff_directory(data)
+    return None
 
 
 # --- PNG ------------------------------------------------------------------------------------
@@ -199,14 +201,13 @@ def png_layout(data: bytes) -> PngLayout:
     return PngLayout(width, height, depth, color, bool(interlace), tuple(idat))
 
 
-def check_png_pixels(data: bytes) -> None:
+def check_png_pixels(layout: PngLayout) -> None:
     """Inflate the IDAT stream once, counting bytes: every declared row must be there.
 
     Pillow stops decoding where the compressed stream ends and leaves the remaining rows at
     zero; this catches a stream that is cut (``truncated``), complete but short (``truncated``,
     with the rows it holds) or longer than the rows declared (``corrupt``).
     """
-    layout = png_layout(data)
     expected = layout.raw_size()
     inflater = zlib.decompressobj()
     got = 0
