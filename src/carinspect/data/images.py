@@ -7,8 +7,8 @@ RGB, size limits checked *before* pixels are allocated, and, given the short sid
 data is kept at (``ingest.short_side``), the image reduced to it.
 
 Reduction starts in the decoder: libjpeg decodes a JPEG directly at 1/2, 1/4 or 1/8 scale (its
-DCT scaling, through simplejpeg in strict mode), at the largest reduction whose result still has a short
-side of at least the target; the rest is a bicubic resize. For a 4000x3000 phone photo and a
+DCT scaling, through simplejpeg in strict mode), at the largest reduction whose result still has
+a short side of at least the target; the rest is a bicubic resize. For a 4000x3000 phone photo and a
 128 px target that is a 500x375 decode instead of 12 megapixels, several times faster. Both
 ingest and serving reduce through this one function, so the pixels a model is trained on and the
 pixels it is served are the same.
