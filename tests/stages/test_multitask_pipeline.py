@@ -246,3 +246,37 @@ def test_a_multiclass_task_beside_a_binary_one(tmp_path: Path, sqlite_tracking: 
     assert set(got["tasks"]["cleanliness"]["probabilities"]) == {"clean", "dusty", "muddy"}
     assert got["tasks"]["cleanliness"]["label"] in ("clean", "dusty", "muddy", "uncertain")
     assert set(got["tasks"]["damage"]["probabilities"]) == {"damaged", "intact"}
+
+
+def test_triton_entry_of_two_tasks_answers_each_task(
+    two_tasks: Path, prepared_tasks: Prepared, tmp_path: Path
+) -> None:
+    """One probabilities output per task in config.pbtxt; the client answers as the server."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from carinspect.config import TritonConfig
+    from carinspect.serving.inference import answer
+    from carinspect.serving.triton import write_repository
+    from carinspect.serving.triton_client import open_triton_model
+
+    folder = two_tasks / "export"
+    entry = write_repository(folder, read_card(folder / "model.json"), TritonConfig(), tmp_path)
+    assert not (entry / "labels.txt").exists()  # class names per task live in model.json
+    cfg = text_format.Parse((entry / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    outputs = {o.name: list(o.dims) for o in cfg.output}
+    assert outputs["probabilities_cleanliness"] == [2] and outputs["probabilities_damage"] == [2]
+    assert "features" in outputs and all(not o.label_filename for o in cfg.output)
+
+    via_triton = open_triton_model(tmp_path, None, ServeSettings())
+    served = open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())
+    limits = ImageLimits()
+    paths = sorted((prepared_tasks.ingest / "images").rglob("*.png"))[:12]
+    batch = np.stack([pixels_for(p.read_bytes(), served, limits) for p in paths])
+    for a, b in zip(via_triton.infer(batch), served.infer(batch), strict=True):
+        mine, theirs = answer(via_triton, a), answer(served, b)
+        assert {t: x["label"] for t, x in mine["tasks"].items()} == {
+            t: x["label"] for t, x in theirs["tasks"].items()
+        }
+    with pytest.raises(ModelLoadError, match="MC head"):
+        open_triton_model(tmp_path, None, ServeSettings(MC_SAMPLES=4))
