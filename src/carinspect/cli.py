@@ -451,8 +451,6 @@ def predict(
     ),
 ) -> None:
     """Predict images with MODEL_URI's model, as the server would, without HTTP."""
-    from carinspect.data.images import ImageLimits
-    from carinspect.serving.batch_predict import list_inputs, predict_inputs, write_predictions
     from carinspect.serving.model_store import ModelLoadError, ModelStore
     from carinspect.serving.settings import ServeSettings
 
@@ -467,9 +465,7 @@ def predict(
             f"and {ExportDir.CARD}"
         )
     model = store.current
-    limits = ImageLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes)
-    rows = predict_inputs(model, list_inputs(target), limits, settings.max_batch_size)
-    write_predictions(rows, out, model)
+    rows = _predict_to(model, target, out, settings)
     failed = sum(1 for r in rows if "error" in r)
     counts: dict[str, int] = {}
     for r in rows:
@@ -540,18 +536,25 @@ def triton_predict(
     ),
 ) -> None:
     """Predict images through Triton with the answers `carinspect serve` gives."""
-    from carinspect.data.images import ImageLimits
-    from carinspect.serving.batch_predict import list_inputs, predict_inputs, write_predictions
     from carinspect.serving.settings import ServeSettings
     from carinspect.serving.triton_client import open_triton_model
 
     settings = ServeSettings()
     model = open_triton_model(repository, url, settings)
+    rows = _predict_to(model, target, out, settings)
+    failed = sum(1 for r in rows if "error" in r)
+    typer.echo(f"{len(rows)} inputs, {failed} unusable; via {model.provider}; written to {out}")
+
+
+def _predict_to(model: Any, target: str, out: Path, settings: Any) -> list[dict[str, Any]]:
+    """Answer every image under ``target`` with ``model`` (server limits) and write ``out``."""
+    from carinspect.data.images import ImageLimits
+    from carinspect.serving.batch_predict import list_inputs, predict_inputs, write_predictions
+
     limits = ImageLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes)
     rows = predict_inputs(model, list_inputs(target), limits, settings.max_batch_size)
     write_predictions(rows, out, model)
-    failed = sum(1 for r in rows if "error" in r)
-    typer.echo(f"{len(rows)} inputs, {failed} unusable; via {model.provider}; written to {out}")
+    return rows
 
 
 ParamPairs = Annotated[

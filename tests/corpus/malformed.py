@@ -260,13 +260,7 @@ def jpeg_cases() -> Iterator[Case]:
     scan = segments[-1][0] + segments[-1][2]
     for fraction in (0.0, 0.1, 0.5, 0.9):
         cut = scan + int((len(base) - 2 - scan) * fraction)
-        yield Case(f"jpeg_scan_cut_{int(fraction * 100)}", base[:cut], "truncated", "jpg")
-        yield Case(
-            f"jpeg_scan_cut_{int(fraction * 100)}_then_eoi",
-            base[:cut] + b"\xff\xd9",
-            "truncated",
-            "jpg",
-        )
+        yield from _cut_jpeg(f"jpeg_scan_cut_{int(fraction * 100)}", base[:cut])
     yield Case("jpeg_no_eoi", base[:-2], "truncated", "jpg")
     # a restart marker where the image declares no restart interval: libjpeg reads it as the
     # scan's data ending early
@@ -288,22 +282,13 @@ def jpeg_cases() -> Iterator[Case]:
     yield Case("jpeg_progressive", prog, "ok", "jpg")
     for fraction in (0.3, 0.7):
         cut = int(len(prog) * fraction)
-        yield Case(f"jpeg_progressive_cut_{int(fraction * 100)}", prog[:cut], "truncated", "jpg")
-        yield Case(
-            f"jpeg_progressive_cut_{int(fraction * 100)}_then_eoi",
-            prog[:cut] + b"\xff\xd9",
-            "truncated",
-            "jpg",
-        )
+        yield from _cut_jpeg(f"jpeg_progressive_cut_{int(fraction * 100)}", prog[:cut])
     gray = encode(img.convert("L"), "JPEG", quality=90)
     yield Case("jpeg_gray", gray, "ok", "jpg")
     yield Case("jpeg_gray_cut", gray[: len(gray) * 2 // 3], "truncated", "jpg")
     cmyk = encode(img.convert("CMYK"), "JPEG", quality=90)
     yield Case("jpeg_cmyk", cmyk, "ok", "jpg")
-    yield Case("jpeg_cmyk_cut", cmyk[: len(cmyk) * 2 // 3], "truncated", "jpg")
-    yield Case(
-        "jpeg_cmyk_cut_then_eoi", cmyk[: len(cmyk) * 2 // 3] + b"\xff\xd9", "truncated", "jpg"
-    )
+    yield from _cut_jpeg("jpeg_cmyk_cut", cmyk[: len(cmyk) * 2 // 3])
     yield Case("jpeg_444", encode(img, "JPEG", quality=90, subsampling=0), "ok", "jpg")
     # EXIF: a rotation, an IFD that points at itself, deep nesting, nonsense orientation
     exif = Image.Exif()
@@ -322,6 +307,12 @@ def jpeg_cases() -> Iterator[Case]:
     )
     mpo = encode(img, "MPO", save_all=True, append_images=[picture((96, 80), seed=1)])
     yield Case("mpo", mpo, "ok", "jpg")
+
+
+def _cut_jpeg(name: str, cut: bytes) -> Iterator[Case]:
+    """A cut JPEG as it is, and with an end marker appended (what some tools do to a cut file)."""
+    yield Case(name, cut, "truncated", "jpg")
+    yield Case(f"{name}_then_eoi", cut + b"\xff\xd9", "truncated", "jpg")
 
 
 def _jpeg_with_app1(jpeg: bytes, payload: bytes) -> bytes:

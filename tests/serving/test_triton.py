@@ -20,6 +20,7 @@ from carinspect.config import TritonConfig
 from carinspect.contracts.cards import read_card
 from carinspect.data.manifest import read_splits
 from carinspect.serving.triton import TritonError, model_config
+from carinspect.serving.triton_client import _max_batch_size
 from tests.conftest import REPO_ROOT, VENV_BIN, Prepared, Server, registered_store
 
 
@@ -59,6 +60,7 @@ def test_export_triton_from_a_registered_version(tmp_path: Path, upstream: dict[
     cfg = _config((entry / "config.pbtxt").read_text())
     size = card.preprocess.img_size
     assert cfg.name == "carinspect" and cfg.backend == "onnxruntime" and cfg.max_batch_size == 32
+    assert _max_batch_size(entry) == 32  # what the client chunks requests to
     assert [(i.name, list(i.dims)) for i in cfg.input] == [("input", [3, size, size])]
     outputs = {o.name: (list(o.dims), o.label_filename) for o in cfg.output}
     assert outputs["probabilities"] == ([2], "labels.txt") and outputs["logits"] == ([2], "")

@@ -11,7 +11,6 @@ onnxruntime instead, and says so: the same files and tensors, no server.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +78,12 @@ def repository_entry(path: Path) -> tuple[Path, str]:
 
 
 def _max_batch_size(entry: Path) -> int:
-    found = re.search(r"^max_batch_size:\s*(\d+)", (entry / CONFIG).read_text(), re.M)
-    return int(found.group(1)) if found else 1
+    """The entry's max_batch_size, read with Triton's own ModelConfig protobuf."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse((entry / CONFIG).read_text(), model_config_pb2.ModelConfig())
+    return max(1, int(config.max_batch_size))
 
 
 def open_triton_model(path: Path, url: str | None, settings: ServeSettings) -> LoadedModel:
