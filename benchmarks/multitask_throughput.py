@@ -33,15 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_throughput import (
-    BOUNDARY,
-    LUA,
-    _bodies,
     _free_port,
     _images,
     _start,
     _stop,
     drive,
     phone_photos,
+    wrk_script,
 )
 
 from carinspect.contracts.cards import parse_card
@@ -176,10 +174,7 @@ def over_http(
     two_head: Path, singles: list[Path], images: list[bytes], seconds: int, rounds: int
 ) -> None:
     """One two-head server at c32 against two single-task servers at c16 each, side by side."""
-    work = Path(tempfile.mkdtemp())
-    _bodies(images, work)
-    script = work / "post.lua"
-    script.write_text(LUA % {"n": len(images), "dir": str(work), "boundary": BOUNDARY})
+    script = wrk_script(images, Path(tempfile.mkdtemp()))
     venv = Path(sys.executable).parent
     ports = {str(p): _free_port() for p in (two_head, *singles)}
     procs = []

@@ -1,9 +1,11 @@
 """Every route of a real `carinspect serve` process; bad uploads; auth."""
 
+import gc
 import io
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -122,6 +124,47 @@ def test_routes_answer_like_the_offline_model(
     assert {"/predict", "/predict/batch", "/predict/url", "/model", "/readyz"} <= paths.keys()
     url = httpx.post(s.url + "/predict/url", json={"url": "https://example.com/a.jpg"})
     assert url.status_code == 403 and "ALLOW_URL_FETCH" in url.json()["detail"]
+
+
+def _metric(text: str, name: str) -> float:
+    """The value of one unlabelled (or fully spelled-out) sample in Prometheus text."""
+    line = next(x for x in text.splitlines() if x.startswith(name + " "))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_batches_never_exceed_max_batch_size(
+    serve: Callable[..., Server], upstream: dict[str, Path]
+) -> None:
+    """24 uploads at once, a batcher told to wait long for company: batches fill to 4, no more."""
+    s = serve(MODEL_URI=str(upstream["export"]), MAX_BATCH_SIZE="4", MAX_WAIT_MS="300")
+    data = image_bytes("JPEG", size=(96, 64))
+
+    def post(i: int) -> int:
+        files = {"file": (f"{i}.jpg", data, "image/jpeg")}
+        return httpx.post(s.url + "/predict", files=files, timeout=60).status_code
+
+    with ThreadPoolExecutor(24) as pool:
+        assert list(pool.map(post, range(24))) == [200] * 24
+    metrics = httpx.get(s.url + "/metrics").text
+    batches = _metric(metrics, "carinspect_batch_size_count")
+    assert _metric(metrics, "carinspect_batch_size_sum") == 24
+    assert _metric(metrics, 'carinspect_batch_size_bucket{le="4.0"}') == batches  # none over 4
+    assert _metric(metrics, 'carinspect_batch_size_bucket{le="2.0"}') < batches  # it did batch
+
+
+def test_startup_heap_is_frozen(upstream: dict[str, Path]) -> None:
+    """What start-up built is out of the collector's sight, so a full collection under load
+    walks only what requests allocated (not ~100,000 objects with the GIL held)."""
+    from fastapi.testclient import TestClient
+
+    from carinspect.serving.app import create_app
+
+    try:
+        with TestClient(create_app(ServeSettings(MODEL_URI=str(upstream["export"])))) as client:
+            assert client.get("/readyz").status_code == 200
+            assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
 
 
 BAD_UPLOADS: list[tuple[str, bytes, str, int, str]] = [
