@@ -8,10 +8,11 @@ All measured in one run on the same images and model:
   one onnxruntime call per request, as the seed services do), each started as its own process
   and driven by wrk from another process at concurrency 1, 8, 32 and 64, taking turns
   (``--rounds``) so that the machine's drift hits both alike: req/s is the median over the
-rounds, p50 and p99 are of all the rounds' requests pooled. Rounds at 32 last at least
-``--tail-seconds`` (20): wrk opens its 32 connections at once, and that first burst of uploads
-waits longer than any request in steady state; in a 6-second round at 4000x3000 (~400
-requests) its ~5 slowest requests are the p99, so short rounds measure the ramp, not saturation.
+  rounds, p50 and p99 are of all the rounds' requests pooled. Rounds at 32 last at least
+  ``--tail-seconds`` (20): wrk opens its 32 connections at once, and that first burst of
+  uploads waits longer than any request in steady state; in a 6-second round at 4000x3000
+  (~400 requests) its ~5 slowest requests are the p99, so short rounds measure the ramp, not
+  saturation.
 Prints req/s, p50 and p99 per concurrency and the ratios the serving issues set as goals:
 server req/s at 32 >= 0.85x the in-process limit and >= 3x naive; p99 at 32 <= 4x p50 at 1
 (photos as they are) or <= 1.5x p50 at 32 (phone photos).
@@ -309,7 +310,7 @@ def main() -> None:
     parser.add_argument(
         "--tail-seconds", type=int, default=20, help="at least this long at 32 (the tail's level)"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="turns per server (medians)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per server")
     parser.add_argument("--phone", action="store_true", help="re-encode at phone sizes first")
     parser.add_argument(
         "--sizes", default="2000x1500,4000x3000", help="phone sizes, WxH comma-separated"
