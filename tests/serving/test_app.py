@@ -167,6 +167,16 @@ def test_startup_heap_is_frozen(upstream: dict[str, Path]) -> None:
         gc.unfreeze()
 
 
+def test_uploads_up_to_the_limit_stay_in_memory(upstream: dict[str, Path]) -> None:
+    """A 3 MB phone photo is not spooled to disk and read back (Starlette's default: 1 MiB)."""
+    from starlette.formparsers import MultiPartParser
+
+    from carinspect.serving.app import create_app
+
+    create_app(ServeSettings(MODEL_URI=str(upstream["export"]), MAX_UPLOAD_MB=12))
+    assert MultiPartParser.spool_max_size >= 12 * 1024 * 1024
+
+
 BAD_UPLOADS: list[tuple[str, bytes, str, int, str]] = [
     ("empty", b"", "image/jpeg", 400, "zero bytes"),
     ("plain text", b"hello, I am not a car\n", "text/plain", 415, "not_an_image"),

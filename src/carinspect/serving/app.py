@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.formparsers import MultiPartParser
 
 from carinspect.data.images import ImageError, ImageLimits
 from carinspect.errors import InputError
@@ -230,6 +231,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.service = service
+    # Starlette spools an upload over 1 MiB to a temporary file on disk, then the route reads it
+    # back: most phone photos are 1-3 MB. The body is capped (BodyLimit) and read into memory
+    # whole anyway, so keep every allowed upload in memory.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes)
     install_docs(app)
     app.add_middleware(
         BodyLimit,
