@@ -153,8 +153,8 @@ def _settle_heap() -> None:
     one core on a 2-vCPU node, with the GIL held. Requests promote enough short-lived objects
     to start one every ten seconds or so under load, and each one stalls every request in
     flight for that long. Frozen objects are never walked again, so a full collection only
-    sees what was allocated since (2 ms instead of 60 under the phone-photo benchmark). Image plugins are loaded first (Pillow
-    imports them at the first upload) so that they are frozen too.
+    sees what was allocated since (2 ms instead of 60 under the phone-photo benchmark). Image
+    plugins are loaded first (Pillow imports them at the first upload) so they are frozen too.
     """
     Image.init()
     gc.collect()
