@@ -30,3 +30,22 @@ def seed_corpus(argv: list[str], wrap: Callable[[bytes], bytes] = lambda data: d
         return
     for case in cases():
         (folder / case.file_name).write_bytes(wrap(case.data))
+
+
+BOUNDARY = "fuzzb0undary"
+CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def multipart(files: list[bytes], field: str = "file") -> bytes:
+    """A well-formed multipart body with ``files`` under ``field``."""
+    body = b""
+    for i, data in enumerate(files):
+        body += (
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; '
+                f'filename="f{i}.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            ).encode()
+            + data
+            + b"\r\n"
+        )
+    return body + f"--{BOUNDARY}--\r\n".encode()

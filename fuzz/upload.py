@@ -4,8 +4,9 @@ The app is the one ``carinspect serve`` runs (``create_app``), with its lifespan
 batcher started), driven in-process through Starlette's TestClient. The first byte of an input
 picks what the rest is:
 
-- 0: a raw multipart body for ``/predict`` (the boundary is fixed): the multipart parser, the
-  body limit and FastAPI's form validation see the fuzzer's bytes;
+- 0: a raw multipart body for ``/predict`` (the boundary is fixed): the body limit, the
+  multipart parser (``carinspect.serving.multipart``) and the route's checks see the fuzzer's
+  bytes;
 - 1: one image file, sent well-formed to ``/predict``: decode, preprocess, batching, the answer;
 - 2: the bytes split into two files, sent to ``/predict/batch``.
 
@@ -24,7 +25,7 @@ import sys
 
 import atheris
 
-from fuzz.common import ROOT, seed_corpus
+from fuzz.common import CONTENT_TYPE, ROOT, multipart, seed_corpus
 
 with atheris.instrument_imports(include=["carinspect", "PIL", "multipart", "starlette", "fastapi"]):
     from PIL import Image
@@ -34,24 +35,6 @@ with atheris.instrument_imports(include=["carinspect", "PIL", "multipart", "star
     from carinspect.serving.settings import ServeSettings
 
     Image.init()  # the format plugins, imported now so they are instrumented too
-
-BOUNDARY = "fuzzb0undary"
-CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
-
-
-def multipart(files: list[bytes], field: str = "file") -> bytes:
-    """A well-formed multipart body with ``files`` under ``field``."""
-    body = b""
-    for i, data in enumerate(files):
-        body += (
-            (
-                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; '
-                f'filename="f{i}.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
-            ).encode()
-            + data
-            + b"\r\n"
-        )
-    return body + f"--{BOUNDARY}--\r\n".encode()
 
 
 def _client() -> TestClient:

@@ -41,3 +41,8 @@ def test_decode_image_fuzz_run_is_clean(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_upload_fuzz_run_is_clean(tmp_path: Path, upstream: dict[str, Path]) -> None:
     _fuzz("upload", tmp_path, {"CARINSPECT_FUZZ_MODEL": str(upstream["export"])})
+
+
+@pytest.mark.slow
+def test_multipart_fuzz_run_is_clean(tmp_path: Path) -> None:
+    _fuzz("multipart", tmp_path, {})

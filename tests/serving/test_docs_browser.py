@@ -147,7 +147,18 @@ def test_openapi_marks_file_arrays_as_binary(served: Server) -> None:
     import httpx
 
     spec = httpx.get(served.url + "/openapi.json").json()
-    body = spec["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["multipart/form-data"]
-    schema = spec["components"]["schemas"][body["schema"]["$ref"].rsplit("/", 1)[1]]
-    assert schema["properties"]["files"]["items"]["format"] == "binary"
+    for path, field in (("/predict", "file"), ("/predict/batch", "files")):
+        body = spec["paths"][path]["post"]["requestBody"]
+        assert body["required"] is True
+        schema = body["content"]["multipart/form-data"]["schema"]
+        assert schema["required"] == [field]
+        upload = schema["properties"][field]
+        if field == "files":
+            assert upload["type"] == "array"
+            upload = upload["items"]
+        assert {k: v for k, v in upload.items() if k != "title"} == {
+            "type": "string",
+            "format": "binary",
+            "contentMediaType": "application/octet-stream",
+        }
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
-from starlette.formparsers import MultiPartParser
 
 from carinspect.data.images import ImageError, ImageLimits
 from carinspect.errors import InputError
@@ -41,6 +41,7 @@ from carinspect.serving.schemas import (
     UrlRequest,
 )
 from carinspect.serving.settings import ServeSettings
+from carinspect.serving.uploads import files_in, upload_body
 from carinspect.serving.urlfetch import UrlFetchError, fetch, parse_networks
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,15 @@ class Service:
         return kind(**answer(model, probs), processing_ms=round(ms, 3), filename=filename)
 
 
+def _json(answer: BaseModel) -> Response:
+    """A response model as JSON, serialized once by pydantic.
+
+    Returning a ``Response`` skips FastAPI's second validation of a model the route built
+    itself; ``response_model`` still documents it.
+    """
+    return Response(answer.model_dump_json(), media_type="application/json")
+
+
 def _thresholds(model: LoadedModel | None) -> dict[str, Any]:
     """/model's thresholds: the rule's, or each task's by name."""
     if model is None:
@@ -231,10 +241,6 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.service = service
-    # Starlette spools an upload over 1 MiB to a temporary file on disk, then the route reads it
-    # back: most phone photos are 1-3 MB. The body is capped (BodyLimit) and read into memory
-    # whole anyway, so keep every allowed upload in memory.
-    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes)
     install_docs(app)
     app.add_middleware(
         BodyLimit,
@@ -305,27 +311,28 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/predict", response_model=AnyPrediction, dependencies=Auth, tags=["predict"])
-    async def predict(service: ServiceDep, file: Annotated[UploadFile, File()]) -> AnyPrediction:
+    @app.post(
+        "/predict", response_model=AnyPrediction, dependencies=Auth, tags=["predict"],
+        openapi_extra=upload_body("file", many=False),
+    )  # fmt: skip
+    async def predict(service: ServiceDep, request: Request) -> Response:
         """One image (multipart field ``file``): label, confidence, probabilities.
 
         A model with several tasks answers each under ``tasks``.
         """
-        return await service.predict(await file.read(), file.filename)
+        (part,) = await files_in(request, "file", most=1)
+        return _json(await service.predict(part.data, part.filename))
 
-    @app.post("/predict/batch", response_model=BatchPrediction, dependencies=Auth, tags=["predict"])
-    async def predict_batch(
-        service: ServiceDep, files: Annotated[list[UploadFile], File()]
-    ) -> BatchPrediction:
+    @app.post(
+        "/predict/batch", response_model=BatchPrediction, dependencies=Auth, tags=["predict"],
+        openapi_extra=upload_body("files", many=True),
+    )  # fmt: skip
+    async def predict_batch(service: ServiceDep, request: Request) -> Response:
         """Several images (multipart field ``files``, at most MAX_BATCH_FILES), in order."""
         started = time.perf_counter()
-        limit = service.settings.max_batch_files
-        if len(files) > limit:
-            raise HTTPException(413, f"{len(files)} files: at most {limit} per request")
-        datas = [await f.read() for f in files]
+        files = await files_in(request, "files", most=service.settings.max_batch_files)
         results = await asyncio.gather(
-            *(service.predict(d, f.filename) for d, f in zip(datas, files, strict=True)),
-            return_exceptions=True,
+            *(service.predict(f.data, f.filename) for f in files), return_exceptions=True
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -335,9 +342,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 raise HTTPException(first.status_code, details)
             raise first
         ms = (time.perf_counter() - started) * 1000
-        return BatchPrediction(
-            predictions=[r for r in results if isinstance(r, Prediction | MultiTaskPrediction)],
-            processing_ms=round(ms, 3),
+        return _json(
+            BatchPrediction(
+                predictions=[r for r in results if isinstance(r, Prediction | MultiTaskPrediction)],
+                processing_ms=round(ms, 3),
+            )
         )
 
     @app.post("/predict/url", response_model=AnyPrediction, dependencies=Auth, tags=["predict"])

@@ -1,22 +1,18 @@
-"""/docs and /redoc with no internet, and an OpenAPI document Swagger UI can upload files with.
+"""/docs and /redoc with no internet.
 
 FastAPI's own pages load Swagger UI and ReDoc from a CDN, so they are blank in the air-gapped or
 proxied clusters this service runs in. Here the same pages load the assets shipped in the pinned
 ``fastapi-offline`` package (Swagger UI 5, ReDoc 2, served from ``/docs-assets``); only its files
 are used, not its FastAPI subclass.
 
-FastAPI (0.129+) describes an upload as ``contentMediaType: application/octet-stream`` (the
-OpenAPI 3.1 way). Swagger UI renders that as a file picker for a single field but as text boxes
-for an array of files (swagger-api/swagger-ui#10825), and the browser then posts strings, which
-FastAPI answers with 422. Adding ``format: binary`` (an annotation, still valid 3.1) to the items
-of such arrays gives file pickers for ``/predict/batch``.
+The upload routes describe their request bodies themselves (``uploads.upload_body``), in the
+form Swagger UI shows file pickers for.
 """
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import (
@@ -28,7 +24,6 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS_URL = "/docs-assets"
-_BINARY = "application/octet-stream"
 
 
 def assets_dir() -> Path:
@@ -36,26 +31,8 @@ def assets_dir() -> Path:
     return Path(str(resources.files("fastapi_offline") / "static"))
 
 
-def mark_binary_arrays(node: Any) -> None:
-    """Add ``format: binary`` to array items that are uploads, in place, anywhere in ``node``."""
-    if isinstance(node, dict):
-        items = node.get("items")
-        if (
-            node.get("type") == "array"
-            and isinstance(items, dict)
-            and items.get("type") == "string"
-            and items.get("contentMediaType") == _BINARY
-        ):
-            items.setdefault("format", "binary")
-        for value in node.values():
-            mark_binary_arrays(value)
-    elif isinstance(node, list):
-        for value in node:
-            mark_binary_arrays(value)
-
-
 def install_docs(app: FastAPI) -> None:
-    """Serve /docs, /docs/oauth2-redirect and /redoc from local assets; patch file arrays.
+    """Serve /docs, /docs/oauth2-redirect and /redoc from local assets.
 
     The app must be created with ``docs_url=None, redoc_url=None``.
     """
@@ -91,14 +68,3 @@ def install_docs(app: FastAPI) -> None:
             redoc_favicon_url=favicon,
             with_google_fonts=False,
         )
-
-    plain_openapi = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = plain_openapi()
-            mark_binary_arrays(schema)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

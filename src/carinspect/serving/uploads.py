@@ -1,0 +1,62 @@
+"""File uploads for the predict routes: read the form, refuse bad ones, describe it in OpenAPI.
+
+The routes take the ``Request`` and call ``files_in`` instead of declaring ``UploadFile``
+parameters, so FastAPI's form machinery stays out of the hot path (see ``multipart``). What a
+client sees is unchanged: the same multipart fields, the same ``body.<field>: Field required``
+answer when the field is missing, and the same request body in the OpenAPI document (from
+``upload_body``), so Swagger UI still shows file pickers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException, Request
+
+from carinspect.serving import multipart
+from carinspect.serving.multipart import MultipartError, NotMultipart, Part
+
+_FILE = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+
+
+def upload_body(field: str, *, many: bool) -> dict[str, Any]:
+    """``openapi_extra`` for a route that takes one file (or several) in multipart ``field``.
+
+    OpenAPI 3.1 describes a file as ``contentMediaType: application/octet-stream``, which is all
+    FastAPI writes. Swagger UI renders that as a file picker for a single field but as text
+    boxes for an array of files (swagger-api/swagger-ui#10825), and the browser then posts
+    strings. ``format: binary`` (the 3.0 way, still a valid 3.1 annotation) beside it gives
+    file pickers in both cases.
+    """
+    schema = {"type": "array", "items": _FILE} if many else _FILE
+    form = {
+        "type": "object",
+        "properties": {field: {**schema, "title": field.capitalize()}},
+        "required": [field],
+    }
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}}}
+
+
+async def files_in(request: Request, field: str, *, most: int) -> list[Part]:
+    """The parts named ``field`` (at least one, at most ``most``), or an HTTP error saying why."""
+    content_type = request.headers.get("content-type")
+    try:
+        multipart.boundary_of(content_type)  # before reading a body that cannot be a form
+        parts = multipart.parse(await request.body(), content_type)
+    except NotMultipart as err:
+        raise HTTPException(
+            422, f"body.{field}: Field required ({err}: send the image as form field {field!r})"
+        ) from err
+    except MultipartError as err:
+        raise HTTPException(400, f"multipart body: {err}") from err
+    found = [p for p in parts if p.name == field]
+    if not found:
+        others = ", ".join(sorted({p.name for p in parts})) or "none"
+        raise HTTPException(422, f"body.{field}: Field required (the form has: {others})")
+    if len(found) > most:
+        if most == 1:
+            raise HTTPException(
+                422, f"body.{field}: {len(found)} files; send several to /predict/batch"
+            )
+        raise HTTPException(413, f"{len(found)} files: at most {most} per request")
+    return found
