@@ -436,9 +436,14 @@ def serve(
     import uvicorn
 
     from carinspect.serving.app import create_app
+    from carinspect.serving.settings import ServeSettings
 
+    settings = ServeSettings()
     # one process: the batcher needs every request in one place; scale with replicas
-    uvicorn.run(create_app(), host=host, port=port, log_config=None, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_config=None,
+        access_log=settings.access_log, timeout_graceful_shutdown=10,
+    )  # fmt: skip
 
 
 @app.command()

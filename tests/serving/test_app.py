@@ -261,5 +261,18 @@ def test_api_keys(serve: Callable[..., Server], upstream: dict[str, Path]) -> No
         s.url + "/predict", files=files, headers={"Authorization": "Bearer second-key"}
     )
     assert good.status_code == 200
+    others = {
+        "/predict/batch": {"files": [("files", ("a.jpg", image_bytes(), "image/jpeg"))]},
+        "/predict/url": {"json": {"url": "http://example.invalid/a.jpg"}},
+    }
+    for path, body in others.items():
+        refused = httpx.post(s.url + path, **body)  # type: ignore[arg-type]
+        assert refused.status_code == 401 and "API key" in refused.json()["detail"], path
+    batch = httpx.post(
+        s.url + "/predict/batch",
+        headers={"Authorization": "bearer first-key"},
+        **others["/predict/batch"],
+    )  # type: ignore[arg-type]
+    assert batch.status_code == 200, batch.text
     for path in ("/healthz", "/readyz", "/model", "/metrics"):
         assert httpx.get(s.url + path).status_code == 200, path

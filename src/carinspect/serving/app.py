@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from PIL import Image
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -41,7 +42,7 @@ from carinspect.serving.schemas import (
     UrlRequest,
 )
 from carinspect.serving.settings import ServeSettings
-from carinspect.serving.uploads import files_in, upload_body
+from carinspect.serving.uploads import EndpointOnly, files_in, upload_body
 from carinspect.serving.urlfetch import UrlFetchError, fetch, parse_networks
 
 logger = logging.getLogger(__name__)
@@ -194,23 +195,35 @@ _bearer = HTTPBearer(
 )
 
 
-async def _authorized(
-    service: Annotated[Service, Depends(_service)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Predict routes need ``Authorization: Bearer <key>`` when API_KEYS is set.
-
-    Declared as HTTP bearer security, so Swagger UI's Authorize button sends the key.
-    """
+def _check_key(service: Service, authorization: str | None) -> None:
+    """With API_KEYS set, ``authorization`` must be ``Bearer <one of them>``, else 401."""
     keys = service.settings.keys()
     if not keys:
         return
-    token = credentials.credentials.strip() if credentials is not None else ""
+    scheme, token = get_authorization_scheme_param(authorization)
+    token = token.strip() if scheme.lower() == "bearer" else ""
     ok = False
     for key in keys:  # compare with every key: the time taken does not depend on which matched
         ok |= hmac.compare_digest(token.encode(), key.encode())
     if not ok:
         raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _authorized(
+    request: Request,
+    service: Annotated[Service, Depends(_service)],
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Predict routes need ``Authorization: Bearer <key>`` when API_KEYS is set.
+
+    Declared as HTTP bearer security, so Swagger UI's Authorize button sends the key.
+    """
+    _check_key(service, request.headers.get("authorization"))
+
+
+# The upload routes (EndpointOnly) do not run dependencies: they call _check_key themselves, and
+# declare the same security requirement for the OpenAPI document.
+BEARER: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
 
 
 ServiceDep = Annotated[Service, Depends(_service)]
@@ -311,25 +324,28 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post(
-        "/predict", response_model=AnyPrediction, dependencies=Auth, tags=["predict"],
-        openapi_extra=upload_body("file", many=False),
+    uploads = APIRouter(route_class=EndpointOnly, tags=["predict"])
+
+    @uploads.post(
+        "/predict", response_model=AnyPrediction, openapi_extra=upload_body("file", many=False) | BEARER
     )  # fmt: skip
-    async def predict(service: ServiceDep, request: Request) -> Response:
+    async def predict(request: Request) -> Response:
         """One image (multipart field ``file``): label, confidence, probabilities.
 
         A model with several tasks answers each under ``tasks``.
         """
+        _check_key(service, request.headers.get("authorization"))
         (part,) = await files_in(request, "file", most=1)
         return _json(await service.predict(part.data, part.filename))
 
-    @app.post(
-        "/predict/batch", response_model=BatchPrediction, dependencies=Auth, tags=["predict"],
-        openapi_extra=upload_body("files", many=True),
+    @uploads.post(
+        "/predict/batch", response_model=BatchPrediction,
+        openapi_extra=upload_body("files", many=True) | BEARER,
     )  # fmt: skip
-    async def predict_batch(service: ServiceDep, request: Request) -> Response:
+    async def predict_batch(request: Request) -> Response:
         """Several images (multipart field ``files``, at most MAX_BATCH_FILES), in order."""
         started = time.perf_counter()
+        _check_key(service, request.headers.get("authorization"))
         files = await files_in(request, "files", most=service.settings.max_batch_files)
         results = await asyncio.gather(
             *(service.predict(f.data, f.filename) for f in files), return_exceptions=True
@@ -348,6 +364,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 processing_ms=round(ms, 3),
             )
         )
+
+    app.include_router(uploads)
 
     @app.post("/predict/url", response_model=AnyPrediction, dependencies=Auth, tags=["predict"])
     async def predict_url(service: ServiceDep, body: UrlRequest) -> AnyPrediction:

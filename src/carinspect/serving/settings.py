@@ -83,6 +83,11 @@ class ServeSettings(BaseSettings):
         0, ge=0, le=256, validation_alias="DECODE_THREADS",
         description="threads decoding uploads, first come first served; 0: one per CPU",
     )  # fmt: skip
+    access_log: bool = Field(
+        False, validation_alias="ACCESS_LOG",
+        description="a log line per request (uvicorn's access log); /metrics counts and times "
+        "every request by route and status without it",
+    )  # fmt: skip
     decode_nice: int = Field(
         10, ge=0, le=19, validation_alias="DECODE_NICE",
         description="how much lower the decoding threads' CPU priority is than inference's "
