@@ -87,7 +87,12 @@ def _headers(block: bytes, number: int) -> tuple[str, str | None, str | None]:
 
 def parse(body: bytes, content_type: str | None) -> list[Part]:
     """Every part of ``body``, in order. MultipartError says what is wrong with a bad body."""
-    delimiter = b"--" + boundary_of(content_type)
+    return parts(body, boundary_of(content_type))
+
+
+def parts(body: bytes, boundary: bytes) -> list[Part]:
+    """Every part of ``body`` with a boundary already checked by :func:`boundary_of`."""
+    delimiter = b"--" + boundary
     # The first delimiter opens the body or follows a preamble that ends with CRLF.
     at = body.find(delimiter)
     while at > 0 and body[at - 2 : at] != _CRLF:
@@ -95,12 +100,12 @@ def parse(body: bytes, content_type: str | None) -> list[Part]:
     if at < 0:
         raise MultipartError("the body does not contain the boundary of its content type")
     separator = _CRLF + delimiter
-    parts: list[Part] = []
+    found: list[Part] = []
     at += len(delimiter)
     while not body.startswith(b"--", at):  # "--boundary--" closes the body
-        if len(parts) == MAX_PARTS:
+        if len(found) == MAX_PARTS:
             raise MultipartError(f"more than {MAX_PARTS} parts")
-        number = len(parts) + 1
+        number = len(found) + 1
         line_end = body.find(_CRLF, at)
         if line_end < 0:
             raise MultipartError(f"part {number}: the body ends after its boundary")
@@ -115,6 +120,6 @@ def parse(body: bytes, content_type: str | None) -> list[Part]:
         end = body.find(separator, start)
         if end < 0:
             raise MultipartError(f"part {number} ({name}): no closing boundary (truncated body?)")
-        parts.append(Part(name, filename, kind, body[start:end]))
+        found.append(Part(name, filename, kind, body[start:end]))
         at = end + len(separator)
-    return parts
+    return found

@@ -60,8 +60,8 @@ async def files_in(request: Request, field: str, *, most: int) -> list[Part]:
     """The parts named ``field`` (at least one, at most ``most``), or an HTTP error saying why."""
     content_type = request.headers.get("content-type")
     try:
-        multipart.boundary_of(content_type)  # before reading a body that cannot be a form
-        parts = multipart.parse(await request.body(), content_type)
+        boundary = multipart.boundary_of(content_type)  # before reading a body that is no form
+        parts = multipart.parts(await request.body(), boundary)
     except NotMultipart as err:
         raise HTTPException(
             422, f"body.{field}: Field required ({err}: send the image as form field {field!r})"
