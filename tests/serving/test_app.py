@@ -152,6 +152,21 @@ def test_batches_never_exceed_max_batch_size(
     assert _metric(metrics, 'carinspect_batch_size_bucket{le="2.0"}') < batches  # it did batch
 
 
+def test_a_lone_request_does_not_wait_for_company(
+    serve: Callable[..., Server], upstream: dict[str, Path]
+) -> None:
+    """The batcher waits only for images it knows are being decoded: one request at a time
+    never sits out MAX_WAIT_MS (a full second here) in the queue."""
+    s = serve(MODEL_URI=str(upstream["export"]), MAX_WAIT_MS="1000")
+    data = image_bytes("JPEG", size=(96, 64))
+    for i in range(4):
+        files = {"file": (f"{i}.jpg", data, "image/jpeg")}
+        assert httpx.post(s.url + "/predict", files=files, timeout=60).status_code == 200
+    metrics = httpx.get(s.url + "/metrics").text
+    assert _metric(metrics, "carinspect_batch_size_count") == 4
+    assert _metric(metrics, "carinspect_queue_seconds_sum") < 0.5  # 4 s if each had waited
+
+
 def test_startup_heap_is_frozen(upstream: dict[str, Path]) -> None:
     """What start-up built is out of the collector's sight, so a full collection under load
     walks only what requests allocated (not ~100,000 objects with the GIL held)."""

@@ -37,7 +37,11 @@ class ServeSettings(BaseSettings):
         description="most images per onnxruntime call; on CPU a batch over ~8 costs no less per "
         "image but releases its answers together, which spreads latency under load; GPU: 32-64",
     )  # fmt: skip
-    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, validation_alias="MAX_WAIT_MS")
+    max_wait_ms: float = Field(
+        20.0, ge=0.0, le=1000.0, validation_alias="MAX_WAIT_MS",
+        description="longest an image waits for images that are being decoded to share its "
+        "onnxruntime call; a lone request never waits",
+    )  # fmt: skip
     mc_samples: int = Field(
         0,
         ge=0,
