@@ -172,7 +172,8 @@ def test_waiting_for_a_first_champion_is_quiet_and_not_a_failure(
         assert time.monotonic() < deadline, s.log.read_text()
         time.sleep(0.2)
     info = httpx.get(s.url + "/model").json()
-    assert info["version"] == "1" and info["waiting_for"] is None and info["reload_failures"] == 0
+    assert info["version"] == "1" and info["waiting_for"] is None, info
+    assert info["reload_failures"] == 0, s.log.read_text()
 
 
 def test_webhook_triggers_a_reload_before_the_next_poll(
