@@ -176,6 +176,42 @@ def test_waiting_for_a_first_champion_is_quiet_and_not_a_failure(
     assert info["reload_failures"] == 0, s.log.read_text()
 
 
+def test_a_promotion_during_a_poll_is_not_a_failure(
+    registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alias is set between the poll's lookup and its second look: load it, count nothing.
+
+    This is the race a real promotion hits while a server waits for its first champion.
+    """
+    from carinspect.serving.model_store import ModelStore
+    from carinspect.serving.settings import ServeSettings
+
+    client = MlflowClient(registry)
+    client.delete_registered_model_alias(NAME, "champion")
+    lookup = MlflowClient.get_model_version_by_alias
+    misses = []
+
+    def promoted_right_after_a_miss(self: MlflowClient, name: str, alias: str) -> object:
+        try:
+            return lookup(self, name, alias)
+        except Exception:
+            misses.append(alias)
+            client.set_registered_model_alias(NAME, "champion", "1")  # a real write, mid-poll
+            raise
+
+    monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", promoted_right_after_a_miss)
+    store = ModelStore(
+        ServeSettings(
+            MODEL_URI=f"models:/{NAME}@champion", MLFLOW_TRACKING_URI=registry,
+            MODEL_CACHE_DIR=tmp_path / "cache",
+        )
+    )  # fmt: skip
+    assert store.refresh(), store.last_error
+    assert misses == ["champion"]
+    assert store.failures == 0 and store.last_error is None and store.waiting_for is None
+    assert store.current is not None and store.current.version == "1"
+
+
 def test_webhook_triggers_a_reload_before_the_next_poll(
     serve: Callable[..., Server], registry: str
 ) -> None:

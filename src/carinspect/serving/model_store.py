@@ -436,11 +436,16 @@ class ModelStore:
         client = self._client()
         try:
             mv = client.get_model_version_by_alias(self.ref.name, self.ref.alias)
-        except MlflowException as err:
+        except MlflowException:
             self._raise_if_not_there_yet(client)
-            raise ModelLoadError(
-                f"{self.ref.uri}: cannot resolve alias {self.ref.alias!r}: {err.message}"
-            ) from err
+            # The alias exists now: it was set between the two reads (a promotion while this
+            # poll ran). Ask once more; only a second miss is a real failure.
+            try:
+                mv = client.get_model_version_by_alias(self.ref.name, self.ref.alias)
+            except MlflowException as err:
+                raise ModelLoadError(
+                    f"{self.ref.uri}: cannot resolve alias {self.ref.alias!r}: {err.message}"
+                ) from err
         return str(mv.version)
 
     def _raise_if_not_there_yet(self, client: Any) -> None:
