@@ -73,11 +73,19 @@ for i = 1, %(n)d do
   bodies[i] = f:read("*all")
   f:close()
 end
-local next_body = 0
+-- Requests are formatted once: formatting a 1-3 MB request per call cost wrk ~0.2 ms of CPU
+-- per request, taken from the two cores the server shares with it.
+local requests = {}
+init = function(args)
+  for i = 1, #bodies do
+    requests[i] = wrk.format("POST", "/predict",
+      {["Content-Type"] = "multipart/form-data; boundary=%(boundary)s"}, bodies[i])
+  end
+end
+local next_request = 0
 request = function()
-  next_body = next_body %% #bodies + 1
-  return wrk.format("POST", "/predict",
-    {["Content-Type"] = "multipart/form-data; boundary=%(boundary)s"}, bodies[next_body])
+  next_request = next_request %% #requests + 1
+  return requests[next_request]
 end
 done = function(summary, latency, requests)
   local e = summary.errors
