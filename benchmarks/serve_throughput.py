@@ -75,17 +75,17 @@ for i = 1, %(n)d do
 end
 -- Requests are formatted once: formatting a 1-3 MB request per call cost wrk ~0.2 ms of CPU
 -- per request, taken from the two cores the server shares with it.
-local requests = {}
+local prepared = {}
 init = function(args)
   for i = 1, #bodies do
-    requests[i] = wrk.format("POST", "/predict",
+    prepared[i] = wrk.format("POST", "/predict",
       {["Content-Type"] = "multipart/form-data; boundary=%(boundary)s"}, bodies[i])
   end
 end
 local next_request = 0
 request = function()
-  next_request = next_request %% #requests + 1
-  return requests[next_request]
+  next_request = next_request %% #prepared + 1
+  return prepared[next_request]
 end
 done = function(summary, latency, requests)
   local e = summary.errors

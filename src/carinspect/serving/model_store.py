@@ -438,8 +438,8 @@ class ModelStore:
             mv = client.get_model_version_by_alias(self.ref.name, self.ref.alias)
         except MlflowException:
             self._raise_if_not_there_yet(client)
-            # The alias exists now: it was set between the two reads (a promotion while this
-            # poll ran). Ask once more; only a second miss is a real failure.
+            # The alias is there after all (set between the two reads: a promotion during this
+            # poll), or the registry could not say. Ask once more; a second miss is a failure.
             try:
                 mv = client.get_model_version_by_alias(self.ref.name, self.ref.alias)
             except MlflowException as err:
