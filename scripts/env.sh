@@ -21,7 +21,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$sta
   "$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 \
     2> >(grep -v 'is ignored: it is neither' >&2)
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-    -c "$ROOT/requirements/constraints.txt" -e "$ROOT[cpu,dev]" \
+    -c "$ROOT/requirements/constraints.txt" -e "$ROOT[pipeline,cpu,dev]" \
     2> >(grep -v 'is ignored: it is neither' >&2)
   # KServe's typed models (the InferenceService test validates k8s/kserve against them). Its
   # server's pins (psutil<6, pandas<3) conflict with ours, so the SDK goes to a folder of its

@@ -279,8 +279,14 @@ def _coco_task_groups(
 
 def s3_objects(uri: str, what: str = "data.source") -> list[tuple[str, Callable[[], bytes]]]:
     """(key, reader) for every object under an ``s3://bucket/prefix``, sorted by key."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
+    try:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # the serving image: models come through MLflow's artifact proxy
+        raise SourceError(
+            f"{what} {uri!r}: reading s3:// needs boto3, which this install lacks (the "
+            "serving image has none: use the pipeline image, or pip install 'carinspect[pipeline]')"
+        ) from None
 
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if not bucket:
