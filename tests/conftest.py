@@ -26,11 +26,17 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip `slow` tests unless CARINSPECT_SLOW=1, and `gpu` tests without CUDA."""
+    """Skip `slow` tests unless CARINSPECT_SLOW=1, `container` tests unless
+    CARINSPECT_CONTAINERS=1, and `gpu` tests without CUDA."""
     run_slow = os.environ.get("CARINSPECT_SLOW") == "1"
+    run_containers = os.environ.get("CARINSPECT_CONTAINERS") == "1"
     for item in items:
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: set CARINSPECT_SLOW=1 to run"))
+        if "container" in item.keywords and not run_containers:
+            item.add_marker(
+                pytest.mark.skip(reason="container: set CARINSPECT_CONTAINERS=1 to run")
+            )
         if "gpu" in item.keywords:
             import torch
 
@@ -56,12 +62,12 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """Stop a server started by a test, by its process id."""
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -79,7 +79,7 @@ def _context(spec: ImageSpec, opts: BuildOptions) -> Path:
     except DockerError:
         if not opts.fetch:
             raise
-        wheelhouse.fill(house, opts.root, spec.extras, constraints)
+        wheelhouse.fill(house, project, spec.extras, constraints)
         files = wheelhouse.resolve(house, project, spec.extras, constraints)
     wheelhouse.stage(files, wheels)
     shutil.copy2(constraints, ctx / "constraints.txt")
