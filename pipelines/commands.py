@@ -87,20 +87,73 @@ def compile_pipeline(params_path: Path, out: Path, sweep: bool = False) -> Path:
     return out
 
 
+# what a task container gets from the host's environment under the docker runner (in a cluster
+# the pipeline puts them there from the MLflow ConfigMap and Secret)
+DOCKER_ENV = (
+    "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL",
+)  # fmt: skip
+
+
+def _docker_runner() -> Any:
+    """kfp.local's DockerRunner: each task in its image, seeing only the pipeline root.
+
+    Host networking, so a task reaches an MLflow server on the host's 127.0.0.1 as the host
+    does. The tracking store must be a server: a sqlite:// or file path of the host is not in
+    the container.
+    """
+    import os
+
+    from kfp import local
+
+    env = {k: os.environ[k] for k in DOCKER_ENV if os.environ.get(k)}
+    uri = env.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        raise InputError(
+            f"MLFLOW_TRACKING_URI {uri or '(unset)'!r}: the docker runner's tasks reach MLflow "
+            "over HTTP; start a server (mlflow/local.sh) and set MLFLOW_TRACKING_URI to it"
+        )
+    return local.DockerRunner(network_mode="host", environment=env)
+
+
+def _writable_root(pipeline_root: Path) -> None:
+    """The pipeline root, made writable by the image's non-root user (uid 10001).
+
+    The docker runner mounts it into every task; the tasks write their outputs there as the
+    image's user, as they do in a cluster. Sticky like /tmp: one task cannot delete another's.
+    """
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    pipeline_root.chmod(0o1777)
+
+
 def run_local(
-    params_path: Path, pairs: list[str], root: Path, pipeline_root: Path, sweep: bool = False
+    params_path: Path,
+    pairs: list[str],
+    root: Path,
+    pipeline_root: Path,
+    sweep: bool = False,
+    runner: str = "subprocess",
 ) -> str:
-    """Run the whole pipeline with kfp.local's SubprocessRunner; returns the registered model URI."""
+    """Run the whole pipeline with kfp.local; returns the registered model URI.
+
+    ``runner``: ``subprocess`` runs each task in this environment; ``docker`` runs each in its
+    image (params ``kfp.image``, ``kfp.train.image``) with only its inputs and the pipeline root.
+    """
     from kfp import local
 
     inputs, overrides = split_overrides(pairs)
     params = load_with_overrides(params_path, overrides)
     inputs.setdefault("data_version", data_version(params, root))
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),  # the project's environment, no pip
-        pipeline_root=str(pipeline_root),
-        raise_on_error=True,
-    )
+    if runner == "docker":
+        task_runner = _docker_runner()
+        pipeline_root = pipeline_root.absolute()  # the runner mounts it at the same path
+        _writable_root(pipeline_root)
+    elif runner == "subprocess":
+        task_runner = local.SubprocessRunner(use_venv=False)  # the project's environment
+    else:
+        raise InputError(f"--runner {runner!r}: expected subprocess or docker")
+    local.init(runner=task_runner, pipeline_root=str(pipeline_root), raise_on_error=True)
     result = _pipeline(params, sweep)(**inputs, **kfp_glue.section_texts(params, sweep))
     return str(result.output)
 

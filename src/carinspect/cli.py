@@ -599,13 +599,20 @@ def pipeline_run(
         ".kfp/outputs"
     ),
     sweep: SweepOpt = False,
+    runner: Annotated[
+        str,
+        typer.Option(
+            help="subprocess: tasks in this environment; docker: each task in its image "
+            "(kfp.image), MLflow reached over HTTP (MLFLOW_TRACKING_URI)."
+        ),
+    ] = "subprocess",
 ) -> None:
-    """Run the whole pipeline locally (SubprocessRunner); for a cluster use `pipeline submit`."""
+    """Run the whole pipeline locally (kfp.local); for a cluster use `pipeline submit`."""
     from pipelines.commands import run_local
 
     if not local:
         raise InputError("pipeline run needs --local (use `carinspect pipeline submit` for KFP)")
-    uri = run_local(params, param or [], Path.cwd(), pipeline_root, sweep)
+    uri = run_local(params, param or [], Path.cwd(), pipeline_root, sweep, runner)
     typer.echo(f"pipeline finished: registered {uri}")
 
 

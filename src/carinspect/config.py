@@ -542,6 +542,9 @@ class Settings(BaseSettings):
 
     mlflow_tracking_uri: str = Field(DEFAULT_TRACKING_URI, validation_alias="MLFLOW_TRACKING_URI")
     kfp_run_id: str | None = Field(None, validation_alias="KFP_RUN_ID")
+    # the commit an image was built from (docker/Dockerfile sets them): a pod has no checkout
+    image_git_commit: str | None = Field(None, validation_alias="CARINSPECT_GIT_COMMIT")
+    image_git_dirty: str | None = Field(None, validation_alias="CARINSPECT_GIT_DIRTY")
     user: str | None = Field(
         None, validation_alias="CARINSPECT_USER", description="who is named in the audit trail"
     )

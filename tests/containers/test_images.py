@@ -43,7 +43,7 @@ def test_each_image_runs_with_no_network_as_uid_10001(
     if name == "pipeline":
         probe += "; import torch, timm, albumentations, kfp, dvc.api; print(torch.__version__)"
     out = engine.docker(
-        "run", "--rm", "--network", "none", "--read-only", tag, "python", "-c", probe
+        "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp", tag, "python", "-c", probe
     )
     assert out.splitlines()[0] == "CPU"
     if name == "pipeline":

@@ -86,6 +86,14 @@ def _context(spec: ImageSpec, opts: BuildOptions) -> Path:
     return ctx
 
 
+def _git_state(root: Path) -> tuple[str, str]:
+    """The checkout's commit and whether tracked files differ from it (the image's lineage)."""
+    from carinspect.tracking.lineage import git_state
+
+    state = git_state(root)
+    return state["git.commit"], state["git.dirty"]
+
+
 def build_image(spec: ImageSpec, opts: BuildOptions) -> ImageInfo:
     """Build one image with no network from its staged wheels; its tag, id and size."""
     base = opts.base or base_image(opts.cache)
@@ -95,11 +103,13 @@ def build_image(spec: ImageSpec, opts: BuildOptions) -> ImageInfo:
             "make one with debootstrap)"
         )
     ctx = _context(spec, opts)
+    commit, dirty = _git_state(opts.root)
     logger.info("building %s (%s) on %s", spec.tag, spec.extras, base)
     docker(
         ["build", "--network", "none", "--force-rm", "-f", str(opts.root / DOCKERFILE),
          "--build-arg", f"BASE={base}", "--build-arg", f"EXTRAS={spec.extras}",
          "--build-arg", f"PRECOMPILE={spec.precompile}",
+         "--build-arg", f"GIT_COMMIT={commit}", "--build-arg", f"GIT_DIRTY={dirty}",
          "--label", f"org.opencontainers.image.title={spec.repository}",
          "--label", f"org.opencontainers.image.version={VERSION}",
          "-t", spec.tag, str(ctx)],

@@ -42,7 +42,7 @@ def _missing(output: str) -> str | None:
     pip says "No matching distribution found for X", or, when a constraint pins X, that the
     constraint and the requirement conflict ("... depends on X==1.0").
     """
-    found = re.findall(r"No matching distribution found for (\S+)", output)
+    found: list[str] = re.findall(r"No matching distribution found for (\S+)", output)
     if found:
         return found[-1]
     caused = output.partition("The conflict is caused by:")[2]

@@ -11,20 +11,25 @@ from carinspect.config import Settings
 from carinspect.contracts.folders import IngestDir
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, cwd: Path | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, check=True, cwd=cwd
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
 
 
-def git_state() -> dict[str, str]:
-    """Commit of the working directory's repository and whether tracked files differ from it."""
-    commit = _git("rev-parse", "HEAD")
+def git_state(cwd: Path | None = None) -> dict[str, str]:
+    """Commit of the repository at ``cwd`` (the working directory) and whether it is dirty.
+
+    Dirty: tracked files differ from the commit.
+    """
+    commit = _git("rev-parse", "HEAD", cwd=cwd)
     if commit is None:
         return {"git.commit": "unknown", "git.dirty": "unknown"}
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
     return {"git.commit": commit, "git.dirty": str(bool(dirty)).lower()}
 
 
@@ -41,8 +46,16 @@ def data_lineage(ingest_dir: Path) -> dict[str, str]:
 
 
 def lineage_tags(ingest_dir: Path, settings: Settings) -> dict[str, str]:
-    """All lineage tags for a run or model version."""
-    tags = {**data_lineage(ingest_dir), **git_state()}
+    """All lineage tags for a run or model version.
+
+    Outside a checkout (a KFP task's container) the commit is the one the image was built
+    from, which the image carries in its environment.
+    """
+    git = git_state()
+    if git["git.commit"] == "unknown" and settings.image_git_commit:
+        git = {"git.commit": settings.image_git_commit,
+               "git.dirty": settings.image_git_dirty or "unknown"}  # fmt: skip
+    tags = {**data_lineage(ingest_dir), **git}
     if settings.kfp_run_id:
         tags["kfp.run_id"] = settings.kfp_run_id
     return tags
