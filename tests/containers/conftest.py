@@ -21,8 +21,6 @@ import pytest
 from carinspect.containers.images import IMAGES
 from tests.conftest import REPO_ROOT, VENV_BIN, stop_process
 
-pytestmark = pytest.mark.container
-
 
 @dataclass(frozen=True)
 class Engine:
@@ -47,6 +45,13 @@ def _start_failure(proc: subprocess.Popen[bytes], log: Path) -> str | None:
         return None
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     return f"dockerd exited with {proc.returncode}: {(lines or ['no output'])[-1][-300:]}"
+
+
+def _unmount_below(root: Path) -> None:
+    """Unmount what dockerd left mounted under ``root`` (its netns bind mount), deepest first."""
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    for point in sorted((m for m in mounts if m.startswith(f"{root}/")), reverse=True):
+        subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +92,7 @@ def engine() -> Iterator[Engine]:
         for cid in engine.docker("ps", "-q", check=False).split() if proc.poll() is None else []:
             engine.docker("rm", "-f", cid, check=False)
         stop_process(proc, timeout=60)
+        _unmount_below(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -10,7 +10,8 @@ import pytest
 from tests.conftest import REPO_ROOT, VENV_BIN
 from tests.containers.conftest import Built, Engine
 
-pytestmark = pytest.mark.container
+# the first test of a session waits for the images to build (about 10 minutes)
+pytestmark = [pytest.mark.container, pytest.mark.timeout(3600)]
 
 
 def test_serving_image_is_small_and_has_no_torch(engine: Engine, images: dict[str, Built]) -> None:
@@ -43,7 +44,17 @@ def test_each_image_runs_with_no_network_as_uid_10001(
     if name == "pipeline":
         probe += "; import torch, timm, albumentations, kfp, dvc.api; print(torch.__version__)"
     out = engine.docker(
-        "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp", tag, "python", "-c", probe
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        tag,
+        "python",
+        "-c",
+        probe,
     )
     assert out.splitlines()[0] == "CPU"
     if name == "pipeline":

@@ -20,7 +20,8 @@ from tests.conftest import free_port
 from tests.containers.conftest import Built, Engine
 from tests.test_k8s import render
 
-pytestmark = pytest.mark.container
+# the first test of a session waits for the images to build (about 10 minutes)
+pytestmark = [pytest.mark.container, pytest.mark.timeout(3600)]
 
 
 def photo(width: int = 2000, height: int = 1500, seed: int = 0) -> bytes:
