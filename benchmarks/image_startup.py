@@ -23,7 +23,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from carinspect.containers.images import IMAGES
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's containers/
+
+from containers.build import IMAGES
 
 
 def docker(*args: str) -> str:

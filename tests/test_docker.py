@@ -9,10 +9,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from containers.build import IMAGES
+from containers.engine import DockerError
 
-from carinspect.containers import wheelhouse
-from carinspect.containers.engine import DockerError
-from carinspect.containers.images import IMAGES
+from containers import wheelhouse
 from tests.conftest import REPO_ROOT, VENV_BIN
 
 DOCKERFILES = ["docker/Dockerfile", "mlflow/Dockerfile"]

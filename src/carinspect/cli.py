@@ -16,7 +16,6 @@ from typing import Annotated, Any
 import typer
 
 from carinspect.config import Params, load_params
-from carinspect.containers.cli import images_app
 from carinspect.contracts.folders import ExportDir
 from carinspect.errors import InputError
 from carinspect.logs import configure_logging
@@ -43,7 +42,6 @@ store_app = typer.Typer(
     help="The embedded MLflow store (mlflow.db + mlruns/).", no_args_is_help=True
 )
 app.add_typer(store_app, name="store")
-app.add_typer(images_app, name="images")
 DbOpt = Annotated[Path, typer.Option("--db", help="The embedded store's database file.")]
 
 ParamsOpt = Annotated[

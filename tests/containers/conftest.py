@@ -1,5 +1,5 @@
 """The container tier: a dockerd of the tests' own (data root in a temp dir, stopped by pid) and
-the images built in it by `carinspect images build`, the command users run.
+the images built in it by scripts/images.sh, the command users run.
 
 Run with CARINSPECT_CONTAINERS=1 (.ci/run does). Where dockerd cannot start (not installed, not
 root, no overlay support) every test here is skipped, saying why.
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from containers.build import IMAGES
 
-from carinspect.containers.images import IMAGES
-from tests.conftest import REPO_ROOT, VENV_BIN, stop_process
+from tests.conftest import REPO_ROOT, stop_process
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def engine() -> Iterator[Engine]:
 
 @dataclass(frozen=True)
 class Built:
-    """What `carinspect images build` printed for one image."""
+    """What scripts/images.sh printed for one image."""
 
     tag: str
     size_mb: float
@@ -109,7 +109,7 @@ class Built:
 def images(engine: Engine) -> dict[str, Built]:
     """The serving and pipeline images, built by the CLI in the tests' daemon."""
     done = subprocess.run(
-        [str(VENV_BIN / "carinspect"), "images", "build", "serving", "pipeline"],
+        [str(REPO_ROOT / "scripts" / "images.sh"), "serving", "pipeline"],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=3000,
         env={**os.environ, "DOCKER_HOST": engine.host},
     )  # fmt: skip

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO_ROOT, VENV_BIN
+from tests.conftest import REPO_ROOT
 from tests.containers.conftest import Built, Engine
 
 # the first test of a session waits for the images to build (about 10 minutes)
@@ -63,7 +63,7 @@ def test_each_image_runs_with_no_network_as_uid_10001(
 
 def _cli(engine_host: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(VENV_BIN / "carinspect"), "images", "build", *args], capture_output=True, text=True,
+        [str(REPO_ROOT / "scripts" / "images.sh"), *args], capture_output=True, text=True,
         cwd=REPO_ROOT, env={**os.environ, "DOCKER_HOST": engine_host}, timeout=600,
     )  # fmt: skip
 

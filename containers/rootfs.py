@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from carinspect.containers.engine import DockerError, docker, image_exists
+from containers.engine import DockerError, docker, image_exists
 
 logger = logging.getLogger(__name__)
 

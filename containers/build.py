@@ -16,13 +16,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from carinspect.containers import wheelhouse
-from carinspect.containers.engine import DockerError, ImageInfo, docker, image_exists, inspect_image
-from carinspect.containers.rootfs import base_image
+from containers import wheelhouse
+from containers.engine import DockerError, ImageInfo, docker, image_exists, inspect_image
+from containers.rootfs import base_image
 
 logger = logging.getLogger(__name__)
 
 DOCKERFILE = "docker/Dockerfile"
+PRECOMPILE = "docker/precompile.py"  # runs in the image's build stage
 CONSTRAINTS = "requirements/constraints.txt"
 REGISTRY = "ghcr.io/carinspect"
 VERSION = "0.1.0"
@@ -36,7 +37,7 @@ class ImageSpec:
     repository: str
     extras: str
     purpose: str
-    precompile: str = "all"  # carinspect.containers.precompile's mode
+    precompile: str = "all"  # docker/precompile.py's mode
 
     @property
     def tag(self) -> str:
@@ -83,6 +84,7 @@ def _context(spec: ImageSpec, opts: BuildOptions) -> Path:
         files = wheelhouse.resolve(house, project, spec.extras, constraints)
     wheelhouse.stage(files, wheels)
     shutil.copy2(constraints, ctx / "constraints.txt")
+    shutil.copy2(opts.root / PRECOMPILE, ctx / "precompile.py")
     return ctx
 
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from carinspect.containers.engine import DockerError
+from containers.engine import DockerError
 
 logger = logging.getLogger(__name__)
 

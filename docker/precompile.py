@@ -6,7 +6,7 @@ costs the serving image ~60 MB of pyc for modules it never imports (most of mlfl
 databricks-sdk); importing the serving entry points writes pyc for exactly what a server
 loads. A module missed here still works: it is compiled in memory when first imported.
 
-``python -m carinspect.containers.precompile serving|all``
+``python precompile.py serving|all`` (docker/Dockerfile runs it in the build stage)
 """
 
 from __future__ import annotations
