@@ -7,6 +7,7 @@ never a half-written one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -25,6 +26,23 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once (reading it means setting it, which races with threads)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(path: Path, directory: bool = False) -> None:
+    """Give a temporary file or folder the mode a plain open()/mkdir() would have.
+
+    mkstemp and mkdtemp make them private (0600, 0700): an output that keeps that mode cannot
+    be read by another user, such as the uid 10001 of a container the folder is mounted into.
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def _remove_stale(final: Path) -> None:
@@ -46,6 +64,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    default_mode(tmp, directory=True)
     try:
         yield tmp
     except BaseException:
@@ -81,6 +100,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        default_mode(Path(tmp), directory=False)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)

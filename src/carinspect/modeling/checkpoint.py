@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from carinspect.errors import InputError
+from carinspect.io import default_mode
 
 
 class CheckpointError(InputError):
@@ -22,6 +23,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
+    default_mode(Path(tmp))
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
