@@ -121,7 +121,7 @@ def _writable_root(pipeline_root: Path) -> None:
     """The pipeline root, made writable by the image's non-root user (uid 10001).
 
     The docker runner mounts it into every task; the tasks write their outputs there as the
-    image's user, as they do in a cluster. Sticky like /tmp: one task cannot delete another's.
+    image's user, as they do in a cluster. World-writable and sticky, like /tmp.
     """
     pipeline_root.mkdir(parents=True, exist_ok=True)
     pipeline_root.chmod(0o1777)
