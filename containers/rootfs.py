@@ -86,9 +86,9 @@ def rootfs_tarball(cache: Path, mirror: str = MIRROR) -> Path:
     return tarball
 
 
-def base_image(cache: Path, mirror: str = MIRROR, rebuild: bool = False) -> str:
+def base_image(cache: Path, mirror: str = MIRROR) -> str:
     """The tag of the debootstrap base image, imported into the daemon when it is not there."""
-    if image_exists(BASE_TAG) and not rebuild:
+    if image_exists(BASE_TAG):
         return BASE_TAG
     tarball = rootfs_tarball(cache, mirror)
     args = ["import"]

@@ -73,7 +73,8 @@ def project_wheel(root: Path, dest: Path) -> Path:
                 shutil.copy2(root / name, src / name)
         done = _pip(["wheel", "--no-deps", "--no-build-isolation", "-w", str(dest), str(src)])
     if done.returncode != 0:
-        raise DockerError(f"pip wheel {root}: {done.stderr.strip().splitlines()[-1:]}")
+        lines = done.stderr.strip().splitlines() or ["pip failed with no output"]
+        raise DockerError(f"pip wheel {root}: {lines[-1]}")
     return next(dest.glob(f"{PROJECT}-*.whl"))
 
 
