@@ -5,6 +5,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/system.sh"
 cd "$ROOT"
-ruff check src tests benchmarks components pipelines fuzz containers docker
-mypy src components pipelines containers
+ruff check src tests benchmarks components pipelines fuzz containers docker docs
+mypy src components pipelines containers docs/hooks.py
 pytest "$@"

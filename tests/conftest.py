@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -487,3 +488,50 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield _start
     for server in started:
         stop_process(server.proc)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# The flags that keep chromium from reaching out on a closed network (see the machine notes).
+FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless, driven by Playwright (no browser download); per module."""
+    if not Path(CHROMIUM).is_file():
+        message = "chromium not installed (apt-get install chromium)"
+        if os.environ.get("CARINSPECT_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+@contextmanager
+def offline_page(browser: Any, allowed: str) -> Iterator[tuple[Any, list[str]]]:
+    """A browser page that may only fetch URLs under ``allowed``, as on an air-gapped network;
+    yields it with the list of the other URLs it asked for (each refused)."""
+    context = browser.new_context()
+    outside: list[str] = []
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(allowed):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        yield page, outside
+    finally:
+        context.close()

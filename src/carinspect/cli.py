@@ -162,7 +162,8 @@ def train(
     m = result.metrics
     typer.echo(
         f"best epoch {result.best_epoch}/{result.epochs_run}: val accuracy {m['val_accuracy']:.3f}, "
-        f"val macro-F1 {m['val_macro_f1']:.3f}; MLflow run {result.run_id}; checkpoint {result.best}"
+        f"val macro-F1 {m['val_macro_f1']:.3f}; MLflow run {result.run_id}; checkpoint {result.best} "
+        f"(weights sha256 {result.weights_sha256[:12]})"
     )
 
 

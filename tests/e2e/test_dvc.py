@@ -1,9 +1,7 @@
 """`dvc repro` of the real dvc.yaml in a temporary git repo, and push/pull through moto's S3."""
 
-import hashlib
 import json
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,55 +11,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO_ROOT, VENV_BIN, Server
-
-DVC = str(VENV_BIN / "dvc")
-
-
-def sh(cwd: Path, *args: str) -> str:
-    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, f"{args} failed:\n{out.stdout}\n{out.stderr}"
-    return out.stdout + out.stderr
-
-
-def digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and ".dvc" not in p.parts and ".git" not in p.parts
-    }
+from tests.conftest import Server
+from tests.e2e.project import DVC, digest, make_project, sh
 
 
 @pytest.fixture()
 def project(tmp_path: Path) -> Path:
     """A copy of the project's pipeline files in a fresh git repo, with a smaller demo dataset."""
     return make_project(tmp_path)
-
-
-def make_project(
-    tmp_path: Path, change: Callable[[dict], None] | None = None, **demo: object
-) -> Path:
-    """The project's dvc.yaml, src and params (tiny model; ``demo`` overrides data.demo,
-    ``change`` edits the params further)."""
-    repo = tmp_path / "project"
-    repo.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", "src", "tune"):
-        src = REPO_ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
-    (repo / ".dvc").mkdir()
-    shutil.copy(REPO_ROOT / ".dvc" / "config", repo / ".dvc" / "config")
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["data"]["demo"].update({"per_class": 16, **demo})
-    params["model"].update({"name": "test_resnet", "img_size": 32})
-    params["train"].update({"epochs": 1, "batch_size": 4, "workers": 0})
-    params["threshold"]["allow_fallback"] = True  # a one-epoch model may not reach the target
-    if change is not None:
-        change(params)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    sh(repo, "git", "init", "-q")
-    sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
-    sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
-    return repo
 
 
 def _served_answer(

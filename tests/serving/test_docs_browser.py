@@ -8,7 +8,6 @@ air-gapped cluster: the pages must render and "Try it out" must upload real imag
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,50 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, offline_page
 from tests.serving.conftest import image_bytes
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# The flags that keep chromium from reaching out on a closed network (see the machine notes).
-FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).is_file():
-        message = "chromium not installed (apt-get install chromium)"
-        if os.environ.get("CARINSPECT_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture()
 def page(browser: Any, served: Server) -> Iterator[tuple[Any, list[str]]]:
     """A page that may only talk to the server; what else it asked for is listed."""
-    context = browser.new_context()
-    outside: list[str] = []
-
-    def route(r: Any) -> None:
-        if r.request.url.startswith(served.url):
-            r.continue_()
-        else:
-            outside.append(r.request.url)
-            r.abort()
-
-    context.route("**/*", route)
-    p = context.new_page()
-    p.set_default_timeout(30_000)
-    yield p, outside
-    context.close()
+    with offline_page(browser, served.url) as opened:
+        yield opened
 
 
 def _images(tmp_path: Path) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -18,18 +19,36 @@ class CheckpointError(InputError):
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: never a half-written checkpoint."""
+    """``torch.save`` to a temporary file, then rename: never a half-written checkpoint.
+
+    torch.save is given the open file, not its name: given a name, it records the (random)
+    temporary name inside the zip, so equal states would give different bytes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    default_mode(Path(tmp))
     try:
-        torch.save(state, tmp)
+        with os.fdopen(fd, "wb") as stream:
+            default_mode(Path(tmp))
+            torch.save(state, stream)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes, in order.
+
+    Two trainings that end with the same weights have the same digest, though their checkpoint
+    files differ (the MLflow run id and the measured epoch times are in them).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in weights.items():
+        t = tensor.detach().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:

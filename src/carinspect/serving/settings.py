@@ -24,14 +24,24 @@ class ServeSettings(BaseSettings):
         description="models:/<name>@<alias>, models:/<name>/<version>, or a folder with "
         "model.onnx + model.json",
     )
-    mlflow_tracking_uri: str = Field(DEFAULT_TRACKING_URI, validation_alias="MLFLOW_TRACKING_URI")
+    mlflow_tracking_uri: str = Field(
+        DEFAULT_TRACKING_URI, validation_alias="MLFLOW_TRACKING_URI",
+        description="the registry MODEL_URI is resolved in (an MLflow server in a cluster)",
+    )  # fmt: skip
     thresh: float | None = Field(
         None, ge=0.0, le=1.0, validation_alias="THRESH",
         description="overrides the model's threshold (binary: T_HIGH too; multiclass: "
         "min_confidence)",
     )  # fmt: skip
-    t_low: float | None = Field(None, ge=0.0, le=1.0, validation_alias="T_LOW")
-    t_high: float | None = Field(None, ge=0.0, le=1.0, validation_alias="T_HIGH")
+    t_low: float | None = Field(
+        None, ge=0.0, le=1.0, validation_alias="T_LOW",
+        description="overrides the band's lower edge (two classes; ignored, with a warning, for "
+        "several tasks)",
+    )  # fmt: skip
+    t_high: float | None = Field(
+        None, ge=0.0, le=1.0, validation_alias="T_HIGH",
+        description="overrides the band's upper edge, the threshold (two classes)",
+    )  # fmt: skip
     max_batch_size: int = Field(
         8, ge=1, le=1024, validation_alias="MAX_BATCH_SIZE",
         description="most images per onnxruntime call; on CPU a batch over ~8 costs no less per "
@@ -49,16 +59,36 @@ class ServeSettings(BaseSettings):
         validation_alias="MC_SAMPLES",
         description="Monte Carlo dropout passes per image (0: off); answers gain an uncertainty",
     )
-    mc_seed: int | None = Field(None, validation_alias="MC_SEED")
-    poll_seconds: float = Field(30.0, gt=0.0, validation_alias="POLL_SECONDS")
-    max_upload_mb: float = Field(10.0, gt=0.0, le=512.0, validation_alias="MAX_UPLOAD_MB")
-    max_batch_files: int = Field(32, ge=1, le=1024, validation_alias="MAX_BATCH_FILES")
-    max_pixels: int = Field(40_000_000, ge=1, validation_alias="MAX_PIXELS")
+    mc_seed: int | None = Field(
+        None, validation_alias="MC_SEED", description="seeds the dropout masks (reproducible)"
+    )
+    poll_seconds: float = Field(
+        30.0, gt=0.0, validation_alias="POLL_SECONDS",
+        description="how often the alias is checked for a new version",
+    )  # fmt: skip
+    max_upload_mb: float = Field(
+        10.0, gt=0.0, le=512.0, validation_alias="MAX_UPLOAD_MB",
+        description="larger uploads get 413 before their body is read",
+    )  # fmt: skip
+    max_batch_files: int = Field(
+        32, ge=1, le=1024, validation_alias="MAX_BATCH_FILES",
+        description="most files in one /predict/batch request",
+    )  # fmt: skip
+    max_pixels: int = Field(
+        40_000_000, ge=1, validation_alias="MAX_PIXELS",
+        description="images declaring more pixels are refused as pixel bombs (422)",
+    )  # fmt: skip
     api_keys: SecretStr = Field(
         SecretStr(""), validation_alias="API_KEYS", description="comma-separated; empty: no auth"
     )
-    allow_url_fetch: bool = Field(False, validation_alias="ALLOW_URL_FETCH")
-    url_fetch_timeout_s: float = Field(5.0, gt=0.0, le=60.0, validation_alias="URL_FETCH_TIMEOUT_S")
+    allow_url_fetch: bool = Field(
+        False, validation_alias="ALLOW_URL_FETCH",
+        description="turns on POST /predict/url (public http(s) addresses only)",
+    )  # fmt: skip
+    url_fetch_timeout_s: float = Field(
+        5.0, gt=0.0, le=60.0, validation_alias="URL_FETCH_TIMEOUT_S",
+        description="the whole fetch of one URL, redirects included",
+    )  # fmt: skip
     url_fetch_allow_cidrs: str = Field(
         "", validation_alias="URL_FETCH_ALLOW_CIDRS",
         description="comma-separated networks /predict/url may reach although not public "
@@ -102,16 +132,23 @@ class ServeSettings(BaseSettings):
         description="onnxruntime threads per batch; 0: half the CPUs (at least one), since "
         "decoding the next uploads needs the other half",
     )  # fmt: skip
-    ort_inter_op_threads: int = Field(0, ge=0, le=256, validation_alias="ORT_INTER_OP_THREADS")
+    ort_inter_op_threads: int = Field(
+        0, ge=0, le=256, validation_alias="ORT_INTER_OP_THREADS",
+        description="onnxruntime's inter-op threads; 0: its default",
+    )  # fmt: skip
     ort_allow_spinning: bool = Field(
         False, validation_alias="ORT_ALLOW_SPINNING",
         description="let idle onnxruntime threads spin (faster on a dedicated GPU/CPU, slower "
         "when decoding shares the cores)",
     )  # fmt: skip
     model_cache_dir: Path = Field(
-        Path(tempfile.gettempdir()) / "carinspect-models", validation_alias="MODEL_CACHE_DIR"
-    )
-    webhook_secret: SecretStr | None = Field(None, validation_alias="CARINSPECT_WEBHOOK_SECRET")
+        Path(tempfile.gettempdir()) / "carinspect-models", validation_alias="MODEL_CACHE_DIR",
+        description="where downloaded versions are kept (an emptyDir on Kubernetes)",
+    )  # fmt: skip
+    webhook_secret: SecretStr | None = Field(
+        None, validation_alias="CARINSPECT_WEBHOOK_SECRET",
+        description="turns on POST /webhooks/mlflow, verifying MLflow's HMAC signature with it",
+    )  # fmt: skip
     audit_on_poll: bool = Field(
         True, validation_alias="AUDIT_ON_POLL",
         description="record alias moves made outside carinspect in the audit trail when noticed",

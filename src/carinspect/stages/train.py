@@ -14,7 +14,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,12 @@ from carinspect.data.samplers import EpochTagged, ShardedEpochSampler, shard
 from carinspect.errors import InputError
 from carinspect.io import write_json_atomic, write_text_atomic
 from carinspect.logs import configure_logging
-from carinspect.modeling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from carinspect.modeling.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    weights_digest,
+)
 from carinspect.modeling.factory import build_model, check_model_name
 from carinspect.modeling.losses import MultiTaskLoss, build_task_loss
 from carinspect.tracking import runs
@@ -94,6 +99,7 @@ class TrainResult:
     metrics: dict[str, float]
     history: tuple[dict[str, float], ...] = ()
     stopped_by_hook: bool = False  # a sweep pruned it
+    weights_sha256: str = ""  # of the best checkpoint's weights (rank 0's result only)
 
 
 def run(
@@ -445,7 +451,7 @@ def _train(
         stopped_by_hook=hooked,
     )
     if info.primary:
-        _write_outputs(inputs, result, history, finished)
+        result = replace(result, weights_sha256=_write_outputs(inputs, result, history, finished))
     return result
 
 
@@ -497,7 +503,8 @@ def _upstream_params(inputs: TrainInputs) -> dict[str, Any]:
 
 def _write_outputs(
     inputs: TrainInputs, result: TrainResult, history: list[dict[str, float]], finished: bool
-) -> None:
+) -> str:
+    """history.csv, metrics.json, run.json and the run's last tags; returns the weights digest."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
     writer.writeheader()
@@ -519,5 +526,7 @@ def _write_outputs(
     )
     write_json_atomic(TrainDir(inputs.out).run_ref, ref.model_dump())
     mlflow.log_artifact(str(TrainDir(inputs.out).history), artifact_path="train")
-    runs.set_tags({"best_epoch": str(result.best_epoch)})
+    digest = weights_digest(load_checkpoint(result.best)["model"])
+    runs.set_tags({"best_epoch": str(result.best_epoch), "weights.sha256": digest})
     runs.end_run("FINISHED" if finished else "KILLED")
+    return digest
