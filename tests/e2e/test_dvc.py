@@ -72,7 +72,7 @@ STAGES = ("demo", "ingest", "split", "train", "evaluate", "threshold", "export",
 
 
 def _two_tasks(params: dict) -> None:
-    """The demo's tasks.csv, cleanliness and damage trained together (as the README shows)."""
+    """The demo's tasks.csv, cleanliness and damage trained together (as docs/multitask.md shows)."""
     params["data"].update({"source": "data/demo/tasks.csv", "task": ["cleanliness", "damage"]})
     params["threshold"]["tasks"] = {"damage": {"positive_class": "intact"}}
 
