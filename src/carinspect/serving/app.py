@@ -39,8 +39,10 @@ from carinspect.serving.schemas import (
     ModelStatus,
     MultiTaskPrediction,
     Prediction,
+    SecondStatus,
     UrlRequest,
 )
+from carinspect.serving.second import CLIENT_HEADERS, SecondOpinion
 from carinspect.serving.settings import ServeSettings
 from carinspect.serving.uploads import EndpointOnly, files_in, upload_body
 from carinspect.serving.urlfetch import UrlFetchError, fetch, parse_networks
@@ -70,6 +72,12 @@ class Service:
         self.settings = settings
         self.metrics = ServingMetrics()
         self.store = ModelStore(settings, on_reload=self._reloaded)
+        # SHADOW / CANARY_PERCENT: a second alias's model beside MODEL_URI's; None when unset
+        self.second = (
+            SecondOpinion(settings, self.metrics)
+            if settings.shadow or settings.canary_percent > 0
+            else None
+        )
         self.batcher = Batcher(
             settings.max_batch_size, settings.max_wait_ms, self.metrics.observe_batch
         )
@@ -106,10 +114,17 @@ class Service:
             target=self.store.poll, args=(self._stop,), name="model-poll", daemon=True
         )
         self._poller.start()
+        if self.second is not None:
+            await run_in_threadpool(self.second.store.refresh)
+            threading.Thread(
+                target=self.second.store.poll, args=(self._stop,), name="second-poll", daemon=True
+            ).start()
 
     async def stop(self) -> None:
         """Stop polling and batching."""
         self._stop.set()
+        if self.second is not None:
+            await self.second.drain()
         await self.batcher.stop()
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
@@ -120,23 +135,44 @@ class Service:
             raise HTTPException(503, f"no model loaded yet: {self.store.not_ready_reason()}")
         return model
 
-    async def predict(self, data: bytes, filename: str | None) -> AnyPrediction:
-        """Decode and preprocess off the event loop, then wait for a batch slot."""
+    async def predict(
+        self, data: bytes, filename: str | None, client: str | None = None
+    ) -> AnyPrediction:
+        """Decode and preprocess off the event loop, then wait for a batch slot.
+
+        ``client`` (the request's client key) picks the canary's side when CANARY_PERCENT is on.
+        """
         started = time.perf_counter()
         model = self.model()
+        if self.second is not None:
+            model = self.second.canary(client) or model
         with self.batcher.incoming():  # the collector waits for this image while it decodes
-            try:
-                pixels = await asyncio.get_running_loop().run_in_executor(
-                    self._decoder, pixels_for, data, model, self.limits
-                )
-            except ImageError as err:
-                status = IMAGE_STATUS.get(err.reason, 422)
-                raise HTTPException(status, f"{filename or 'upload'}: {err}") from err
+            pixels = await self._pixels(data, model, filename)
             future = self.batcher.enqueue(pixels, model)
         probs = await future
         ms = (time.perf_counter() - started) * 1000
+        reply = answer(model, probs)
+        if self.second is not None:
+
+            async def rerun(other: LoadedModel) -> Any:
+                same = other.spec == model.spec
+                return await self.batcher.submit(
+                    pixels if same else await self._pixels(data, other, filename), other
+                )
+
+            self.second.shadow(model, reply, rerun, filename)
         kind = MultiTaskPrediction if model.multitask else Prediction
-        return kind(**answer(model, probs), processing_ms=round(ms, 3), filename=filename)
+        return kind(**reply, processing_ms=round(ms, 3), filename=filename)
+
+    async def _pixels(self, data: bytes, model: LoadedModel, filename: str | None) -> Any:
+        """The upload decoded and preprocessed for ``model``, on the decoding pool."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._decoder, pixels_for, data, model, self.limits
+            )
+        except ImageError as err:
+            status = IMAGE_STATUS.get(err.reason, 422)
+            raise HTTPException(status, f"{filename or 'upload'}: {err}") from err
 
 
 def _json(answer: BaseModel) -> Response:
@@ -155,6 +191,27 @@ def _thresholds(model: LoadedModel | None) -> dict[str, Any]:
     if model.multitask:
         return {t.name: thresholds_of(t.decision) for t in model.tasks}
     return thresholds_of(model.decision)
+
+
+def _second_status(second: SecondOpinion | None) -> SecondStatus | None:
+    if second is None:
+        return None
+    store, m = second.store, second.store.current
+    return SecondStatus(
+        mode=second.mode, alias=second.alias, uri=store.ref.uri,
+        version=m.version if m else None, canary_percent=second.percent,
+        loaded_at=m.loaded_at if m else None, reloads=store.reloads,
+        reload_failures=store.failures, last_reload_error=store.last_error,
+        waiting_for=store.waiting_for,
+    )  # fmt: skip
+
+
+def _client_key(request: Request) -> str | None:
+    """Who is asking, for the canary's side: X-Client-Key, X-Request-Id, or the address."""
+    for header in CLIENT_HEADERS:
+        if value := request.headers.get(header):
+            return value
+    return request.client.host if request.client else None
 
 
 def _settle_heap() -> None:
@@ -315,6 +372,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             last_reload_error=store.last_error,
             last_reload_error_at=store.last_error_at,
             waiting_for=store.waiting_for,
+            second=_second_status(service.second),
         )
 
     @app.get("/metrics", tags=["health"], response_class=Response)
@@ -336,7 +394,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         """
         _check_key(service, request.headers.get("authorization"))
         (part,) = await files_in(request, "file", most=1)
-        return _json(await service.predict(part.data, part.filename))
+        return _json(await service.predict(part.data, part.filename, _client_key(request)))
 
     @uploads.post(
         "/predict/batch", response_model=BatchPrediction,
@@ -348,7 +406,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         _check_key(service, request.headers.get("authorization"))
         files = await files_in(request, "files", most=service.settings.max_batch_files)
         results = await asyncio.gather(
-            *(service.predict(f.data, f.filename) for f in files), return_exceptions=True
+            *(service.predict(f.data, f.filename, _client_key(request)) for f in files),
+            return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -368,7 +427,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.include_router(uploads)
 
     @app.post("/predict/url", response_model=AnyPrediction, dependencies=Auth, tags=["predict"])
-    async def predict_url(service: ServiceDep, body: UrlRequest) -> AnyPrediction:
+    async def predict_url(service: ServiceDep, body: UrlRequest, request: Request) -> AnyPrediction:
         """An image fetched from a public http(s) URL (only when ALLOW_URL_FETCH is on)."""
         if not service.settings.allow_url_fetch:
             raise HTTPException(403, "URL fetching is disabled on this server (ALLOW_URL_FETCH)")
@@ -381,7 +440,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             )
         except UrlFetchError as err:
             raise HTTPException(err.status, str(err)) from err
-        return await service.predict(data, body.url)
+        return await service.predict(data, body.url, _client_key(request))
 
     @app.post("/webhooks/mlflow", status_code=202, response_model=Health, tags=["registry"])
     async def mlflow_webhook(request: Request, service: ServiceDep) -> Health:
@@ -401,6 +460,14 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         if data.get("name") == ref.name and data.get("alias") == ref.alias:
             asyncio.get_running_loop().run_in_executor(None, service.store.refresh)
             return Health(status="accepted", detail=f"reloading {ref.uri}")
+        second = service.second
+        if (
+            second is not None
+            and data.get("name") == ref.name
+            and data.get("alias") == second.alias
+        ):
+            asyncio.get_running_loop().run_in_executor(None, second.store.refresh)
+            return Health(status="accepted", detail=f"reloading {second.store.ref.uri}")
         return Health(status="ignored", detail="not the alias this server follows")
 
     return app

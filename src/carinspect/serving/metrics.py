@@ -44,6 +44,27 @@ class ServingMetrics:
         self.reload_failures = Counter(
             "carinspect_model_reload_failures", "model loads that failed", registry=r
         )
+        # SHADOW / CANARY_PERCENT: the second alias served beside MODEL_URI's (serving/second.py)
+        self.second_version = Gauge(
+            "carinspect_second_model_version", "1 for the shadow or canary version loaded now",
+            ["mode", "alias", "version"], registry=r,
+        )  # fmt: skip
+        self.second_reload_failures = Counter(
+            "carinspect_second_model_reload_failures", "shadow or canary loads that failed",
+            ["mode"], registry=r,
+        )  # fmt: skip
+        self.shadow_agreement = Counter(
+            "carinspect_shadow_agreement", "photos answered by both, by the two labels",
+            ["task", "champion_class", "challenger_class"], registry=r,
+        )  # fmt: skip
+        self.shadow_skipped = Counter(
+            "carinspect_shadow_skipped", "photos not shadowed: too many comparisons pending",
+            registry=r,
+        )  # fmt: skip
+        self.shadow_errors = Counter(
+            "carinspect_shadow_errors", "shadow answers that failed (the client's did not)",
+            registry=r,
+        )  # fmt: skip
 
     def observe_batch(self, size: int, waits: list[float], seconds: float) -> None:
         """One onnxruntime call: its size, each image's queue time, its duration."""
@@ -58,3 +79,8 @@ class ServingMetrics:
         """Point the model gauge at the version now serving."""
         self.model_version.clear()
         self.model_version.labels(name or "", version or "", alias or "", provider).set(1)
+
+    def second_model(self, mode: str, alias: str, version: str | None) -> None:
+        """Point the second model's gauge at the shadow or canary version now loaded."""
+        self.second_version.clear()
+        self.second_version.labels(mode, alias, version or "").set(1)

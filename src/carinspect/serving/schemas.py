@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -77,6 +77,21 @@ class UrlRequest(BaseModel):
     url: str = Field(min_length=1, max_length=2048, examples=["https://example.com/car.jpg"])
 
 
+class SecondStatus(BaseModel):
+    """The shadow or canary model beside the one serving (SHADOW / CANARY_PERCENT)."""
+
+    mode: Literal["shadow", "canary"]
+    alias: str
+    uri: str
+    version: str | None = Field(description="the version loaded now (None: not yet)")
+    canary_percent: float = Field(description="share of clients it answers (canary)")
+    loaded_at: str | None
+    reloads: int
+    reload_failures: int
+    last_reload_error: str | None
+    waiting_for: str | None = Field(None, description="why nothing is loaded yet: not an error")
+
+
 class ModelStatus(BaseModel):
     """What /model reports."""
 
@@ -101,6 +116,9 @@ class ModelStatus(BaseModel):
     last_reload_error_at: str | None
     waiting_for: str | None = Field(
         None, description="why there is nothing to load yet (an alias not set yet): not an error"
+    )
+    second: SecondStatus | None = Field(
+        None, description="the shadow or canary model, when SHADOW or CANARY_PERCENT is set"
     )
 
 

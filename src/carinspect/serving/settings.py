@@ -149,15 +149,34 @@ class ServeSettings(BaseSettings):
         None, validation_alias="CARINSPECT_WEBHOOK_SECRET",
         description="turns on POST /webhooks/mlflow, verifying MLflow's HMAC signature with it",
     )  # fmt: skip
+    shadow: str = Field(
+        "", validation_alias="SHADOW",
+        description="an alias of MODEL_URI's registered model (e.g. challenger) that also answers "
+        "every request, off the response path; agreement is counted on /metrics; empty: off",
+    )  # fmt: skip
+    canary_percent: float = Field(
+        0.0, ge=0.0, le=100.0, validation_alias="CANARY_PERCENT",
+        description="share of clients (by X-Client-Key, else X-Request-Id, else address) "
+        "answered by CANARY_ALIAS instead; 0: off",
+    )  # fmt: skip
+    canary_alias: str = Field(
+        "challenger", min_length=1, validation_alias="CANARY_ALIAS",
+        description="the alias that answers the canary share",
+    )  # fmt: skip
     audit_on_poll: bool = Field(
         True, validation_alias="AUDIT_ON_POLL",
         description="record alias moves made outside carinspect in the audit trail when noticed",
     )  # fmt: skip
 
     @model_validator(mode="after")
-    def _band_order(self) -> ServeSettings:
+    def _consistent(self) -> ServeSettings:
         if self.t_low is not None and self.t_high is not None and self.t_low > self.t_high:
             raise ValueError(f"T_LOW={self.t_low} is above T_HIGH={self.t_high}")
+        if self.shadow and self.canary_percent > 0:
+            raise ValueError(
+                f"SHADOW={self.shadow} and CANARY_PERCENT={self.canary_percent}: one at a time "
+                "(shadow compares a challenger, canary lets it answer)"
+            )
         return self
 
     def keys(self) -> list[str]:

@@ -1,0 +1,152 @@
+"""A second alias beside the champion: shadow traffic or a canary share.
+
+- **Shadow** (``SHADOW=challenger``): every request is answered by MODEL_URI's model as usual;
+  after the answer is ready, the same photo also goes to the shadow alias's model, off the
+  response path, and the two labels are counted per task and class
+  (``carinspect_shadow_agreement_total``); a disagreement is logged with both answers.
+- **Canary** (``CANARY_PERCENT=N``): a deterministic N% of clients is answered by the
+  ``CANARY_ALIAS`` model instead. The share is a hash of the request's client key
+  (``X-Client-Key``, else ``X-Request-Id``, else the client's address), so one client stays on
+  one side; the answer's ``model`` says which version answered.
+
+The second model has a :class:`ModelStore` of its own: it follows its alias as the champion's
+does (hot reload, the old version kept when a new one fails, a missing alias awaited quietly).
+Until it is loaded, every request is answered by the champion alone. With neither setting, none
+of this exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import numpy as np
+
+from carinspect.serving.inference import answer
+from carinspect.serving.metrics import ServingMetrics
+from carinspect.serving.model_store import LoadedModel, ModelLoadError, ModelRef, ModelStore
+from carinspect.serving.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+CLIENT_HEADERS = ("x-client-key", "x-request-id")
+_BUCKETS = 10_000  # the canary share's resolution: 0.01%
+
+
+def client_bucket(key: str) -> int:
+    """The client's place in [0, 10000): the same key always lands in the same place."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % _BUCKETS
+
+
+def labels_of(model: LoadedModel, reply: dict[str, Any]) -> dict[str, str]:
+    """``{task: label}`` of the model's answer (a single task's answer is at the top level)."""
+    if "tasks" in reply:
+        return {name: str(a["label"]) for name, a in reply["tasks"].items()}
+    return {model.tasks[0].name: str(reply["label"])}
+
+
+class SecondOpinion:
+    """The shadow or canary model, its store, and what it does with requests."""
+
+    def __init__(self, settings: ServeSettings, metrics: ServingMetrics) -> None:
+        ref = ModelRef.parse(settings.model_uri)
+        if ref.name is None:
+            raise ModelLoadError(
+                f"SHADOW/CANARY_PERCENT need MODEL_URI to name a registered model "
+                f"(models:/<name>@<alias>); {settings.model_uri!r} is a folder"
+            )
+        self.mode = "shadow" if settings.shadow else "canary"
+        self.alias = settings.shadow or settings.canary_alias
+        if self.alias == ref.alias:
+            raise ModelLoadError(
+                f"{'SHADOW' if settings.shadow else 'CANARY_ALIAS'}={self.alias!r} is the alias "
+                f"MODEL_URI already serves ({settings.model_uri})"
+            )
+        self.percent = settings.canary_percent if self.mode == "canary" else 0.0
+        self.share = round(self.percent * _BUCKETS / 100)
+        self.metrics = metrics
+        own = settings.model_copy(
+            update={"model_uri": f"models:/{ref.name}@{self.alias}", "audit_on_poll": False}
+        )
+        self.store = ModelStore(own, on_reload=self._reloaded)
+        self._pending: set[asyncio.Task[None]] = set()
+        self._most_pending = 4 * settings.max_batch_size  # beyond: shadow is skipped, not queued
+
+    def _reloaded(self, model: LoadedModel | None, error: str | None) -> None:
+        if model is not None:
+            self.metrics.second_model(self.mode, self.alias, model.version)
+        if error is not None:
+            self.metrics.second_reload_failures.labels(self.mode).inc()
+
+    def canary(self, key: str | None) -> LoadedModel | None:
+        """The canary model, if this client's share goes to it and it is loaded."""
+        model = self.store.current
+        if self.mode != "canary" or model is None or key is None:
+            return None
+        return model if client_bucket(key) < self.share else None
+
+    def shadow(
+        self,
+        champion: LoadedModel,
+        reply: dict[str, Any],
+        rerun: Callable[[LoadedModel], Coroutine[Any, Any, np.ndarray]],
+        filename: str | None,
+    ) -> None:
+        """Answer the same photo with the shadow model later, and count the agreement.
+
+        ``rerun(model)`` preprocesses the photo for that model and runs it through the batcher.
+        The client already has ``reply``; nothing here can delay or change it.
+        """
+        model = self.store.current
+        if self.mode != "shadow" or model is None:
+            return
+        if len(self._pending) >= self._most_pending:
+            self.metrics.shadow_skipped.inc()
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._compare(champion, reply, model, rerun, filename)
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _compare(
+        self,
+        champion: LoadedModel,
+        reply: dict[str, Any],
+        model: LoadedModel,
+        rerun: Callable[[LoadedModel], Coroutine[Any, Any, np.ndarray]],
+        filename: str | None,
+    ) -> None:
+        try:
+            theirs = answer(model, await rerun(model))
+        except Exception as err:  # the shadow's trouble is never the client's
+            self.metrics.shadow_errors.inc()
+            logger.warning("shadow %s version %s failed on %s: %s", self.alias, model.version,
+                           filename or "upload", err)  # fmt: skip
+            return
+        ours, other = labels_of(champion, reply), labels_of(model, theirs)
+        for task, label in ours.items():
+            self.metrics.shadow_agreement.labels(task, label, other.get(task, "")).inc()
+        if ours != other:
+            logger.info(
+                "shadow disagrees on %s: version %s (%s) says %s, %s version %s says %s",
+                filename or "upload", champion.version, champion.ref.alias, _brief(reply),
+                self.alias, model.version, _brief(theirs),
+            )  # fmt: skip
+
+    async def drain(self) -> None:
+        """Let the shadow comparisons in flight finish (at shutdown)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+def _brief(reply: dict[str, Any]) -> str:
+    """``dirty (0.91)`` or ``cleanliness=dirty (0.91), damage=intact (0.77)``."""
+    if "tasks" in reply:
+        return ", ".join(
+            f"{name}={a['label']} ({a['confidence']:.2f})" for name, a in reply["tasks"].items()
+        )
+    return f"{reply['label']} ({reply['confidence']:.2f})"
