@@ -1,0 +1,1 @@
+"""Drift: how far served photos have moved from the photos a model was trained on."""
