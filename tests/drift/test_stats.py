@@ -1,6 +1,5 @@
 """Drift statistics separate a shifted stream of generated car photos from an unshifted one."""
 
-
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
