@@ -201,3 +201,20 @@ def test_second_alias_settings_refuse_what_cannot_work(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="already serves"):
         create_app(ServeSettings(MODEL_URI="models:/cars@champion", SHADOW="champion"))
     assert create_app(ServeSettings(MODEL_URI=str(tmp_path))).state.service.second is None
+    with pytest.raises(ValidationError, match="SHADOW_PERCENT"):
+        ServeSettings(SHADOW="challenger", SHADOW_PERCENT=0)
+
+
+def test_shadow_percent_shadows_that_share_of_requests(
+    serve: Callable[..., Server], registry: str
+) -> None:
+    s = serve(
+        MODEL_URI=f"models:/{NAME}@champion", MLFLOW_TRACKING_URI=registry, SHADOW="challenger",
+        SHADOW_PERCENT="25",
+    )  # fmt: skip
+    _wait(lambda: _second(s)["version"] == "2", 30, "shadow version 2 loaded", s)
+    for _ in range(80):
+        assert _post(s.url).status_code == 200
+    time.sleep(2)  # the comparisons in flight finish
+    shadowed = _agreement(s).get(("dirty", "clean"), 0)
+    assert 8 <= shadowed <= 32, shadowed  # 25% of 80 is 20; binomial spread well inside

@@ -1,8 +1,8 @@
 """A second alias beside the champion: shadow traffic or a canary share.
 
 - **Shadow** (``SHADOW=challenger``): every request is answered by MODEL_URI's model as usual;
-  after the answer is ready, the same photo also goes to the shadow alias's model, off the
-  response path, and the two labels are counted per task and class
+  after the answer is ready, the same photo (or a ``SHADOW_PERCENT`` share of them) also goes to
+  the shadow alias's model, off the response path, and the two labels are counted per task and class
   (``carinspect_shadow_agreement_total``); a disagreement is logged with both answers.
 - **Canary** (``CANARY_PERCENT=N``): a deterministic N% of clients is answered by the
   ``CANARY_ALIAS`` model instead. The share is a hash of the request's client key
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -72,6 +73,8 @@ class SecondOpinion:
             update={"model_uri": f"models:/{ref.name}@{self.alias}", "audit_on_poll": False}
         )
         self.store = ModelStore(own, on_reload=self._reloaded)
+        self._sample = settings.shadow_percent / 100
+        self._sampler = random.Random(0)  # which requests are shadowed: a fixed share, not a key
         self._pending: set[asyncio.Task[None]] = set()
         self._most_pending = 4 * settings.max_batch_size  # beyond: shadow is skipped, not queued
 
@@ -102,6 +105,8 @@ class SecondOpinion:
         """
         model = self.store.current
         if self.mode != "shadow" or model is None:
+            return
+        if self._sample < 1 and self._sampler.random() >= self._sample:
             return
         if len(self._pending) >= self._most_pending:
             self.metrics.shadow_skipped.inc()

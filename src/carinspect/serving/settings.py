@@ -154,6 +154,11 @@ class ServeSettings(BaseSettings):
         description="an alias of MODEL_URI's registered model (e.g. challenger) that also answers "
         "every request, off the response path; agreement is counted on /metrics; empty: off",
     )  # fmt: skip
+    shadow_percent: float = Field(
+        100.0, gt=0.0, le=100.0, validation_alias="SHADOW_PERCENT",
+        description="share of requests shadowed (each photo is inferred twice: on a busy CPU "
+        "the shadowed share costs throughput in proportion)",
+    )  # fmt: skip
     canary_percent: float = Field(
         0.0, ge=0.0, le=100.0, validation_alias="CANARY_PERCENT",
         description="share of clients (by X-Client-Key, else X-Request-Id, else address) "
