@@ -298,6 +298,8 @@ def upstream(tmp_path_factory: pytest.TempPathFactory, prepared: Prepared) -> di
         "calibration": root / "eval" / "calibration.json",
         "threshold": root / "thr" / "threshold.json",
         "export": root / "export",
+        "ingest": prepared.ingest,
+        "splits": prepared.splits,
         "metrics": root / "eval" / "metrics.json",
         "run_id": Path(t.run_id),
         "tracking": root / "mlflow.db",

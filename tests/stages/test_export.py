@@ -35,6 +35,7 @@ def test_export_passes_parity_and_writes_model_json(
     result = run_export(ExportConfig(fp16=True), upstream, prepared, tmp_path / "export")
     out = tmp_path / "export"
     assert sorted(p.name for p in out.iterdir()) == [
+        "drift.json",
         "metrics.json",
         "model.fp16.onnx",
         "model.json",

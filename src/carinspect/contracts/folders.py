@@ -118,11 +118,14 @@ class ExportDir(StageDir):
     ONNX_FP16: ClassVar[str] = "model.fp16.onnx"
     CARD: ClassVar[str] = "model.json"
     MC_HEAD: ClassVar[str] = "mc_head.onnx"  # the classifier alone, for MC dropout sampling
+    DRIFT: ClassVar[str] = "drift.json"  # the training photos' profile, for drift scores
     # where an MLflow model logged with extra_files=[model.json, ...] keeps them
     LOGGED_CARD: ClassVar[str] = "extra_files/model.json"
     LOGGED_MC_HEAD: ClassVar[str] = "extra_files/mc_head.onnx"
+    LOGGED_DRIFT: ClassVar[str] = "extra_files/drift.json"
 
     onnx = _File(ONNX)
     onnx_fp16 = _File(ONNX_FP16)
     card = _File(CARD)
     mc_head = _File(MC_HEAD)
+    drift = _File(DRIFT)

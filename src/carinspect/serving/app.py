@@ -24,10 +24,11 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from carinspect.data.images import ImageError, ImageLimits
+from carinspect.drift.profile import input_stats
 from carinspect.errors import InputError
 from carinspect.serving.batcher import Batcher
 from carinspect.serving.docs import install_docs
-from carinspect.serving.inference import answer, pixels_for, thresholds_of
+from carinspect.serving.inference import answer, labels_of, pixels_for, thresholds_of
 from carinspect.serving.limits import BodyLimit, RequestMetrics
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel, ModelStore
@@ -152,6 +153,8 @@ class Service:
         probs = await future
         ms = (time.perf_counter() - started) * 1000
         reply = answer(model, probs)
+        if model.drift is not None:
+            model.drift.add(input_stats(pixels, model.spec), labels_of(model, reply))
         if self.second is not None:
 
             async def rerun(other: LoadedModel) -> Any:
@@ -380,6 +383,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         """Prometheus metrics."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        model = service.store.current
+        service.metrics.drift(model.drift if model is not None else None)
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     uploads = APIRouter(route_class=EndpointOnly, tags=["predict"])

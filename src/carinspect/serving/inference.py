@@ -75,3 +75,10 @@ def answer(model: LoadedModel, row: np.ndarray) -> dict[str, Any]:
     if not model.multitask:
         return {**answers[model.tasks[0].name], "model": which}
     return {"tasks": answers, "model": which}
+
+
+def labels_of(model: LoadedModel, reply: dict[str, Any]) -> dict[str, str]:
+    """``{task: label}`` of the model's answer (a single task's answer is at the top level)."""
+    if "tasks" in reply:
+        return {name: str(a["label"]) for name, a in reply["tasks"].items()}
+    return {model.tasks[0].name: str(reply["label"])}

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from carinspect.drift.profile import DriftWindow
+
 _LATENCY = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -43,6 +45,22 @@ class ServingMetrics:
         self.reloads = Counter("carinspect_model_reloads", "models swapped in", registry=r)
         self.reload_failures = Counter(
             "carinspect_model_reload_failures", "model loads that failed", registry=r
+        )
+        # drift of the photos answered against the version's drift.json (DRIFT_WINDOW of them)
+        self.drift_psi = Gauge(
+            "carinspect_drift_psi", "population stability index of an image statistic",
+            ["stat"], registry=r,
+        )  # fmt: skip
+        self.drift_class_psi = Gauge(
+            "carinspect_drift_class_psi", "PSI of the answered labels against the train shares",
+            ["task"], registry=r,
+        )  # fmt: skip
+        self.drift_window = Gauge(
+            "carinspect_drift_window_images", "answered photos the drift scores are over",
+            registry=r,
+        )  # fmt: skip
+        self.drift_alert = Gauge(
+            "carinspect_drift_alert_psi", "the PSI above which a score is an alert", registry=r
         )
         # SHADOW / CANARY_PERCENT: the second alias served beside MODEL_URI's (serving/second.py)
         self.second_version = Gauge(
@@ -84,3 +102,18 @@ class ServingMetrics:
         """Point the second model's gauge at the shadow or canary version now loaded."""
         self.second_version.clear()
         self.second_version.labels(mode, alias, version or "").set(1)
+
+    def drift(self, window: DriftWindow | None) -> None:
+        """Set the drift gauges from the serving model's window (cleared without one)."""
+        for gauge in (self.drift_psi, self.drift_class_psi):
+            gauge.clear()
+        if window is None or len(window) == 0:
+            self.drift_window.set(0)
+            return
+        scores = window.scores()
+        for stat, value in scores["image"].items():
+            self.drift_psi.labels(stat).set(value)
+        for task, value in scores["classes"].items():
+            self.drift_class_psi.labels(task).set(value)
+        self.drift_window.set(len(window))
+        self.drift_alert.set(window.profile.alert_psi)

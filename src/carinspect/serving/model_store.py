@@ -30,6 +30,7 @@ from carinspect.contracts.base import ContractError
 from carinspect.contracts.cards import ModelCard, read_card
 from carinspect.contracts.folders import ExportDir
 from carinspect.contracts.preprocess import PreprocessSpec
+from carinspect.drift.profile import DriftWindow, read_profile
 from carinspect.errors import InputError
 from carinspect.modeling.onnx_names import FEATURES, INPUT, MASK, OUTPUTS
 from carinspect.serving.settings import ServeSettings
@@ -136,6 +137,7 @@ class LoadedModel:
     tasks: list[ServedTask] = field(default_factory=list)
     multitask: bool = False
     mc: McSampler | None = None  # MC_SAMPLES > 0: dropout sampled per image
+    drift: DriftWindow | None = None  # the version has drift.json: served photos scored on it
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -342,9 +344,28 @@ def model_from_session(
         tasks=tasks,
         multitask=card.multitask,
         mc=mc,
+        drift=_drift_window(folder, settings),
     )
     _warm_up(model, settings.max_batch_size)
     return model
+
+
+def _drift_window(folder: Path, settings: ServeSettings) -> DriftWindow | None:
+    """A window over drift.json's profile; none for a version exported without one.
+
+    A profile that does not read is a warning, not a refusal: the model itself is sound.
+    """
+    path = next(
+        (p for p in (folder / ExportDir.DRIFT, folder / ExportDir.LOGGED_DRIFT) if p.is_file()),
+        None,
+    )
+    if path is None or settings.drift_window == 0:
+        return None
+    try:
+        return DriftWindow(read_profile(path), settings.drift_window)
+    except ContractError as err:
+        logger.warning("no drift scores for this version: %s", err)
+        return None
 
 
 def _served_tasks(card: ModelCard, settings: ServeSettings) -> list[ServedTask]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from carinspect.serving.inference import answer
+from carinspect.serving.inference import answer, labels_of
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel, ModelLoadError, ModelRef, ModelStore
 from carinspect.serving.settings import ServeSettings
@@ -40,13 +40,6 @@ _BUCKETS = 10_000  # the canary share's resolution: 0.01%
 def client_bucket(key: str) -> int:
     """The client's place in [0, 10000): the same key always lands in the same place."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % _BUCKETS
-
-
-def labels_of(model: LoadedModel, reply: dict[str, Any]) -> dict[str, str]:
-    """``{task: label}`` of the model's answer (a single task's answer is at the top level)."""
-    if "tasks" in reply:
-        return {name: str(a["label"]) for name, a in reply["tasks"].items()}
-    return {model.tasks[0].name: str(reply["label"])}
 
 
 class SecondOpinion:

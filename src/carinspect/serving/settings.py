@@ -149,6 +149,11 @@ class ServeSettings(BaseSettings):
         None, validation_alias="CARINSPECT_WEBHOOK_SECRET",
         description="turns on POST /webhooks/mlflow, verifying MLflow's HMAC signature with it",
     )  # fmt: skip
+    drift_window: int = Field(
+        500, ge=0, le=100_000, validation_alias="DRIFT_WINDOW",
+        description="answered photos the drift scores on /metrics are taken over (against the "
+        "version's drift.json); 0: off",
+    )  # fmt: skip
     shadow: str = Field(
         "", validation_alias="SHADOW",
         description="an alias of MODEL_URI's registered model (e.g. challenger) that also answers "

@@ -35,8 +35,9 @@ from carinspect.contracts.cards import parse_card
 from carinspect.contracts.folders import ExportDir
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.rules import parse_rule, read_rule
-from carinspect.contracts.tasks import TaskSpec, task_slices, tasks_of_checkpoint
+from carinspect.contracts.tasks import MISSING, TaskSpec, task_slices, tasks_of_checkpoint
 from carinspect.data.dataset import ImageDataset, load_task_split
+from carinspect.drift.profile import DriftProfile, build_profile
 from carinspect.errors import InputError
 from carinspect.evaluation.decision import decide_from_spec
 from carinspect.io import staged_dir, write_json_atomic
@@ -183,6 +184,24 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+DRIFT_IMAGES = 2000  # training photos the drift profile is taken from, at most (evenly spaced)
+
+
+def _drift_profile(
+    splits: Path, ingest_dir: Path, tasks: list[TaskSpec], spec: PreprocessSpec
+) -> DriftProfile:
+    """The training split as serving's drift scores see photos: through the model's input."""
+    samples = load_task_split(Path(splits), Path(ingest_dir), "train", tasks)
+    samples = samples[:: max(1, len(samples) // DRIFT_IMAGES)][:DRIFT_IMAGES]
+    ds = ImageDataset(samples, spec)
+    labels: dict[str, list[str]] = {t.name: [] for t in tasks}
+    for sample in samples:
+        index = [sample.label] if isinstance(sample.label, int) else list(sample.label)
+        for t, i in zip(tasks, index, strict=True):
+            labels[t.name].append(t.classes[i] if i != MISSING else "")
+    return build_profile((ds[i][0].numpy() for i in range(len(ds))), spec, labels)
+
+
 def run(
     cfg: ExportConfig,
     settings: Settings,
@@ -297,6 +316,7 @@ def run(
             },
         }, f"the model card from {checkpoint} and {threshold}")  # fmt: skip
         write_json_atomic(tmp.card, card.to_json())
+        write_json_atomic(tmp.drift, _drift_profile(splits, ingest_dir, tasks, spec).model_dump())
         write_json_atomic(tmp.metrics, {**figures, **({"mc_head": mc} if mc else {})})
     if run_id:
         # the ONNX files in the run's own artifacts too (export/), not only on the logged

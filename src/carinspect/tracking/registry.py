@@ -69,6 +69,7 @@ def register_version(
         # the run; an export made without one gets it here
         logged = {a.path for a in client.list_artifacts(run_id, RUN_COPY)}
         extra = [export.card] + ([export.mc_head] if card.mc_dropout is not None else [])
+        extra += [export.drift] if export.drift.is_file() else []  # exports before it have none
         if f"{RUN_COPY}/{export.ONNX}" not in logged:
             for file in (export.onnx, *extra):
                 mlflow.log_artifact(str(file), artifact_path=RUN_COPY)
@@ -81,7 +82,7 @@ def register_version(
             # what mlflow.pyfunc loads it with: the provider export checked parity on, not a
             # CUDA it never ran on (carinspect serve picks its own: ORT_PROVIDERS)
             onnx_execution_providers=checked_providers(card.to_json()),
-            extra_files=[str(f) for f in extra],  # as ExportDir.LOGGED_CARD/LOGGED_MC_HEAD
+            extra_files=[str(f) for f in extra],  # as ExportDir.LOGGED_*
         )
         version = mlflow.register_model(info.model_uri, name, tags=tags)
     client.set_registered_model_alias(name, alias, version.version)
