@@ -95,6 +95,11 @@ def _wait(check: Callable[[], bool], within: float, what: str, server: Server) -
         time.sleep(0.2)
 
 
+def _champion_and(serve: Callable[..., Server], registry: str, **env: str) -> Server:
+    """A server following the champion of the test's store, with ``env`` for the second alias."""
+    return serve(MODEL_URI=f"models:/{NAME}@champion", MLFLOW_TRACKING_URI=registry, **env)
+
+
 def _second(server: Server) -> dict:
     info: dict = httpx.get(server.url + "/model").json()["second"]
     return info
@@ -103,10 +108,7 @@ def _second(server: Server) -> dict:
 def test_shadow_counts_agreement_off_the_response_path_and_follows_its_alias(
     serve: Callable[..., Server], registry: str
 ) -> None:
-    s = serve(
-        MODEL_URI=f"models:/{NAME}@champion", MLFLOW_TRACKING_URI=registry, SHADOW="challenger",
-        POLL_SECONDS="0.5",
-    )  # fmt: skip
+    s = _champion_and(serve, registry, SHADOW="challenger", POLL_SECONDS="0.5")
     _wait(lambda: _second(s)["version"] == "2", 30, "shadow version 2 loaded", s)
     for _ in range(6):
         r = _post(s.url)
@@ -148,10 +150,7 @@ def test_shadow_counts_agreement_off_the_response_path_and_follows_its_alias(
 def test_canary_answers_a_steady_share_of_clients_and_says_which_version(
     serve: Callable[..., Server], registry: str
 ) -> None:
-    s = serve(
-        MODEL_URI=f"models:/{NAME}@champion", MLFLOW_TRACKING_URI=registry, CANARY_PERCENT="50",
-        POLL_SECONDS="0.5",
-    )  # fmt: skip
+    s = _champion_and(serve, registry, CANARY_PERCENT="50", POLL_SECONDS="0.5")
     _wait(lambda: _second(s)["version"] == "2", 30, "canary version 2 loaded", s)
     keys = [f"client-{i}" for i in range(24)]
     for key in keys:
@@ -173,10 +172,7 @@ def test_canary_answers_a_steady_share_of_clients_and_says_which_version(
 
 
 def test_a_shadow_alias_not_there_yet_is_quiet(serve: Callable[..., Server], registry: str) -> None:
-    s = serve(
-        MODEL_URI=f"models:/{NAME}@champion", MLFLOW_TRACKING_URI=registry, SHADOW="next",
-        POLL_SECONDS="0.3",
-    )  # fmt: skip
+    s = _champion_and(serve, registry, SHADOW="next", POLL_SECONDS="0.3")
     time.sleep(3)  # about ten polls
     assert _post(s.url).json()["model"]["version"] == "1"
     second = _second(s)
@@ -208,10 +204,7 @@ def test_second_alias_settings_refuse_what_cannot_work(tmp_path: Path) -> None:
 def test_shadow_percent_shadows_that_share_of_requests(
     serve: Callable[..., Server], registry: str
 ) -> None:
-    s = serve(
-        MODEL_URI=f"models:/{NAME}@champion", MLFLOW_TRACKING_URI=registry, SHADOW="challenger",
-        SHADOW_PERCENT="25",
-    )  # fmt: skip
+    s = _champion_and(serve, registry, SHADOW="challenger", SHADOW_PERCENT="25")
     _wait(lambda: _second(s)["version"] == "2", 30, "shadow version 2 loaded", s)
     for _ in range(80):
         assert _post(s.url).status_code == 200

@@ -148,34 +148,46 @@ class Service:
         if self.second is not None:
             model = self.second.canary(client) or model
         with self.batcher.incoming():  # the collector waits for this image while it decodes
-            pixels = await self._pixels(data, model, filename)
+            pixels, stats = await self._pixels(data, model, filename)
             future = self.batcher.enqueue(pixels, model)
         probs = await future
         ms = (time.perf_counter() - started) * 1000
         reply = answer(model, probs)
-        if model.drift is not None:
-            model.drift.add(input_stats(pixels, model.spec), labels_of(model, reply))
+        if model.drift is not None and stats is not None:
+            model.drift.add(stats, labels_of(model, reply))
         if self.second is not None:
 
             async def rerun(other: LoadedModel) -> Any:
                 same = other.spec == model.spec
                 return await self.batcher.submit(
-                    pixels if same else await self._pixels(data, other, filename), other
+                    pixels if same else (await self._pixels(data, other, filename))[0], other
                 )
 
             self.second.shadow(model, reply, rerun, filename)
         kind = MultiTaskPrediction if model.multitask else Prediction
         return kind(**reply, processing_ms=round(ms, 3), filename=filename)
 
-    async def _pixels(self, data: bytes, model: LoadedModel, filename: str | None) -> Any:
-        """The upload decoded and preprocessed for ``model``, on the decoding pool."""
+    async def _pixels(
+        self, data: bytes, model: LoadedModel, filename: str | None
+    ) -> tuple[Any, dict[str, float] | None]:
+        """The upload preprocessed for ``model``, and its drift statistics if the model keeps any.
+
+        Both are computed on the decoding pool, off the event loop.
+        """
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self._decoder, pixels_for, data, model, self.limits
+                self._decoder, _decode, data, model, self.limits
             )
         except ImageError as err:
             status = IMAGE_STATUS.get(err.reason, 422)
             raise HTTPException(status, f"{filename or 'upload'}: {err}") from err
+
+
+def _decode(
+    data: bytes, model: LoadedModel, limits: ImageLimits
+) -> tuple[Any, dict[str, float] | None]:
+    pixels = pixels_for(data, model, limits)
+    return pixels, input_stats(pixels, model.spec) if model.drift is not None else None
 
 
 def _json(answer: BaseModel) -> Response:
