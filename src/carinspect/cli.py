@@ -484,19 +484,67 @@ def predict(
     )
 
 
+def _version_uri(
+    command: str, p: Params, version: str | None, alias: str | None, model_uri: str | None
+) -> str:
+    """The MODEL_URI that --version, --alias or --model-uri names (default: the champion)."""
+    if sum(x is not None for x in (version, alias, model_uri)) > 1:
+        raise InputError(f"{command}: give one of --version, --alias or --model-uri")
+    name = p.register_.model_name
+    return model_uri or (
+        f"models:/{name}/{version}" if version else f"models:/{name}@{alias or p.promote.alias}"
+    )
+
+
+UseVersionOpt = Annotated[str | None, typer.Option(help="Registered version to use.")]
+AliasOpt = Annotated[
+    str | None, typer.Option(help="Alias to use (default: promote.alias, the champion).")
+]
+ModelUriOpt = Annotated[
+    str | None, typer.Option(help="Any MODEL_URI instead (e.g. the models/export folder).")
+]
+
+
+@app.command()
+def drift(
+    target: Annotated[
+        str,
+        typer.Argument(help="A folder of photos, s3://bucket/prefix, or a FEEDBACK_DIR log."),
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+    version: UseVersionOpt = None,
+    alias: AliasOpt = None,
+    model_uri: ModelUriOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the report as JSON here.")] = None,
+    fail_on_alert: Annotated[
+        bool, typer.Option(help="Exit with status 1 when any score is above the alert level.")
+    ] = False,
+) -> None:
+    """Drift scores of a set of photos against a registered version's training profile."""
+    from carinspect.io import write_json_atomic
+    from carinspect.serving.drift_check import drift_report, load_for_drift, photos_in
+    from carinspect.serving.settings import ServeSettings
+
+    uri = _version_uri("drift", _params(params), version, alias, model_uri)
+    items = photos_in(target)
+    model = load_for_drift(uri, len(items))
+    report = drift_report(model, target, items, ServeSettings())
+    if out is not None:
+        write_json_atomic(out, report.to_json())
+    typer.echo(report.text())
+    if fail_on_alert and report.alerts:
+        raise typer.Exit(1)
+
+
 @app.command("export-triton")
 def export_triton(
     out: Annotated[
         str, typer.Option(help="Repository to write into: a folder or s3://bucket/prefix.")
     ],
     params: ParamsOpt = Path("params.yaml"),
-    version: Annotated[str | None, typer.Option(help="Registered version to export.")] = None,
-    alias: Annotated[
-        str | None, typer.Option(help="Alias to export (default: promote.alias, the champion).")
-    ] = None,
-    model_uri: Annotated[
-        str | None, typer.Option(help="Any MODEL_URI instead (e.g. the models/export folder).")
-    ] = None,
+    version: UseVersionOpt = None,
+    alias: AliasOpt = None,
+    model_uri: ModelUriOpt = None,
 ) -> None:
     """Write a Triton model repository entry (config.pbtxt, the ONNX model, model.json)."""
     from carinspect.serving.model_store import ModelStore, read_meta
@@ -504,12 +552,7 @@ def export_triton(
     from carinspect.serving.triton import publish, write_repository
 
     p = _params(params)
-    if sum(x is not None for x in (version, alias, model_uri)) > 1:
-        raise InputError("export-triton: give one of --version, --alias or --model-uri")
-    name = p.register_.model_name
-    uri = model_uri or (
-        f"models:/{name}/{version}" if version else f"models:/{name}@{alias or p.promote.alias}"
-    )
+    uri = _version_uri("export-triton", p, version, alias, model_uri)
     store = ModelStore(ServeSettings(MODEL_URI=uri))
     found, folder = store.fetch()
     _, card = read_meta(folder)
@@ -731,7 +774,7 @@ def main() -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n
     except InputError as err:
         logger.error("%s", err)
         sys.exit(2)
@@ -752,3 +795,5 @@ def main() -> None:
                 logger.error("%s", message)
                 sys.exit(2)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -156,7 +156,10 @@ def test_mc_dropout_samples_the_head_and_reports_the_spread(
     photo = next(two_tasks.parent.glob("*/ingest/images/*/*.png"))
     ref = ModelRef.parse(str(folder))
     plain = open_model(ref, None, folder, ServeSettings())
-    sampled = open_model(ref, None, folder, ServeSettings(MC_SAMPLES=200, MC_SEED=0))
+    # DRIFT_WINDOW=0: the rows are the MC layout alone (drift adds an embedding column)
+    sampled = open_model(
+        ref, None, folder, ServeSettings(MC_SAMPLES=200, MC_SEED=0, DRIFT_WINDOW=0)
+    )
     pixels = np.stack([pixels_for(photo.read_bytes(), plain, ImageLimits())] * 2)
     rows = sampled.infer(pixels)
     width = plain.probabilities(pixels).shape[1]
@@ -167,7 +170,9 @@ def test_mc_dropout_samples_the_head_and_reports_the_spread(
     assert np.allclose(rows[0, width:], rows[1, width:]) is False  # fresh masks per image
     assert np.abs(mean - rows[0, :width]).max() < 0.25
     again = open_model(ref, None, folder, ServeSettings(MC_SAMPLES=200, MC_SEED=0))
-    np.testing.assert_array_equal(again.infer(pixels), rows)  # MC_SEED makes it reproducible
+    drifting = again.infer(pixels)  # the default window: one more column, the distance
+    assert drifting.shape == (2, 3 * width + 1) and (drifting[:, -1] >= 0).all()
+    np.testing.assert_array_equal(drifting[:, :-1], rows)  # MC_SEED makes it reproducible
 
     server = start_server(two_tasks, {"MODEL_URI": str(folder), "MC_SAMPLES": "30"})
     try:

@@ -1,16 +1,24 @@
 """drift.json, the reference profile export writes, and the rolling window serving compares.
 
-Both sides take their image statistics from the same place: the model's own input, the tensor
-the one preprocessing function makes (un-normalised back to [0, 1]). Export computes them on
+Both sides take their statistics from the same places: brightness, contrast and blur from the
+model's own input, the tensor the one preprocessing function makes (un-normalised back to
+[0, 1]); megapixels from the upload's own size, before any reduction; the embedding distance
+from the backbone's pooled features, the graph's ``features`` output. Export computes them on
 the training split, serving on each upload it answers, so a difference is the photos', not the
 code's. The profile also holds each task's class shares in the training split, which the window
 compares with the shares of the labels served.
+
+The embedding distance: the training features are centred and whitened on their first
+principal components (fitted on half of the training photos), and a photo's distance is its
+squared Mahalanobis distance in that space. Its distribution over the other half is binned like
+any other statistic, so a stream of photos unlike the training ones (further from them) scores
+a PSI on the same scale as brightness.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from threading import Lock
 
@@ -22,7 +30,10 @@ from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.drift.stats import ALERT_PSI, Binned, image_stats, share_psi
 
 # aspect is not among them: the model's input is square whatever the upload's shape
-SERVED_STATS = ("brightness", "contrast", "blur")
+INPUT_STATS = ("brightness", "contrast", "blur")
+MEGAPIXELS = "megapixels"  # of the upload as sent (oriented), before the decoder reduces it
+EMBEDDING = "embedding"  # squared Mahalanobis distance of the pooled features
+COMPONENTS = 8  # principal components of the features the distance is taken on, at most
 
 
 class BinnedStat(Contract):
@@ -35,6 +46,26 @@ class BinnedStat(Contract):
         """The statistics-side object that scores a stream against it."""
         return Binned(tuple(self.edges), tuple(self.shares))
 
+    @classmethod
+    def of(cls, values: Sequence[float]) -> BinnedStat:
+        """Quantile bins of ``values``."""
+        b = Binned.of(values)
+        return cls(edges=list(b.edges), shares=list(b.shares))
+
+
+class EmbeddingRef(Contract):
+    """The training features' centre and whitening projection (``components`` x width)."""
+
+    mean: list[float]
+    projection: list[list[float]] = Field(description="rows: components divided by their spread")
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each row of ``features`` (n, width)."""
+        w = np.asarray(self.projection, dtype=np.float32)
+        z = (np.asarray(features, dtype=np.float32) - np.asarray(self.mean, np.float32)) @ w.T
+        out: np.ndarray = (z * z).sum(axis=1)
+        return out
+
 
 class DriftProfile(Contract):
     """drift.json: what the training photos looked like, for drift scores in serving."""
@@ -43,6 +74,9 @@ class DriftProfile(Contract):
     alert_psi: float = Field(ALERT_PSI, gt=0.0, description="a PSI above this is an alert")
     stats: dict[str, BinnedStat]
     classes: dict[str, dict[str, float]] = Field(description="per task: class -> train share")
+    embedding: EmbeddingRef | None = Field(
+        None, description="none: the graph has no features output (no embedding distance)"
+    )
 
 
 def input_stats(tensor: np.ndarray, spec: PreprocessSpec) -> dict[str, float]:
@@ -51,26 +85,68 @@ def input_stats(tensor: np.ndarray, spec: PreprocessSpec) -> dict[str, float]:
     std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
     rgb = np.clip((tensor * std + mean) * 255.0, 0, 255).astype(np.uint8).transpose(1, 2, 0)
     found = image_stats(rgb)
-    return {name: found[name] for name in SERVED_STATS}
+    return {name: found[name] for name in INPUT_STATS}
+
+
+def photo_stats(
+    tensor: np.ndarray, spec: PreprocessSpec, width: int, height: int
+) -> dict[str, float]:
+    """:func:`input_stats` and the upload's megapixels (``width`` x ``height`` as sent)."""
+    return {**input_stats(tensor, spec), MEGAPIXELS: width * height / 1e6}
+
+
+def fit_embedding(features: np.ndarray) -> tuple[EmbeddingRef, BinnedStat] | None:
+    """The whitening of half the training features, and the distances of the other half.
+
+    None with fewer than 8 photos: too few to say what is typical.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    if len(f) < 8:
+        return None
+    fit, held = f[::2], f[1::2]
+    mean = fit.mean(axis=0)
+    _, s, vt = np.linalg.svd(fit - mean, full_matrices=False)
+    k = max(1, min(COMPONENTS, len(fit) - 1, int((s > s[0] * 1e-6).sum())))
+    spread = s[:k] / np.sqrt(len(fit) - 1)
+    floor = spread[0] * 1e-3  # a direction the fit half barely moves in must not dominate
+    projection = vt[:k] / np.maximum(spread, floor)[:, None]
+    ref = EmbeddingRef(
+        mean=[float(x) for x in mean.astype(np.float32)],
+        projection=[[float(x) for x in row] for row in projection.astype(np.float32)],
+    )
+    return ref, BinnedStat.of(ref.distances(held).tolist())
 
 
 def build_profile(
-    inputs: Iterable[np.ndarray], spec: PreprocessSpec, labels: dict[str, list[str]]
+    inputs: Iterable[np.ndarray],
+    spec: PreprocessSpec,
+    labels: dict[str, list[str]],
+    sizes: Sequence[tuple[int, int]],
+    features: np.ndarray | None = None,
 ) -> DriftProfile:
-    """The profile of the training inputs and their labels (per task; "" = unlabelled)."""
-    rows = [input_stats(t, spec) for t in inputs]
+    """The profile of the training inputs, their sizes as ingested and their labels.
+
+    ``labels``: per task, one label per input ("" = unlabelled). ``features``: their pooled
+    features, one row per input (none: no embedding distance).
+    """
+    rows = [photo_stats(t, spec, w, h) for t, (w, h) in zip(inputs, sizes, strict=True)]
     if not rows:
         raise ContractError("no training images to take a drift profile from")
-    stats = {}
-    for name in SERVED_STATS:
-        b = Binned.of([r[name] for r in rows])
-        stats[name] = BinnedStat(edges=list(b.edges), shares=list(b.shares))
+    stats = {name: BinnedStat.of([r[name] for r in rows]) for name in rows[0]}
+    fitted = fit_embedding(features) if features is not None else None
+    if fitted is not None:
+        stats[EMBEDDING] = fitted[1]
     classes = {}
     for task, values in labels.items():
         seen = [v for v in values if v]
         names = sorted(set(seen))
         classes[task] = {n: round(seen.count(n) / len(seen), 6) for n in names}
-    return DriftProfile(images=len(rows), stats=stats, classes=classes)
+    return DriftProfile(
+        images=len(rows),
+        stats=stats,
+        classes=classes,
+        embedding=fitted[0] if fitted is not None else None,
+    )
 
 
 def read_profile(path: Path) -> DriftProfile:

@@ -24,11 +24,11 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from carinspect.data.images import ImageError, ImageLimits
-from carinspect.drift.profile import input_stats
 from carinspect.errors import InputError
 from carinspect.serving.batcher import Batcher
 from carinspect.serving.docs import install_docs
-from carinspect.serving.inference import answer, labels_of, pixels_for, thresholds_of
+from carinspect.serving.feedback import FeedbackLog
+from carinspect.serving.inference import answer, labels_of, prepare, thresholds_of
 from carinspect.serving.limits import BodyLimit, RequestMetrics
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel, ModelStore
@@ -79,6 +79,8 @@ class Service:
             if settings.shadow or settings.canary_percent > 0
             else None
         )
+        # FEEDBACK_DIR: a share of the answered photos kept for review; None when unset
+        self.feedback = FeedbackLog(settings, self.metrics) if settings.feedback_dir else None
         self.batcher = Batcher(
             settings.max_batch_size, settings.max_wait_ms, self.metrics.observe_batch
         )
@@ -115,6 +117,8 @@ class Service:
             target=self.store.poll, args=(self._stop,), name="model-poll", daemon=True
         )
         self._poller.start()
+        if self.feedback is not None:
+            await run_in_threadpool(self.feedback.start)
         if self.second is not None:
             await run_in_threadpool(self.second.store.refresh)
             threading.Thread(
@@ -127,6 +131,8 @@ class Service:
         if self.second is not None:
             await self.second.drain()
         await self.batcher.stop()
+        if self.feedback is not None:
+            await run_in_threadpool(self.feedback.stop)
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def model(self) -> LoadedModel:
@@ -154,7 +160,9 @@ class Service:
         ms = (time.perf_counter() - started) * 1000
         reply = answer(model, probs)
         if model.drift is not None and stats is not None:
-            model.drift.add(stats, labels_of(model, reply))
+            model.drift.add({**stats, **model.drift_of(probs)}, labels_of(model, reply))
+        if self.feedback is not None:
+            self.feedback.offer(data, model, reply, filename)
         if self.second is not None:
 
             async def rerun(other: LoadedModel) -> Any:
@@ -176,18 +184,11 @@ class Service:
         """
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self._decoder, _decode, data, model, self.limits
+                self._decoder, prepare, data, model, self.limits
             )
         except ImageError as err:
             status = IMAGE_STATUS.get(err.reason, 422)
             raise HTTPException(status, f"{filename or 'upload'}: {err}") from err
-
-
-def _decode(
-    data: bytes, model: LoadedModel, limits: ImageLimits
-) -> tuple[Any, dict[str, float] | None]:
-    pixels = pixels_for(data, model, limits)
-    return pixels, input_stats(pixels, model.spec) if model.drift is not None else None
 
 
 def _json(answer: BaseModel) -> Response:

@@ -17,7 +17,7 @@ import numpy as np
 from carinspect.data.images import ImageError, ImageLimits
 from carinspect.errors import InputError
 from carinspect.io import write_json_atomic, write_text_atomic
-from carinspect.serving.inference import answer, pixels_for
+from carinspect.serving.inference import answer, labels_of, prepare
 from carinspect.serving.model_store import LoadedModel
 
 Reader = Callable[[], bytes]
@@ -64,23 +64,28 @@ def _chunks(items: list[tuple[str, Reader]], size: int) -> Iterator[list[tuple[s
 def predict_inputs(
     model: LoadedModel, items: list[tuple[str, Reader]], limits: ImageLimits, batch_size: int
 ) -> list[dict[str, Any]]:
-    """One row per input, in order: an answer, or ``error`` and ``detail``."""
+    """One row per input, in order: an answer, or ``error`` and ``detail``.
+
+    When the model keeps a drift window, every answered photo goes into it, as in serving.
+    """
     rows: list[dict[str, Any]] = []
     for chunk in _chunks(items, batch_size):
-        good: list[tuple[int, np.ndarray]] = []
+        good: list[tuple[int, np.ndarray, dict[str, float] | None]] = []
         start = len(rows)
         for name, read in chunk:
             try:
-                good.append((len(rows), pixels_for(read(), model, limits)))
+                good.append((len(rows), *prepare(read(), model, limits)))
                 rows.append({"path": name})
             except ImageError as err:
                 rows.append({"path": name, "error": err.reason, "detail": err.detail})
             except OSError as err:
                 rows.append({"path": name, "error": "unreadable", "detail": str(err)})
         if good:
-            probs = model.infer(np.stack([p for _, p in good]))
-            for (index, _), row in zip(good, probs, strict=True):
+            probs = model.infer(np.stack([p for _, p, _ in good]))
+            for (index, _, stats), row in zip(good, probs, strict=True):
                 rows[index].update(answer(model, row))
+                if model.drift is not None and stats is not None:
+                    model.drift.add({**stats, **model.drift_of(row)}, labels_of(model, rows[index]))
         assert len(rows) == start + len(chunk)
     return rows
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from carinspect.data.images import ImageLimits, decode_image
 from carinspect.data.preprocess import preprocess
+from carinspect.drift.profile import photo_stats
 from carinspect.evaluation.decision import UNCERTAIN, decide_from_spec
 from carinspect.serving.model_store import LoadedModel
 
@@ -22,8 +23,18 @@ def pixels_for(data: bytes, model: LoadedModel, limits: ImageLimits) -> np.ndarr
 
     Raises :class:`carinspect.data.images.ImageError` naming the problem.
     """
+    return prepare(data, model, limits)[0]
+
+
+def prepare(
+    data: bytes, model: LoadedModel, limits: ImageLimits
+) -> tuple[np.ndarray, dict[str, float] | None]:
+    """:func:`pixels_for`, and the photo's drift statistics when the model keeps a window."""
     decoded = decode_image(data, limits, model.spec.source_short_side)
-    return preprocess(decoded.image, model.spec)
+    pixels = preprocess(decoded.image, model.spec)
+    if model.drift is None:
+        return pixels, None
+    return pixels, photo_stats(pixels, model.spec, decoded.width, decoded.height)
 
 
 def thresholds_of(decision: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +76,7 @@ def answer(model: LoadedModel, row: np.ndarray) -> dict[str, Any]:
         got = task_answer(probs[t.columns], t.classes, t.decision)
         if model.mc is not None:
             mean = row[width : 2 * width][t.columns]
-            std = row[2 * width :][t.columns]
+            std = row[2 * width : 3 * width][t.columns]
             got["uncertainty"] = {
                 "samples": model.mc.samples,
                 "mean": {c: round(float(v), 6) for c, v in zip(t.classes, mean, strict=True)},

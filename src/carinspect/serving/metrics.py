@@ -83,6 +83,15 @@ class ServingMetrics:
             "carinspect_shadow_errors", "shadow answers that failed (the client's did not)",
             registry=r,
         )  # fmt: skip
+        # FEEDBACK_DIR: answered photos kept for review (serving/feedback.py)
+        self.feedback_saved = Counter(
+            "carinspect_feedback_saved", "answered photos kept in FEEDBACK_DIR", registry=r
+        )
+        self.feedback_skipped = Counter(
+            "carinspect_feedback_skipped", "sampled photos not kept, by why "
+            "(busy: the writer's queue was full; duplicate; full: FEEDBACK_MAX_MB; error)",
+            ["reason"], registry=r,
+        )  # fmt: skip
 
     def observe_batch(self, size: int, waits: list[float], seconds: float) -> None:
         """One onnxruntime call: its size, each image's queue time, its duration."""

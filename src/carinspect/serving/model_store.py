@@ -30,7 +30,7 @@ from carinspect.contracts.base import ContractError
 from carinspect.contracts.cards import ModelCard, read_card
 from carinspect.contracts.folders import ExportDir
 from carinspect.contracts.preprocess import PreprocessSpec
-from carinspect.drift.profile import DriftWindow, read_profile
+from carinspect.drift.profile import EMBEDDING, DriftWindow, EmbeddingRef, read_profile
 from carinspect.errors import InputError
 from carinspect.modeling.onnx_names import FEATURES, INPUT, MASK, OUTPUTS
 from carinspect.serving.settings import ServeSettings
@@ -138,6 +138,7 @@ class LoadedModel:
     multitask: bool = False
     mc: McSampler | None = None  # MC_SAMPLES > 0: dropout sampled per image
     drift: DriftWindow | None = None  # the version has drift.json: served photos scored on it
+    embedding: EmbeddingRef | None = None  # and the graph its features: rows end with a distance
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -162,13 +163,21 @@ class LoadedModel:
         """The rows :func:`carinspect.serving.inference.answer` reads.
 
         Without MC dropout: :meth:`probabilities`. With it: those, then the MC mean, then the
-        MC standard deviation, side by side (three times as wide).
+        MC standard deviation, side by side (three times as wide). With an embedding reference,
+        one more column: each photo's embedding distance (:meth:`drift_of` reads it).
         """
-        if self.mc is None:
+        if self.mc is None and self.embedding is None:
             return self.probabilities(batch)
         *probs, features = self.session.run([*self.outputs, FEATURES], {INPUT: batch})
-        mean, std = self.mc.summary(features)
-        return np.concatenate([*probs, mean, std], axis=1)
+        if self.mc is not None:
+            probs.extend(self.mc.summary(features))
+        if self.embedding is not None:
+            probs.append(self.embedding.distances(features)[:, None])
+        return np.concatenate(probs, axis=1)
+
+    def drift_of(self, row: np.ndarray) -> dict[str, float]:
+        """The drift statistics in a row of :meth:`infer` (the embedding distance, if any)."""
+        return {EMBEDDING: float(row[-1])} if self.embedding is not None else {}
 
 
 def apply_overrides(decision: dict[str, Any], settings: ServeSettings) -> dict[str, Any]:
@@ -331,6 +340,7 @@ def model_from_session(
     (:mod:`carinspect.serving.triton_client`), so both answer through the same code.
     """
     tasks = _served_tasks(card, settings)
+    drift = _drift_window(folder, settings)
     model = LoadedModel(
         ref=ref,
         version=version,
@@ -344,7 +354,11 @@ def model_from_session(
         tasks=tasks,
         multitask=card.multitask,
         mc=mc,
-        drift=_drift_window(folder, settings),
+        drift=drift,
+        # the reference only helps when the graph gives the features it projects
+        embedding=(
+            drift.profile.embedding if drift is not None and FEATURES in card.outputs else None
+        ),
     )
     _warm_up(model, settings.max_batch_size)
     return model
@@ -400,13 +414,17 @@ def _warm_up(model: LoadedModel, max_batch: int) -> None:
                 f"{model.ref.uri}: warm-up gave shape {probs.shape}, expected ({n}, {width}) "
                 f"for {', '.join(f'{t.name} {t.classes}' for t in model.tasks)}"
             )
-        if model.mc is not None:
+        if model.mc is not None or model.embedding is not None:
+            wide = width * (3 if model.mc is not None else 1) + (model.embedding is not None)
             try:
                 rows = model.infer(batch)
             except Exception as err:  # onnxruntime raises its own exception types
-                raise ModelLoadError(f"{model.ref.uri}: MC dropout warm-up failed: {err}") from err
-            if rows.shape != (n, 3 * width):
-                raise ModelLoadError(f"{model.ref.uri}: MC dropout gave shape {rows.shape}")
+                raise ModelLoadError(f"{model.ref.uri}: features warm-up failed: {err}") from err
+            if rows.shape != (n, wide):
+                raise ModelLoadError(
+                    f"{model.ref.uri}: warm-up with the features gave shape {rows.shape}, "
+                    f"expected ({n}, {wide})"
+                )
         sums = [probs[:, t.columns].sum(axis=1) for t in model.tasks]
         if not np.all(np.isfinite(probs)) or not all(np.allclose(x, 1.0, atol=1e-3) for x in sums):
             raise ModelLoadError(f"{model.ref.uri}: warm-up probabilities are not a distribution")

@@ -173,6 +173,19 @@ class ServeSettings(BaseSettings):
         "challenger", min_length=1, validation_alias="CANARY_ALIAS",
         description="the alias that answers the canary share",
     )  # fmt: skip
+    feedback_dir: str = Field(
+        "", validation_alias="FEEDBACK_DIR",
+        description="a folder or s3://bucket/prefix where a FEEDBACK_PERCENT share of answered "
+        "photos is kept with its answer, for review and `carinspect feedback import`; empty: off",
+    )  # fmt: skip
+    feedback_percent: float = Field(
+        5.0, gt=0.0, le=100.0, validation_alias="FEEDBACK_PERCENT",
+        description="share of answered photos kept in FEEDBACK_DIR",
+    )  # fmt: skip
+    feedback_max_mb: float = Field(
+        1024.0, gt=0.0, validation_alias="FEEDBACK_MAX_MB",
+        description="FEEDBACK_DIR's size cap; when reached, sampling stops (one WARNING)",
+    )  # fmt: skip
     audit_on_poll: bool = Field(
         True, validation_alias="AUDIT_ON_POLL",
         description="record alias moves made outside carinspect in the audit trail when noticed",

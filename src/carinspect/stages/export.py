@@ -9,9 +9,12 @@ and ``export.fp16_max_flips``. Otherwise nothing is written.
 Output folder ``out``: ``model.onnx`` (and ``model.fp16.onnx``), ``model.json`` (classes,
 preprocessing spec, temperature, decision rule, lineage, parity) and ``metrics.json``.
 
-A model trained with dropout (``model.drop_rate`` > 0) also gets ``mc_head.onnx``, its classifier
-alone, and model.onnx gives the pooled features as an output: serving can then sample the
-dropout (``MC_SAMPLES``) for an uncertainty figure. The head with a mask of ones must give the
+model.onnx gives the pooled features as an output too when the model is classifier(pooled
+features), as timm's models are: drift.json holds their distribution over the training split
+(with brightness, contrast, blur and size), which serving scores its answered photos against.
+A model trained with dropout (``model.drop_rate`` > 0) also gets ``mc_head.onnx``, its
+classifier alone: serving can then sample the dropout (``MC_SAMPLES``) for an uncertainty
+figure. The head with a mask of ones must give the
 model's probabilities within ``export.max_abs_diff``.
 
 Several tasks: the graph has one probabilities output per task (each at its task's temperature),
@@ -32,11 +35,12 @@ import torch
 
 from carinspect.config import ExportConfig, Settings
 from carinspect.contracts.cards import parse_card
-from carinspect.contracts.folders import ExportDir
+from carinspect.contracts.folders import ExportDir, IngestDir
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.rules import parse_rule, read_rule
 from carinspect.contracts.tasks import MISSING, TaskSpec, task_slices, tasks_of_checkpoint
 from carinspect.data.dataset import ImageDataset, load_task_split
+from carinspect.data.manifest import read_manifest
 from carinspect.drift.profile import DriftProfile, build_profile
 from carinspect.errors import InputError
 from carinspect.evaluation.decision import decide_from_spec
@@ -50,6 +54,7 @@ from carinspect.modeling.onnx_export import (
     head_is_separable,
     ort_probabilities,
     output_names,
+    pre_logits,
     session,
     to_fp16,
 )
@@ -150,12 +155,12 @@ def _answers(tasks: list[TaskSpec], calibration: dict[str, Any], threshold: Path
     return answers
 
 
-def _dropout_rate(state: dict[str, Any], model: torch.nn.Module, img_size: int) -> float:
+def _dropout_rate(state: dict[str, Any], separable: bool) -> float:
     """The dropout rate MC dropout can sample at serving time (0: none)."""
     rate = float(state["config"]["model"].get("drop_rate", 0.0))
     if rate <= 0:
         return 0.0
-    if not head_is_separable(model, img_size):
+    if not separable:
         logger.warning(
             "model %s: its output is not classifier(pooled features), so MC dropout is not "
             "exported (serving cannot sample its dropout)",
@@ -188,18 +193,43 @@ DRIFT_IMAGES = 2000  # training photos the drift profile is taken from, at most 
 
 
 def _drift_profile(
-    splits: Path, ingest_dir: Path, tasks: list[TaskSpec], spec: PreprocessSpec
+    splits: Path,
+    ingest_dir: Path,
+    tasks: list[TaskSpec],
+    spec: PreprocessSpec,
+    model: torch.nn.Module,
+    features: bool,
 ) -> DriftProfile:
-    """The training split as serving's drift scores see photos: through the model's input."""
+    """The training split as serving's drift scores see photos: through the model's input.
+
+    The photos' sizes are the manifest's (the files as sent, before ingest reduced them);
+    ``features``: the graph outputs the pooled features, so the profile holds their
+    distribution too.
+    """
     samples = load_task_split(Path(splits), Path(ingest_dir), "train", tasks)
     samples = samples[:: max(1, len(samples) // DRIFT_IMAGES)][:DRIFT_IMAGES]
+    sizes_of = {
+        (Path(ingest_dir) / r.path).resolve(): (r.width, r.height)
+        for r in read_manifest(IngestDir(ingest_dir).manifest)
+    }
     ds = ImageDataset(samples, spec)
     labels: dict[str, list[str]] = {t.name: [] for t in tasks}
     for sample in samples:
         index = [sample.label] if isinstance(sample.label, int) else list(sample.label)
         for t, i in zip(tasks, index, strict=True):
             labels[t.name].append(t.classes[i] if i != MISSING else "")
-    return build_profile((ds[i][0].numpy() for i in range(len(ds))), spec, labels)
+    inputs = [ds[i][0] for i in range(len(ds))]
+    pooled = None
+    if features:
+        with torch.no_grad():
+            pooled = torch.cat(
+                [
+                    pre_logits(model, torch.stack(inputs[i : i + 64]))
+                    for i in range(0, len(inputs), 64)
+                ]
+            ).numpy()
+    sizes = [sizes_of[s.path.resolve()] for s in samples]
+    return build_profile((t.numpy() for t in inputs), spec, labels, sizes, pooled)
 
 
 def run(
@@ -223,7 +253,8 @@ def run(
     multi = len(tasks) > 1
     heads = [Head(a.name, a.outputs, a.temperature) for a in answers] if multi else None
     model = model_from_checkpoint(state)
-    dropout = _dropout_rate(state, model, spec.img_size)
+    separable = head_is_separable(model, spec.img_size)
+    dropout = _dropout_rate(state, separable)
 
     samples = load_task_split(Path(splits), Path(ingest_dir), "val", tasks)[: cfg.parity_images]
     if not samples:
@@ -237,7 +268,7 @@ def run(
     with staged_dir(Path(out)) as staged:
         tmp = ExportDir(staged)
         export_onnx(
-            model, answers[0].temperature, spec.img_size, cfg.opset, tmp.onnx, heads, dropout > 0
+            model, answers[0].temperature, spec.img_size, cfg.opset, tmp.onnx, heads, separable
         )
         if not file_is_self_contained(tmp.onnx):
             raise ExportError(f"{tmp.ONNX} refers to external weight files")
@@ -304,7 +335,7 @@ def run(
                 "shape": ["batch", 3, spec.img_size, spec.img_size],
                 "dtype": "float32",
             },
-            "outputs": output_names(heads) + ([FEATURES] if mc else []),
+            "outputs": output_names(heads) + ([FEATURES] if separable else []),
             "mc_dropout": mc,
             "opset": cfg.opset,
             "files": files,
@@ -316,7 +347,8 @@ def run(
             },
         }, f"the model card from {checkpoint} and {threshold}")  # fmt: skip
         write_json_atomic(tmp.card, card.to_json())
-        write_json_atomic(tmp.drift, _drift_profile(splits, ingest_dir, tasks, spec).model_dump())
+        profile = _drift_profile(splits, ingest_dir, tasks, spec, model, separable)
+        write_json_atomic(tmp.drift, profile.model_dump())
         write_json_atomic(tmp.metrics, {**figures, **({"mc_head": mc} if mc else {})})
     if run_id:
         # the ONNX files in the run's own artifacts too (export/), not only on the logged

@@ -1,0 +1,212 @@
+"""Served photos kept for review: FEEDBACK_DIR (a folder or ``s3://bucket/prefix``), opt-in.
+
+A ``FEEDBACK_PERCENT`` share of the answered uploads is kept, each under its content hash::
+
+    <FEEDBACK_DIR>/<sha256[:2]>/<sha256>.<ext>    the upload's bytes, as sent
+    <FEEDBACK_DIR>/<sha256[:2]>/<sha256>.json     what was answered: version, labels, when
+
+The photo is written before its record, each one atomically (a temporary name renamed into
+place; an S3 object appears whole), so a record never names a photo that is not there. The
+response never waits: the event loop only hands the bytes to a bounded queue that one writer
+thread empties; when it is full, the photo is not kept (``carinspect_feedback_skipped_total``).
+``FEEDBACK_MAX_MB`` caps the log: when it is reached, sampling stops with one WARNING. A folder
+that cannot be written (or a bucket that refuses the first write) turns sampling off with one
+WARNING, and serving goes on.
+
+``carinspect feedback import`` turns a reviewer's labels for these photos into a dataset
+revision (:mod:`carinspect.data.feedback`); ``carinspect drift`` scores the log as a set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import random
+import tempfile
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from carinspect.serving.inference import labels_of
+from carinspect.serving.metrics import ServingMetrics
+from carinspect.serving.model_store import LoadedModel
+from carinspect.serving.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+RECORD = ".json"
+_QUEUE = 64  # photos waiting for the writer, at most; more are not kept
+_MAGIC = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG", ".png"), (b"GIF8", ".gif"), (b"BM", ".bmp"))
+
+
+def extension(data: bytes) -> str:
+    """A file extension for the upload's bytes (the log is read content-sniffed anyway)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1"):
+        return ".heic"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return ".tif"
+    return next((ext for magic, ext in _MAGIC if data.startswith(magic)), ".img")
+
+
+def record_name(sha: str) -> str:
+    """Where a photo's record lives, relative to the log's root."""
+    return f"{sha[:2]}/{sha}{RECORD}"
+
+
+class _Sink(Protocol):
+    def put(self, name: str, data: bytes) -> None: ...
+    def used(self) -> int: ...
+    def exists(self, name: str) -> bool: ...
+
+
+class _FolderSink:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def put(self, name: str, data: bytes) -> None:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def used(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_file()
+
+
+class _S3Sink:
+    def __init__(self, uri: str) -> None:
+        import boto3  # the pipeline install has it; the slim serving image does not
+
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise ValueError(f"{uri}: no bucket name")
+        self.bucket, self.prefix = bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client = boto3.client("s3")
+
+    def put(self, name: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data)
+
+    def used(self) -> int:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        )
+        return sum(o["Size"] for page in pages for o in page.get("Contents", []))
+
+    def exists(self, name: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.prefix + name)
+        except ClientError:
+            return False
+        return True
+
+
+class FeedbackLog:
+    """The sampler, its queue and its writer thread (:meth:`start` opens the target)."""
+
+    def __init__(self, settings: ServeSettings, metrics: ServingMetrics) -> None:
+        self.target = settings.feedback_dir
+        self.percent = settings.feedback_percent
+        self.max_bytes = int(settings.feedback_max_mb * 1024 * 1024)
+        self.metrics = metrics
+        self.enabled = False
+        self.reason = "not started"
+        self._sink: _Sink | None = None
+        self._used = 0
+        self._sampler = random.Random(0)
+        self._queue: queue.Queue[tuple[bytes, dict[str, Any]] | None] = queue.Queue(_QUEUE)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Open the target and probe it with a write; a failure disables sampling (WARNING)."""
+        try:
+            sink: _Sink = (
+                _S3Sink(self.target)
+                if self.target.startswith("s3://")
+                else _FolderSink(Path(self.target))
+            )
+            sink.put(".carinspect-feedback", b"photos kept by carinspect serve (FEEDBACK_DIR)\n")
+            self._used = sink.used()
+        except Exception as err:  # any trouble with the target is a reason not to sample
+            self._disable(f"FEEDBACK_DIR={self.target} cannot be written ({err})")
+            return
+        self._sink, self.enabled, self.reason = sink, True, ""
+        self._thread = threading.Thread(target=self._write_all, name="feedback", daemon=True)
+        self._thread.start()
+        logger.info(
+            "keeping %g%% of answered photos in %s (%.1f of %.0f MB used)",
+            self.percent, self.target, self._used / 2**20, self.max_bytes / 2**20,
+        )  # fmt: skip
+
+    def _disable(self, reason: str) -> None:
+        if self.enabled or self.reason == "not started":
+            logger.warning("feedback sampling is off: %s; serving goes on", reason)
+        self.enabled, self.reason = False, reason
+
+    def offer(
+        self, data: bytes, model: LoadedModel, reply: dict[str, Any], filename: str | None
+    ) -> None:
+        """Maybe keep this answered upload (called on the event loop: never blocks)."""
+        if not self.enabled or self._sampler.random() * 100 >= self.percent:
+            return
+        record = {
+            "received_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "filename": filename,
+            "model": {"name": model.ref.name, "version": model.version, "alias": model.ref.alias},
+            "labels": labels_of(model, reply),
+            "classes": {t.name: t.classes for t in model.tasks},
+            "answer": reply,
+        }
+        try:
+            self._queue.put_nowait((data, record))
+        except queue.Full:
+            self.metrics.feedback_skipped.labels("busy").inc()
+
+    def _write_all(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self._write(*item)
+            except Exception as err:  # the writer must outlive any one photo
+                self.metrics.feedback_skipped.labels("error").inc()
+                self._disable(f"writing to {self.target} failed ({err})")
+
+    def _write(self, data: bytes, record: dict[str, Any]) -> None:
+        if not self.enabled or self._sink is None:
+            return
+        sha = hashlib.sha256(data).hexdigest()
+        name = record_name(sha)
+        if self._sink.exists(name):
+            self.metrics.feedback_skipped.labels("duplicate").inc()
+            return
+        body = json.dumps({"sha256": sha, "bytes": len(data), **record}, indent=1).encode()
+        if self._used + len(data) + len(body) > self.max_bytes:
+            self.metrics.feedback_skipped.labels("full").inc()
+            self._disable(f"FEEDBACK_MAX_MB={self.max_bytes / 2**20:g} reached in {self.target}")
+            return
+        photo = f"{sha[:2]}/{sha}{extension(data)}"
+        self._sink.put(photo, data)  # the photo first: a record always has its photo
+        self._sink.put(name, body)
+        self._used += len(data) + len(body)
+        self.metrics.feedback_saved.inc()
+
+    def stop(self) -> None:
+        """Write what is queued, then stop the writer."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
