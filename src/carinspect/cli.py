@@ -38,6 +38,10 @@ pipeline_app = typer.Typer(help="The Kubeflow Pipelines pipeline: compile, run l
 app.add_typer(pipeline_app, name="pipeline")
 webhook_app = typer.Typer(help="MLflow webhooks for alias moves (optional; serving also polls).")
 app.add_typer(webhook_app, name="webhook")
+feedback_app = typer.Typer(
+    help="Served photos (FEEDBACK_DIR) back into a dataset.", no_args_is_help=True
+)
+app.add_typer(feedback_app, name="feedback")
 store_app = typer.Typer(
     help="The embedded MLflow store (mlflow.db + mlruns/).", no_args_is_help=True
 )
@@ -721,6 +725,32 @@ def webhook_add(
         settings.webhook_secret.get_secret_value(),
     )
     typer.echo(f"webhook {hook.webhook_id} ({hook.name}) -> {hook.url}")
+
+
+@feedback_app.command("import")
+def feedback_import(
+    labels: Annotated[
+        Path,
+        typer.Argument(
+            help="A CSV of sha256,label, or a folder of the photos sorted into <class>/."
+        ),
+    ],
+    log: Annotated[str, typer.Option(help="The FEEDBACK_DIR serving kept photos in (or s3://).")],
+    params: ParamsOpt = Path("params.yaml"),
+    out: Annotated[
+        Path | None, typer.Option(help="The feedback dataset folder (default: data.feedback).")
+    ] = None,
+) -> None:
+    """Labelled served photos into the feedback dataset (a new DVC revision ingest reads)."""
+    from carinspect.data.feedback import import_feedback
+
+    folder = out or Path(_params(params).data.feedback or "data/feedback")
+    r = import_feedback(labels, log, folder)
+    typer.echo(
+        f"{r.added} added, {r.relabelled} relabelled, {r.unchanged} unchanged: {r.folder} now "
+        f"holds {r.classes}"
+        + (f"; commit {r.dvc_file} to record this revision" if r.dvc_file else "")
+    )
 
 
 @store_app.command("check")

@@ -81,6 +81,13 @@ class DataConfig(_Section):
         "from that list",
     )
     demo: DemoConfig = DemoConfig()
+    feedback: str = Field(
+        "",
+        description="a feedback dataset folder (`carinspect feedback import` writes its photos/, "
+        "one subfolder per class, tracked by photos.dvc): its photos are ingested beside "
+        "data.source's; a folder with no photos/ (or empty: none) adds none. params.yaml names "
+        "data/feedback, which dvc.yaml's ingest stage depends on",
+    )
 
     @model_validator(mode="after")
     def _source_not_empty(self) -> DataConfig:

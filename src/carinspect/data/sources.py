@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from carinspect.config import SPLIT_NAMES, DemoConfig
+from carinspect.data.feedback import PHOTOS
 from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,23 @@ def _folder(root: Path, display: str) -> ResolvedSource:
                 shown = f"{display.rstrip('/')}/{path.relative_to(root).as_posix()}"
                 resolved.items.append(SourceItem(shown, class_dir.name, _read_file(path)))
     return resolved
+
+
+def feedback_items(folder: str, source: ResolvedSource) -> list[SourceItem]:
+    """The labelled photos of a feedback dataset (``<folder>/photos/<class>/``), for ``source``.
+
+    None when the folder has no photos yet. Each photo carries one label, so a source that
+    trains several tasks together cannot take them.
+    """
+    photos = Path(folder) / PHOTOS
+    if not folder or not photos.is_dir() or not any(p.is_dir() for p in photos.iterdir()):
+        return []
+    if len(source.tasks) > 1:
+        raise SourceError(
+            f"data.feedback {folder!r} holds one label per photo, but data.source "
+            f"{source.uri!r} trains the tasks {source.tasks} together: leave {photos} out"
+        )
+    return _folder(photos, str(photos)).items
 
 
 _CSV_FIXED = ("path", "split", "group")

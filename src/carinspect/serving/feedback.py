@@ -19,7 +19,6 @@ revision (:mod:`carinspect.data.feedback`); ``carinspect drift`` scores the log 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from carinspect.data.feedback import RECORD
+from carinspect.data.fingerprint import sha256_bytes
+from carinspect.data.integrity import sniff
 from carinspect.serving.inference import labels_of
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel
@@ -38,20 +40,13 @@ from carinspect.serving.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
-RECORD = ".json"
 _QUEUE = 64  # photos waiting for the writer, at most; more are not kept
-_MAGIC = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG", ".png"), (b"GIF8", ".gif"), (b"BM", ".bmp"))
 
 
 def extension(data: bytes) -> str:
     """A file extension for the upload's bytes (the log is read content-sniffed anyway)."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1"):
-        return ".heic"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return ".tif"
-    return next((ext for magic, ext in _MAGIC if data.startswith(magic)), ".img")
+    fmt = sniff(data)
+    return {"JPEG": ".jpg", None: ".img"}.get(fmt, f".{(fmt or '').lower()}")
 
 
 def record_name(sha: str) -> str:
@@ -189,7 +184,7 @@ class FeedbackLog:
     def _write(self, data: bytes, record: dict[str, Any]) -> None:
         if not self.enabled or self._sink is None:
             return
-        sha = hashlib.sha256(data).hexdigest()
+        sha = sha256_bytes(data)
         name = record_name(sha)
         if self._sink.exists(name):
             self.metrics.feedback_skipped.labels("duplicate").inc()

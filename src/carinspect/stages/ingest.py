@@ -30,7 +30,7 @@ from carinspect.data.images import (
 )
 from carinspect.data.manifest import ManifestRow, label_of, manifest_csv
 from carinspect.data.report import render_ingest_report
-from carinspect.data.sources import Rejected, SourceItem, open_source
+from carinspect.data.sources import Rejected, SourceItem, feedback_items, open_source
 from carinspect.errors import InputError
 from carinspect.io import staged_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 
@@ -195,7 +195,8 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         open_source(data.source, data.demo, data.task, data.coco_tasks) as source,
         staged_dir(out) as tmp,
     ):
-        decoded = _decode_all(source.items, cfg, tmp)
+        feedback = feedback_items(data.feedback, source)
+        decoded = _decode_all(source.items + feedback, cfg, tmp)
         accepted = [r for r in decoded if isinstance(r, _Accepted)]
         rejected = list(source.rejected) + [r for r in decoded if isinstance(r, Rejected)]
         kept, duplicates = _deduplicate(accepted, tmp)
@@ -217,6 +218,7 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         write_text_atomic(written.manifest, text)
         report = _report(source.kind, data.source, rows, rejected, near_dups, cfg, manifest_sha)
         report["task"] = source.task
+        report["feedback"] = {"folder": data.feedback, "files": len(feedback)}
         if len(source.tasks) > 1:  # trained together: images per class of each
             report["trained_tasks"] = per_task
         if source.task_counts:  # a manifest with a column per task: what each one holds
