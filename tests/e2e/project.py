@@ -34,9 +34,10 @@ def make_project(
     ``change`` edits the params further)."""
     repo = tmp_path / "project"
     repo.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", "src", "tune"):
-        src = REPO_ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name)
+    for name in ("dvc.yaml", ".dvcignore", "src", "tune", "data/feedback/README.md"):
+        src, dst = REPO_ROOT / name, repo / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
     (repo / ".dvc").mkdir()
     shutil.copy(REPO_ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())

@@ -255,14 +255,16 @@ def import_feedback(labels: Path, log: str, folder: Path, dvc: bool = True) -> I
 def _dvc_add(photos: Path) -> Path | None:
     """``dvc add`` the photos when they are inside a DVC project; the .dvc file, or None."""
     here = photos.resolve()
-    if not any((p / ".dvc").is_dir() for p in (here, *here.parents)):
+    project = next((p for p in here.parents if (p / ".dvc").is_dir()), None)
+    if project is None:
         return None
     dvc = shutil.which("dvc")
     if dvc is None:
         raise FeedbackError(f"{photos}: inside a DVC project, but the dvc command is not installed")
     done = subprocess.run(
-        [dvc, "add", "-q", str(photos)], capture_output=True, text=True, check=False
-    )
+        [dvc, "add", str(here.relative_to(project))], cwd=project, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
     if done.returncode != 0:
         raise FeedbackError(
             f"dvc add {photos} failed: {done.stderr.strip() or done.stdout.strip()}"
