@@ -9,10 +9,10 @@ code's. The profile also holds each task's class shares in the training split, w
 compares with the shares of the labels served.
 
 The embedding distance: the training features are centred and whitened on their first
-principal components (fitted on half of the training photos), and a photo's distance is its
-squared Mahalanobis distance in that space. Its distribution over the other half is binned like
-any other statistic, so a stream of photos unlike the training ones (further from them) scores
-a PSI on the same scale as brightness.
+principal components, and a photo's distance is its squared Mahalanobis distance in that space.
+Its distribution over the val photos (which the weights never learnt from) is binned like any
+other statistic, so a stream of photos unlike the training ones (further from them) scores a
+PSI on the same scale as brightness.
 """
 
 from __future__ import annotations
@@ -95,20 +95,29 @@ def photo_stats(
     return {**input_stats(tensor, spec), MEGAPIXELS: width * height / 1e6}
 
 
-def fit_embedding(features: np.ndarray) -> tuple[EmbeddingRef, BinnedStat] | None:
-    """The whitening of half the training features, and the distances of the other half.
+def fit_embedding(
+    features: np.ndarray, unseen: np.ndarray | None = None
+) -> tuple[EmbeddingRef, BinnedStat] | None:
+    """The whitening of the training features, and the distances of photos the model never saw.
 
-    None with fewer than 8 photos: too few to say what is typical.
+    ``unseen``: features of held-out photos (the val split), whose distances are the reference
+    an in-distribution served photo is compared with: a fine-tuned model places its own training
+    photos closer than any new photo, so their distances would make every new photo look far.
+    With fewer than 8 of them, half the training photos are held out of the fit instead. None
+    with fewer than 8 training photos: too few to say what is typical.
     """
     f = np.asarray(features, dtype=np.float64)
     if len(f) < 8:
         return None
-    fit, held = f[::2], f[1::2]
+    if unseen is not None and len(unseen) >= 8:
+        fit, held = f, np.asarray(unseen, dtype=np.float64)
+    else:
+        fit, held = f[::2], f[1::2]
     mean = fit.mean(axis=0)
     _, s, vt = np.linalg.svd(fit - mean, full_matrices=False)
     k = max(1, min(COMPONENTS, len(fit) - 1, int((s > s[0] * 1e-6).sum())))
     spread = s[:k] / np.sqrt(len(fit) - 1)
-    floor = spread[0] * 1e-3  # a direction the fit half barely moves in must not dominate
+    floor = spread[0] * 1e-3  # a direction the fit barely moves in must not dominate
     projection = vt[:k] / np.maximum(spread, floor)[:, None]
     ref = EmbeddingRef(
         mean=[float(x) for x in mean.astype(np.float32)],
@@ -123,17 +132,19 @@ def build_profile(
     labels: dict[str, list[str]],
     sizes: Sequence[tuple[int, int]],
     features: np.ndarray | None = None,
+    unseen: np.ndarray | None = None,
 ) -> DriftProfile:
     """The profile of the training inputs, their sizes as ingested and their labels.
 
     ``labels``: per task, one label per input ("" = unlabelled). ``features``: their pooled
-    features, one row per input (none: no embedding distance).
+    features, one row per input (none: no embedding distance); ``unseen``: the features of
+    held-out photos (see :func:`fit_embedding`).
     """
     rows = [photo_stats(t, spec, w, h) for t, (w, h) in zip(inputs, sizes, strict=True)]
     if not rows:
         raise ContractError("no training images to take a drift profile from")
     stats = {name: BinnedStat.of([r[name] for r in rows]) for name in rows[0]}
-    fitted = fit_embedding(features) if features is not None else None
+    fitted = fit_embedding(features, unseen) if features is not None else None
     if fitted is not None:
         stats[EMBEDDING] = fitted[1]
     classes = {}

@@ -219,17 +219,24 @@ def _drift_profile(
         for t, i in zip(tasks, index, strict=True):
             labels[t.name].append(t.classes[i] if i != MISSING else "")
     inputs = [ds[i][0] for i in range(len(ds))]
-    pooled = None
-    if features:
-        with torch.no_grad():
-            pooled = torch.cat(
-                [
-                    pre_logits(model, torch.stack(inputs[i : i + 64]))
-                    for i in range(0, len(inputs), 64)
-                ]
-            ).numpy()
+    pooled = unseen = None
+    if features:  # the embedding: train photos to fit it, val photos (never learnt) to bin it
+        val = load_task_split(Path(splits), Path(ingest_dir), "val", tasks)
+        val_ds = ImageDataset(val[:: max(1, len(val) // DRIFT_IMAGES)][:DRIFT_IMAGES], spec)
+        pooled = _pooled(model, inputs)
+        unseen = _pooled(model, [val_ds[i][0] for i in range(len(val_ds))])
     sizes = [sizes_of[s.path.resolve()] for s in samples]
-    return build_profile((t.numpy() for t in inputs), spec, labels, sizes, pooled)
+    return build_profile((t.numpy() for t in inputs), spec, labels, sizes, pooled, unseen)
+
+
+def _pooled(model: torch.nn.Module, inputs: list[torch.Tensor]) -> np.ndarray:
+    """The pooled features of ``inputs``, 64 at a time."""
+    if not inputs:
+        return np.zeros((0, 0), dtype=np.float32)
+    with torch.no_grad():
+        return torch.cat(
+            [pre_logits(model, torch.stack(inputs[i : i + 64])) for i in range(0, len(inputs), 64)]
+        ).numpy()
 
 
 def run(
