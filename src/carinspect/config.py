@@ -89,10 +89,35 @@ class DataConfig(_Section):
         "data/feedback, which dvc.yaml's ingest stage depends on",
     )
 
+    format: Literal["files", "shards"] = Field(
+        "files",
+        description="how ingest stores the images it keeps: files (one PNG each under "
+        "images/) or shards (webdataset tar files with an index, images/shards.json), which "
+        "training streams from local disk or S3 with a disjoint share per rank and worker",
+    )
+    shards: str = Field(
+        "",
+        description="data.format shards: where the shards go; empty: inside the ingest "
+        "output (images/), versioned by DVC with it; s3://bucket/prefix: uploaded there (the "
+        "index in images/ names the prefix; add the prefix to dvc.yaml's ingest outs with "
+        "cache: false and persist: true to track it)",
+    )
+
     @model_validator(mode="after")
     def _source_not_empty(self) -> DataConfig:
         if not self.source.strip():
             raise ValueError("data.source must not be empty")
+        if self.shards and self.format != "shards":
+            raise ValueError(
+                f"data.shards {self.shards!r} is set but data.format is {self.format!r}"
+            )
+        if self.shards and not self.shards.startswith("s3://"):
+            raise ValueError(
+                f"data.shards {self.shards!r}: give an s3://bucket/prefix, or leave it empty "
+                "to keep the shards inside the ingest output"
+            )
+        if self.shards.startswith("s3://") and not self.shards[5:].split("/")[0]:
+            raise ValueError(f"data.shards {self.shards!r}: no bucket name")
         if isinstance(self.task, list) and (not self.task or len(set(self.task)) != len(self.task)):
             raise ValueError(f"data.task lists no task or repeats one: {self.task}")
         seen: dict[str, str] = {}
@@ -128,6 +153,9 @@ class IngestConfig(_Section):
         0.8, gt=0.5, le=1.0, description="warn when size/aspect/grayscale alone reach this AUC"
     )
     shortcut_folds: int = Field(5, ge=2, le=20)
+    shard_mb: int = Field(
+        64, ge=1, le=4096, description="data.format shards: size each shard is filled to (MiB)"
+    )
 
 
 class SplitConfig(_Section):

@@ -1,4 +1,4 @@
-"""A torch Dataset over the ingest cache, selected by splits.csv."""
+"""A torch Dataset over ingest's images (per-file cache or shards), selected by splits.csv."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from carinspect.contracts.tasks import MISSING, TaskSpec
 from carinspect.data.augment import apply_augment
 from carinspect.data.manifest import ManifestError, SplitRow, label_of, read_splits, row_tasks
 from carinspect.data.preprocess import preprocess
+from carinspect.data.store import FileStore, ImageStore, open_store
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def load_task_split(
         samples.append(
             Sample(Path(image_root) / r.path, tuple(found) if len(tasks) > 1 else found[0])
         )
-    missing = next((s.path for s in samples if not s.path.is_file()), None)
+    missing = open_store(Path(image_root)).missing([s.path for s in samples])
     if missing is not None:
         raise ManifestError(
             f"{splits_csv}: cached image {missing} does not exist (run ingest again)"
@@ -100,23 +101,27 @@ class ImageDataset(Dataset[tuple[torch.Tensor, Any]]):
         spec: PreprocessSpec,
         augment: Any | None = None,
         seed: int = 0,
+        store: ImageStore | None = None,
     ) -> None:
         self.samples = samples
         self.spec = spec
         self.augment = augment
         self.seed = seed
+        self.store: ImageStore = store if store is not None else FileStore(Path("."))
         self._pixels: list[np.ndarray] | None = None
 
     def preload(self, workers: int = 2) -> int:
-        """Decode every cached image once and keep the pixels in memory; returns bytes held.
+        """Decode every image once and keep the pixels in memory; returns bytes held.
 
         DataLoader workers are forked after this, so they share the arrays instead of decoding
-        a PNG per sample per epoch (the largest per-sample cost after augmentation).
+        a PNG per sample per epoch (the largest per-sample cost after augmentation). From
+        shards, neighbouring images are fetched together.
         """
         from concurrent.futures import ThreadPoolExecutor
 
+        data = self.store.read_many([s.path for s in self.samples], threads=max(1, workers) * 4)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            self._pixels = list(pool.map(lambda s: _decode(s.path), self.samples))
+            self._pixels = list(pool.map(decode_png, data))
         return sum(a.nbytes for a in self._pixels)
 
     def __len__(self) -> int:
@@ -129,7 +134,10 @@ class ImageDataset(Dataset[tuple[torch.Tensor, Any]]):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
         i, epoch = key if isinstance(key, tuple) else (key, 0)
         sample = self.samples[i]
-        pixels = self._pixels[i] if self._pixels is not None else _decode(sample.path)
+        if self._pixels is not None:
+            pixels = self._pixels[i]
+        else:
+            pixels = decode_png(self.store.read_many([sample.path], threads=1)[0])
         if self.augment is not None:
             seed = int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0])
             pixels = apply_augment(self.augment, pixels, seed)
@@ -138,9 +146,23 @@ class ImageDataset(Dataset[tuple[torch.Tensor, Any]]):
         return torch.from_numpy(preprocess(pixels, self.spec)), target
 
 
-def _decode(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
+def decode_png(data: bytes) -> np.ndarray:
+    """The RGB pixels of an image ingest stored."""
+    import io
+
+    with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"))
+
+
+def dataset_for(
+    samples: list[Sample],
+    spec: PreprocessSpec,
+    image_root: Path,
+    augment: Any | None = None,
+    seed: int = 0,
+) -> ImageDataset:
+    """An :class:`ImageDataset` reading from the store of ``image_root`` (files or shards)."""
+    return ImageDataset(samples, spec, augment, seed, open_store(Path(image_root)))
 
 
 def loader_for(

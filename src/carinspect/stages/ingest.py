@@ -1,6 +1,8 @@
 """ingest: decode and validate every source image into a resized, content-addressed cache.
 
-Output folder ``out``: ``images/<aa>/<sha256>.png`` (short side ``ingest.short_side``),
+Output folder ``out``: ``images/<aa>/<sha256>.png`` (short side ``ingest.short_side``; with
+``data.format: shards`` the same PNGs packed into webdataset tar shards, ``images/<shard>.tar``
+or under the ``data.shards`` S3 prefix, with their index ``images/shards.json``),
 ``manifest.csv``, the data report (``report.json``, ``report.md``) and its headline figures in
 ``metrics.json`` (for ``dvc metrics show``). The folder is built under a temporary
 name and renamed into place, so a failed or interrupted run leaves the previous output intact.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import io
 import logging
+import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,6 +23,7 @@ from tqdm import tqdm
 
 from carinspect.config import DataConfig, IngestConfig
 from carinspect.contracts.folders import IngestDir
+from carinspect.contracts.shards import INDEX_FILE
 from carinspect.data import quality
 from carinspect.data.fingerprint import dhash, near_duplicate_groups, sha256_bytes
 from carinspect.data.images import (
@@ -29,8 +33,11 @@ from carinspect.data.images import (
     grayscale_spread,
 )
 from carinspect.data.manifest import ManifestRow, label_of, manifest_csv
+from carinspect.data.objects import ObjectError, open_location
 from carinspect.data.report import render_ingest_report
+from carinspect.data.shards import PackItem, write_shards
 from carinspect.data.sources import Rejected, SourceItem, feedback_items, open_source
+from carinspect.data.store import IMAGES
 from carinspect.errors import InputError
 from carinspect.io import staged_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 
@@ -188,9 +195,42 @@ def _near_duplicates(
     return rows, report
 
 
+def _pack(
+    rows: list[ManifestRow], tasks: list[str], data: DataConfig, cfg: IngestConfig, root: Path
+) -> tuple[list[ManifestRow], dict[str, Any]]:
+    """Move the per-file cache under ``root`` into shards; rows then name ``images/<shard>/…``."""
+    store = open_location(data.shards, root / IMAGES)
+    items = (
+        PackItem(r.sha256, (root / r.path).read_bytes, {t: label_of(r, t) for t in tasks})
+        for r in sorted(rows, key=lambda r: r.sha256)
+    )
+    try:
+        index, where = write_shards(items, tasks, cfg.shard_mb * 2**20, root / ".shards", store)
+    except ObjectError as err:
+        raise IngestError(f"data.shards: {err}") from None
+    shutil.rmtree(root / ".shards", ignore_errors=True)
+    for folder in (root / IMAGES).iterdir():  # the per-file cache's images/<aa>/ folders
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    write_json_atomic(root / IMAGES / INDEX_FILE, index.model_dump())
+    packed = [replace(r, path=f"{IMAGES}/{where[r.sha256]}/{r.sha256}.png") for r in rows]
+    summary = {
+        "format": "shards",
+        "location": store.uri if data.shards else f"{IMAGES}/",
+        "shards": len(index.shards),
+        "bytes": sum(s.bytes for s in index.shards),
+    }
+    return packed, summary
+
+
 def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
     """Ingest ``data.source`` into ``out``; see the module docstring for the layout."""
     out = Path(out)
+    if data.shards:  # a bucket that refuses us should stop the run before it decodes anything
+        try:
+            open_location(data.shards, out).check()
+        except ObjectError as err:
+            raise IngestError(f"data.shards: {err}") from None
     with (
         open_source(data.source, data.demo, data.task, data.coco_tasks) as source,
         staged_dir(out) as tmp,
@@ -212,6 +252,9 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
                 )
         classes = list(per_task[source.task])
         rows, near_dups = _near_duplicates(kept, cfg.near_duplicate_distance)
+        storage: dict[str, Any] = {"format": "files", "location": f"{IMAGES}/"}
+        if data.format == "shards":
+            rows, storage = _pack(rows, source.tasks, data, cfg, tmp)
         text = manifest_csv(rows)
         manifest_sha = sha256_bytes(text.encode("utf-8"))
         written = IngestDir(tmp)
@@ -219,6 +262,7 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         report = _report(source.kind, data.source, rows, rejected, near_dups, cfg, manifest_sha)
         report["task"] = source.task
         report["feedback"] = {"folder": data.feedback, "files": len(feedback)}
+        report["storage"] = storage
         if len(source.tasks) > 1:  # trained together: images per class of each
             report["trained_tasks"] = per_task
         if source.task_counts:  # a manifest with a column per task: what each one holds
