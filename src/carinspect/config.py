@@ -153,8 +153,8 @@ class IngestConfig(_Section):
         0.8, gt=0.5, le=1.0, description="warn when size/aspect/grayscale alone reach this AUC"
     )
     shortcut_folds: int = Field(5, ge=2, le=20)
-    shard_mb: int = Field(
-        64, ge=1, le=4096, description="data.format shards: size each shard is filled to (MiB)"
+    shard_mb: float = Field(
+        64, gt=0, le=4096, description="data.format shards: size each shard is filled to (MiB)"
     )
 
 
@@ -246,7 +246,16 @@ class TrainConfig(_Section):
     nproc: int = Field(1, ge=1, le=64, description="processes on this node (one per GPU)")
     workers: int = Field(2, ge=0, le=64, description="DataLoader workers per process")
     cache_images: bool = Field(
-        True, description="decode the training images once, keep them in RAM"
+        True,
+        description="decode the training images once, keep them in RAM (per-file cache only: "
+        "shards are streamed)",
+    )
+    shuffle_window: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="data.format shards: images a DataLoader worker reads together and shuffles "
+        "(rounded down to whole batches); the shards themselves are shuffled every epoch",
     )
     seed: int = 42
     deterministic: bool = Field(True, description="deterministic kernels (bit-exact resume on CPU)")

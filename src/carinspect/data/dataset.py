@@ -70,6 +70,11 @@ def load_task_split(
     return samples
 
 
+def sample_labels(samples: list[Sample], task: int = 0) -> list[int]:
+    """Class index of every sample for the ``task``-th task, in order."""
+    return [s.label if isinstance(s.label, int) else s.label[task] for s in samples]
+
+
 def class_names(splits_csv: Path) -> list[str]:
     """Sorted class names present in splits.csv."""
     return sorted({r.label for r in read_splits(Path(splits_csv))})

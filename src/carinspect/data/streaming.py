@@ -101,6 +101,15 @@ class ShardStream(IterableDataset[tuple[torch.Tensor, Any]]):
         """Select the draw and order of ``epoch`` (call before iterating)."""
         self.epoch, self.start_step = epoch, 0
 
+    def state_dict(self) -> dict[str, int]:
+        """What a checkpoint needs to recompute the stream (as the per-file sampler's)."""
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
+        self.sampler.seed = self.seed
+
     def start_at(self, step: int) -> None:
         """Begin the current epoch at batch ``step`` of this rank (a mid-epoch resume)."""
         if not 0 <= step <= len(self) // self.batch_size + 1:
@@ -238,3 +247,29 @@ def _worker_init(_: int) -> None:
     # collector, whose scans would otherwise copy every page of them into this process
     torch.set_num_threads(1)
     gc.freeze()
+
+
+def eval_loader(
+    samples: list[Sample],
+    spec: PreprocessSpec,
+    image_root: Any,
+    batch_size: int,
+    workers: int,
+) -> tuple[torch.utils.data.DataLoader[Any], np.ndarray]:
+    """A loader over every one of ``samples`` once, and which sample each yielded item is.
+
+    Per-file cache: in the given order. Shards: streamed in index order (one request per run
+    of neighbouring images), so the order says how to put the results back.
+    """
+    from pathlib import Path
+
+    from carinspect.data.dataset import ImageDataset, loader_for
+    from carinspect.data.store import open_store
+
+    store = open_store(Path(image_root))
+    if isinstance(store, ShardStore):
+        stream = ShardStream(store, samples, spec, batch_size, train=False)
+        return stream_loader(stream, workers), stream.order()
+    ds = ImageDataset(samples, spec, store=store)
+    indices = list(range(len(ds)))
+    return loader_for(ds, batch_size, indices, workers, drop_last=False), np.arange(len(ds))

@@ -29,7 +29,9 @@ from carinspect.config import EvaluateConfig, Settings
 from carinspect.contracts.folders import EvaluateDir
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.tasks import MISSING, TaskSpec, task_slices, tasks_of_checkpoint
-from carinspect.data.dataset import ImageDataset, load_task_split, loader_for
+from carinspect.data.dataset import load_task_split, sample_labels
+from carinspect.data.store import open_store
+from carinspect.data.streaming import eval_loader
 from carinspect.evaluation import calibration, plots
 from carinspect.evaluation.metrics import classification_report, majority_baseline
 from carinspect.io import json_ready, staged_dir, write_json_atomic, write_text_atomic
@@ -133,18 +135,21 @@ def run(
     logits: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     samples = {}
+    open_store(Path(ingest_dir)).verify()
     for split in SPLITS:
         samples[split] = load_task_split(Path(splits), Path(ingest_dir), split, tasks)
         if not samples[split]:
             raise ValueError(f"{splits}: the {split} split is empty; nothing to evaluate")
-        ds = ImageDataset(samples[split], spec)
-        loader = loader_for(ds, cfg.batch_size, list(range(len(ds))), cfg.workers, drop_last=False)
-        logits[split], labels[split] = predict_logits(model, loader, device, precision)
-    train_ds = ImageDataset(load_task_split(Path(splits), Path(ingest_dir), "train", tasks), spec)
+        loader, order = eval_loader(samples[split], spec, ingest_dir, cfg.batch_size, cfg.workers)
+        found, truth = predict_logits(model, loader, device, precision)
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))  # results in the samples' order
+        logits[split], labels[split] = found[back], truth[back]
+    train_samples = load_task_split(Path(splits), Path(ingest_dir), "train", tasks)
     paths = {s: [str(x.path.relative_to(Path(ingest_dir))) for x in samples[s]] for s in SPLITS}
 
     if len(tasks) == 1:
-        a = _assess(logits, labels, train_ds.labels(), tasks[0].classes, cfg)
+        a = _assess(logits, labels, sample_labels(train_samples, 0), tasks[0].classes, cfg)
         metrics = a.metrics()
         result = {tasks[0].name: a}
     else:
@@ -156,7 +161,7 @@ def run(
                     raise ValueError(
                         f"{splits}: no image of the {s} split is labelled for task {task.name!r}"
                     )
-            train_labels = [c for c in train_ds.labels(t) if c != MISSING]
+            train_labels = [c for c in sample_labels(train_samples, t) if c != MISSING]
             result[task.name] = _assess(
                 {s: logits[s][mask[s], sl] for s in SPLITS},
                 {s: labels[s][mask[s], t] for s in SPLITS},

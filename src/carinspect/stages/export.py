@@ -39,7 +39,7 @@ from carinspect.contracts.folders import ExportDir, IngestDir
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.rules import parse_rule, read_rule
 from carinspect.contracts.tasks import MISSING, TaskSpec, task_slices, tasks_of_checkpoint
-from carinspect.data.dataset import ImageDataset, load_task_split
+from carinspect.data.dataset import dataset_for, load_task_split
 from carinspect.data.manifest import read_manifest
 from carinspect.drift.profile import DriftProfile, build_profile
 from carinspect.errors import InputError
@@ -212,7 +212,8 @@ def _drift_profile(
         (Path(ingest_dir) / r.path).resolve(): (r.width, r.height)
         for r in read_manifest(IngestDir(ingest_dir).manifest)
     }
-    ds = ImageDataset(samples, spec)
+    ds = dataset_for(samples, spec, ingest_dir)
+    ds.preload(workers=4)
     labels: dict[str, list[str]] = {t.name: [] for t in tasks}
     for sample in samples:
         index = [sample.label] if isinstance(sample.label, int) else list(sample.label)
@@ -222,7 +223,10 @@ def _drift_profile(
     pooled = unseen = None
     if features:  # the embedding: train photos to fit it, val photos (never learnt) to bin it
         val = load_task_split(Path(splits), Path(ingest_dir), "val", tasks)
-        val_ds = ImageDataset(val[:: max(1, len(val) // DRIFT_IMAGES)][:DRIFT_IMAGES], spec)
+        val_ds = dataset_for(
+            val[:: max(1, len(val) // DRIFT_IMAGES)][:DRIFT_IMAGES], spec, ingest_dir
+        )
+        val_ds.preload(workers=4)
         pooled = _pooled(model, inputs)
         unseen = _pooled(model, [val_ds[i][0] for i in range(len(val_ds))])
     sizes = [sizes_of[s.path.resolve()] for s in samples]
@@ -266,7 +270,8 @@ def run(
     samples = load_task_split(Path(splits), Path(ingest_dir), "val", tasks)[: cfg.parity_images]
     if not samples:
         raise ExportError(f"{splits}: no val images for the parity check")
-    ds = ImageDataset(samples, spec)
+    ds = dataset_for(samples, spec, ingest_dir)
+    ds.preload(workers=4)
     batch = np.stack([ds[i][0].numpy() for i in range(len(ds))])
     with torch.no_grad():
         torch_logits = model(torch.from_numpy(batch)).numpy()

@@ -34,8 +34,17 @@ from carinspect.contracts.tasks import (
     tasks_of_checkpoint,
 )
 from carinspect.data.augment import build_augment
-from carinspect.data.dataset import ImageDataset, load_task_split, loader_for, split_tasks
+from carinspect.data.dataset import (
+    ImageDataset,
+    Sample,
+    load_task_split,
+    loader_for,
+    sample_labels,
+    split_tasks,
+)
 from carinspect.data.samplers import EpochTagged, ShardedEpochSampler, shard
+from carinspect.data.store import ShardError, ShardStore, open_store
+from carinspect.data.streaming import ShardStream, stream_loader
 from carinspect.errors import InputError
 from carinspect.io import write_json_atomic, write_text_atomic
 from carinspect.logs import configure_logging
@@ -179,6 +188,12 @@ def _check_inputs(inputs: TrainInputs, world: int) -> None:
         raise TrainError(f"{inputs.splits}: the val split is empty; early stopping needs it")
     if inputs.resume and not TrainDir(inputs.out).last.is_file():
         raise TrainError(f"--resume: {TrainDir(inputs.out).last} not found")
+    # every shard there, the size and checksum the index records, the bucket taking our
+    # credentials: a broken dataset stops training here, not an epoch in
+    try:
+        open_store(inputs.ingest_dir).verify()
+    except ShardError as err:
+        raise TrainError(str(err)) from None
 
 
 def _tasks(inputs: TrainInputs) -> list[TaskSpec]:
@@ -198,6 +213,77 @@ def _sampler_task(cfg: TrainConfig, tasks: list[TaskSpec]) -> int:
     if cfg.sampler_task not in names:
         raise TrainError(f"train.sampler_task {cfg.sampler_task!r} is not one of the tasks {names}")
     return names.index(cfg.sampler_task)
+
+
+@dataclass(frozen=True)
+class _Loaders:
+    """The train and val loaders, and what selects the train draw of an epoch."""
+
+    sampler: ShardedEpochSampler | ShardStream
+    train: torch.utils.data.DataLoader[Any]
+    val: torch.utils.data.DataLoader[Any]
+
+    @classmethod
+    def build(
+        cls,
+        inputs: TrainInputs,
+        info: dist_utils.DistInfo,
+        spec: PreprocessSpec,
+        train_samples: list[Sample],
+        strata: list[int],
+        tasks: list[TaskSpec],
+    ) -> _Loaders:
+        """Per-file cache: indexed datasets and the sharded sampler; shards: two streams."""
+        cfg = inputs.train
+        store = open_store(inputs.ingest_dir)
+        val_samples = load_task_split(inputs.splits, inputs.ingest_dir, "val", tasks)
+        if isinstance(store, ShardStore):
+            stream = ShardStream(
+                store,
+                train_samples,
+                spec,
+                cfg.batch_size,
+                augment=build_augment(cfg.augment),
+                seed=cfg.seed,
+                rank=info.rank,
+                world_size=info.world_size,
+                kind=cfg.sampler,
+                strata=strata,
+                window=cfg.shuffle_window,
+            )
+            val = ShardStream(
+                store,
+                val_samples,
+                spec,
+                cfg.batch_size,
+                train=False,
+                rank=info.rank,
+                world_size=info.world_size,
+            )
+            logger.info(
+                "streaming %d training images from %d shards in %s", len(train_samples),
+                len(store.shards), store.uri,
+            )  # fmt: skip
+            return cls(stream, stream_loader(stream, cfg.workers), stream_loader(val, cfg.workers))
+        train_ds = ImageDataset(
+            train_samples, spec, build_augment(cfg.augment), seed=cfg.seed, store=store
+        )
+        val_ds = ImageDataset(val_samples, spec, store=store)
+        if cfg.cache_images:
+            held = train_ds.preload() + val_ds.preload()
+            logger.debug("decoded images held in memory: %.1f MiB", held / 2**20)
+        sampler = ShardedEpochSampler(strata, cfg.sampler, info.rank, info.world_size, cfg.seed)
+        train_loader = loader_for(
+            train_ds, cfg.batch_size, EpochTagged(sampler), cfg.workers, drop_last=True
+        )
+        val_loader = loader_for(
+            val_ds,
+            cfg.batch_size,
+            shard(len(val_ds), info.rank, info.world_size),
+            cfg.workers,
+            drop_last=False,
+        )
+        return cls(sampler, train_loader, val_loader)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -288,29 +374,13 @@ def _train(
     tasks = _tasks(inputs)
     multi = len(tasks) > 1
     spec = PreprocessSpec.from_model(mcfg, _ingest_short_side(inputs.ingest_dir))
-    train_ds = ImageDataset(
-        load_task_split(inputs.splits, inputs.ingest_dir, "train", tasks),
-        spec,
-        build_augment(cfg.augment),
-        seed=cfg.seed,
-    )
-    val_ds = ImageDataset(load_task_split(inputs.splits, inputs.ingest_dir, "val", tasks), spec)
-    if cfg.cache_images:
-        held = train_ds.preload() + val_ds.preload()
-        logger.debug("decoded images held in memory: %.1f MiB", held / 2**20)
+    train_samples = load_task_split(inputs.splits, inputs.ingest_dir, "train", tasks)
     by = _sampler_task(cfg, tasks)  # images unlabelled for that task: one more group
-    strata = [c if c != MISSING else len(tasks[by].classes) for c in train_ds.labels(by)]
-    sampler = ShardedEpochSampler(strata, cfg.sampler, info.rank, info.world_size, cfg.seed)
-    train_loader = loader_for(
-        train_ds, cfg.batch_size, EpochTagged(sampler), cfg.workers, drop_last=True
-    )
-    val_loader = loader_for(
-        val_ds,
-        cfg.batch_size,
-        shard(len(val_ds), info.rank, info.world_size),
-        cfg.workers,
-        drop_last=False,
-    )
+    strata = [
+        c if c != MISSING else len(tasks[by].classes) for c in sample_labels(train_samples, by)
+    ]
+    data = _Loaders.build(inputs, info, spec, train_samples, strata, tasks)
+    sampler, train_loader, val_loader = data.sampler, data.train, data.val
 
     model: nn.Module = build_model(mcfg, num_outputs(tasks)).to(device)
     if cfg.channels_last:
@@ -327,7 +397,9 @@ def _train(
     if cfg.compile:
         model = torch.compile(model)  # type: ignore[assignment]
 
-    loss_fn = build_task_loss(cfg, tasks, [train_ds.labels(t) for t in range(len(tasks))])
+    loss_fn = build_task_loss(
+        cfg, tasks, [sample_labels(train_samples, t) for t in range(len(tasks))]
+    )
     loss_fn = loss_fn.to(device)
     optimizer = build_optimizer(_unwrap(model), cfg)
     if list(loss_fn.parameters()):  # learned task weights: no weight decay pulls them to 0
