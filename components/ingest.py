@@ -7,6 +7,8 @@ def ingest(
     data_source: str,
     data_version: str,
     data_task: str,
+    data_format: str,
+    data_shards: str,
     coco_tasks_cfg: str,
     demo_cfg: str,
     ingest_cfg: str,
@@ -14,14 +16,24 @@ def ingest(
     report: Output[Markdown],
     metrics: Output[Metrics],
 ) -> None:
-    """Decode, validate and deduplicate ``data_source`` (``data_version`` keys KFP's cache)."""
+    """Decode, validate and deduplicate ``data_source`` (``data_version`` keys KFP's cache).
+
+    ``data_format`` shards with ``data_shards`` an s3:// prefix: the shards go to the bucket
+    and the output artifact holds the manifest and the index; the tasks after it stream from
+    the bucket (credentials from the ``kfp.data_secret`` Secret).
+    """
     from carinspect import kfp_glue
     from carinspect.contracts.folders import IngestDir
     from carinspect.stages import ingest as stage
 
     p = kfp_glue.params_from_inputs(
         {"demo_cfg": demo_cfg, "coco_tasks_cfg": coco_tasks_cfg, "ingest_cfg": ingest_cfg},
-        {"data.source": data_source, "data.task": kfp_glue.task_input(data_task)},
+        {
+            "data.source": data_source,
+            "data.task": kfp_glue.task_input(data_task),
+            "data.format": data_format,
+            "data.shards": data_shards,
+        },
     )
     out = IngestDir(data.path)
     stage.run(p.data, p.ingest, out.root)

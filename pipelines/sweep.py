@@ -37,6 +37,8 @@ def build_sweep(cfg: Params) -> Any:
         data_version: str,
         data_source: str = cfg.data.source,
         data_task: str = kfp_glue.task_text(cfg.data.task),
+        data_format: str = cfg.data.format,
+        data_shards: str = cfg.data.shards,
         coco_tasks_cfg: str = d["coco_tasks_cfg"],
         demo_cfg: str = d["demo_cfg"],
         ingest_cfg: str = d["ingest_cfg"],
@@ -51,8 +53,8 @@ def build_sweep(cfg: Params) -> Any:
         register_cfg: str = d["register_cfg"],
     ) -> str:
         ingest, split = prepare(
-            comp, data_source, data_version, data_task, coco_tasks_cfg, demo_cfg, ingest_cfg,
-            split_cfg,
+            comp, data_source, data_version, data_task, data_format, data_shards, coco_tasks_cfg,
+            demo_cfg, ingest_cfg, split_cfg,
         )  # fmt: skip
         sample = comp.sample_trials(
             tune_cfg=tune_cfg, model_cfg=model_cfg, train_cfg=train_cfg, mlflow_cfg=mlflow_cfg

@@ -3,7 +3,8 @@
 Pipeline inputs: one per params.yaml section (``train_cfg``, ``export_cfg``, ...: the section as
 JSON, defaulting to params.yaml's at compile time), ``data_source`` (overrides data.source),
 ``data_task`` (data.task: the column of a CSV manifest with a column per task, or several
-separated by commas to train them together; empty: unset) and
+separated by commas to train them together; empty: unset), ``data_format`` and ``data_shards``
+(data.format and data.shards: shards to an s3:// prefix, which later tasks stream from) and
 ``data_version`` (the DVC revision or md5 of the data: it is an input of ingest, so KFP's cache
 key changes when the data does, kubeflow/website#1875). Each task gets only the sections its
 stage reads, as `dvc repro` tracks them (dvc.yaml ``params:``), so a change to ``export.opset``
@@ -22,7 +23,7 @@ from kfp import dsl, kubernetes
 
 import components
 from carinspect import kfp_glue
-from carinspect.config import KfpConfig, Params
+from carinspect.config import DATA_SECRET_KEYS, KfpConfig, Params
 
 PIPELINE_FILE = "pipelines/training_pipeline.yaml"
 
@@ -39,6 +40,9 @@ def _platform(task: Any, kfp: KfpConfig) -> None:
          "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
         optional=True,
     )  # fmt: skip
+    kubernetes.use_secret_as_env(
+        task, kfp.data_secret, {k: k for k in DATA_SECRET_KEYS}, optional=True
+    )  # sharded data in S3: ingest writes it, train, evaluate and export read it
     task.set_env_variable("NO_ALBUMENTATIONS_UPDATE", "1")
     task.set_cpu_request(kfp.cpu).set_cpu_limit(kfp.cpu)
     task.set_memory_request(kfp.memory).set_memory_limit(kfp.memory)
@@ -61,7 +65,7 @@ def _gpu_pool(task: Any, kfp: KfpConfig) -> None:
     kubernetes.empty_dir_mount(
         task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=t.shm_size
     )
-    if t.nodes > 1:
+    if t.nodes > 1 and not t.workspace_uri:  # an S3 workspace needs no shared volume
         kubernetes.mount_pvc(task, pvc_name=t.workspace_pvc, mount_path="/workspace")
 
 
@@ -82,6 +86,8 @@ def build(cfg: Params) -> Any:
         data_version: str,
         data_source: str = cfg.data.source,
         data_task: str = kfp_glue.task_text(cfg.data.task),
+        data_format: str = cfg.data.format,
+        data_shards: str = cfg.data.shards,
         coco_tasks_cfg: str = d["coco_tasks_cfg"],
         demo_cfg: str = d["demo_cfg"],
         ingest_cfg: str = d["ingest_cfg"],
@@ -95,8 +101,8 @@ def build(cfg: Params) -> Any:
         register_cfg: str = d["register_cfg"],
     ) -> str:
         ingest, split = prepare(
-            comp, data_source, data_version, data_task, coco_tasks_cfg, demo_cfg, ingest_cfg,
-            split_cfg,
+            comp, data_source, data_version, data_task, data_format, data_shards, coco_tasks_cfg,
+            demo_cfg, ingest_cfg, split_cfg,
         )  # fmt: skip
         train = comp.train(
             model_cfg=model_cfg,
@@ -165,6 +171,8 @@ def prepare(
     data_source: Any,
     data_version: Any,
     data_task: Any,
+    data_format: Any,
+    data_shards: Any,
     coco_tasks_cfg: Any,
     demo_cfg: Any,
     ingest_cfg: Any,
@@ -175,6 +183,8 @@ def prepare(
         data_source=data_source,
         data_version=data_version,
         data_task=data_task,
+        data_format=data_format,
+        data_shards=data_shards,
         coco_tasks_cfg=coco_tasks_cfg,
         demo_cfg=demo_cfg,
         ingest_cfg=ingest_cfg,

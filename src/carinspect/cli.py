@@ -781,6 +781,28 @@ def store_relocate(
         )
 
 
+@data_app.command("pull")
+def data_pull(
+    uri: Annotated[str, typer.Argument(help="s3://bucket/prefix to copy from.")],
+    folder: Annotated[Path, typer.Argument(help="Local folder to copy into.")],
+) -> None:
+    """Copy every object under an S3 prefix into a folder (a TrainJob node's inputs)."""
+    from carinspect.data.objects import download_tree
+
+    typer.echo(f"{download_tree(uri, folder)} files from {uri} in {folder}")
+
+
+@data_app.command("push")
+def data_push(
+    folder: Annotated[Path, typer.Argument(help="Local folder to copy from.")],
+    uri: Annotated[str, typer.Argument(help="s3://bucket/prefix to copy to.")],
+) -> None:
+    """Copy every file under a folder to an S3 prefix (a TrainJob node's outputs)."""
+    from carinspect.data.objects import upload_tree
+
+    typer.echo(f"{upload_tree(folder, uri)} files from {folder} in {uri}")
+
+
 @data_app.command("demo")
 def data_demo(
     params: ParamsOpt = Path("params.yaml"),

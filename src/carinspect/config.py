@@ -439,6 +439,15 @@ class Toleration(_Section):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"
 
 
+# the keys of kfp.data_secret that every task (and TrainJob node) gets as environment variables
+DATA_SECRET_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+)
+
+
 class KfpTrainConfig(_Section):
     """Where and how the train task runs on the cluster (set on the task, not the component)."""
 
@@ -462,6 +471,14 @@ class KfpTrainConfig(_Section):
     workspace_pvc: str = Field(
         "carinspect-workspace", description="ReadWriteMany PVC shared by a multi-node TrainJob"
     )
+    workspace_uri: str = Field(
+        "",
+        pattern=r"^(s3://[^/]+.*)?$",
+        description="s3://bucket/prefix: a multi-node TrainJob stages its inputs and outputs "
+        "there instead of on workspace_pvc, so it needs no ReadWriteMany volume; the data must "
+        "then be shards in S3 (data.format: shards, data.shards: s3://...), which every node "
+        "streams; credentials from kfp.data_secret",
+    )
     namespace: str = Field("kubeflow", min_length=1, description="where the TrainJob is created")
 
 
@@ -478,6 +495,12 @@ class KfpConfig(_Section):
     )
     mlflow_secret: str = Field(
         "carinspect-mlflow", description="Secret with MLFLOW_TRACKING_USERNAME/PASSWORD (optional)"
+    )
+    data_secret: str = Field(
+        "carinspect-data",
+        description="Secret with the object store credentials of sharded data in S3: any of "
+        f"{', '.join(DATA_SECRET_KEYS)} (optional: without it, boto3's own chain, such as "
+        "a service account's IAM role, applies)",
     )
     cpu: str = "2"
     memory: str = "8Gi"

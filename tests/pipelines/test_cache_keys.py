@@ -127,7 +127,7 @@ def test_kfp_sections_are_the_params_dvc_tracks() -> None:
         kfp = {
             SECTION_INPUTS.get(k, k).replace("data_", "data.")
             for k in task["inputs"]["parameters"]
-            if k.endswith("_cfg") or k in ("data_source", "data_task")
+            if k.endswith("_cfg") or k in ("data_source", "data_task", "data_format", "data_shards")
         } - {"data.demo"}
         assert kfp == set(stages[name]["params"]) - {"data.feedback"}, name
 

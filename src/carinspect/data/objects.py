@@ -205,6 +205,33 @@ class S3Prefix:
         except (BotoCoreError, ClientError) as err:
             raise self._explain(err, name) from None
 
+    def names(self) -> list[str]:
+        """Every object under the prefix, relative to it, sorted."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        except (BotoCoreError, ClientError) as err:
+            raise self._explain(err) from None
+        return sorted(k[len(self.prefix) :] for k in keys if not k.endswith("/"))
+
+    def get_file(self, name: str, path: Path) -> None:
+        """Download ``name`` to ``path`` through a temporary file (complete or absent)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            self.client.download_file(self.bucket, self._key(name), str(tmp))
+            os.replace(tmp, path)
+        except (BotoCoreError, ClientError) as err:
+            tmp.unlink(missing_ok=True)
+            raise self._explain(err, name) from None
+
     def check(self) -> None:
         """List one key under the prefix: the bucket exists and takes these credentials."""
         from botocore.exceptions import BotoCoreError, ClientError
@@ -213,6 +240,41 @@ class S3Prefix:
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except (BotoCoreError, ClientError) as err:
             raise self._explain(err) from None
+
+
+def upload_tree(folder: Path, uri: str) -> int:
+    """Copy every file under ``folder`` to the prefix ``uri`` (same relative names)."""
+    prefix = S3Prefix(uri)
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    for path in files:
+        prefix.put_file(path.relative_to(folder).as_posix(), path)
+    return len(files)
+
+
+def remove_tree(uri: str) -> int:
+    """Delete every object under the prefix ``uri``; returns how many there were."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    prefix = S3Prefix(uri)
+    names = prefix.names()
+    for i in range(0, len(names), 1000):  # DeleteObjects takes 1000 keys a call
+        batch = [{"Key": prefix.prefix + n} for n in names[i : i + 1000]]
+        try:
+            prefix.client.delete_objects(Bucket=prefix.bucket, Delete={"Objects": batch})
+        except (BotoCoreError, ClientError) as err:
+            raise prefix._explain(err) from None
+    return len(names)
+
+
+def download_tree(uri: str, folder: Path) -> int:
+    """Copy every object under the prefix ``uri`` into ``folder``; an empty prefix raises."""
+    prefix = S3Prefix(uri)
+    names = prefix.names()
+    if not names:
+        raise MissingObject(f"{prefix.uri}: no objects")
+    for name in names:
+        prefix.get_file(name, Path(folder) / name)
+    return len(names)
 
 
 def open_location(uri: str, local: Path) -> LocalFolder | S3Prefix:

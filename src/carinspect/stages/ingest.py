@@ -205,7 +205,9 @@ def _pack(
         for r in sorted(rows, key=lambda r: r.sha256)
     )
     try:
-        index, where = write_shards(items, tasks, round(cfg.shard_mb * 2**20), root / ".shards", store)
+        index, where = write_shards(
+            items, tasks, round(cfg.shard_mb * 2**20), root / ".shards", store
+        )
     except ObjectError as err:
         raise IngestError(f"data.shards: {err}") from None
     shutil.rmtree(root / ".shards", ignore_errors=True)

@@ -6,6 +6,13 @@ the runtime's torchrun (``kfp.train.trainer_runtime``, ``numNodes`` nodes with `
 processes each), streams the log of node 0, waits for the job to finish and copies the
 checkpoints back.
 
+With ``kfp.train.workspace_uri`` (``s3://...``) and the data sharded in S3 there is no volume:
+the inputs (params, the ingest folder, which then holds just the manifest and the shard index,
+and splits.csv) go under ``<workspace_uri>/<job>/``, every node fetches them with ``carinspect
+data pull`` and streams the shards from the bucket, and node 0 pushes the checkpoints back
+with ``carinspect data push``. Object store credentials reach the nodes from
+``kfp.data_secret``, MLflow's from ``kfp.mlflow_secret``.
+
 The TrainJob is built from kubeflow-trainer-api's typed models (the Trainer v2.3 API). Pod
 settings (node selector, tolerations, the workspace volume, /dev/shm) go through
 ``runtimePatches`` on the runtime's ``node`` replicated job: Trainer v2.2 removed
@@ -20,15 +27,19 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from carinspect.config import KfpConfig, Params, Settings
+from carinspect.config import DATA_SECRET_KEYS, KfpConfig, Params, Settings
 from carinspect.contracts.folders import SplitDir
+from carinspect.data.objects import download_tree, remove_tree, upload_tree
+from carinspect.data.store import ShardStore, open_store
 from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -37,6 +48,7 @@ API_GROUP = "trainer.kubeflow.org"
 API_VERSION = "v1alpha1"
 PLURAL = "trainjobs"
 WORKSPACE = "/workspace"
+NODE_LOCAL = "/tmp/carinspect"  # a node's copy of the inputs when the workspace is in S3
 NODE_JOB = "node"  # the replicated job (and its container) of the torch runtime that trains
 PATCH_MANAGER = "carinspect/train-task"  # owner of our runtime patch (patches are keyed by it)
 
@@ -64,6 +76,19 @@ def trainjob(name: str, kfp: KfpConfig, command: list[str], env: list[dict[str, 
     amounts: dict[str, Any] = {"cpu": cfg.cpu, "memory": cfg.memory}
     if cfg.gpus:
         amounts[cfg.accelerator] = str(cfg.gpus)
+    volumes = [
+        m.IoK8sApiCoreV1Volume.from_dict(
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}}
+        )
+    ]
+    mounts = [m.IoK8sApiCoreV1VolumeMount(name="dshm", mountPath="/dev/shm")]
+    if not cfg.workspace_uri:  # the inputs and outputs are on a shared volume
+        claim = {"claimName": cfg.workspace_pvc}
+        volumes.insert(
+            0,
+            m.IoK8sApiCoreV1Volume.from_dict({"name": "workspace", "persistentVolumeClaim": claim}),
+        )
+        mounts.insert(0, m.IoK8sApiCoreV1VolumeMount(name="workspace", mountPath=WORKSPACE))
     pod = m.TrainerV1alpha1PodSpecPatch(
         nodeSelector=dict(cfg.node_selector) or None,
         tolerations=[
@@ -71,23 +96,8 @@ def trainjob(name: str, kfp: KfpConfig, command: list[str], env: list[dict[str, 
             for t in cfg.tolerations
         ]
         or None,
-        volumes=[
-            m.IoK8sApiCoreV1Volume.from_dict(
-                {"name": "workspace", "persistentVolumeClaim": {"claimName": cfg.workspace_pvc}}
-            ),
-            m.IoK8sApiCoreV1Volume.from_dict(
-                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}}
-            ),
-        ],
-        containers=[
-            m.TrainerV1alpha1ContainerPatch(
-                name=NODE_JOB,
-                volumeMounts=[
-                    m.IoK8sApiCoreV1VolumeMount(name="workspace", mountPath=WORKSPACE),
-                    m.IoK8sApiCoreV1VolumeMount(name="dshm", mountPath="/dev/shm"),
-                ],
-            )
-        ],
+        volumes=volumes,
+        containers=[m.TrainerV1alpha1ContainerPatch(name=NODE_JOB, volumeMounts=mounts)],
     )
     node_patch = m.TrainerV1alpha1ReplicatedJobPatch(
         name=NODE_JOB,
@@ -245,15 +255,36 @@ def node_command(workspace: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def node_script(uri: str) -> list[str]:
+    """What every node runs when the workspace is the prefix ``uri``.
+
+    Fetch the inputs, train under torchrun, and (node 0, where rank 0 wrote the checkpoints)
+    push the outputs back.
+    """
+    local = Path(NODE_LOCAL)
+    train = shlex.join(node_command(local))
+    push = shlex.join(["carinspect", "data", "push", str(local / "train"), f"{uri}/train"])
+    pull = shlex.join(["carinspect", "data", "pull", uri, str(local)])
+    script = f'set -e; {pull}; {train}; if [ "${{PET_NODE_RANK:-0}}" = "0" ]; then {push}; fi'
+    return ["sh", "-c", script]
+
+
 def node_env(cfg: KfpConfig, kfp_run_id: str) -> list[dict[str, Any]]:
-    """The nodes' environment: the task's tracking URI and run id, MLflow credentials by ref."""
+    """The nodes' environment: the task's tracking URI and run id, credentials by reference.
+
+    MLflow's and the object store's credentials come from their Secrets (both optional).
+    """
     env: list[dict[str, Any]] = [
         {"name": "KFP_RUN_ID", "value": kfp_run_id},
         {"name": "NO_ALBUMENTATIONS_UPDATE", "value": "1"},
         {"name": "MLFLOW_TRACKING_URI", "value": os.environ.get("MLFLOW_TRACKING_URI", "")},
     ]
-    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        ref = {"name": cfg.mlflow_secret, "key": key, "optional": True}
+    refs = [
+        (cfg.mlflow_secret, k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    ]
+    refs += [(cfg.data_secret, k) for k in DATA_SECRET_KEYS]
+    for secret, key in refs:
+        ref = {"name": secret, "key": key, "optional": True}
         env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
     return env
 
@@ -273,9 +304,12 @@ def train_on_nodes(
     settings: Settings,
     poll_s: int = 10,
 ) -> None:
-    """Stage the inputs on the workspace volume, run the TrainJob, bring the outputs back."""
+    """Stage the inputs on the workspace (volume or S3), run the TrainJob, bring the outputs back."""
     kfp_run_id = settings.kfp_run_id or ""
     name = job_name(kfp_run_id or "run")
+    if kfp.train.workspace_uri:
+        _train_from_s3(params, kfp, data, splits, out, kfp_run_id, name, poll_s)
+        return
     workspace = Path(WORKSPACE) / name
     if workspace.exists():
         shutil.rmtree(workspace)
@@ -286,3 +320,36 @@ def train_on_nodes(
     body = manifest(name, kfp, node_command(workspace), node_env(kfp, kfp_run_id))
     run_trainjob(body, poll_s=poll_s)
     shutil.copytree(workspace / "train", out, dirs_exist_ok=True)
+
+
+def _train_from_s3(
+    params: Params,
+    kfp: KfpConfig,
+    data: Path,
+    splits: Path,
+    out: Path,
+    kfp_run_id: str,
+    name: str,
+    poll_s: int,
+) -> None:
+    """The TrainJob with its workspace under ``kfp.train.workspace_uri``: no shared volume."""
+    store = open_store(data)
+    if not isinstance(store, ShardStore) or not store.uri.startswith("s3://"):
+        where = store.uri if isinstance(store, ShardStore) else f"{data}/images (one file each)"
+        raise InputError(
+            f"kfp.train.workspace_uri {kfp.train.workspace_uri!r}: the nodes stream the images "
+            f"from S3, but this ingest output keeps them in {where}; set data.format: shards "
+            "and data.shards: s3://..., or use kfp.train.workspace_pvc"
+        )
+    uri = f"{kfp.train.workspace_uri.rstrip('/')}/{name}"
+    remove_tree(uri)  # what an earlier attempt of this run left
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp)
+        (staged / "params.yaml").write_text(node_params(params))
+        shutil.copytree(data, staged / "ingest")
+        shutil.copytree(splits, staged / "split")
+        sent = upload_tree(staged, uri)
+    logger.info("TrainJob inputs: %d files under %s", sent, uri)
+    body = manifest(name, kfp, node_script(uri), node_env(kfp, kfp_run_id))
+    run_trainjob(body, poll_s=poll_s)
+    download_tree(f"{uri}/train", out)
