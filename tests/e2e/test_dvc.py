@@ -107,6 +107,50 @@ def test_two_task_repro_registers_a_model_that_answers_both(
     assert body["model"]["version"] == registered["version"]
 
 
+# the lines docs/shards.md has users add to dvc.yaml's ingest outs for shards in S3
+S3_SHARDS_OUT = """      - ${data.shards}:
+          cache: false
+          persist: true
+"""
+
+
+def test_sharded_repro_in_s3_registers_a_model_that_serves(
+    tmp_path: Path, s3_endpoint: str, serve: Callable[..., Server]
+) -> None:
+    """The main job with data.format: shards and an S3 prefix: ingest uploads the shards,
+    DVC tracks the index with the data and the prefix as an uncached external output, train,
+    evaluate and export stream from the bucket, and the registered version serves."""
+    boto3.client("s3").create_bucket(Bucket="fleet-shards")
+
+    def sharded(params: dict) -> None:
+        params["data"].update({"format": "shards", "shards": "s3://fleet-shards/demo"})
+        params["ingest"]["shard_mb"] = 0.1
+        params["train"]["workers"] = 1
+
+    project = make_project(tmp_path, sharded)
+    dvc_yaml = project / "dvc.yaml"
+    text = dvc_yaml.read_text()
+    anchor = "      - data/ingest/images\n"
+    dvc_yaml.write_text(text.replace(anchor, anchor + S3_SHARDS_OUT, 1))
+    first = sh(project, DVC, "repro")
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first
+    assert [p.name for p in (project / "data" / "ingest" / "images").iterdir()] == ["shards.json"]
+    assert "path: s3://fleet-shards/demo" in (project / "dvc.lock").read_text()
+    report = json.loads((project / "data" / "ingest" / "report.json").read_text())
+    assert report["storage"]["location"] == "s3://fleet-shards/demo"
+    assert report["storage"]["shards"] >= 3
+    assert "Running stage" not in sh(project, DVC, "repro")
+    registered = json.loads((project / "models" / "registered.json").read_text())
+    version = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_model_version(
+        registered["name"], registered["version"]
+    )
+    assert version.tags["data.digest"].startswith("sha256:")
+    assert version.tags["data.shards"] == "s3://fleet-shards/demo"
+    body = _served_answer(project, registered, serve, "dirty")
+    assert set(body["probabilities"]) == {"clean", "dirty"}
+
+
 @pytest.mark.slow
 def test_repro_runs_then_does_nothing(project: Path) -> None:
     first = sh(project, DVC, "repro")

@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from carinspect.config import KfpConfig, Settings, load_params
+from carinspect.errors import InputError
 from carinspect.training import trainjob
 from carinspect.training.trainjob import TrainJobError, manifest, node_env, run_trainjob
 from tests.conftest import REPO_ROOT, VENV_BIN, Prepared, tiny_params
@@ -122,3 +123,90 @@ def test_train_on_nodes_hands_the_checkpoints_back(
     assert run.info.status == "FINISHED"
     assert run.data.tags["kfp.run_id"] == "kfp-run-9"
     assert run.data.tags["world_size"] == "1"
+
+
+def _walk(node: Any) -> list[Any]:
+    """Every dict and list inside ``node``."""
+    found = [node]
+    for child in (
+        node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    ):
+        found += _walk(child)
+    return found
+
+
+def test_an_s3_workspace_needs_no_volume_claim() -> None:
+    kfp = two_nodes(workspace_uri="s3://fleet/trainjobs")
+    body = manifest("carinspect-s3", kfp, trainjob.node_script("s3://fleet/trainjobs/x"),
+                    node_env(kfp, "run-4"))  # fmt: skip
+    assert not any("persistentVolumeClaim" in d for d in _walk(body) if isinstance(d, dict))
+    patch = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
+    pod = patch["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["dshm"]
+    script = body["spec"]["trainer"]["command"]
+    assert script[:2] == ["sh", "-c"]
+    assert "carinspect data pull s3://fleet/trainjobs/x /tmp/carinspect" in script[2]
+    assert "carinspect data push /tmp/carinspect/train s3://fleet/trainjobs/x/train" in script[2]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+            for e in body["spec"]["trainer"]["env"] if "valueFrom" in e}  # fmt: skip
+    assert refs["AWS_ACCESS_KEY_ID"] == refs["AWS_ENDPOINT_URL"] == "carinspect-data"
+    # with a PVC workspace, the claim is there as before
+    pvc = manifest("carinspect-pvc", two_nodes(), ["carinspect"], node_env(two_nodes(), "r"))
+    assert any("persistentVolumeClaim" in d for d in _walk(pvc) if isinstance(d, dict))
+
+
+def test_train_on_nodes_through_an_s3_workspace(
+    tmp_path: Path,
+    cluster: Cluster,
+    s3_endpoint: str,
+    sqlite_tracking: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Shards in S3, the workspace in S3: the node pulls its inputs, streams the shards, and
+    pushes the checkpoints, which come back into the task's output; no volume anywhere."""
+    import boto3
+
+    from carinspect.config import DataConfig, DemoConfig, IngestConfig, SplitConfig
+    from carinspect.stages import ingest, split
+
+    boto3.client("s3").create_bucket(Bucket="fleet")
+    data = DataConfig(source="demo", demo=DemoConfig(per_class=16, broken=False),
+                      format="shards", shards="s3://fleet/shards")  # fmt: skip
+    ingest.run(data, IngestConfig(short_side=40, shard_mb=0.05), tmp_path / "ingest")
+    splits = split.run(SplitConfig(), tmp_path / "ingest" / "manifest.csv", tmp_path / "split")
+    monkeypatch.setattr(trainjob, "WORKSPACE", str(tmp_path / "no-volume"))  # must stay unused
+    monkeypatch.setattr(trainjob, "NODE_LOCAL", str(tmp_path / "node"))
+    monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")
+
+    def node(trainer: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            trainer["command"], env={**os.environ, **env},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    cluster.run_node = node
+    out = tmp_path / "model"
+    trainjob.train_on_nodes(
+        load_params(tiny_params(tmp_path)), two_nodes(workspace_uri="s3://fleet/jobs"),
+        tmp_path / "ingest", splits.splits.parent, out, Settings(kfp_run_id="kfp-run-s3"),
+        poll_s=1,
+    )  # fmt: skip
+    (job,) = cluster.jobs.values()
+    assert any("streaming" in line and "s3://fleet/shards" in line for line in job.log), job.log
+    for name in ("best.pt", "last.pt", "metrics.json", "run.json"):
+        assert (out / name).is_file(), name
+    assert not (tmp_path / "no-volume").exists()
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="fleet")["Contents"]]
+    assert "jobs/carinspect-kfp-run-s3/train/best.pt" in keys
+    assert "jobs/carinspect-kfp-run-s3/ingest/images/shards.json" in keys
+    assert not any(k.startswith("jobs/") and k.endswith(".tar") for k in keys)  # data stays put
+
+
+def test_an_s3_workspace_refuses_data_the_nodes_cannot_reach(
+    tmp_path: Path, prepared: Prepared
+) -> None:
+    with pytest.raises(InputError, match=r"workspace_uri 's3://fleet/jobs': the nodes stream"):
+        trainjob.train_on_nodes(
+            load_params(tiny_params(tmp_path)), two_nodes(workspace_uri="s3://fleet/jobs"),
+            prepared.ingest, prepared.splits.parent, tmp_path / "m", Settings(), poll_s=1,
+        )  # fmt: skip

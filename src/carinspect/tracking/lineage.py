@@ -34,7 +34,10 @@ def git_state(cwd: Path | None = None) -> dict[str, str]:
 
 
 def data_lineage(ingest_dir: Path) -> dict[str, str]:
-    """Digest of manifest.csv (what the model was trained on) and the source it came from."""
+    """Digest of manifest.csv (what the model was trained on) and the source it came from.
+
+    Shards: also where they are (the manifest names them by content, so the digest pins them).
+    """
     manifest = IngestDir(ingest_dir).manifest
     tags = {"data.digest": "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()}
     report = IngestDir(ingest_dir).report
@@ -42,6 +45,10 @@ def data_lineage(ingest_dir: Path) -> dict[str, str]:
         source = json.loads(report.read_text()).get("source", {})
         tags["data.source"] = str(source.get("uri", "unknown"))
         tags["data.source_kind"] = str(source.get("kind", "unknown"))
+        storage = json.loads(report.read_text()).get("storage")
+        if storage and storage.get("format") == "shards":  # where the images were read from
+            tags["data.format"] = "shards"
+            tags["data.shards"] = str(storage["location"])
     return tags
 
 
