@@ -144,6 +144,32 @@ def test_local_run_registers_a_version_tagged_with_the_pipeline_run(tmp_path: Pa
         assert list((tmp_path / "kfp").glob(f"*/{task}")), task
 
 
+@pytest.mark.slow
+def test_local_run_over_shards_in_s3(tmp_path: Path, s3_endpoint: str) -> None:
+    """data_format shards into a bucket: ingest's artifact holds the index, the later tasks
+    stream from the bucket (the environment stands in for kfp.data_secret)."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="kfp-shards")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    args = [str(VENV_BIN / "carinspect"), "pipeline", "run", "--local",
+            "--params", str(REPO_ROOT / "params.yaml"), "--pipeline-root", str(tmp_path / "kfp")]  # fmt: skip
+    shards = ["data.format=shards", "data.shards=s3://kfp-shards/demo", "ingest.shard_mb=0.1"]
+    for pair in [*TINY, *shards]:
+        args += ["--param", pair]
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "pipeline finished: registered models:/carinspect/1" in done.stdout
+    (index,) = (tmp_path / "kfp").glob("*/ingest/data/images/shards.json")
+    assert [p.name for p in index.parent.iterdir()] == ["shards.json"]
+    objects = boto3.client("s3").list_objects_v2(Bucket="kfp-shards")["Contents"]
+    assert len(objects) >= 3 and all(o["Key"].endswith(".tar") for o in objects)
+    mv = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(
+        "carinspect", "challenger"
+    )
+    assert mv.tags["data.shards"] == "s3://kfp-shards/demo"
+
+
 def two_nodes(gpus: int = 4) -> KfpConfig:
     kfp = load_params(REPO_ROOT / "params.yaml").kfp
     return kfp.model_copy(update={"train": kfp.train.model_copy(update={"nodes": 2, "gpus": gpus})})
