@@ -10,8 +10,9 @@ What changes is the order, chosen so that reading is sequential:
    every rank;
 2. rank ``r`` takes the ``r``-th contiguous slice of the plan (equal sizes: the draw is padded
    to a multiple of the world size, as DistributedSampler pads);
-3. the slice is cut into *blocks* of ``window`` images (a whole number of batches); block ``k``
-   belongs to DataLoader worker ``k % workers``, which fetches it with one range request per
+3. the slice is cut into *blocks* of at most ``window`` images (whole batches; a multiple of
+   the worker count of them, of equal size to a batch, so no worker idles while another
+   finishes); block ``k`` belongs to DataLoader worker ``k % workers``, which fetches it with one range request per
    shard it touches, shuffles it (seeded by seed, epoch, rank and block), and yields its batches,
    fetching its next block while it decodes this one.
 
@@ -156,8 +157,19 @@ class ShardStream(IterableDataset[tuple[torch.Tensor, Any]]):
 
     # -- iteration ------------------------------------------------------------------------
 
-    def _blocks(self, plan: np.ndarray) -> list[np.ndarray]:
-        return [plan[i : i + self.window] for i in range(0, len(plan), self.window)]
+    def _blocks(self, plan: np.ndarray, workers: int) -> list[np.ndarray]:
+        """The plan cut into blocks of at most ``window`` images, whole batches each.
+
+        Training: a multiple of ``workers`` blocks of about equal size, so that no worker
+        idles while another finishes a larger share (the epoch takes as long as its busiest).
+        """
+        if not self.train or not len(plan):
+            return [plan[i : i + self.window] for i in range(0, len(plan), self.window)]
+        batches = len(plan) // self.batch_size
+        count = -(-batches // max(1, self.window // self.batch_size))
+        count = -(-max(count, workers) // workers) * workers
+        cuts = np.linspace(0, batches, count + 1).round().astype(int) * self.batch_size
+        return [plan[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
 
     def _resume(self, batches: list[int], workers: int) -> tuple[list[int], int]:
         """Batches each worker delivered before ``start_step``, and the worker asked next.
@@ -175,12 +187,13 @@ class ShardStream(IterableDataset[tuple[torch.Tensor, Any]]):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
         info = get_worker_info()
         workers, wid = (info.num_workers, info.id) if info is not None else (1, 0)
-        blocks = self._blocks(self.plan())
+        blocks = self._blocks(self.plan(), workers)
         per_worker = [
             sum(-(-len(b) // self.batch_size) for b in blocks[w::workers]) for w in range(workers)
         ]
         done, first = self._resume(per_worker, workers)
         me = (first + wid) % workers
+        starts = np.cumsum([0] + [len(b) for b in blocks])
         mine = [(k, b) for k, b in enumerate(blocks) if k % workers == me]
         skip = done[me] * self.batch_size  # items of my blocks already consumed
         work: list[tuple[int, np.ndarray, int]] = []
@@ -202,7 +215,7 @@ class ShardStream(IterableDataset[tuple[torch.Tensor, Any]]):
                     nk, nblock, nskip = work[n + 1]
                     pending = fetcher.submit(self._fetch, self._shuffled(nk, nblock)[nskip:])
                 for j, (pos, raw) in enumerate(zip(order[skip:], data, strict=True)):
-                    yield self._item(int(pos), raw, k * self.window + skip + j)
+                    yield self._item(int(pos), raw, int(starts[k]) + skip + j)
 
     def _shuffled(self, k: int, block: np.ndarray) -> np.ndarray:
         if not self.train:
