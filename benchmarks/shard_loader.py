@@ -5,8 +5,8 @@ Every loader is the one train builds: the params.yaml augmentations and preproce
 32, two DataLoader workers, one epoch of the train split, no model (the loader alone is
 measured; a model only hides it). The per-file cache is read as train reads it with
 ``cache_images: false`` (decoded every epoch), the only form that exists past a node's RAM.
-It runs first and last, and the ratios use the mean of the two, to cancel the drift of a
-noisy machine. S3 is moto's server in its own process, with ``--latency-ms`` added to each
+Each loader runs twice, in turn (files, shards, shards in S3, ..., again), and the ratios use
+the means, to cancel the drift of a noisy machine. S3 is moto's server in its own process, with ``--latency-ms`` added to each
 answer (benchmarks/slow_s3.py); "per-file S3" is the same cache with one object per image,
 read with one GET each.
 
@@ -60,7 +60,9 @@ class PerObjectS3:
         out = []
         for p in paths:
             name = Path(p).relative_to(self.root).as_posix()
-            response = self.prefix.client.get_object(Bucket=self.prefix.bucket, Key=self.prefix.prefix + name)
+            response = self.prefix.client.get_object(
+                Bucket=self.prefix.bucket, Key=self.prefix.prefix + name
+            )
             out.append(response["Body"].read())
         return out
 
@@ -133,7 +135,9 @@ def throughput(args: argparse.Namespace, work: Path) -> None:
     upload_s = time.perf_counter() - t
     splits = {}
     for name, root in dirs.items():
-        splits[name] = split.run(SplitConfig(), root / "manifest.csv", work / f"split-{name}").splits
+        splits[name] = split.run(
+            SplitConfig(), root / "manifest.csv", work / f"split-{name}"
+        ).splits
     # the per-file cache, one object per image, for the per-file-from-S3 row
     files_root = dirs["files"]
     per_object = S3Prefix("s3://bench/files")
@@ -141,7 +145,9 @@ def throughput(args: argparse.Namespace, work: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda p: per_object.put_file(p.relative_to(files_root).as_posix(), p), paths))
+        list(
+            pool.map(lambda p: per_object.put_file(p.relative_to(files_root).as_posix(), p), paths)
+        )
     classes = ["clean", "dirty"]
     train = {n: load_split(splits[n], root, "train", classes) for n, root in dirs.items()}
     index = open_store(dirs["s3"])
@@ -151,13 +157,14 @@ def throughput(args: argparse.Namespace, work: Path) -> None:
           f"S3 latency {args.latency_ms:.0f} ms per request")  # fmt: skip
 
     rates: dict[str, list[float]] = {}
-    rows = [
+    main_rows = [
         ("per-file cache, local disk", lambda: files_loader(train["files"], spec, augment, open_store(files_root))),
         ("shards, local disk", lambda: shard_loader(dirs["shards"], train["shards"], spec, augment)),
         ("shards, S3", lambda: shard_loader(dirs["s3"], train["s3"], spec, augment)),
-        ("per-file, S3 (a GET per image)", lambda: files_loader(train["files"], spec, augment, PerObjectS3(files_root, "s3://bench/files"))),
-        ("per-file cache, local disk", lambda: files_loader(train["files"], spec, augment, open_store(files_root))),
     ]  # fmt: skip
+    per_object = ("per-file, S3 (a GET per image)", lambda: files_loader(train["files"], spec, augment, PerObjectS3(files_root, "s3://bench/files")))  # fmt: skip
+    # each measured twice, in turn (A B C D A B C), so that drift hits them alike
+    rows = [*main_rows, per_object, *main_rows]
     for name, make in rows:
         rates.setdefault(name, []).append(epoch_rate(make()))
     base = float(np.mean(rates["per-file cache, local disk"]))
@@ -190,7 +197,9 @@ def memory(args: argparse.Namespace, work: Path) -> None:
         PackItem(k, (lambda i=i: _png(i, rng)), {"label": "ab"[i % 2]}) for i, k in enumerate(keys)
     )
     t = time.perf_counter()
-    index, where = write_shards(items, ["label"], 64 * 2**20, root / ".build", open_location("", root / IMAGES))
+    index, where = write_shards(
+        items, ["label"], 64 * 2**20, root / ".build", open_location("", root / IMAGES)
+    )
     (root / IMAGES / "shards.json").write_text(index.model_dump_json())
     samples = [Sample(root / IMAGES / where[k] / f"{k}.png", i % 2) for i, k in enumerate(keys)]
     print(f"\nmemory: {len(keys)} generated images in {len(index.shards)} shards "
@@ -199,18 +208,27 @@ def memory(args: argparse.Namespace, work: Path) -> None:
     store = open_store(root)
     assert isinstance(store, ShardStore)
     spec = PreprocessSpec.from_model(load_params(Path("params.yaml")).model, 128)
-    stream = ShardStream(store, samples, spec, BATCH, augment=build_augment(load_params(Path("params.yaml")).train.augment))
+    stream = ShardStream(
+        store,
+        samples,
+        spec,
+        BATCH,
+        augment=build_augment(load_params(Path("params.yaml")).train.augment),
+    )
     me = psutil.Process()
-    samples_rss: list[tuple[int, float, float]] = []
+    samples_rss: list[tuple[int, float, float]] = []  # (images seen, max USS, max RSS)
     done = threading.Event()
     seen = [0]
 
     def watch() -> None:
         while not done.wait(0.5):
-            workers = me.children()
-            if workers:
-                rss = [w.memory_info().rss for w in workers if w.is_running()]
-                samples_rss.append((seen[0], max(rss) / 2**20, me.memory_info().rss / 2**20))
+            try:  # USS: the pages a worker owns alone (RSS also counts the parent's it reads)
+                full = [w.memory_full_info() for w in me.children()]
+            except psutil.Error:
+                continue
+            if full:
+                uss, rss = max(f.uss for f in full), max(f.rss for f in full)
+                samples_rss.append((seen[0], uss / 2**20, rss / 2**20))
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -220,29 +238,37 @@ def memory(args: argparse.Namespace, work: Path) -> None:
     done.set()
     watcher.join()
     seconds = time.perf_counter() - start
-    first = [s for s in samples_rss if s[0] >= len(keys) * 0.05][:3]
-    last = samples_rss[-3:]
+
+    def at(fraction: float) -> float:  # mean USS of the three samples nearest that point
+        near = sorted(samples_rss, key=lambda s: abs(s[0] - fraction * len(keys)))[:3]
+        return float(np.mean([s[1] for s in near]))
+
     peak = max(s[1] for s in samples_rss)
     print(f"streamed {seen[0]} images in {seconds:.0f} s ({seen[0] / seconds:.0f} images/s)")
-    print(f"{'images seen':>12} {'worker RSS MiB (max)':>21} {'main RSS MiB':>13}")
-    for n, w, m in samples_rss[:: max(1, len(samples_rss) // 10)] + samples_rss[-1:]:
-        print(f"{n:12d} {w:21.0f} {m:13.0f}")
-    growth = np.mean([s[1] for s in last]) - np.mean([s[1] for s in first])
-    print(f"worker RSS from 5% to 100% of the epoch: {growth:+.0f} MiB (peak {peak:.0f} MiB)")
+    print(f"main process RSS {me.memory_info().rss / 2**20:.0f} MiB")
+    print(f"{'images seen':>12} {'worker USS MiB':>15} {'worker RSS MiB':>15}")
+    for n, w, r in samples_rss[:: max(1, len(samples_rss) // 10)] + samples_rss[-1:]:
+        print(f"{n:12d} {w:15.1f} {r:15.1f}")
+    print(f"worker USS: {at(0.05):.0f} MiB at 5% of the epoch, {at(0.5):.0f} at 50%, "
+          f"{at(0.95):.0f} at 95%; second half {at(0.95) - at(0.5):+.1f} MiB (peak {peak:.0f})")  # fmt: skip
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--images", type=int, default=4000)
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--memory-images", type=int, default=50_000)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     server, _ = slow_s3(args.latency_ms)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            throughput(args, Path(tmp))
+            if not args.skip_throughput:
+                throughput(args, Path(tmp))
             if not args.skip_memory:
                 memory(args, Path(tmp))
     finally:
