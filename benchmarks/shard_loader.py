@@ -35,7 +35,7 @@ import psutil
 import torch
 from PIL import Image
 
-from carinspect.config import DataConfig, DemoConfig, IngestConfig, SplitConfig, load_params
+from carinspect.config import DataConfig, DemoConfig, SplitConfig, load_params
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.data.augment import build_augment
 from carinspect.data.dataset import ImageDataset, Sample, load_split, loader_for
@@ -188,7 +188,7 @@ def _png(i: int, rng: np.random.Generator) -> bytes:
     return buf.getvalue()
 
 
-def memory(args: argparse.Namespace, work: Path) -> None:
+def memory(args: argparse.Namespace, work: Path, server_pid: int) -> None:
     """One epoch over ``--memory-images`` generated images from local shards; worker RSS."""
     root = work / "memory"
     rng = np.random.default_rng(0)
@@ -223,7 +223,8 @@ def memory(args: argparse.Namespace, work: Path) -> None:
     def watch() -> None:
         while not done.wait(0.5):
             try:  # USS: the pages a worker owns alone (RSS also counts the parent's it reads)
-                full = [w.memory_full_info() for w in me.children()]
+                workers = [c for c in me.children() if c.pid != server_pid]  # not slow_s3.py
+                full = [w.memory_full_info() for w in workers]
             except psutil.Error:
                 continue
             if full:
@@ -270,7 +271,7 @@ def main() -> None:
             if not args.skip_throughput:
                 throughput(args, Path(tmp))
             if not args.skip_memory:
-                memory(args, Path(tmp))
+                memory(args, Path(tmp), server.pid)
     finally:
         server.terminate()
         server.wait()

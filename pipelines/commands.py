@@ -192,18 +192,12 @@ def submit(
 
 def trainjob_yaml(params_path: Path, pairs: list[str], run_id: str) -> str:
     """The TrainJob the train task would create for ``run_id``, as YAML (nothing is sent)."""
-    from carinspect.training.trainjob import (
-        WORKSPACE,
-        job_name,
-        manifest,
-        node_command,
-        node_env,
-    )
+    from carinspect.training.trainjob import job_name, manifest, node_entry, node_env
 
     _, overrides = split_overrides(pairs)
     kfp = load_with_overrides(params_path, overrides).kfp
     name = job_name(run_id)
-    body = manifest(name, kfp, node_command(Path(WORKSPACE) / name), node_env(kfp, run_id))
+    body = manifest(name, kfp, node_entry(kfp, name), node_env(kfp, run_id))
     return yaml.safe_dump(body, sort_keys=False)
 
 

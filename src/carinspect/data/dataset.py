@@ -151,7 +151,7 @@ class ImageDataset(Dataset[tuple[torch.Tensor, Any]]):
         return torch.from_numpy(preprocess(pixels, self.spec)), target
 
 
-def decode_png(data: bytes) -> np.ndarray:
+def decode_png(data: bytes | memoryview) -> np.ndarray:
     """The RGB pixels of an image ingest stored."""
     import io
 

@@ -32,6 +32,10 @@ IMAGES = "images"  # the ingest output's image folder: per-file cache, or shards
 MAX_GAP = 256 * 1024  # neighbouring images closer than this are fetched in one request
 MAX_RUN = 64 * 1024 * 1024  # ... up to this many bytes per request
 
+# the stored bytes of one image: a shard's images are views into the one buffer their request
+# filled (no copy each, and the buffer goes back to the OS as one piece when they are done)
+Blob = bytes | memoryview
+
 
 class ShardError(InputError):
     """A shard is missing, corrupt or unreadable; the message names the shard (or the prefix)."""
@@ -42,7 +46,7 @@ class ImageStore(Protocol):
 
     root: Path
 
-    def read_many(self, paths: Sequence[Path], threads: int = 8) -> list[bytes]:
+    def read_many(self, paths: Sequence[Path], threads: int = 8) -> list[Blob]:
         """The stored bytes of each of ``paths``, in order."""
         ...
 
@@ -61,7 +65,7 @@ class FileStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def read_many(self, paths: Sequence[Path], threads: int = 8) -> list[bytes]:
+    def read_many(self, paths: Sequence[Path], threads: int = 8) -> list[Blob]:
         """The bytes of each file of ``paths``."""
         if len(paths) == 1 or threads <= 1:
             return [Path(p).read_bytes() for p in paths]
@@ -128,11 +132,11 @@ class ShardStore:
         except ValueError:
             return Path(p).as_posix()
 
-    def read_many(self, paths: Sequence[Path], threads: int = 8) -> list[bytes]:
+    def read_many(self, paths: Sequence[Path], threads: int = 8) -> list[Blob]:
         """The PNG bytes of each of ``paths`` (see :meth:`read_rows`)."""
         return self.read_rows(self.rows(paths), threads)
 
-    def read_rows(self, rows: np.ndarray, threads: int = 8) -> list[bytes]:
+    def read_rows(self, rows: np.ndarray, threads: int = 8) -> list[Blob]:
         """The PNG bytes of index rows ``rows`` (repeats allowed), in order, each one checked.
 
         Rows of one shard that lie close together are fetched by one range request.
@@ -153,7 +157,7 @@ class ShardStore:
                     last.append(r)
                     continue
             runs.append([r])
-        got: dict[int, bytes] = {}
+        got: dict[int, Blob] = {}
 
         def fetch(run: list[int]) -> None:
             shard = self.shards[int(self.shard_of[run[0]])]
@@ -167,9 +171,10 @@ class ShardStore:
                 ) from None
             except ObjectError as err:
                 raise ShardError(f"shard {shard}: {err}") from None
+            view = memoryview(data)
             for r in run:
                 a = int(self.offset[r]) - start
-                piece = data[a : a + int(self.size[r])]
+                piece = view[a : a + int(self.size[r])]
                 if hashlib.sha256(piece).digest() != self.sha[r].tobytes():
                     raise ShardError(
                         f"shard {shard} in {self.uri}: the image at bytes {self.offset[r]}.."

@@ -269,6 +269,19 @@ def node_script(uri: str) -> list[str]:
     return ["sh", "-c", script]
 
 
+def workspace_of(kfp: KfpConfig, name: str) -> str:
+    """Where the TrainJob ``name`` keeps its inputs and outputs: a volume path or an s3:// URI."""
+    if kfp.train.workspace_uri:
+        return f"{kfp.train.workspace_uri.rstrip('/')}/{name}"
+    return str(Path(WORKSPACE) / name)
+
+
+def node_entry(kfp: KfpConfig, name: str) -> list[str]:
+    """The command of every node of the TrainJob ``name``, for either kind of workspace."""
+    where = workspace_of(kfp, name)
+    return node_script(where) if kfp.train.workspace_uri else node_command(Path(where))
+
+
 def node_env(cfg: KfpConfig, kfp_run_id: str) -> list[dict[str, Any]]:
     """The nodes' environment: the task's tracking URI and run id, credentials by reference.
 
@@ -341,7 +354,7 @@ def _train_from_s3(
             f"from S3, but this ingest output keeps them in {where}; set data.format: shards "
             "and data.shards: s3://..., or use kfp.train.workspace_pvc"
         )
-    uri = f"{kfp.train.workspace_uri.rstrip('/')}/{name}"
+    uri = workspace_of(kfp, name)
     remove_tree(uri)  # what an earlier attempt of this run left
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
@@ -350,6 +363,6 @@ def _train_from_s3(
         shutil.copytree(splits, staged / "split")
         sent = upload_tree(staged, uri)
     logger.info("TrainJob inputs: %d files under %s", sent, uri)
-    body = manifest(name, kfp, node_script(uri), node_env(kfp, kfp_run_id))
+    body = manifest(name, kfp, node_entry(kfp, name), node_env(kfp, kfp_run_id))
     run_trainjob(body, poll_s=poll_s)
     download_tree(f"{uri}/train", out)
