@@ -141,6 +141,10 @@ def train(
     stop_after: Annotated[
         int | None, typer.Option(help="Stop this invocation after N epochs (resume later).")
     ] = None,
+    stop_after_steps: Annotated[
+        int | None,
+        typer.Option(help="Stop after N optimizer steps, inside an epoch if need be (resume later)."),
+    ] = None,
 ) -> None:
     """Train a timm classifier (DDP when nproc > 1), tracked in MLflow; resumable."""
     from carinspect.config import Settings
@@ -158,11 +162,15 @@ def train(
         resume=resume,
         stop_after=stop_after,
         nproc=nproc,
+        stop_after_steps=stop_after_steps,
     )
     from carinspect.training.distributed import env_info
 
     if not env_info().primary:
         return  # under torchrun every rank returns the same result; rank 0 reports it
+    if not result.epochs_run:
+        typer.echo(f"stopped inside the first epoch; {result.last} holds the place (--resume)")
+        return
     m = result.metrics
     typer.echo(
         f"best epoch {result.best_epoch}/{result.epochs_run}: val accuracy {m['val_accuracy']:.3f}, "

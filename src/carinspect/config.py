@@ -250,6 +250,13 @@ class TrainConfig(_Section):
         description="decode the training images once, keep them in RAM (per-file cache only: "
         "shards are streamed)",
     )
+    checkpoint_steps: int | None = Field(
+        None,
+        ge=1,
+        description="also write last.pt every this many optimizer steps inside an epoch (an "
+        "epoch over millions of images survives preemption); --resume continues at that step "
+        "with the same stream. null: at the end of each epoch only",
+    )
     shuffle_window: int = Field(
         1024,
         ge=1,

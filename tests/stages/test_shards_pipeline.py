@@ -82,3 +82,12 @@ def test_a_missing_shard_stops_training_before_the_first_epoch(
         train.run(p.model, p.train, p.mlflow, Settings(), ingest_dir, splits, tmp_path / "train")
     assert not (tmp_path / "train").exists()
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_resume_inside_an_epoch_over_shards(tmp_path: Path, sqlite_tracking: str) -> None:
+    """The stream continues where the checkpoint stopped: weights equal to one run's."""
+    from tests.conftest import Prepared
+    from tests.stages.test_train import resumes_inside_an_epoch
+
+    ingest_dir, splits = _prepare(tmp_path, "")
+    resumes_inside_an_epoch(tmp_path, Prepared(ingest_dir, splits))

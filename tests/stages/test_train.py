@@ -220,3 +220,55 @@ def test_one_epoch_with_layer_decay(
     groups = load_checkpoint(tmp_path / "out" / "last.pt")["optimizer"]["param_groups"]
     assert len({g["lr"] for g in groups}) > 1  # the decayed rates survive in the checkpoint
     assert result.epochs_run == 1
+
+
+def _curve(out: Path) -> list[list[str]]:
+    lines = [line.split(",") for line in (out / "history.csv").read_text().splitlines()]
+    cols = [lines[0].index(c) for c in ("epoch", *METRIC_COLUMNS)]
+    return [[row[c] for c in cols] for row in lines[1:]]
+
+
+def resumes_inside_an_epoch(tmp_path: Path, prepared: Prepared) -> None:
+    """Stopped mid-epoch and resumed: the same weights and the same curve as one run."""
+    params = tiny_params(tmp_path, train__epochs=2, train__workers=1, train__batch_size=4,
+                         train__checkpoint_steps=2)  # fmt: skip
+    run_train(params, prepared, tmp_path / "full")
+    per_epoch = len(_train_images(prepared)) // 4
+    cut = per_epoch + 2  # two steps into the second epoch
+    first = run_train(params, prepared, tmp_path / "resumed", stop_after_steps=cut)
+    assert first.epochs_run == 1
+    state = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert (state["epoch"], state["step"]) == (0, 2)
+    resumed = run_train(params, prepared, tmp_path / "resumed", resume=True)
+    assert resumed.epochs_run == 2 and resumed.run_id == first.run_id
+    assert _curve(tmp_path / "full") == _curve(tmp_path / "resumed")
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _train_images(prepared: Prepared) -> list[str]:
+    lines = prepared.splits.read_text().splitlines()[1:]
+    return [line for line in lines if ",train," in line]
+
+
+def test_resume_inside_an_epoch(tmp_path: Path, prepared: Prepared, sqlite_tracking: str) -> None:
+    resumes_inside_an_epoch(tmp_path, prepared)
+
+
+def test_stopped_inside_the_first_epoch_leaves_a_place_to_resume(
+    tmp_path: Path, prepared: Prepared, sqlite_tracking: str
+) -> None:
+    params = tiny_params(tmp_path, train__epochs=1, train__batch_size=4)
+    out = subprocess.run(
+        [str(VENV_BIN / "carinspect"), "train", "--params", str(params), "--ingest", str(prepared.ingest),
+         "--splits", str(prepared.splits), "--out", str(tmp_path / "t"), "--stop-after-steps", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "stopped inside the first epoch" in out.stdout
+    state = load_checkpoint(tmp_path / "t" / "last.pt")
+    assert (state["epoch"], state["step"], state["history"]) == (-1, 2, [])
+    assert not (tmp_path / "t" / "best.pt").exists()
+    resumed = run_train(params, prepared, tmp_path / "t", resume=True)
+    assert resumed.epochs_run == 1 and (tmp_path / "t" / "best.pt").is_file()

@@ -107,10 +107,15 @@ class EpochTagged(Sampler[tuple[int, int]]):
 
     def __init__(self, sampler: ShardedEpochSampler) -> None:
         self.sampler = sampler
+        self._skip = 0
+
+    def start_at(self, items: int) -> None:
+        """Leave out the first ``items`` of the next pass (a resume inside an epoch)."""
+        self._skip = items
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.sampler.epoch
-        return ((i, epoch) for i in self.sampler)
+        epoch, skip, self._skip = self.sampler.epoch, self._skip, 0
+        return ((i, epoch) for i in list(self.sampler)[skip:])
 
     def __len__(self) -> int:
         return len(self.sampler)

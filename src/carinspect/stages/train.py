@@ -89,6 +89,7 @@ class TrainInputs:
     resume: bool = False
     stop_after: int | None = None
     parent_run_id: str | None = None  # a sweep's run: this one is nested under it
+    stop_after_steps: int | None = None
 
 
 # called on rank 0 after each epoch with (epoch, that epoch's figures); True stops training
@@ -124,11 +125,13 @@ def run(
     nproc: int | None = None,
     parent_run_id: str | None = None,
     on_epoch: EpochHook | None = None,
+    stop_after_steps: int | None = None,
 ) -> TrainResult:
     """Train, in ``nproc`` processes (default ``train.nproc``) when not already under torchrun.
 
-    ``stop_after`` ends this invocation after that many epochs (a time-boxed or preemptible job);
-    ``resume`` continues from ``out/last.pt``. ``parent_run_id`` nests the MLflow run under a
+    ``stop_after`` ends this invocation after that many epochs (a time-boxed or preemptible job),
+    ``stop_after_steps`` after that many optimizer steps, inside an epoch if need be (last.pt
+    then holds the place); ``resume`` continues from ``out/last.pt``. ``parent_run_id`` nests the MLflow run under a
     sweep's; ``on_epoch`` sees each epoch's figures and may stop training (a pruned trial). A
     hook cannot cross to spawned processes, so it needs a single process.
     """
@@ -143,6 +146,7 @@ def run(
         resume,
         stop_after,
         parent_run_id,
+        stop_after_steps,
     )
     nproc = nproc or train.nproc
     under_torchrun = dist_utils.env_info().distributed
@@ -222,6 +226,7 @@ class _Loaders:
     sampler: ShardedEpochSampler | ShardStream
     train: torch.utils.data.DataLoader[Any]
     val: torch.utils.data.DataLoader[Any]
+    tagged: EpochTagged | None = None  # per-file cache: what feeds the train loader indices
 
     @classmethod
     def build(
@@ -273,9 +278,8 @@ class _Loaders:
             held = train_ds.preload() + val_ds.preload()
             logger.debug("decoded images held in memory: %.1f MiB", held / 2**20)
         sampler = ShardedEpochSampler(strata, cfg.sampler, info.rank, info.world_size, cfg.seed)
-        train_loader = loader_for(
-            train_ds, cfg.batch_size, EpochTagged(sampler), cfg.workers, drop_last=True
-        )
+        tagged = EpochTagged(sampler)
+        train_loader = loader_for(train_ds, cfg.batch_size, tagged, cfg.workers, drop_last=True)
         val_loader = loader_for(
             val_ds,
             cfg.batch_size,
@@ -283,7 +287,30 @@ class _Loaders:
             cfg.workers,
             drop_last=False,
         )
-        return cls(sampler, train_loader, val_loader)
+        return cls(sampler, train_loader, val_loader, tagged)
+
+    def start_at(self, step: int, batch_size: int) -> None:
+        """Begin the next train pass at batch ``step`` of this rank (a resume inside an epoch)."""
+        if isinstance(self.sampler, ShardStream):
+            self.sampler.start_at(step)
+        elif self.tagged is not None:
+            self.tagged.start_at(step * batch_size)
+
+
+def _resume_step(state: dict[str, Any], world: int, workers: int) -> int:
+    """Where inside its epoch a checkpoint resumes: its step, when the stream can be rebuilt.
+
+    The stream of an epoch depends on the world size and the worker count; with others the
+    epoch starts over (from its first step, with the weights of the checkpoint).
+    """
+    step = int(state.get("step") or 0)
+    if step and (state.get("world_size") != world or state.get("workers") != workers):
+        logger.warning(
+            "%d processes x %d workers now, %s x %s at the checkpoint: epoch %d starts over",
+            world, workers, state.get("world_size"), state.get("workers"), state["epoch"] + 2,
+        )  # fmt: skip
+        return 0
+    return step
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -418,7 +445,7 @@ def _train(
     )
     ctx.slices = task_slices(tasks) if multi else None
 
-    start_epoch, history, run_id = 0, [], None
+    start_epoch, start_step, history, run_id = 0, 0, [], None
     if inputs.resume:
         state = load_checkpoint(TrainDir(inputs.out).last)
         if tasks_of_checkpoint(state) != tasks:
@@ -439,7 +466,13 @@ def _train(
         sampler.load_state_dict(state["sampler"])
         _set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
         start_epoch, history, run_id = state["epoch"] + 1, state["history"], state["mlflow_run_id"]
-        logger.info("resuming from epoch %d of %d", start_epoch + 1, cfg.epochs)
+        start_step = _resume_step(state, info.world_size, cfg.workers)
+        if start_step:
+            ctx.partial = list(state["partial"][info.rank])
+        logger.info(
+            "resuming from epoch %d of %d%s", start_epoch + 1, cfg.epochs,
+            f", step {start_step}" if start_step else "",
+        )  # fmt: skip
 
     config = {
         "model": mcfg.model_dump(),
@@ -452,12 +485,67 @@ def _train(
 
     eval_model = ema.module if ema is not None else model
     epoch = start_epoch - 1
-    hooked = False
+    hooked = preempted = False
+    steps_done = 0  # optimizer steps of this invocation
+
+    def snapshot(done_epoch: int, step: int, rngs: list[Any], partial: list[Any]) -> dict[str, Any]:
+        """last.pt's content: after epoch ``done_epoch``, and ``step`` batches into the next."""
+        return {
+            "model": _unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
+            "ema": ema.state_dict() if ema is not None else None,
+            "early_stopping": stopper.state_dict(),
+            "sampler": sampler.state_dict(),
+            "rng": rngs,
+            "epoch": done_epoch,
+            "step": step,  # 0: at an epoch's end
+            "partial": partial,  # every rank's running sums of that next epoch
+            "workers": cfg.workers,
+            "history": history,
+            "classes": None if multi else tasks[0].classes,
+            "task": tasks[0].name,
+            "tasks": [t.model_dump() for t in tasks] if multi else None,
+            "loss": loss_fn.state_dict(),
+            "preprocess": spec.to_dict(),
+            "config": config,
+            "mlflow_run_id": run_id,
+            "world_size": info.world_size,
+        }
+
+    def on_step(epoch: int, batches: int, done: int) -> bool:
+        """After an optimizer step: a checkpoint when due; True stops (time box reached)."""
+        nonlocal steps_done, preempted
+        steps_done += 1
+        inside = done < batches  # the epoch's last step is saved with its evaluation
+        stop = inputs.stop_after_steps is not None and steps_done >= inputs.stop_after_steps
+        due = cfg.checkpoint_steps is not None and done % cfg.checkpoint_steps == 0
+        if inside and (stop or due):
+            rngs = dist_utils.gather_lists([_rng_state()])
+            partial = dist_utils.gather_lists([list(ctx.partial)])
+            if info.primary:
+                save_checkpoint(snapshot(epoch - 1, done, rngs, partial), TrainDir(inputs.out).last)
+            dist_utils.barrier()
+        preempted = stop and inside
+        return preempted
+
     for calls, epoch in enumerate(range(start_epoch, cfg.epochs), start=1):
         if stopper.should_stop:
             break
         sampler.set_epoch(epoch)
-        stats = train_one_epoch(model, train_loader, ctx, epoch)
+        skip = start_step if epoch == start_epoch else 0
+        if skip:
+            data.start_at(skip, cfg.batch_size)
+        batches = len(train_loader)
+        ctx.on_step = lambda done, e=epoch, n=batches: on_step(e, n, done)
+        stats = train_one_epoch(model, train_loader, ctx, epoch, start_step=skip)
+        if preempted:
+            logger.info(
+                "stopped after %d steps, in epoch %d/%d: `--resume` continues there",
+                steps_done, epoch + 1, cfg.epochs,
+            )  # fmt: skip
+            break
         stats.update(evaluate(eval_model, val_loader, ctx, tasks))
         if isinstance(loss_fn, MultiTaskLoss):
             stats.update({f"task_weight_{n}": w for n, w in loss_fn.task_weights().items()})
@@ -467,26 +555,7 @@ def _train(
         rng_states = dist_utils.gather_lists([_rng_state()])
         if info.primary:
             runs.log_metrics(stats, step=epoch + 1)
-            state = {
-                "model": _unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
-                "ema": ema.state_dict() if ema is not None else None,
-                "early_stopping": stopper.state_dict(),
-                "sampler": sampler.state_dict(),
-                "rng": rng_states,
-                "epoch": epoch,
-                "history": history,
-                "classes": None if multi else tasks[0].classes,
-                "task": tasks[0].name,
-                "tasks": [t.model_dump() for t in tasks] if multi else None,
-                "loss": loss_fn.state_dict(),
-                "preprocess": spec.to_dict(),
-                "config": config,
-                "mlflow_run_id": run_id,
-                "world_size": info.world_size,
-            }
+            state = snapshot(epoch, 0, rng_states, [])
             save_checkpoint(state, TrainDir(inputs.out).last)
             if improved:
                 best_state = {**state, "model": _unwrap(eval_model).state_dict()}
@@ -508,8 +577,15 @@ def _train(
             break
         if inputs.stop_after is not None and calls >= inputs.stop_after:
             break
+        if inputs.stop_after_steps is not None and steps_done >= inputs.stop_after_steps:
+            break
 
-    finished = (epoch + 1 >= cfg.epochs or stopper.should_stop) and not hooked
+    finished = (epoch + 1 >= cfg.epochs or stopper.should_stop) and not hooked and not preempted
+    if not history:  # stopped inside the first epoch: last.pt holds the place, nothing else yet
+        if info.primary:
+            runs.end_run("KILLED")
+        return TrainResult(inputs.out, TrainDir(inputs.out).best, TrainDir(inputs.out).last,
+                           str(run_id), 0, 0, {})  # fmt: skip
     best = next(h for h in history if h["epoch"] == stopper.best_epoch + 1)
     result = TrainResult(
         out=inputs.out,

@@ -119,7 +119,12 @@ class StepContext:
     info: DistInfo
     ema: Any = None
     channels_last: bool = False
-    on_step: list[Callable[[int], None]] = field(default_factory=list)
+    # after each optimizer step, with the batches this epoch has done; True stops the epoch
+    # there (a checkpoint inside an epoch, a preempted job's time box)
+    on_step: Callable[[int], bool] | None = None
+    # this rank's running sums of the epoch so far (loss, right answers, images, answers):
+    # carried across a resume inside an epoch, so its figures cover the whole epoch
+    partial: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     slices: list[slice] | None = None  # several tasks: each task's block of the outputs
 
 
@@ -147,23 +152,29 @@ def _to_device(
 
 
 def train_one_epoch(
-    model: nn.Module, loader: Any, ctx: StepContext, epoch: int
+    model: nn.Module, loader: Any, ctx: StepContext, epoch: int, start_step: int = 0
 ) -> dict[str, float]:
-    """Train for one epoch; returns loss, accuracy and images/s summed over every rank."""
+    """Train for one epoch; returns loss, accuracy and images/s summed over every rank.
+
+    ``start_step``: the loader begins there (a resume inside the epoch), and ``ctx.partial``
+    holds the sums of the batches before it.
+    """
     model.train()
     accumulate = ctx.cfg.accumulate
-    total_loss, correct, seen, answered = 0.0, 0.0, 0.0, 0.0
+    total_loss, correct, seen, answered = ctx.partial if start_step else [0.0, 0.0, 0.0, 0.0]
     start = time.perf_counter()
+    timed = 0.0  # images of this call, for images/s
     ctx.optimizer.zero_grad(set_to_none=True)
     n_batches = len(loader)
     bar = tqdm(
         total=n_batches,
+        initial=start_step,
         desc=f"epoch {epoch + 1}",
         unit="batch",
         leave=False,
         disable=None if ctx.info.primary else True,
     )
-    for i, (x, y) in enumerate(loader):
+    for i, (x, y) in enumerate(loader, start=start_step):
         x, y = _to_device(x, y, ctx)
         last_of_group = (i + 1) % accumulate == 0 or i + 1 == n_batches
         sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -199,21 +210,27 @@ def train_one_epoch(
         correct += right
         answered += answers
         seen += n
+        timed += n
         elapsed = time.perf_counter() - start
         bar.update()
         bar.set_postfix(
             loss=f"{total_loss / seen:.4f}",
             acc=f"{correct / max(answered, 1):.3f}",
             lr=f"{ctx.optimizer.param_groups[0]['lr']:.2e}",
-            img_s=f"{seen * ctx.info.world_size / max(elapsed, 1e-9):.0f}",
+            img_s=f"{timed * ctx.info.world_size / max(elapsed, 1e-9):.0f}",
         )
+        ctx.partial = [total_loss, correct, seen, answered]
+        if last_of_group and ctx.on_step is not None and ctx.on_step(i + 1):
+            break
     bar.close()
     seconds = time.perf_counter() - start
-    total_loss, correct, seen, answered = all_sum([total_loss, correct, seen, answered], ctx.device)
+    total_loss, correct, seen, timed, answered = all_sum(
+        [total_loss, correct, seen, timed, answered], ctx.device
+    )
     return {
         "train_loss": total_loss / max(seen, 1),
         "train_accuracy": correct / max(answered, 1),
-        "images_per_s": seen / max(seconds, 1e-9),
+        "images_per_s": timed / max(seconds, 1e-9),
         "epoch_seconds": seconds,
     }
 
