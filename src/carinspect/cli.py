@@ -143,7 +143,9 @@ def train(
     ] = None,
     stop_after_steps: Annotated[
         int | None,
-        typer.Option(help="Stop after N optimizer steps, inside an epoch if need be (resume later)."),
+        typer.Option(
+            help="Stop after N optimizer steps, inside an epoch if need be (resume later)."
+        ),
     ] = None,
 ) -> None:
     """Train a timm classifier (DDP when nproc > 1), tracked in MLflow; resumable."""

@@ -39,6 +39,14 @@ def script_node(code: str) -> Any:
     return run
 
 
+def command_node(trainer: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
+    """A node that runs the job's own command."""
+    return subprocess.Popen(
+        trainer["command"], env={**os.environ, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Any:
     with kube_api(tmp_path) as c:
@@ -100,13 +108,7 @@ def test_train_on_nodes_hands_the_checkpoints_back(
     monkeypatch.setattr(trainjob, "WORKSPACE", str(workspace))  # the volume's mount point
     monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")  # torchrun, carinspect
 
-    def node(trainer: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            trainer["command"], env={**os.environ, **env},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-
-    cluster.run_node = node
+    cluster.run_node = command_node
     params = load_params(tiny_params(tmp_path))
     out = tmp_path / "model"
     trainjob.train_on_nodes(
@@ -178,13 +180,7 @@ def test_train_on_nodes_through_an_s3_workspace(
     monkeypatch.setattr(trainjob, "NODE_LOCAL", str(tmp_path / "node"))
     monkeypatch.setenv("PATH", f"{VENV_BIN}:{os.environ['PATH']}")
 
-    def node(trainer: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            trainer["command"], env={**os.environ, **env},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-
-    cluster.run_node = node
+    cluster.run_node = command_node
     out = tmp_path / "model"
     trainjob.train_on_nodes(
         load_params(tiny_params(tmp_path)), two_nodes(workspace_uri="s3://fleet/jobs"),

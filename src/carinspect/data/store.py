@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from carinspect.data.objects import LocalFolder, MissingObject, ObjectError, ope
 from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGES = "images"  # the ingest output's image folder: per-file cache, or shards + their index
 MAX_GAP = 256 * 1024  # neighbouring images closer than this are fetched in one request
@@ -163,15 +164,7 @@ class ShardStore:
             shard = self.shards[int(self.shard_of[run[0]])]
             start = int(self.offset[run[0]])
             end = int(self.offset[run[-1]] + self.size[run[-1]])
-            try:
-                data = self.location.read_range(shard, start, end)
-            except MissingObject:
-                raise ShardError(
-                    f"{self.index_path} names shard {shard}, which is not in {self.uri}"
-                ) from None
-            except ObjectError as err:
-                raise ShardError(f"shard {shard}: {err}") from None
-            view = memoryview(data)
+            view = memoryview(self._ask(shard, self.location.read_range, start, end))
             for r in run:
                 a = int(self.offset[r]) - start
                 piece = view[a : a + int(self.size[r])]
@@ -191,6 +184,17 @@ class ShardStore:
                 list(pool.map(fetch, runs))
         return [got[r] for r in rows.tolist()]
 
+    def _ask(self, shard: str, call: Callable[..., T], *args: int) -> T:
+        """``call(shard, *args)`` on the location, its failure said as a :class:`ShardError`."""
+        try:
+            return call(shard, *args)
+        except MissingObject:
+            raise ShardError(
+                f"{self.index_path} names shard {shard}, which is not in {self.uri}"
+            ) from None
+        except ObjectError as err:
+            raise ShardError(f"shard {shard}: {err}") from None
+
     def verify(self, threads: int = 16) -> None:
         """Every shard is there with the size (and the md5 or sha256) the index records.
 
@@ -204,14 +208,7 @@ class ShardStore:
 
         def check(name: str) -> None:
             size, sha, md5 = self._expected[name]
-            try:
-                there, etag = self.location.stat(name)
-            except MissingObject:
-                raise ShardError(
-                    f"{self.index_path} names shard {name}, which is not in {self.uri}"
-                ) from None
-            except ObjectError as err:
-                raise ShardError(f"shard {name}: {err}") from None
+            there, etag = self._ask(name, self.location.stat)
             if there != size:
                 raise ShardError(
                     f"shard {name} in {self.uri} is {there} bytes, the index says {size} "
