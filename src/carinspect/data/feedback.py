@@ -31,6 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from carinspect.data.fingerprint import sha256_bytes
+from carinspect.data.sources import (
+    ResolvedSource,
+    SourceError,
+    SourceItem,
+    folder_source,
+    s3_objects,
+)
 from carinspect.errors import InputError
 from carinspect.io import staged_dir, write_bytes_atomic
 
@@ -67,11 +74,26 @@ class ImportResult:
     dvc_file: Path | None
 
 
+def feedback_items(folder: str, source: ResolvedSource) -> list[SourceItem]:
+    """The labelled photos of a feedback dataset (``<folder>/photos/<class>/``), for ``source``.
+
+    None when the folder has no photos yet. Each photo carries one label, so a source that
+    trains several tasks together cannot take them.
+    """
+    photos = Path(folder) / PHOTOS
+    if not folder or not photos.is_dir() or not any(p.is_dir() for p in photos.iterdir()):
+        return []
+    if len(source.tasks) > 1:
+        raise SourceError(
+            f"data.feedback {folder!r} holds one label per photo, but data.source "
+            f"{source.uri!r} trains the tasks {source.tasks} together: leave {photos} out"
+        )
+    return folder_source(photos, str(photos)).items
+
+
 def _listing(log: str) -> list[tuple[str, Callable[[], bytes]]]:
     """(name relative to the log, reader) for every file of a local or s3:// feedback log."""
     if log.startswith("s3://"):
-        from carinspect.data.sources import s3_objects
-
         prefix = log.removeprefix("s3://").partition("/")[2].strip("/")
         cut = len(prefix) + 1 if prefix else 0
         return [(key[cut:], read) for key, read in s3_objects(log, "--log")]

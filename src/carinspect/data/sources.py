@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from carinspect.config import SPLIT_NAMES, DemoConfig
-from carinspect.data.feedback import PHOTOS
 from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -89,7 +88,8 @@ def _read_file(path: Path) -> Callable[[], bytes]:
     return path.read_bytes
 
 
-def _folder(root: Path, display: str) -> ResolvedSource:
+def folder_source(root: Path, display: str) -> ResolvedSource:
+    """The images of ``root/<class>/``, shown as ``display/<class>/<file>`` in reports."""
     if not root.is_dir():
         raise SourceError(
             f"data.source {display!r}: not found, or not a folder, .csv, .json, s3:// or dvc://"
@@ -108,23 +108,6 @@ def _folder(root: Path, display: str) -> ResolvedSource:
                 shown = f"{display.rstrip('/')}/{path.relative_to(root).as_posix()}"
                 resolved.items.append(SourceItem(shown, class_dir.name, _read_file(path)))
     return resolved
-
-
-def feedback_items(folder: str, source: ResolvedSource) -> list[SourceItem]:
-    """The labelled photos of a feedback dataset (``<folder>/photos/<class>/``), for ``source``.
-
-    None when the folder has no photos yet. Each photo carries one label, so a source that
-    trains several tasks together cannot take them.
-    """
-    photos = Path(folder) / PHOTOS
-    if not folder or not photos.is_dir() or not any(p.is_dir() for p in photos.iterdir()):
-        return []
-    if len(source.tasks) > 1:
-        raise SourceError(
-            f"data.feedback {folder!r} holds one label per photo, but data.source "
-            f"{source.uri!r} trains the tasks {source.tasks} together: leave {photos} out"
-        )
-    return _folder(photos, str(photos)).items
 
 
 _CSV_FIXED = ("path", "split", "group")
@@ -381,7 +364,7 @@ def _dvc(uri: str) -> Iterator[ResolvedSource]:
             raise
         except Exception as err:  # dvc/scmrepo raise many unrelated types
             raise SourceError(f"data.source {uri!r}: cannot read through DVC: {err}") from err
-        resolved = _folder(Path(tmp) / "data", uri)
+        resolved = folder_source(Path(tmp) / "data", uri)
         resolved.kind = "dvc"
         yield resolved
 
@@ -433,4 +416,4 @@ def open_source(
     elif kind == "coco":
         yield _coco(Path(source), task, coco_tasks or {})
     else:
-        yield _folder(Path(source), source)
+        yield folder_source(Path(source), source)
