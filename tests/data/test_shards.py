@@ -153,6 +153,24 @@ def test_s3_shards_stream_and_resist_a_bad_index(tmp_path: Path, s3_endpoint: st
     _ingest(tmp_path / "again", shards="s3://fleet/cars/v1")
     assert ShardIndex.read(tmp_path / "again" / "images" / "shards.json") == index
 
+    # a shard replaced by other bytes of the same size: its ETag (md5) gives it away, unread
+    s3 = boto3.client("s3")
+    key = f"cars/v1/{index.shards[0].name}"
+    original = s3.get_object(Bucket="fleet", Key=key)["Body"].read()
+    body = bytearray(original)
+    body[len(body) // 2] ^= 0xFF
+    s3.put_object(Bucket="fleet", Key=key, Body=bytes(body))
+    with pytest.raises(
+        ShardError,
+        match=rf"shard {index.shards[0].name} in s3://fleet/cars/v1: its content \(md5 [0-9a-f]+\) is not the one indexed",
+    ):
+        open_store(root).verify()
+    s3.put_object(Bucket="fleet", Key=key, Body=bytes(body[:-1024]))
+    with pytest.raises(ShardError, match=r"bytes, the index says"):
+        open_store(root).verify()
+    s3.put_object(Bucket="fleet", Key=key, Body=original)
+    open_store(root).verify()
+
     raw = json.loads((root / "images" / "shards.json").read_text())
     raw["shards"][1]["name"] = "shard-000001-000000000000.tar"
     (root / "images" / "shards.json").write_text(json.dumps(raw))
