@@ -91,3 +91,35 @@ def test_resume_inside_an_epoch_over_shards(tmp_path: Path, sqlite_tracking: str
 
     ingest_dir, splits = _prepare(tmp_path, "")
     resumes_inside_an_epoch(tmp_path, Prepared(ingest_dir, splits))
+
+
+@pytest.mark.parametrize("shape", ["three classes", "two tasks"])
+def test_other_shapes_train_and_evaluate_over_shards(
+    tmp_path: Path, demo_dir: Path, sqlite_tracking: str, shape: str
+) -> None:
+    """A severity scale and two tasks trained together, as users bring them, from shards."""
+    from carinspect.data.demo import TASKS_CSV
+
+    if shape == "three classes":
+        demo = DemoConfig(per_class=12, broken=False, classes=["clean", "dusty", "muddy"])
+        data = DataConfig(source="demo", demo=demo, format="shards")
+    else:
+        data = DataConfig(
+            source=str(demo_dir / TASKS_CSV), task=["cleanliness", "damage"], format="shards"
+        )
+    ingest.run(data, IngestConfig(short_side=40, shard_mb=0.05), tmp_path / "ingest")
+    splits = split.run(
+        SplitConfig(train=0.6, val=0.2, test=0.2), tmp_path / "ingest" / "manifest.csv",
+        tmp_path / "split",
+    ).splits  # fmt: skip
+    p = load_params(tiny_params(tmp_path, train__batch_size=4))
+    result = train.run(
+        p.model, p.train, p.mlflow, Settings(), tmp_path / "ingest", splits, tmp_path / "train"
+    )
+    ev = evaluate.run(p.evaluate, Settings(), result.best, tmp_path / "ingest", splits,
+                      tmp_path / "evaluate")  # fmt: skip
+    report = json.loads(EvaluateDir(ev.out).report.read_text())
+    if shape == "three classes":
+        assert report["classes"] == ["clean", "dusty", "muddy"]
+    else:
+        assert set(report["tasks"]) == {"cleanliness", "damage"}

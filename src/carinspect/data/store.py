@@ -12,6 +12,8 @@ truncated or replaced shard, or credentials the bucket refuses, stop a run befor
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -87,6 +89,7 @@ class ShardStore:
     def __init__(self, root: Path, index: ShardIndex) -> None:
         self.root = Path(root)
         self.index_path = self.root / IMAGES / INDEX_FILE
+        self.location_uri = index.location
         self.location = open_location(index.location, self.root / IMAGES)
         self.shards = [s.name for s in index.shards]
         self._expected = {s.name: (s.bytes, s.sha256, s.md5) for s in index.shards}
@@ -240,11 +243,26 @@ def _file_sha256(path: Path) -> str:
 
 
 def open_store(ingest_dir: Path) -> FileStore | ShardStore:
-    """The store of an ingest output folder: shards when ``images/shards.json`` exists."""
+    """The store of an ingest output folder: shards when ``images/shards.json`` exists.
+
+    A stage asks for it several times (each split, the checks before training); the index of
+    a large dataset is read once, again only when the file changes.
+    """
     index_path = Path(ingest_dir) / IMAGES / INDEX_FILE
-    if not index_path.is_file():
-        return FileStore(Path(ingest_dir))
     try:
-        return ShardStore(Path(ingest_dir), ShardIndex.read(index_path))
+        seen = index_path.stat()
+    except FileNotFoundError:
+        return FileStore(Path(ingest_dir))
+    parsed = _shard_store(str(ingest_dir), str(index_path), seen.st_mtime_ns, seen.st_size)
+    store = copy.copy(parsed)  # the arrays shared; a location (and S3 client) of its own
+    store.location = open_location(parsed.location_uri, store.root / IMAGES)
+    return store
+
+
+@functools.lru_cache(maxsize=4)
+def _shard_store(ingest_dir: str, index_path: str, mtime_ns: int, size: int) -> ShardStore:
+    """The store of one version of an index (the file's time and size are part of the key)."""
+    try:
+        return ShardStore(Path(ingest_dir), ShardIndex.read(Path(index_path)))
     except ContractError as err:
         raise ShardError(f"shard index {err}") from None
