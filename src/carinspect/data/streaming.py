@@ -12,9 +12,9 @@ What changes is the order, chosen so that reading is sequential:
    to a multiple of the world size, as DistributedSampler pads);
 3. the slice is cut into *blocks* of at most ``window`` images (whole batches; a multiple of
    the worker count of them, of equal size to a batch, so no worker idles while another
-   finishes); block ``k`` belongs to DataLoader worker ``k % workers``, which fetches it with one range request per
-   shard it touches, shuffles it (seeded by seed, epoch, rank and block), and yields its batches,
-   fetching its next block while it decodes this one.
+   finishes); block ``k`` belongs to DataLoader worker ``k % workers``, which fetches it with
+   one range request per shard it touches, shuffles it (seeded by seed, epoch, rank and
+   block), and yields its batches, fetching its next block while it decodes this one.
 
 Batches are whole inside a block, so no batch is split between workers, and the DataLoader's
 round-robin over workers gives one fixed order for a given (seed, epoch, world size, workers).

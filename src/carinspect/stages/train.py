@@ -131,9 +131,10 @@ def run(
 
     ``stop_after`` ends this invocation after that many epochs (a time-boxed or preemptible job),
     ``stop_after_steps`` after that many optimizer steps, inside an epoch if need be (last.pt
-    then holds the place); ``resume`` continues from ``out/last.pt``. ``parent_run_id`` nests the MLflow run under a
-    sweep's; ``on_epoch`` sees each epoch's figures and may stop training (a pruned trial). A
-    hook cannot cross to spawned processes, so it needs a single process.
+    then holds the place); ``resume`` continues from ``out/last.pt``. ``parent_run_id`` nests
+    the MLflow run under a sweep's; ``on_epoch`` sees each epoch's figures and may stop
+    training (a pruned trial). A hook cannot cross to spawned processes, so it needs a single
+    process.
     """
     inputs = TrainInputs(
         model,
