@@ -134,7 +134,7 @@ class ImageDataset(Dataset[tuple[torch.Tensor, Any]]):
 
     def labels(self, task: int = 0) -> list[int]:
         """Class index of every sample for the ``task``-th task, in order."""
-        return [s.label if isinstance(s.label, int) else s.label[task] for s in self.samples]
+        return sample_labels(self.samples, task)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
         i, epoch = key if isinstance(key, tuple) else (key, 0)
