@@ -123,6 +123,7 @@ class PngLayout:
     color_type: int
     interlaced: bool
     idat: tuple[memoryview, ...]
+    exif: bytes | None = None  # the eXIf chunk (Pillow decodes every pixel to look for it)
 
     def raw_size(self) -> int:
         """Bytes of filtered scanlines the IDAT stream must inflate to."""
@@ -171,6 +172,7 @@ def png_layout(data: bytes) -> PngLayout:
     idat: list[memoryview] = []
     palette = False
     idat_done = False
+    exif: bytes | None = None
     for pos, kind, body in _png_chunks(data):
         if header is None:
             if kind != b"IHDR" or len(body) != 13:
@@ -185,6 +187,8 @@ def png_layout(data: bytes) -> PngLayout:
             header = (width, height, depth, color, interlace)
         elif kind == b"PLTE":
             palette = True
+        elif kind == b"eXIf":
+            exif = bytes(body)
         elif kind == b"IDAT":
             if idat_done:
                 raise corrupt(f"IDAT at byte {pos} after another chunk ended the image data")
@@ -198,7 +202,7 @@ def png_layout(data: bytes) -> PngLayout:
     width, height, depth, color, interlace = header
     if color == 3 and not palette:
         raise corrupt("a palette image (colour type 3) without a PLTE chunk")
-    return PngLayout(width, height, depth, color, bool(interlace), tuple(idat))
+    return PngLayout(width, height, depth, color, bool(interlace), tuple(idat), exif)
 
 
 def check_png_pixels(layout: PngLayout) -> None:
