@@ -451,6 +451,7 @@ def serve(
     import uvicorn
 
     from carinspect.serving.app import create_app
+    from carinspect.serving.protocol import protocol_with
     from carinspect.serving.settings import ServeSettings
 
     settings = ServeSettings()
@@ -458,6 +459,9 @@ def serve(
     uvicorn.run(
         create_app(settings), host=host, port=port, log_config=None,
         access_log=settings.access_log, timeout_graceful_shutdown=10,
+        http=protocol_with(settings.header_timeout_s),  # headers due in HEADER_TIMEOUT_S
+        limit_concurrency=settings.max_concurrency,
+        timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),
     )  # fmt: skip
 
 

@@ -10,9 +10,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,14 +22,16 @@ from fastapi.security.utils import get_authorization_scheme_param
 from PIL import Image
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from carinspect.data.images import ImageError, ImageLimits
 from carinspect.errors import InputError
 from carinspect.serving.batcher import Batcher
+from carinspect.serving.budget import Full, MemoryBudget
 from carinspect.serving.docs import install_docs
 from carinspect.serving.feedback import FeedbackLog
-from carinspect.serving.inference import answer, labels_of, prepare, thresholds_of
-from carinspect.serving.limits import BodyLimit, RequestMetrics
+from carinspect.serving.inference import answer, finish, labels_of, opened_for, thresholds_of
+from carinspect.serving.limits import BodyLimit, Deadlines, RequestMetrics
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel, ModelStore
 from carinspect.serving.schemas import (
@@ -49,6 +51,7 @@ from carinspect.serving.uploads import EndpointOnly, files_in, upload_body
 from carinspect.serving.urlfetch import UrlFetchError, fetch, parse_networks
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Why an image was refused -> the status that says so.
 IMAGE_STATUS = {
@@ -57,12 +60,14 @@ IMAGE_STATUS = {
     "not_an_image": 415,
     "unsupported_format": 415,
     "pixel_bomb": 422,
+    "decode_budget": 422,
     "corrupt": 422,
     "truncated": 422,
     "too_small": 422,
 }
+CLIENT_CLOSED = 499  # nginx's status for a client that went before its answer
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 408, 413, 415, 422, 503)
 }
 
 
@@ -84,8 +89,14 @@ class Service:
         self.batcher = Batcher(
             settings.max_batch_size, settings.max_wait_ms, self.metrics.observe_batch
         )
+        # every decode's memory is worked out from its header and held here before the pixels
+        # are allocated: the decodes in flight never need more than DECODE_MEMORY_MB together
+        self.decode_memory = MemoryBudget("decode", int(settings.decode_memory_mb * 2**20))
+        self.body_memory = MemoryBudget("request body", int(settings.body_memory_mb * 2**20))
         self.limits = ImageLimits(
-            max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes
+            max_pixels=settings.max_pixels,
+            max_bytes=settings.max_upload_bytes,
+            max_decode_bytes=self.decode_memory.total,
         )
         self.allowed_networks = parse_networks(settings.url_fetch_allow_cidrs)
         # Decoding is most of the CPU work per request (a phone photo's JPEG decode dwarfs the
@@ -183,12 +194,26 @@ class Service:
         Both are computed on the decoding pool, off the event loop.
         """
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._decoder, prepare, data, model, self.limits
-            )
+            opened = await self._in_pool(opened_for, data, model, self.limits)
+            async with self.decode_memory.hold(opened.cost, self.settings.queue_wait_s):
+                return await self._in_pool(finish, opened, model)
         except ImageError as err:
             status = IMAGE_STATUS.get(err.reason, 422)
             raise HTTPException(status, f"{filename or 'upload'}: {err}") from err
+
+    async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the decoding pool; a cancelled request still waits for it to end.
+
+        So the memory a decode holds is given back only once the decode is over, whatever
+        happened to the request (a client gone, a deadline).
+        """
+        job = asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait([job])
+            raise
 
 
 def _json(answer: BaseModel) -> Response:
@@ -331,8 +356,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         default_limit=settings.max_upload_bytes + 64 * 1024,
-        limits={"/predict/batch": settings.max_upload_bytes * settings.max_batch_files + 64 * 1024,
+        limits={"/predict/batch": settings.max_batch_bytes + 64 * 1024,
                 "/predict/url": 64 * 1024, "/webhooks/mlflow": 256 * 1024},
+        budget=service.body_memory,
+        wait_s=settings.queue_wait_s,
+        deadlines=Deadlines(settings.body_timeout_s, settings.request_timeout_s),
     )  # fmt: skip
     app.add_middleware(RequestMetrics, metrics=service.metrics)
 
@@ -347,6 +375,17 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             for e in err.errors()
         ]
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, 422)
+
+    @app.exception_handler(Full)
+    async def _full(request: Request, err: Full) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 503, {"Retry-After": str(err.retry_after)})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, err: ClientDisconnect) -> Response:
+        # nobody reads this answer: the status is for /metrics, where a 500 would page someone
+        logger.info("%s %s: the client closed the connection before the request was read",
+                    request.method, request.url.path)  # fmt: skip
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(InputError)
     async def _bad_input(request: Request, err: InputError) -> JSONResponse:
@@ -405,10 +444,15 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @uploads.post(
         "/predict", response_model=AnyPrediction, openapi_extra=upload_body("file", many=False) | BEARER
     )  # fmt: skip
+    @uploads.post(
+        "/predict/file", response_model=AnyPrediction, summary="Predict (the seed API's path)",
+        openapi_extra=upload_body("file", many=False) | BEARER,
+    )  # fmt: skip
     async def predict(request: Request) -> Response:
         """One image (multipart field ``file``): label, confidence, probabilities.
 
-        A model with several tasks answers each under ``tasks``.
+        A model with several tasks answers each under ``tasks``. ``/predict/file`` is the same
+        route under the seed API's path, which existing clients call.
         """
         _check_key(service, request.headers.get("authorization"))
         (part,) = await files_in(request, "file", most=1)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from carinspect.data.images import ImageLimits, decode_image
+from carinspect.data.images import ImageLimits, OpenedImage, open_image
 from carinspect.data.preprocess import preprocess
 from carinspect.drift.profile import photo_stats
 from carinspect.evaluation.decision import UNCERTAIN, decide_from_spec
@@ -30,7 +30,17 @@ def prepare(
     data: bytes, model: LoadedModel, limits: ImageLimits
 ) -> tuple[np.ndarray, dict[str, float] | None]:
     """:func:`pixels_for`, and the photo's drift statistics when the model keeps a window."""
-    decoded = decode_image(data, limits, model.spec.source_short_side)
+    return finish(opened_for(data, model, limits), model)
+
+
+def opened_for(data: bytes, model: LoadedModel, limits: ImageLimits) -> OpenedImage:
+    """The upload's header checked for ``model`` (no pixels yet): its cost is known here."""
+    return open_image(data, limits, model.spec.source_short_side)
+
+
+def finish(opened: OpenedImage, model: LoadedModel) -> tuple[np.ndarray, dict[str, float] | None]:
+    """Decode an opened upload and preprocess it; its drift statistics if the model keeps any."""
+    decoded = opened.decode()
     pixels = preprocess(decoded.image, model.spec)
     if model.drift is None:
         return pixels, None

@@ -85,13 +85,16 @@ def _headers(block: bytes, number: int) -> tuple[str, str | None, str | None]:
     return _text(params[b"name"]), None if filename is None else _text(filename), content_type
 
 
-def parse(body: bytes, content_type: str | None) -> list[Part]:
+def parse(body: bytes | bytearray, content_type: str | None) -> list[Part]:
     """Every part of ``body``, in order. MultipartError says what is wrong with a bad body."""
     return parts(body, boundary_of(content_type))
 
 
-def parts(body: bytes, boundary: bytes) -> list[Part]:
-    """Every part of ``body`` with a boundary already checked by :func:`boundary_of`."""
+def parts(body: bytes | bytearray, boundary: bytes) -> list[Part]:
+    """Every part of ``body`` with a boundary already checked by :func:`boundary_of`.
+
+    Each part's content is copied out once (as ``bytes``), so the body can be dropped after.
+    """
     delimiter = b"--" + boundary
     # The first delimiter opens the body or follows a preamble that ends with CRLF.
     at = body.find(delimiter)
@@ -115,11 +118,11 @@ def parts(body: bytes, boundary: bytes) -> list[Part]:
         head_end = body.find(_CRLF + _CRLF, line_end, line_end + MAX_HEADER_BYTES)
         if head_end < 0:
             raise MultipartError(f"part {number}: no blank line after its headers")
-        name, filename, kind = _headers(body[line_end + 2 : head_end], number)
+        name, filename, kind = _headers(bytes(body[line_end + 2 : head_end]), number)
         start = head_end + 4
         end = body.find(separator, start)
         if end < 0:
             raise MultipartError(f"part {number} ({name}): no closing boundary (truncated body?)")
-        found.append(Part(name, filename, kind, body[start:end]))
+        found.append(Part(name, filename, kind, bytes(memoryview(body)[start:end])))
         at = end + len(separator)
     return found

@@ -74,6 +74,50 @@ class ServeSettings(BaseSettings):
         32, ge=1, le=1024, validation_alias="MAX_BATCH_FILES",
         description="most files in one /predict/batch request",
     )  # fmt: skip
+    max_batch_mb: float = Field(
+        50.0, gt=0.0, le=4096.0, validation_alias="MAX_BATCH_MB",
+        description="the whole /predict/batch body (all its files together); larger: 413 before "
+        "it is read",
+    )  # fmt: skip
+    body_memory_mb: float = Field(
+        128.0, gt=0.0, validation_alias="BODY_MEMORY_MB",
+        description="request bodies the server reads and holds at once, by their declared "
+        "length (a chunked body counts as its route's limit); when full, a request waits up to "
+        "QUEUE_WAIT_S, then gets 503 with Retry-After",
+    )  # fmt: skip
+    decode_memory_mb: float = Field(
+        192.0, gt=0.0, validation_alias="DECODE_MEMORY_MB",
+        description="memory the decodes in flight may use together, as worked out from each "
+        "image's header before its pixels are allocated; an image that alone needs more is "
+        "refused (422 decode_budget), one that must wait longer than QUEUE_WAIT_S gets 503",
+    )  # fmt: skip
+    queue_wait_s: float = Field(
+        10.0, gt=0.0, le=600.0, validation_alias="QUEUE_WAIT_S",
+        description="longest a request waits for body or decode memory before 503 + Retry-After",
+    )  # fmt: skip
+    max_concurrency: int = Field(
+        256, ge=1, validation_alias="MAX_CONCURRENCY",
+        description="open connections and requests in progress (uvicorn's limit_concurrency); "
+        "past it, 503",
+    )  # fmt: skip
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, validation_alias="HEADER_TIMEOUT_S",
+        description="a connection must complete a request's headers within this (from its "
+        "opening, or from the first byte of the next request); else 408 and closed",
+    )  # fmt: skip
+    body_timeout_s: float = Field(
+        15.0, gt=0.0, le=600.0, validation_alias="BODY_TIMEOUT_S",
+        description="longest wait for the next piece of a request body; else 408 and closed",
+    )  # fmt: skip
+    request_timeout_s: float = Field(
+        60.0, gt=0.0, le=3600.0, validation_alias="REQUEST_TIMEOUT_S",
+        description="the whole request, body, queue and inference included; past it, 408 while "
+        "the body is still arriving, else 503",
+    )  # fmt: skip
+    keepalive_timeout_s: float = Field(
+        5.0, gt=0.0, le=600.0, validation_alias="KEEPALIVE_TIMEOUT_S",
+        description="an idle keep-alive connection is closed after this",
+    )  # fmt: skip
     max_pixels: int = Field(
         40_000_000, ge=1, validation_alias="MAX_PIXELS",
         description="images declaring more pixels are refused as pixel bombs (422)",
@@ -237,3 +281,10 @@ class ServeSettings(BaseSettings):
     def max_upload_bytes(self) -> int:
         """Per-file upload limit in bytes."""
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_batch_bytes(self) -> int:
+        """The whole /predict/batch body's limit: MAX_BATCH_MB, or less when every file fits."""
+        return min(
+            int(self.max_batch_mb * 1024 * 1024), self.max_upload_bytes * self.max_batch_files
+        )

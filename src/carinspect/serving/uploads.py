@@ -56,12 +56,25 @@ def upload_body(field: str, *, many: bool) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}}}
 
 
+async def _body(request: Request) -> bytearray:
+    """The request body in one buffer that nothing else keeps.
+
+    ``Request.body()`` joins the chunks into a second copy and caches it on the request for the
+    request's life; the parts cut from this buffer are the only copy left once it is dropped.
+    A client that goes mid-body raises ``ClientDisconnect`` (answered as 499 by the app).
+    """
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+    return body
+
+
 async def files_in(request: Request, field: str, *, most: int) -> list[Part]:
     """The parts named ``field`` (at least one, at most ``most``), or an HTTP error saying why."""
     content_type = request.headers.get("content-type")
     try:
         boundary = multipart.boundary_of(content_type)  # before reading a body that is no form
-        parts = multipart.parts(await request.body(), boundary)
+        parts = multipart.parts(await _body(request), boundary)
     except NotMultipart as err:
         raise HTTPException(
             422, f"body.{field}: Field required ({err}: send the image as form field {field!r})"
