@@ -242,6 +242,8 @@ def test_webhook_triggers_a_reload_before_the_next_poll(
     ok = httpx.post(s.url + "/webhooks/mlflow", content=body, headers=headers)
     assert ok.status_code == 202 and ok.json()["status"] == "accepted"
     _wait_for_version(s, "2", within=20)
+    replayed = httpx.post(s.url + "/webhooks/mlflow", content=body, headers=headers)
+    assert replayed.status_code == 401 and "already received" in replayed.json()["detail"]
 
 
 def test_a_registered_model_that_does_not_exist_yet_is_awaited(

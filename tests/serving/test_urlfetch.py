@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import gzip
 import ipaddress
 import threading
 import time
@@ -35,6 +36,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
         elif self.path == "/big":
             self._answer(200, b"\xff" * (2 * 1024 * 1024), "image/jpeg")
+        elif self.path == "/bomb.jpg":  # 1 MiB of zeros gzipped twice: ~1 KB on the wire
+            once = gzip.compress(b"\0" * (1 << 20))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Encoding", "gzip, gzip")
+            body = gzip.compress(once)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif self.path == "/slow":
             time.sleep(3)
             self._answer(200, JPEG, "image/jpeg")
@@ -180,8 +190,28 @@ def test_the_connection_goes_to_the_checked_address(http_servers: tuple[str, str
         ("2002:7f00:1::", "loopback"),  # 6to4 wrapping 127.0.0.1
         ("ff02::1", "multicast"),
         ("240.0.0.1", "private"),
+        ("fec0::1", "site-local"),  # is_global in Python's ipaddress
+        ("192.0.0.8", "IETF protocol assignments"),
+        ("192.0.0.170", "private"),
+        ("192.88.99.1", "6to4 relay anycast"),
+        ("64:ff9b::7f00:1", "loopback"),  # NAT64 wrapping 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 wrapping 169.254.169.254
+        ("64:ff9b::808:808", "reserved"),  # NAT64 to a public address: still not fetched
+        ("64:ff9b:1::1", "reserved"),
+        ("3fff::1", "documentation"),
+        ("::127.0.0.1", "reserved"),  # IPv4-compatible (deprecated)
+        ("198.18.0.1", "private"),
     ],
 )
 def test_refusal_classes(address: str, reason: str | None) -> None:
     why = refusal(ipaddress.ip_address(address))
     assert (why is None) if reason is None else (why is not None and reason in why)
+
+
+def test_an_encoded_answer_is_refused_before_it_is_inflated(http_servers: tuple[str, str]) -> None:
+    _, images_url = http_servers
+    allowed = [ipaddress.ip_network("127.0.0.2/32")]
+    with pytest.raises(UrlFetchError) as refused:
+        asyncio.run(fetch(images_url + "/bomb.jpg", timeout_s=5, max_bytes=4096, allowed=allowed))
+    assert refused.value.status == 422
+    assert "Content-Encoding 'gzip, gzip'" in str(refused.value)

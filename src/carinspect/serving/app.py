@@ -49,6 +49,7 @@ from carinspect.serving.second import CLIENT_HEADERS, SecondOpinion
 from carinspect.serving.settings import ServeSettings
 from carinspect.serving.uploads import EndpointOnly, files_in, upload_body
 from carinspect.serving.urlfetch import UrlFetchError, fetch, parse_networks
+from carinspect.tracking.webhooks import Deliveries, WebhookError, verify
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,6 +112,7 @@ class Service:
         )
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self.deliveries = Deliveries()  # webhook deliveries seen: a replay is refused
 
     def _reloaded(self, model: LoadedModel | None, error: str | None) -> None:
         if model is not None:
@@ -507,14 +509,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @app.post("/webhooks/mlflow", status_code=202, response_model=Health, tags=["registry"])
     async def mlflow_webhook(request: Request, service: ServiceDep) -> Health:
         """MLflow alias events (HMAC-signed): reload now instead of at the next poll."""
-        from carinspect.tracking.webhooks import WebhookError, verify
-
         secret = service.settings.webhook_secret
         if secret is None:
             raise HTTPException(404, "webhooks are not enabled (CARINSPECT_WEBHOOK_SECRET)")
         body = await request.body()
         try:
             payload = verify(secret.get_secret_value(), dict(request.headers), body)
+            service.deliveries.accept(dict(request.headers))
         except WebhookError as err:
             raise HTTPException(401, str(err)) from err
         data = payload.get("data") or {}

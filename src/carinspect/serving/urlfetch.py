@@ -6,7 +6,11 @@ IPv6 and IPv4-mapped forms are refused) unless it lies in a network the operator
 connection then goes to the address that was checked, with the original name in the Host header
 and TLS SNI, so a second DNS answer cannot redirect it (DNS rebinding). Redirects are followed by
 hand, at most three, each checked again. A timeout bounds the whole fetch and a byte cap bounds
-the body.
+the body as sent: the request asks for ``Accept-Encoding: identity`` and an answer with any other
+Content-Encoding is refused, so a 2 KB gzip bomb is never inflated (a probe's stalled the server
+for seconds and took 2.4 GB). Site-local, 6to4-relay and IETF-assigned ranges that Python's
+``ipaddress`` calls global are refused too, and an IPv4 address inside IPv6 (mapped, 6to4,
+Teredo, NAT64) is judged as itself.
 """
 
 from __future__ import annotations
@@ -50,12 +54,32 @@ def parse_networks(text: str) -> list[IPNetwork]:
     return nets
 
 
+# Ranges Python's ipaddress calls global that a fetch must not reach anyway.
+_REFUSED: tuple[tuple[IPNetwork, str], ...] = tuple(
+    (ipaddress.ip_network(net), why)
+    for net, why in (
+        ("192.0.0.0/24", "IETF protocol assignments"),
+        ("192.88.99.0/24", "6to4 relay anycast"),
+        ("fec0::/10", "site-local"),
+        ("3fff::/20", "documentation"),
+    )
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: an IPv4 address inside
+
+
+def _embedded(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, Teredo, NAT64), if any."""
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+
+
 def refusal(ip: IPAddress, allowed: Sequence[IPNetwork] = ()) -> str | None:
     """Why ``ip`` may not be fetched from, or None when it may."""
     if any(ip in net for net in allowed):
         return None
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        embedded = _embedded(ip)
         if embedded is not None:
             inner = refusal(embedded, allowed)
             if inner is not None:
@@ -63,6 +87,9 @@ def refusal(ip: IPAddress, allowed: Sequence[IPNetwork] = ()) -> str | None:
     for kind in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
         if getattr(ip, f"is_{kind}"):
             return kind.replace("_", "-")
+    for net, why in _REFUSED:
+        if ip.version == net.version and ip in net:
+            return why
     if not ip.is_global:
         return "not globally routable"
     return None
@@ -151,13 +178,20 @@ async def _fetch(
                     continue
                 if response.status_code != 200:
                     raise UrlFetchError(f"{current}: answered HTTP {response.status_code}", 422)
+                coding = response.headers.get("content-encoding", "identity").strip().lower()
+                if coding not in ("", "identity"):  # asked for identity: a gzip bomb is refused
+                    raise UrlFetchError(
+                        f"{current}: answered with Content-Encoding {coding!r}; only an unencoded "
+                        "body (identity) is accepted",
+                        422,
+                    )
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
                     raise UrlFetchError(
                         f"{current}: body of {declared} bytes exceeds {max_bytes}", 413
                     )
                 body = bytearray()
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.aiter_raw():  # bytes as sent: nothing inflated
                     body.extend(chunk)
                     if len(body) > max_bytes:
                         raise UrlFetchError(f"{current}: body exceeds {max_bytes} bytes", 413)

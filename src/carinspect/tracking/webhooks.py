@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ SIGNATURE_HEADER = "X-MLflow-Signature"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 DELIVERY_HEADER = "X-MLflow-Delivery-Id"
 ALIAS_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")
+MAX_AGE_S = 300.0  # a delivery signed longer ago (or later) than this is refused
 
 
 class WebhookError(InputError):
@@ -50,7 +52,7 @@ def sign(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
 
 
 def verify(
-    secret: str, headers: Mapping[str, str], body: bytes, max_age_s: float = 300.0
+    secret: str, headers: Mapping[str, str], body: bytes, max_age_s: float = MAX_AGE_S
 ) -> dict[str, Any]:
     """Check a delivery's signature and age; return its JSON payload.
 
@@ -76,3 +78,31 @@ def verify(
     except ValueError as err:
         raise WebhookError(f"webhook body is not JSON: {err}") from err
     return payload
+
+
+class Deliveries:
+    """The delivery ids accepted while their signature is still valid: a replay is refused.
+
+    A signed delivery stays valid for ``max_age_s`` either side of its timestamp, so an id is
+    remembered for twice that; at most ``most`` ids are kept (the oldest are let go first).
+    Only deliveries whose signature verified are recorded, so nobody without the secret can
+    fill the log.
+    """
+
+    def __init__(self, max_age_s: float = MAX_AGE_S, most: int = 10_000) -> None:
+        self.keep_s = 2 * max_age_s
+        self.most = most
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def accept(self, headers: Mapping[str, str], now: float | None = None) -> None:
+        """Record the delivery of ``headers``; :class:`WebhookError` if it came before."""
+        now = time.time() if now is None else now
+        lower = {k.lower(): v for k, v in headers.items()}
+        delivery = lower.get(DELIVERY_HEADER.lower(), "")
+        while self._seen and (
+            next(iter(self._seen.values())) < now - self.keep_s or len(self._seen) >= self.most
+        ):
+            self._seen.popitem(last=False)
+        if delivery in self._seen:
+            raise WebhookError(f"webhook delivery {delivery!r} was already received (a replay)")
+        self._seen[delivery] = now
