@@ -222,20 +222,35 @@ def wait_for_health(url: str, proc: subprocess.Popen[bytes], timeout: float = 90
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` (one worker, SQLite + local artifacts), stopped by pid."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+def start_mlflow_server(
+    root: Path, store: str | None = None
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """A real `mlflow server` (one worker) on ``store`` (default: SQLite in ``root``), healthy.
+
+    The caller stops it by pid (:func:`stop_process`).
+    """
+    root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proc = subprocess.Popen(
         [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--workers", "1", "--backend-store-uri", store or f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root, env=_webhook_env(),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(url, proc)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return url, proc
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` (one worker, SQLite + local artifacts), stopped by pid."""
+    url, proc = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    try:
         yield url
     finally:
         stop_process(proc)

@@ -18,6 +18,7 @@ from carinspect.stages import register
 from carinspect.tracking.audit import read_trail
 from carinspect.tracking.runs import reopen_run
 from carinspect.tracking.webhooks import sign
+from tests.conftest import start_mlflow_server, stop_process
 from tests.serving.conftest import Server, image_bytes
 
 NAME = "cars"
@@ -259,3 +260,32 @@ def test_a_registered_model_that_does_not_exist_yet_is_awaited(
     r = httpx.post(s.url + "/predict", files={"file": ("a.jpg", image_bytes(), "image/jpeg")})
     assert r.status_code == 503 and "no model loaded yet" in r.json()["detail"]
     assert httpx.get(s.url + "/model").json()["reload_failures"] == 0
+
+
+@pytest.mark.slow
+def test_an_unreachable_registry_shows_at_once_while_the_model_keeps_serving(
+    serve: Callable[..., Server], registry: str, tmp_path: Path
+) -> None:
+    url, tracking = start_mlflow_server(tmp_path / "mlflow-server", registry)
+    try:
+        s = serve(MODEL_URI=f"models:/{NAME}@champion", MLFLOW_TRACKING_URI=url, POLL_SECONDS="1")
+        status = httpx.get(s.url + "/model").json()
+        assert status["version"] == "1" and status["registry_reachable"] is True
+        stop_process(tracking)  # the registry goes away
+        deadline = time.monotonic() + 6
+        while (
+            httpx.get(s.url + "/model").json()["registry_reachable"] and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        status = httpx.get(s.url + "/model").json()
+        assert status["registry_reachable"] is False, status
+        assert url in status["registry_error"] and "unreachable" in status["registry_error"]
+        assert status["reload_failures"] >= 1 and status["last_reload_error"]
+        metrics = httpx.get(s.url + "/metrics").text
+        assert "carinspect_registry_reachable 0.0" in metrics
+        answer = httpx.post(
+            s.url + "/predict", files={"file": ("a.jpg", image_bytes(), "image/jpeg")}
+        )
+        assert answer.status_code == 200 and answer.json()["model"]["version"] == "1"
+    finally:
+        stop_process(tracking)

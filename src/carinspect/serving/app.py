@@ -429,6 +429,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             last_reload_error=store.last_error,
             last_reload_error_at=store.last_error_at,
             waiting_for=store.waiting_for,
+            registry_reachable=store.registry_reachable,
+            registry_error=store.registry_error,
             second=_second_status(service.second),
         )
 
@@ -439,6 +441,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
         model = service.store.current
         service.metrics.drift(model.drift if model is not None else None)
+        service.metrics.registry_state(service.store.registry_reachable)
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     uploads = APIRouter(route_class=EndpointOnly, tags=["predict"])

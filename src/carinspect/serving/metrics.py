@@ -46,6 +46,11 @@ class ServingMetrics:
         self.reload_failures = Counter(
             "carinspect_model_reload_failures", "model loads that failed", registry=r
         )
+        self.registry_reachable = Gauge(
+            "carinspect_registry_reachable", "1 when the last poll reached the model registry, "
+            "0 when it could not (the loaded model keeps serving); absent for a local folder",
+            registry=r,
+        )  # fmt: skip
         # drift of the photos answered against the version's drift.json (DRIFT_WINDOW of them)
         self.drift_psi = Gauge(
             "carinspect_drift_psi", "population stability index of an image statistic",
@@ -106,6 +111,11 @@ class ServingMetrics:
         """Point the model gauge at the version now serving."""
         self.model_version.clear()
         self.model_version.labels(name or "", version or "", alias or "", provider).set(1)
+
+    def registry_state(self, reachable: bool | None) -> None:
+        """Set the registry gauge from the store's last poll (left unset for a local folder)."""
+        if reachable is not None:
+            self.registry_reachable.set(1 if reachable else 0)
 
     def second_model(self, mode: str, alias: str, version: str | None) -> None:
         """Point the second model's gauge at the shadow or canary version now loaded."""

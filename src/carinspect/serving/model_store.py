@@ -33,6 +33,7 @@ from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.drift.profile import EMBEDDING, DriftWindow, EmbeddingRef, read_profile
 from carinspect.errors import InputError
 from carinspect.modeling.onnx_names import FEATURES, INPUT, MASK, OUTPUTS
+from carinspect.serving.reachability import registry_problem
 from carinspect.serving.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -447,6 +448,9 @@ class ModelStore:
         self.reloads = 0
         self.failures = 0
         self.waiting_for: str | None = None  # why there is nothing to load yet (not a failure)
+        # whether the last poll reached the registry (None: a local folder, nothing to reach)
+        self.registry_reachable: bool | None = None
+        self.registry_error: str | None = None
         self._on_reload = on_reload
         self._local_stamp: tuple[int, ...] | None = None
 
@@ -586,6 +590,8 @@ class ModelStore:
                         self._local_changed()
                     version, folder = None, self.ref.folder
                 else:
+                    if not self._registry_answers():
+                        return False
                     version = self.target_version()
                     self.waiting_for = None
                     if current is not None and current.version == version:
@@ -614,6 +620,17 @@ class ModelStore:
             if self._on_reload:
                 self._on_reload(model, None)
             return True
+
+    def _registry_answers(self) -> bool:
+        """Ask the registry's health first: no minutes of MLflow retries while it is down."""
+        problem = registry_problem(
+            self.settings.mlflow_tracking_uri, min(5.0, self.settings.poll_seconds)
+        )
+        self.registry_reachable = problem is None
+        self.registry_error = problem
+        if problem is not None:
+            self._fail(problem)
+        return problem is None
 
     def _wait(self, reason: str) -> None:
         first = reason != self.waiting_for

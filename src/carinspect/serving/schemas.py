@@ -117,6 +117,11 @@ class ModelStatus(BaseModel):
     waiting_for: str | None = Field(
         None, description="why there is nothing to load yet (an alias not set yet): not an error"
     )
+    registry_reachable: bool | None = Field(
+        None, description="whether the last poll reached the registry (null: a local folder); "
+        "the loaded model keeps serving while it cannot",
+    )  # fmt: skip
+    registry_error: str | None = Field(None, description="why the last poll could not reach it")
     second: SecondStatus | None = Field(
         None, description="the shadow or canary model, when SHADOW or CANARY_PERCENT is set"
     )
