@@ -17,7 +17,7 @@ import typer
 
 from carinspect.config import Params, load_params
 from carinspect.contracts.folders import ExportDir
-from carinspect.errors import InputError
+from carinspect.errors import InputError, OutputError
 from carinspect.logs import configure_logging
 
 logger = logging.getLogger("carinspect")
@@ -844,6 +844,9 @@ def main() -> None:
     except InputError as err:
         logger.error("%s", err)
         sys.exit(2)
+    except OutputError as err:  # no space, read-only, busy: the path and the cause, one line
+        logger.error("%s", err)
+        sys.exit(1)
     except typer.Abort:
         sys.exit(130)
     except Exception as err:  # click usage errors carry their own exit code

@@ -207,12 +207,13 @@ def test_the_budget_grants_in_arrival_order_and_refuses_after_the_wait() -> None
         waiting = asyncio.create_task(holder("second big", 60, 0.0))
         await asyncio.sleep(0.01)
         small = asyncio.create_task(holder("small", 10, 0.0))  # fits, but waits its turn
+        tiny = asyncio.create_task(holder("tiny", 5, 0.0))  # 1/16 or less: let through at once
         shed = asyncio.create_task(holder("shed", 90, 0.0, wait=0.05))
         cancelled = asyncio.create_task(holder("cancelled", 50, 0.0))
         await asyncio.sleep(0.1)
         cancelled.cancel()
-        await asyncio.gather(first, waiting, small, shed, return_exceptions=True)
+        await asyncio.gather(first, waiting, small, tiny, shed, return_exceptions=True)
         assert budget.used == 0 and budget.peak <= 100
         return order
 
-    assert asyncio.run(scenario()) == ["big", "shed full", "second big", "small"]
+    assert asyncio.run(scenario()) == ["big", "tiny", "shed full", "second big", "small"]

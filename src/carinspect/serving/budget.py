@@ -30,8 +30,10 @@ class Full(Exception):
 class MemoryBudget:
     """``total`` bytes that holders share, granted first come, first served.
 
-    Strict arrival order: a large request at the head of the queue is not starved by a stream of
-    small ones behind it (they wait for it, at most ``wait_s``). Release is synchronous, so a
+    Arrival order, so a large request at the head of the queue is not starved by a stream of
+    larger-than-small ones behind it; but a small holder (at most 1/16 of the total: a phone
+    photo's reduced decode is a few MiB) is let through whenever the free bytes allow, so
+    ordinary photos are not held up behind a burst of huge ones. Release is synchronous: a
     cancelled request (a client gone, a deadline) always gives its bytes back.
     """
 
@@ -50,7 +52,8 @@ class MemoryBudget:
         here it is clipped to ``total``.
         """
         needed = min(max(0, needed), self.total)
-        if not self._waiting and self.used + needed <= self.total:
+        small = needed <= self.total // 16
+        if (small or not self._waiting) and self.used + needed <= self.total:
             self._take(needed)
         else:
             granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
