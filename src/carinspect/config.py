@@ -156,6 +156,10 @@ class IngestConfig(_Section):
     shard_mb: float = Field(
         64, gt=0, le=4096, description="data.format shards: size each shard is filled to (MiB)"
     )
+    min_per_class: int = Field(
+        3, ge=1, description="a class with fewer usable images is refused before anything is "
+        "written (split needs one per train/val/test split: at least as many as it has)",
+    )  # fmt: skip
 
 
 class SplitConfig(_Section):
@@ -607,6 +611,16 @@ class Params(_Section):
     mlflow: MlflowConfig = MlflowConfig()
     tune: TuneConfig = TuneConfig()
     triton: TritonConfig = TritonConfig()
+
+    @model_validator(mode="after")
+    def _enough_per_class(self) -> Params:
+        splits = [name for name, f in self.split.fractions().items() if f > 0]
+        if self.ingest.min_per_class < len(splits):
+            raise ValueError(
+                f"ingest.min_per_class={self.ingest.min_per_class} is below the {len(splits)} "
+                f"images per class that split needs (one each for {', '.join(splits)})"
+            )
+        return self
 
 
 class Settings(BaseSettings):

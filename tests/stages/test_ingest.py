@@ -250,7 +250,7 @@ def test_serving_decodes_an_upload_to_the_pixels_ingest_cached(tmp_path: Path) -
         (tmp_path / "src" / label).mkdir(parents=True)
         (tmp_path / "src" / label / "photo.jpg").write_bytes(buf.getvalue())
         uploads[label] = buf.getvalue()
-    cfg = IngestConfig(short_side=96, min_side=32)
+    cfg = IngestConfig(short_side=96, min_side=32, min_per_class=1)
     ingest.run(DataConfig(source=str(tmp_path / "src")), cfg, tmp_path / "out")
     rows = read_manifest(tmp_path / "out" / "manifest.csv")
     assert sorted(r.label for r in rows) == ["a", "b"]
@@ -260,3 +260,35 @@ def test_serving_decodes_an_upload_to_the_pixels_ingest_cached(tmp_path: Path) -
         served = decode_image(uploads[row.label], ImageLimits(), short_side=96)
         assert served.reduced == 8 and cached.shape == (96, 128, 3)
         assert np.array_equal(cached, np.asarray(served.image))
+
+
+def test_a_class_too_small_to_split_is_refused_and_the_previous_ingest_kept(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    for label, count in (("sedan", 4), ("pickup", 4)):
+        for i in range(count):
+            (src / label).mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng(hash((label, i)) % 2**32)
+            img = Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
+            img.save(src / label / f"{i}.png")
+    out = tmp_path / "out"
+    ingest.run(DataConfig(source=str(src)), CFG, out)
+    before = (out / "manifest.csv").read_bytes()
+    for extra in list((src / "pickup").iterdir())[1:]:
+        extra.unlink()  # one pickup left: split could not put it in train, val and test
+    with pytest.raises(ingest.IngestError) as refused:
+        ingest.run(DataConfig(source=str(src)), CFG, out)
+    assert "'pickup': 1" in str(refused.value) and "min_per_class=3" in str(refused.value)
+    assert (out / "manifest.csv").read_bytes() == before
+    assert not any(p.name.startswith(".out.tmp-") for p in tmp_path.iterdir())
+
+
+def test_min_per_class_below_the_splits_is_a_config_error() -> None:
+    from carinspect.config import Params
+
+    with pytest.raises(ValueError, match="min_per_class=2 is below the 3 images"):
+        Params.model_validate({"ingest": {"min_per_class": 2}})
+    Params.model_validate(
+        {"ingest": {"min_per_class": 2}, "split": {"train": 0.8, "val": 0.2, "test": 0.0}}
+    )

@@ -253,6 +253,15 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
                     f"class(es){named} {list(counts)}; at least two classes are needed "
                     f"({len(rejected)} files were dropped)"
                 )
+            few = {c: n for c, n in counts.items() if n < cfg.min_per_class}
+            if few:
+                named = f" of task {task!r}" if len(per_task) > 1 else ""
+                shown = ", ".join(f"{c!r}: {n}" for c, n in sorted(few.items()))
+                raise IngestError(
+                    f"data.source {data.source!r}: class(es){named} with fewer than "
+                    f"ingest.min_per_class={cfg.min_per_class} usable images ({shown}); split "
+                    f"needs one per split: add images or drop the class ({out} is unchanged)"
+                )
         classes = list(per_task[source.task])
         rows, near_dups = _near_duplicates(kept, cfg.near_duplicate_distance)
         storage: dict[str, Any] = {"format": "files", "location": f"{IMAGES}/"}
