@@ -330,6 +330,21 @@ class Registry:
     kind: str
 
 
+def distinct_export(export: Path, to: Path, mark: str = "retrained") -> Path:
+    """A copy of ``export`` whose model.onnx differs (one more metadata entry): another model.
+
+    Register keeps one version per (run, ONNX digest); tests that need several versions of
+    "different" models register copies made here.
+    """
+    import onnx
+
+    shutil.copytree(export, to)
+    model = onnx.load(str(to / "model.onnx"))
+    model.metadata_props.add(key="carinspect.test", value=mark)
+    onnx.save(model, str(to / "model.onnx"))
+    return to
+
+
 def registered_store(folder: Path, upstream: dict[str, Path], name: str = "mlflow") -> str:
     """A copy of the upstream store in ``folder`` with its export registered (version 1); the URI."""
     from carinspect.config import RegisterConfig, Settings

@@ -19,6 +19,7 @@ from carinspect.config import Params, load_params
 from carinspect.contracts.folders import ExportDir
 from carinspect.errors import InputError, OutputError
 from carinspect.logs import configure_logging
+from carinspect.tracking.lifecycle import Terminated, bound_retries
 
 logger = logging.getLogger("carinspect")
 
@@ -134,7 +135,14 @@ def train(
     out: Annotated[Path, typer.Option(help="Output folder: checkpoints, metrics, history.")] = Path(
         "models/train"
     ),
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    resume: Annotated[
+        bool | None,
+        typer.Option(
+            "--resume/--fresh",
+            help="Continue from OUT/last.pt, or start over. Default: continue when last.pt is "
+            "of this training (same params and data) and unfinished (a killed or failed run).",
+        ),
+    ] = None,
     nproc: Annotated[
         int | None, typer.Option(help="Processes (one per GPU); default train.nproc.")
     ] = None,
@@ -839,6 +847,7 @@ def main() -> None:
     """Console-script entry point: bad input exits 2 with a one-paragraph message."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    bound_retries()  # an unreachable tracking server fails a command in seconds, not minutes
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n
     except InputError as err:
@@ -849,6 +858,9 @@ def main() -> None:
         sys.exit(1)
     except typer.Abort:
         sys.exit(130)
+    except Terminated:  # SIGTERM: the stage cleaned up (staging removed, run ended KILLED)
+        logger.error("stopped by SIGTERM")
+        sys.exit(143)
     except Exception as err:  # click usage errors carry their own exit code
         import click
 

@@ -19,7 +19,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from carinspect.data.images import decode_cost
+from carinspect.serving.settings import ServeSettings
+
 BOUNDARY = "hostile-boundary"
+DECODE_BUDGET = int(ServeSettings().decode_memory_mb * 2**20)  # the server's default
 
 
 def sixteen_bit_png(side: int = 6300) -> bytes:
@@ -27,6 +31,22 @@ def sixteen_bit_png(side: int = 6300) -> bytes:
     out = io.BytesIO()
     Image.fromarray(np.full((side, side), 40_000, dtype=np.uint16)).save(out, "PNG")
     return out.getvalue()
+
+
+def worst_decodable_side(budget_bytes: int) -> int:
+    """The side of the largest square 16-bit PNG whose decode fits ``budget_bytes``.
+
+    The worst upload a server still decodes (and answers 200) under DECODE_MEMORY_MB: the least
+    bytes on the wire for the most memory. Sized for a short side of up to 256 px.
+    """
+    low, high = 16, 20_000
+    while low < high:
+        side = (low + high + 1) // 2
+        if decode_cost("PNG", "I;16", (side, side), (256, 256)) <= budget_bytes:
+            low = side
+        else:
+            high = side - 1
+    return low
 
 
 def float_tiff(side: int = 6300) -> bytes:
@@ -130,18 +150,25 @@ def cases() -> list[Case]:
     """Every hostile case of issue 38 that a client can send over HTTP (images made once)."""
     grey, tiff, rgba, palette = sixteen_bit_png(), float_tiff(), rgba_png(), palette_png()
     refused = frozenset({413, 415, 422, 503})
+    decodable = sixteen_bit_png(worst_decodable_side(DECODE_BUDGET))
     big = 320 * 1024 * 1024
     return [
         Case("16-bit 6300x6300 PNG (75 KB)",
-             lambda u: post_files(u, "/predict", "file", [("grey.png", grey)]), frozenset({200, 503})),
+             lambda u: post_files(u, "/predict", "file", [("grey.png", grey)]), refused),
+        Case("the worst decodable 16-bit PNG",
+             lambda u: post_files(u, "/predict", "file", [("grey.png", decodable)]),
+             frozenset({200, 503})),
         Case("float TIFF 6300x6300",
              lambda u: post_files(u, "/predict", "file", [("f.tiff", tiff)]), refused),
         Case("transparent RGBA PNG 6300x6300",
              lambda u: post_files(u, "/predict", "file", [("a.png", rgba)]), refused),
         Case("transparent palette PNG 6300x6300",
              lambda u: post_files(u, "/predict", "file", [("p.png", palette)]), refused),
-        Case("batch of eight 16-bit PNGs",
+        Case("batch of eight 16-bit 6300x6300 PNGs",
              lambda u: post_files(u, "/predict/batch", "files", [(f"{i}.png", grey) for i in range(8)]),
+             refused),
+        Case("batch of eight of the worst decodable",
+             lambda u: post_files(u, "/predict/batch", "files", [(f"{i}.png", decodable) for i in range(8)]),
              frozenset({200, 503})),
         Case("batch declaring 320 MB",
              lambda u: raw(u, upload_head("/predict/batch", big)), frozenset({413})),

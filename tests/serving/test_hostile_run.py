@@ -22,6 +22,7 @@ import yaml
 
 from tests.conftest import REPO_ROOT, start_server, stop_process
 from tests.serving.hostile import (
+    DECODE_BUDGET,
     cases,
     memory_cgroup,
     memory_kib,
@@ -30,6 +31,7 @@ from tests.serving.hostile import (
     post_files,
     remove_cgroup,
     sixteen_bit_png,
+    worst_decodable_side,
 )
 
 
@@ -81,7 +83,7 @@ def test_hostile_clients_get_answers_and_the_server_stays_up(
         for _ in range(100):  # a slowloris: connections that never send a byte
             idle.append(socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))))
         hostile = cases() * 2
-        worst = sixteen_bit_png()
+        worst = sixteen_bit_png(worst_decodable_side(DECODE_BUDGET))
         with ThreadPoolExecutor(max_workers=len(hostile) + 4) as pool:
             answers = [(c, pool.submit(c.send, server.url)) for c in hostile]
             four = [

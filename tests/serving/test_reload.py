@@ -18,7 +18,7 @@ from carinspect.stages import register
 from carinspect.tracking.audit import read_trail
 from carinspect.tracking.runs import reopen_run
 from carinspect.tracking.webhooks import sign
-from tests.conftest import start_mlflow_server, stop_process
+from tests.conftest import distinct_export, start_mlflow_server, stop_process
 from tests.serving.conftest import Server, image_bytes
 
 NAME = "cars"
@@ -35,9 +35,10 @@ def registry_template(tmp_path_factory: pytest.TempPathFactory, upstream: dict[s
     os.environ["MLFLOW_TRACKING_URI"] = uri
     os.chdir(root)
     try:
-        for _ in range(2):
+        exports = (upstream["export"], distinct_export(upstream["export"], root / "export2"))
+        for export in exports:  # two models (register is once per run and export)
             register.run(
-                RegisterConfig(model_name=NAME), Settings(), upstream["export"],
+                RegisterConfig(model_name=NAME), Settings(), export,
                 upstream["metrics"], str(upstream["run_id"]), root / "registered.json",
             )  # fmt: skip
         broken = root / "broken"

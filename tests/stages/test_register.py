@@ -8,25 +8,31 @@ from mlflow.tracking import MlflowClient
 from carinspect.config import RegisterConfig, Settings
 from carinspect.contracts.folders import MissingStageOutput
 from carinspect.stages import register
-from tests.conftest import Registry
+from tests.conftest import Registry, distinct_export
 
 
-def test_two_registrations_give_versions_1_and_2(
+def test_register_is_once_per_export_and_a_new_export_is_version_2(
     tmp_path: Path, registry: Registry, upstream: dict[str, Path]
 ) -> None:
     run_id = registry.run_id
     name = f"cars-{tmp_path.name[-12:]}"
     cfg = RegisterConfig(model_name=name)
+    status = MlflowClient().get_run(run_id).info.status
     first = register.run(
         cfg, Settings(), upstream["export"], upstream["metrics"], run_id, tmp_path / "r1.json"
     )
-    second = register.run(
-        cfg, Settings(), upstream["export"], upstream["metrics"], run_id, tmp_path / "r2.json"
+    again = register.run(  # a rerun (after a kill before the alias moved): the same version
+        cfg, Settings(), upstream["export"], upstream["metrics"], run_id, tmp_path / "r1b.json"
     )
-    assert (first.version, second.version) == ("1", "2")
+    other = distinct_export(upstream["export"], tmp_path / "export2")
+    second = register.run(cfg, Settings(), other, upstream["metrics"], run_id, tmp_path / "r2.json")
+    assert (first.version, again.version, second.version) == ("1", "1", "2")
     client = MlflowClient()
+    assert len(client.search_model_versions(f"name = '{name}'")) == 2
+    assert client.get_run(run_id).info.status == status  # never reopened
     mv = client.get_model_version_by_alias(name, "challenger")
     assert str(mv.version) == "2"  # int from SQLite, str over REST: compare as text
+    assert mv.tags["export.sha256"].startswith("sha256:")
     for key in (
         "data.digest",
         "git.commit",

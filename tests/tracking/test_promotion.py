@@ -16,7 +16,7 @@ from carinspect.tracking import promotion
 from carinspect.tracking.audit import read_trail, reconcile
 from carinspect.tracking.promotion import GateRefused, PromotionError
 from carinspect.tracking.registry import list_versions
-from tests.conftest import Registry
+from tests.conftest import Registry, distinct_export
 
 GATE = PromoteConfig(metric="accuracy", split="test", tolerance=0.01, floor=0.65)
 
@@ -34,10 +34,12 @@ def _register(
     metrics["test"]["accuracy"] = accuracy
     path = tmp_path / f"metrics-{accuracy}.json"
     path.write_text(json.dumps(metrics))
+    if export is None:  # another model each time (register is once per run and ONNX file)
+        export = distinct_export(upstream["export"], tmp_path / f"export-{accuracy}", str(accuracy))
     v = register.run(
         RegisterConfig(model_name=name),
         Settings(),
-        export or upstream["export"],
+        export,
         path,
         registry.run_id,
         tmp_path / "registered.json",

@@ -86,7 +86,7 @@ class ServeSettings(BaseSettings):
         "QUEUE_WAIT_S, then gets 503 with Retry-After",
     )  # fmt: skip
     decode_memory_mb: float = Field(
-        192.0, gt=0.0, validation_alias="DECODE_MEMORY_MB",
+        96.0, gt=0.0, validation_alias="DECODE_MEMORY_MB",
         description="memory the decodes in flight may use together, as worked out from each "
         "image's header before its pixels are allocated; an image that alone needs more is "
         "refused (422 decode_budget), one that must wait longer than QUEUE_WAIT_S gets 503",

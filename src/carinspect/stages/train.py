@@ -57,6 +57,7 @@ from carinspect.modeling.checkpoint import (
 from carinspect.modeling.factory import build_model, check_model_name
 from carinspect.modeling.losses import MultiTaskLoss, build_task_loss
 from carinspect.tracking import runs
+from carinspect.tracking.lifecycle import ended_on_failure
 from carinspect.tracking.lineage import lineage_tags
 from carinspect.training import distributed as dist_utils
 from carinspect.training.loop import (
@@ -67,6 +68,7 @@ from carinspect.training.loop import (
     evaluate,
     train_one_epoch,
 )
+from carinspect.training.resume import data_digest, resumable
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ def run(
     ingest_dir: Path,
     splits: Path,
     out: Path,
-    resume: bool = False,
+    resume: bool | None = False,
     stop_after: int | None = None,
     nproc: int | None = None,
     parent_run_id: str | None = None,
@@ -131,11 +133,23 @@ def run(
 
     ``stop_after`` ends this invocation after that many epochs (a time-boxed or preemptible job),
     ``stop_after_steps`` after that many optimizer steps, inside an epoch if need be (last.pt
-    then holds the place); ``resume`` continues from ``out/last.pt``. ``parent_run_id`` nests
+    then holds the place); ``resume`` continues from ``out/last.pt`` (None: when that checkpoint
+    is of this training, unfinished: see :mod:`carinspect.training.resume`). ``parent_run_id`` nests
     the MLflow run under a sweep's; ``on_epoch`` sees each epoch's figures and may stop
     training (a pruned trial). A hook cannot cross to spawned processes, so it needs a single
     process.
     """
+    if resume is None:
+        resume, why = resumable(
+            TrainDir(out).last,
+            _config(model, train, mlflow),
+            data_digest(Path(ingest_dir), Path(splits)) if Path(splits).is_file() else "",
+            settings.mlflow_tracking_uri,
+        )
+        if resume:
+            logger.info("resuming: %s (--fresh starts over)", why)
+        elif TrainDir(out).last.is_file():
+            logger.info("training from the start: %s", why)
     inputs = TrainInputs(
         model,
         train,
@@ -346,9 +360,15 @@ def _train_process(inputs: TrainInputs, on_epoch: EpochHook | None = None) -> Tr
     info = dist_utils.env_info()
     device = dist_utils.init(info)
     try:
-        return _train(inputs, info, device, on_epoch)
+        with ended_on_failure():  # the run ends FAILED (KILLED on SIGTERM), never RUNNING
+            return _train(inputs, info, device, on_epoch)
     finally:
         dist_utils.shutdown()
+
+
+def _config(model: ModelConfig, train: TrainConfig, mlflow: MlflowConfig) -> dict[str, Any]:
+    """The resolved sections a checkpoint records and a resume must match."""
+    return {"model": model.model_dump(), "train": train.model_dump(), "mlflow": mlflow.model_dump()}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -475,11 +495,8 @@ def _train(
             f", step {start_step}" if start_step else "",
         )  # fmt: skip
 
-    config = {
-        "model": mcfg.model_dump(),
-        "train": cfg.model_dump(),
-        "mlflow": inputs.mlflow.model_dump(),
-    }
+    config = _config(mcfg, cfg, inputs.mlflow)
+    trained_on = data_digest(inputs.ingest_dir, inputs.splits)
     if info.primary:
         run_id = _open_run(inputs, config, tasks, precision, info, run_id)
     run_id = dist_utils.broadcast_object(run_id)
@@ -511,6 +528,7 @@ def _train(
             "loss": loss_fn.state_dict(),
             "preprocess": spec.to_dict(),
             "config": config,
+            "data": trained_on,  # manifest and splits, by digest: an automatic resume checks it
             "mlflow_run_id": run_id,
             "world_size": info.world_size,
         }

@@ -15,12 +15,13 @@ from carinspect.config import GateMetric, Settings
 from carinspect.contracts.cards import ModelCard
 from carinspect.contracts.folders import ExportDir
 from carinspect.errors import InputError
-from carinspect.tracking.runs import reopen_run
+from carinspect.tracking.lifecycle import bound_retries
 
 logger = logging.getLogger(__name__)
 
 GATE_METRICS: tuple[str, ...] = get_args(GateMetric)
 RUN_COPY = "export"  # where a training run holds its exported model.onnx and model.json
+ONNX_DIGEST = "export.sha256"  # model.onnx + model.json: the tag that makes register idempotent
 
 
 @dataclass(frozen=True)
@@ -48,50 +49,97 @@ def register_version(
     tags: dict[str, str],
     alias: str,
 ) -> RegisteredVersion:
-    """Log ``export_dir``'s model.onnx (+ model.json) to ``run_id`` and register it under ``name``."""
+    """Log ``export_dir``'s model.onnx (+ model.json) to ``run_id`` and register it under ``name``.
+
+    Once per (run, ONNX digest): a version that already holds it gets the alias instead.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    bound_retries()
+    export = ExportDir(export_dir)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    client = MlflowClient()
+    digest = _export_digest(export)
+    version = _registered_before(client, name, run_id, digest)
+    if version is None:
+        version = _register(client, run_id, name, export, card, {**tags, ONNX_DIGEST: digest})
+    else:
+        logger.info(
+            "%s version %s already holds this export of run %s: completing its alias",
+            name, version, run_id,
+        )  # fmt: skip
+    client.set_registered_model_alias(name, alias, version)
+    logger.info("registered %s version %s (alias %s) from run %s", name, version, alias, run_id)
+    return RegisteredVersion(name, version, run_id, f"models:/{name}/{version}", alias)
+
+
+def _export_digest(export: ExportDir) -> str:
+    """The export by content: the graph and the model card (its rule, classes, preprocessing)."""
+    digest = hashlib.sha256()
+    for path in (export.onnx, export.card):
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return "sha256:" + digest.hexdigest()
+
+
+def _registered_before(client: Any, name: str, run_id: str, digest: str) -> str | None:
+    """The version of ``name`` that already holds this run's export with ``digest``, if any.
+
+    Register is idempotent: a rerun after a kill between registering and moving the alias finds
+    the version instead of adding a second, promotable copy of the same model.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    same = [v for v in found if (v.tags or {}).get(ONNX_DIGEST) == digest]
+    ready = [v for v in same if str(v.status) == "READY"]
+    return str(max(int(v.version) for v in ready)) if ready else None
+
+
+def _register(
+    client: Any, run_id: str, name: str, export: ExportDir, card: ModelCard, tags: dict[str, str]
+) -> str:
+    """Log the model into run ``run_id`` (without reopening it) and register a new version."""
     import mlflow
     import onnx
     from mlflow.models import infer_signature
-    from mlflow.tracking import MlflowClient
 
     from carinspect.modeling.onnx_export import session
     from carinspect.modeling.onnx_names import INPUT
 
-    export = ExportDir(export_dir)
     size = card.preprocess.img_size
     example = np.zeros((1, 3, size, size), dtype=np.float32)  # one image: keeps the example small
     outputs = session(export.onnx).run(None, {INPUT: example})
     signature = infer_signature({INPUT: example}, dict(zip(card.outputs, outputs, strict=True)))
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = MlflowClient()
-    with reopen_run(run_id):
-        # the copy the version's onnx.run_artifacts tag names: export logs it when it was given
-        # the run; an export made without one gets it here
-        logged = {a.path for a in client.list_artifacts(run_id, RUN_COPY)}
-        extra = [export.card] + ([export.mc_head] if card.mc_dropout is not None else [])
-        extra += [export.drift] if export.drift.is_file() else []  # exports before it have none
-        if f"{RUN_COPY}/{export.ONNX}" not in logged:
-            for file in (export.onnx, *extra):
-                mlflow.log_artifact(str(file), artifact_path=RUN_COPY)
-        info = mlflow.onnx.log_model(
-            onnx.load(str(export.onnx)),
-            name="model",
-            signature=signature,
-            input_example={INPUT: example},
-            save_as_external_data=False,
-            # what mlflow.pyfunc loads it with: the provider export checked parity on, not a
-            # CUDA it never ran on (carinspect serve picks its own: ORT_PROVIDERS)
-            onnx_execution_providers=checked_providers(card.to_json()),
-            extra_files=[str(f) for f in extra],  # as ExportDir.LOGGED_*
-        )
-        version = mlflow.register_model(info.model_uri, name, tags=tags)
-    client.set_registered_model_alias(name, alias, version.version)
-    logger.info(
-        "registered %s version %s (alias %s) from run %s", name, version.version, alias, run_id
+    # the logged model belongs to the run's experiment; the run's status is never touched
+    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
+    # the copy the version's onnx.run_artifacts tag names: export logs it when it was given
+    # the run; an export made without one gets it here
+    logged = {a.path for a in client.list_artifacts(run_id, RUN_COPY)}
+    extra = [export.card] + ([export.mc_head] if card.mc_dropout is not None else [])
+    extra += [export.drift] if export.drift.is_file() else []  # exports before it have none
+    if f"{RUN_COPY}/{export.ONNX}" not in logged:
+        for file in (export.onnx, *extra):
+            client.log_artifact(run_id, str(file), artifact_path=RUN_COPY)
+    info = mlflow.onnx.log_model(
+        onnx.load(str(export.onnx)),
+        name="model",
+        signature=signature,
+        input_example={INPUT: example},
+        save_as_external_data=False,
+        # what mlflow.pyfunc loads it with: the provider export checked parity on, not a
+        # CUDA it never ran on (carinspect serve picks its own: ORT_PROVIDERS)
+        onnx_execution_providers=checked_providers(card.to_json()),
+        extra_files=[str(f) for f in extra],  # as ExportDir.LOGGED_*
+        run_id=run_id,
     )
-    return RegisteredVersion(
-        name, str(version.version), run_id, f"models:/{name}/{version.version}", alias
-    )
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    return str(version.version)
 
 
 def version_tags(

@@ -15,6 +15,7 @@ from typing import Any
 from carinspect.config import MlflowConfig, Settings
 from carinspect.contracts.cards import read_run_ref
 from carinspect.errors import InputError
+from carinspect.tracking.lifecycle import bound_retries, close_abandoned, owner_tags
 
 logger = logging.getLogger(__name__)
 
@@ -50,24 +51,33 @@ def start_run(
     cfg: MlflowConfig | None,
     run_id: str | None = None,
     parent_run_id: str | None = None,
+    stage: str = "train",
 ) -> str:
     """Open a new run in ``cfg.experiment`` (or reopen ``run_id``) and return its id.
 
-    ``parent_run_id``: the new run is nested under that one (a sweep's trial).
+    ``parent_run_id``: the new run is nested under that one (a sweep's trial). The run is tagged
+    with this host and process (:mod:`carinspect.tracking.lifecycle`); before a new one is
+    opened, the experiment's runs that a killed process of this host left RUNNING are closed.
     """
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     from carinspect.tracking.store import check
 
+    bound_retries()
     check(settings.mlflow_tracking_uri)  # a copied project must not write into the original's
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     if run_id is None:
         if cfg is None:
             raise ValueError("a new run needs the mlflow section of params")
-        mlflow.set_experiment(cfg.experiment)
-        run = mlflow.start_run(run_name=cfg.run_name, parent_run_id=parent_run_id)
+        experiment = mlflow.set_experiment(cfg.experiment)
+        close_abandoned(MlflowClient(), experiment.experiment_id, f"carinspect {stage}")
+        run = mlflow.start_run(
+            run_name=cfg.run_name, parent_run_id=parent_run_id, tags=owner_tags(stage)
+        )
     else:
         run = reopen_run(run_id)
+        mlflow.set_tags(owner_tags(stage))  # this process holds it now
     logger.info("MLflow run %s at %s", run.info.run_id, settings.mlflow_tracking_uri)
     return str(run.info.run_id)
 
@@ -87,6 +97,7 @@ def check_run(run_json: Path, settings: Settings) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    bound_retries()
     ref = read_run_ref(run_json)
     if ref is None:
         raise InputError(f"{run_json}: not found (run train first: it records the MLflow run)")
@@ -140,29 +151,28 @@ def log_params(params: Mapping[str, Any]) -> None:
     _log_flat(_flat_params(params))
 
 
-def log_stage_params(params: Mapping[str, Any]) -> None:
-    """Add a later stage's params sections to the active run.
+def log_stage_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
+    """Add a later stage's params sections to run ``run_id`` (through ``client``).
 
     MLflow params cannot change, but DVC re-runs evaluate/threshold/export/register alone when
     only their section changed, appending to the same training run. The first values stay as
     params; a changed value is logged as the tag ``params.latest.<key>`` and warned about.
     """
-    import mlflow
-    from mlflow.tracking import MlflowClient
+    from mlflow.entities import Param, RunTag
 
-    run = mlflow.active_run()
-    assert run is not None, "log_stage_params needs an active run"
-    logged = MlflowClient().get_run(run.info.run_id).data.params
+    logged = client.get_run(run_id).data.params
     flat = _flat_params(params)
-    _log_flat({k: v for k, v in flat.items() if k not in logged})
+    new = [Param(k, v) for k, v in flat.items() if k not in logged]
+    for i in range(0, len(new), 100):  # MLflow's batch limit
+        client.log_batch(run_id, params=new[i : i + 100])
     changed = {k: v for k, v in flat.items() if k in logged and logged[k] != v}
     if changed:
         logger.warning(
             "run %s was logged with other values of %s (params cannot change): the values used "
             "now are the tags params.latest.*",
-            run.info.run_id, ", ".join(sorted(changed)),
+            run_id, ", ".join(sorted(changed)),
         )  # fmt: skip
-        mlflow.set_tags({f"params.latest.{k}": v for k, v in changed.items()})
+        client.log_batch(run_id, tags=[RunTag(f"params.latest.{k}", v) for k, v in changed.items()])
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None) -> None:
@@ -201,19 +211,27 @@ def append_to_run(
 
     Figures are the numeric leaves of ``metrics``, named ``prefix...``; ``params`` are sections
     such as ``{"evaluate": {...}}`` (see :func:`log_stage_params`); ``folder`` is logged under
-    ``artifact_path``.
+    ``artifact_path``. Logged through the client: the run is not reopened, so its status (the
+    training's FINISHED) never changes, and a stage killed here leaves nothing RUNNING.
     """
-    import mlflow
+    import time
 
-    start_run(settings, None, run_id)
-    try:
-        if params:
-            log_stage_params(params)
-        log_metrics(numeric_leaves(metrics, prefix), step=None)
-        if folder is not None:
-            mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
-    finally:
-        end_run()
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from carinspect.tracking.store import check
+
+    bound_retries()
+    check(settings.mlflow_tracking_uri)
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    if params:
+        log_stage_params(client, run_id, params)
+    now = int(time.time() * 1000)
+    figures = [Metric(k, v, now, 0) for k, v in numeric_leaves(metrics, prefix).items()]
+    for i in range(0, len(figures), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=figures[i : i + 1000])
+    if folder is not None:
+        client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
 
 
 def end_run(status: str = "FINISHED") -> None:
