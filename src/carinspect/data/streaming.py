@@ -44,6 +44,7 @@ from carinspect.data.dataset import Sample, decode_png
 from carinspect.data.preprocess import preprocess
 from carinspect.data.samplers import SamplerKind, ShardedEpochSampler
 from carinspect.data.store import Blob, ShardStore
+from carinspect.memory import fixed_mmap_threshold
 
 
 class ShardStream(IterableDataset[tuple[torch.Tensor, Any]]):
@@ -261,30 +262,9 @@ def _worker_init(_: int) -> None:
     # collector, whose scans would otherwise copy every page of them into this process
     torch.set_num_threads(1)
     gc.freeze()
-    _fixed_mmap_threshold()
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def _fixed_mmap_threshold(size: int = 1 << 20) -> None:
-    """Serve every allocation of ``size`` bytes or more with its own mmap, returned on free.
-
-    glibc raises its mmap threshold each time such a block is freed (up to 32 MiB), after which
-    the runs of images a worker reads (tens of MiB each) come from the heap, which fragments.
-    Over a 50,000-image epoch (benchmarks/shard_loader.py) a worker's own memory grew from 53
-    to 155 MiB as it was; to 96 MiB with the threshold fixed; and stays at 51-55 MiB with the
-    threshold fixed and the images handed on as views of their run (store.read_rows). No-op
-    off glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, size)
-    except (OSError, AttributeError):
-        pass
+    fixed_mmap_threshold()  # see carinspect.memory: over a 50,000-image epoch
+    # (benchmarks/shard_loader.py) a worker grew from 53 to 155 MiB without it, 96 MiB with
+    # it, and stays at 51-55 MiB with it and the images handed on as views of their run
 
 
 def eval_loader(

@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from carinspect.data.images import ImageError, ImageLimits
 from carinspect.errors import InputError
+from carinspect.memory import fixed_mmap_threshold
 from carinspect.serving.batcher import Batcher
 from carinspect.serving.budget import Full, MemoryBudget
 from carinspect.serving.docs import install_docs
@@ -123,6 +124,10 @@ class Service:
 
     async def start(self) -> None:
         """Start the batcher, load the model (a failure leaves the server up, not ready), poll."""
+        # a decode's blocks go back to the system when it ends, whichever thread runs the next
+        # one: without this, two decoding threads each kept the last large decode (+145 MiB
+        # instead of +68 for four of the worst decodable uploads, benchmarks/hostile_uploads.py)
+        fixed_mmap_threshold()
         await self.batcher.start()
         await run_in_threadpool(self.store.refresh)
         _settle_heap()
