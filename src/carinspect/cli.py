@@ -867,6 +867,9 @@ def main() -> None:
         if isinstance(err, click.ClickException):
             err.show()
             sys.exit(err.exit_code)
+        if type(err).__name__ == "SignalException":  # torch's launcher, stopped by a signal:
+            logger.error("stopped: %s", err)  # its workers ended their run KILLED
+            sys.exit(128 + int(getattr(err, "sigval", 15)))
         if "mlflow" in sys.modules:  # only a command that used MLflow can fail in it
             from carinspect.config import Settings
             from carinspect.tracking.errors import describe

@@ -20,7 +20,8 @@ from typing import Any
 from carinspect.errors import OutputError
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -51,7 +52,7 @@ def _remove_stale(final: Path, home: Path) -> None:
     """Delete the staging folders of ``final`` (in ``home``) left by runs that were killed."""
     for leftover in home.glob(f".{final.name}.tmp-*"):
         pid = leftover.name[len(f".{final.name}.tmp-") :].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
 
 

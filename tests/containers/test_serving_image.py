@@ -18,6 +18,7 @@ from PIL import Image
 
 from tests.conftest import free_port
 from tests.containers.conftest import Built, Engine
+from tests.serving.hostile import storm
 from tests.test_k8s import render
 
 # the first test of a session waits for the images to build (about 10 minutes)
@@ -56,6 +57,9 @@ def deployment_run_args(image: str, port: int, env: dict[str, str]) -> list[str]
         args += ["--security-opt", "no-new-privileges"]
     for cap in sec.get("capabilities", {}).get("drop", []):
         args += ["--cap-drop", cap]
+    limits = container["resources"]["limits"]
+    # the pod's memory limit, as the kubelet sets it: over it, the kernel OOM-kills the server
+    args += ["--memory", str(limits["memory"]).replace("Gi", "g").replace("Mi", "m")]
     empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     for mount in container["volumeMounts"]:
         assert mount["name"] in empty, f"{mount}: only emptyDir volumes are mirrored"
@@ -216,5 +220,24 @@ def test_serving_image_runs_as_the_deployment(
         assert answers == [200] * 4, (answers, logs[-3000:])
         assert code == 0, logs[-3000:]
         assert took < grace, f"exited {took:.1f} s after SIGTERM (grace {grace:.0f} s)"
+    finally:
+        engine.docker("rm", "-f", cid, check=False)
+
+
+def test_serving_image_holds_a_hostile_storm_under_the_pod_memory_limit(
+    engine: Engine, images: dict[str, Built], mlflow_server: str, champion: str
+) -> None:
+    """The storm of tests/serving/hostile.py against the image, run as the Deployment runs it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"MODEL_URI": f"models:/{champion}@champion", "MLFLOW_TRACKING_URI": mlflow_server,
+           "HEADER_TIMEOUT_S": "3", "BODY_TIMEOUT_S": "3"}  # fmt: skip
+    cid = engine.docker(*deployment_run_args(images["serving"].tag, port, env)).strip()
+    try:
+        _wait_ready(url, engine, cid)
+        seen = storm(url)
+        state = engine.docker("inspect", "-f", "{{.State.Running}} {{.State.OOMKilled}}", cid)
+        assert state.split() == ["true", "false"], (state, engine.docker("logs", cid)[-3000:])
+        assert not seen.problems(), seen.problems()
     finally:
         engine.docker("rm", "-f", cid, check=False)

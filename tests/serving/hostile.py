@@ -229,3 +229,75 @@ def remove_cgroup(group: Path) -> None:
             return
         except OSError:
             time.sleep(0.1)
+
+
+@dataclass
+class Storm:
+    """What :func:`storm` saw: each hostile case's status, normal photos', /healthz's times."""
+
+    hostile: list[tuple[Case, int]]
+    four_at_once: list[int]
+    normal: list[int]
+    health_s: list[float]
+
+    def problems(self) -> list[str]:
+        """Every way the server failed the storm (empty: it held)."""
+        found = [f"{c.name}: {s}" for c, s in self.hostile if s not in c.fair]
+        found += [f"four worst at once: {s}" for s in self.four_at_once if s not in (200, 503)]
+        if not self.normal or any(s != 200 for s in self.normal):
+            found.append(f"normal photos: {sorted(set(self.normal))}")
+        if not self.health_s or max(self.health_s) >= 1.0:
+            found.append(f"/healthz slowest {max(self.health_s, default=float('inf')):.2f} s")
+        return found
+
+
+def storm(url: str, idle_connections: int = 100) -> Storm:
+    """Every hostile case twice, four of the worst decodable at once, and a slowloris of
+    ``idle_connections``, while two clients send phone photos and one asks /healthz every 200 ms."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    stop = threading.Event()
+    normal: list[int] = []
+    health: list[float] = []
+    photo = phone_photo()
+
+    def normal_client() -> None:
+        while not stop.is_set():
+            normal.append(post_files(url, "/predict", "file", [("car.jpg", photo)]))
+
+    def health_client() -> None:
+        while not stop.wait(0.2):
+            started = time.monotonic()
+            try:
+                ok = httpx.get(url + "/healthz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            health.append(time.monotonic() - started if ok else float("inf"))
+
+    background = [threading.Thread(target=normal_client) for _ in range(2)]
+    background.append(threading.Thread(target=health_client))
+    idle: list[socket.socket] = []
+    try:
+        for thread in background:
+            thread.start()
+        for _ in range(idle_connections):
+            idle.append(socket.create_connection(("127.0.0.1", _port(url))))
+        hostile = cases() * 2
+        worst = sixteen_bit_png(worst_decodable_side(DECODE_BUDGET))
+        with ThreadPoolExecutor(max_workers=len(hostile) + 4) as pool:
+            sent = [(c, pool.submit(c.send, url)) for c in hostile]
+            four = [
+                pool.submit(post_files, url, "/predict", "file", [("g.png", worst)])
+                for _ in range(4)
+            ]
+            got = [(c, f.result()) for c, f in sent]
+            four_at_once = [f.result() for f in four]
+        time.sleep(1)  # normal traffic goes on after the storm
+    finally:
+        stop.set()
+        for thread in background:
+            thread.join()
+        for sock in idle:
+            sock.close()
+    return Storm(got, four_at_once, normal, health)

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+from carinspect.io import pid_alive
+
 logger = logging.getLogger(__name__)
 
 HOST_TAG, PID_TAG, STAGE_TAG = "carinspect.host", "carinspect.pid", "carinspect.stage"
@@ -54,16 +56,6 @@ def owner_tags(stage: str) -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), STAGE_TAG: stage}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def close_abandoned(client: Any, experiment_id: str, closer: str) -> list[str]:
     """Mark FAILED the RUNNING runs of ``experiment_id`` held by a process of this host that is gone.
 
@@ -78,7 +70,7 @@ def close_abandoned(client: Any, experiment_id: str, closer: str) -> list[str]:
     closed = []
     for run in found:
         pid = run.data.tags.get(PID_TAG, "")
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
             continue
         why = f"{closer}: process {pid} on {host} that held it was gone (killed)"
         client.set_tag(run.info.run_id, CLOSED_TAG, why)
