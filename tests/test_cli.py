@@ -149,3 +149,32 @@ def test_empty_store_and_bad_alias(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "models:/carinspect@nope" in out.stderr and "set MODEL_URI to" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["promte"], "No such command 'promte'. Did you mean 'promote'?"),
+        (["predict"], "Missing argument 'target'."),
+        (["models", "--json", "true"], "Got unexpected extra argument(s) (true)"),
+    ],
+)
+def test_usage_errors_are_the_usage_and_one_line(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    out = run(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith("Usage: carinspect"), out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == [f"Error: {says}"], out.stderr
+    assert len(out.stderr.splitlines()) <= 5, out.stderr
+
+
+def test_version_and_flags_shown_as_flags() -> None:
+    from importlib.metadata import version
+
+    out = run("--version")
+    assert (out.returncode, out.stdout) == (0, f"carinspect {version('carinspect')}\n")
+    help_text = run("models", "--help").stdout
+    assert "--json " in help_text and "<bool>" not in help_text, help_text

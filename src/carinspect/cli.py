@@ -28,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags as flags (the rich table showed `--json <bool>`)
 )
 data_app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -75,9 +76,26 @@ def _run_id(run_json: Path | None, required: bool = False) -> str | None:
     return check_run(run_json, Settings())
 
 
+# typer carries its own copy of click: its usage errors derive from this class, not click's
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _version(shown: bool) -> None:
+    """``--version``: the installed carinspect's version, then exit."""
+    if shown:
+        from importlib.metadata import version
+
+        typer.echo(f"carinspect {version('carinspect')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
     configure_logging(verbose)
 
@@ -862,11 +880,9 @@ def main() -> None:
         logger.error("stopped by SIGTERM")
         sys.exit(143)
     except Exception as err:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
+        if isinstance(err, _CLICK_ERROR):  # a usage error: the usage and one line, no traceback
+            err.show()  # type: ignore[attr-defined]
+            sys.exit(err.exit_code)  # type: ignore[attr-defined]
         if type(err).__name__ == "SignalException":  # torch's launcher, stopped by a signal:
             logger.error("stopped: %s", err)  # its workers ended their run KILLED
             sys.exit(128 + int(getattr(err, "sigval", 15)))

@@ -238,6 +238,7 @@ def test_webhook_triggers_a_reload_before_the_next_poll(
         "Content-Type": "application/json",
     }
     forged = {**headers, "X-MLflow-Signature": sign("other", "d-1", ts, body)}
+    assert "/webhooks/mlflow" in httpx.get(s.url + "/openapi.json").json()["paths"]
     bad = httpx.post(s.url + "/webhooks/mlflow", content=body, headers=forged)
     assert bad.status_code == 401 and "does not match" in bad.json()["detail"]
     assert _version(s) == "1"

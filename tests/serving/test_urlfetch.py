@@ -96,6 +96,7 @@ def test_ssrf_vectors_are_refused_without_a_connection(
     recorder_url, _ = http_servers
     port = recorder_url.rsplit(":", 1)[1]
     s = serve(MODEL_URI=str(upstream["export"]), ALLOW_URL_FETCH="true")
+    assert "/predict/url" in httpx.get(s.url + "/openapi.json").json()["paths"]  # on: in /docs
     vectors = {
         f"http://127.0.0.1:{port}/x.jpg": "loopback",
         f"http://localhost:{port}/x.jpg": "loopback",

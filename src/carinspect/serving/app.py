@@ -498,7 +498,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     app.include_router(uploads)
 
-    @app.post("/predict/url", response_model=AnyPrediction, dependencies=Auth, tags=["predict"])
+    # routes that are off on this server are left out of /docs (they answer 403/404 if called)
+    @app.post(
+        "/predict/url", response_model=AnyPrediction, dependencies=Auth, tags=["predict"],
+        include_in_schema=settings.allow_url_fetch,
+    )  # fmt: skip
     async def predict_url(service: ServiceDep, body: UrlRequest, request: Request) -> AnyPrediction:
         """An image fetched from a public http(s) URL (only when ALLOW_URL_FETCH is on)."""
         if not service.settings.allow_url_fetch:
@@ -514,7 +518,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             raise HTTPException(err.status, str(err)) from err
         return await service.predict(data, body.url, _client_key(request))
 
-    @app.post("/webhooks/mlflow", status_code=202, response_model=Health, tags=["registry"])
+    @app.post(
+        "/webhooks/mlflow", status_code=202, response_model=Health, tags=["registry"],
+        include_in_schema=settings.webhook_secret is not None,
+    )  # fmt: skip
     async def mlflow_webhook(request: Request, service: ServiceDep) -> Health:
         """MLflow alias events (HMAC-signed): reload now instead of at the next poll."""
         secret = service.settings.webhook_secret
