@@ -37,6 +37,7 @@ from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel, ModelStore
 from carinspect.serving.schemas import (
     AnyPrediction,
+    BatchItemError,
     BatchPrediction,
     ErrorResponse,
     Health,
@@ -473,7 +474,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         openapi_extra=upload_body("files", many=True) | BEARER,
     )  # fmt: skip
     async def predict_batch(request: Request) -> Response:
-        """Several images (multipart field ``files``, at most MAX_BATCH_FILES), in order."""
+        """Several images (multipart field ``files``, at most MAX_BATCH_FILES), in order.
+
+        A file that cannot be answered gets an entry with its status and why (``errors`` counts
+        them); the others are answered.
+        """
         started = time.perf_counter()
         _check_key(service, request.headers.get("authorization"))
         files = await files_in(request, "files", most=service.settings.max_batch_files)
@@ -481,19 +486,21 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             *(service.predict(f.data, f.filename, _client_key(request)) for f in files),
             return_exceptions=True,
         )
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            first = errors[0]
-            if isinstance(first, HTTPException):
-                details = "; ".join(str(e.detail) for e in errors if isinstance(e, HTTPException))
-                raise HTTPException(first.status_code, details)
-            raise first
+        answers: list[Prediction | MultiTaskPrediction | BatchItemError] = []
+        for f, result in zip(files, results, strict=True):
+            if isinstance(result, HTTPException):  # this file's own 4xx/503: an entry of its own
+                answers.append(BatchItemError(filename=f.filename, status=result.status_code,
+                                              detail=str(result.detail)))  # fmt: skip
+            elif isinstance(result, Full):
+                answers.append(BatchItemError(filename=f.filename, status=503, detail=str(result)))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answers.append(result)
         ms = (time.perf_counter() - started) * 1000
+        errors = sum(isinstance(a, BatchItemError) for a in answers)
         return _json(
-            BatchPrediction(
-                predictions=[r for r in results if isinstance(r, Prediction | MultiTaskPrediction)],
-                processing_ms=round(ms, 3),
-            )
+            BatchPrediction(predictions=answers, errors=errors, processing_ms=round(ms, 3))
         )
 
     app.include_router(uploads)

@@ -64,10 +64,23 @@ class MultiTaskPrediction(_Answered, _Tasks):
 AnyPrediction = Prediction | MultiTaskPrediction
 
 
-class BatchPrediction(BaseModel):
-    """Answers for /predict/batch, in upload order."""
+class BatchItemError(BaseModel):
+    """A file of a batch that got no answer: its status and why, as /predict would have said."""
 
-    predictions: list[Prediction | MultiTaskPrediction]
+    filename: str | None
+    status: int = Field(description="the HTTP status /predict gives this file alone")
+    detail: str
+
+
+class BatchPrediction(BaseModel):
+    """Answers for /predict/batch, in upload order: a prediction, or an error, per file.
+
+    One bad file does not cost the others their answers; ``errors`` counts the files that
+    got an error entry.
+    """
+
+    predictions: list[Prediction | MultiTaskPrediction | BatchItemError]
+    errors: int = 0
     processing_ms: float
 
 
