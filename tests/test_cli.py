@@ -178,3 +178,28 @@ def test_version_and_flags_shown_as_flags() -> None:
     assert (out.returncode, out.stdout) == (0, f"carinspect {version('carinspect')}\n")
     help_text = run("models", "--help").stdout
     assert "--json " in help_text and "<bool>" not in help_text, help_text
+
+
+def test_a_positive_class_the_data_lacks_stops_at_split_before_training(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    for label in ("sedan", "pickup"):
+        for i in range(6):
+            (tmp_path / "photos" / label).mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng(len(label) * 100 + i)
+            pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "photos" / label / f"{i}.png")
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["data"]["source"] = str(tmp_path / "photos")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert run("ingest", cwd=tmp_path).returncode == 0
+    out = run("split", cwd=tmp_path)
+    assert (
+        "threshold.positive_class 'clean' is not one of ['pickup', 'sedan'] (the data's classes)"
+        in one_line_error(out)
+    )
+    assert not (tmp_path / "data" / "split").exists()
+    params["threshold"]["positive_class"] = None
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert run("split", cwd=tmp_path).returncode == 0

@@ -136,9 +136,14 @@ def split(
     ),
 ) -> None:
     """Assign images to train/val/test: stratified, near-duplicates and groups kept together."""
+    from carinspect.data.manifest import read_manifest
     from carinspect.stages import split as stage
+    from carinspect.stages.threshold import check_rule
 
-    result = stage.run(_params(params).split, manifest, out)
+    cfg = _params(params)
+    if manifest.is_file():  # the decision rule's classes, checked now rather than after training
+        check_rule(cfg.threshold, sorted({r.label for r in read_manifest(manifest)}))
+    result = stage.run(cfg.split, manifest, out)
     typer.echo(
         ", ".join(f"{s}: {sum(c.values())}" for s, c in result.counts.items())
         + f"; written to {result.splits}"

@@ -337,8 +337,9 @@ class ThresholdConfig(_Section):
     )
     target_precision: float = Field(0.95, gt=0.0, le=1.0)
     allow_fallback: bool = Field(
-        False, description="if the target is out of reach, take the most precise threshold"
-    )
+        True, description="if the target is out of reach, take the most precise threshold with "
+        "a WARNING naming the precision reached; false: stop (strict)",
+    )  # fmt: skip
     band_low: float | None = Field(None, ge=0.0, le=1.0, description="T_LOW; null: from coverage")
     band_high: float | None = Field(None, ge=0.0, le=1.0, description="T_HIGH; null: the threshold")
     target_coverage: float = Field(

@@ -64,7 +64,9 @@ def test_unreachable_target_fails_or_falls_back(tmp_path: Path) -> None:
     preds = write_predictions(tmp_path / "predictions.csv", ["clean", "dirty"], n=60)
     with preds.open("a") as fh:  # the most confident "clean" of val is in fact dirty
         fh.write("val,images/x.png,dirty,clean,0.999999,0.000001\n")
-    cfg = ThresholdConfig(positive_class="clean", target_precision=1.0, bootstrap=0)
+    cfg = ThresholdConfig(
+        positive_class="clean", target_precision=1.0, bootstrap=0, allow_fallback=False
+    )
     with pytest.raises(ThresholdError, match=r"out of reach on val: the best achievable is 0\.\d+"):
         threshold.run(cfg, Settings(), preds, tmp_path / "out")
     assert not (tmp_path / "out").exists()

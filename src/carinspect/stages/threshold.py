@@ -105,12 +105,26 @@ def _multiclass_at(
     return th.multiclass_summary(p[i], y[i], min_conf, per_class)
 
 
+def check_rule(cfg: ThresholdConfig, classes: list[str], where: str = "threshold") -> None:
+    """Refuse a two-class rule that names a class the data does not have.
+
+    Called by the stage and, before any training, by ``carinspect split`` once ingest knows the
+    classes: the demo's ``positive_class: clean`` is wrong for everyone else's photos, and
+    finding out after the minutes of training costs those minutes.
+    """
+    if len(classes) != 2 or cfg.positive_class is None or cfg.positive_class in classes:
+        return
+    raise ThresholdError(
+        f"{where}.positive_class {cfg.positive_class!r} is not one of {classes} (the data's "
+        f"classes): set it to the class whose precision matters, or to null for {classes[1]!r}"
+    )
+
+
 def _binary(
     cfg: ThresholdConfig, classes: list[str], data: dict[str, tuple[np.ndarray, np.ndarray]]
 ) -> dict[str, Any]:
+    check_rule(cfg, classes)
     positive = cfg.positive_class or classes[1]
-    if positive not in classes:
-        raise ThresholdError(f"threshold.positive_class {positive!r} is not one of {classes}")
     k = classes.index(positive)
     scores, labels = data["val"][0][:, k], data["val"][1] == k
     choice = th.precision_threshold(scores, labels, cfg.target_precision)
@@ -124,11 +138,10 @@ def _binary(
             )
         fallback = True
         logger.warning(
-            "target precision %.3f not reached; falling back to the most precise threshold "
-            "(precision %.4f)",
-            cfg.target_precision,
-            choice.precision,
-        )
+            "threshold.target_precision %.3f for %r is out of reach on val: using the most "
+            "precise threshold %.4f, precision %.4f (threshold.allow_fallback: false stops here)",
+            cfg.target_precision, positive, choice.threshold, choice.precision,
+        )  # fmt: skip
     t_high = cfg.band_high if cfg.band_high is not None else choice.threshold
     t_low = (
         cfg.band_low
