@@ -203,3 +203,18 @@ def test_a_positive_class_the_data_lacks_stops_at_split_before_training(tmp_path
     params["threshold"]["positive_class"] = None
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert run("split", cwd=tmp_path).returncode == 0
+
+
+def test_predict_outside_a_project_names_the_store_and_creates_none(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(tmp_path / "car.jpg")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = subprocess.run(
+        [CARINSPECT, "predict", "car.jpg"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300, env=env,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert f"{tmp_path / 'mlflow.db'} does not exist (run from the project folder" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()

@@ -296,9 +296,8 @@ async def _service(request: Request) -> Service:
     return service
 
 
-_bearer = HTTPBearer(
-    auto_error=False, description="One of API_KEYS (only when the server sets API_KEYS)"
-)
+BEARER_HELP = "One of API_KEYS (only when the server sets API_KEYS)"
+_bearer = HTTPBearer(auto_error=False, description=BEARER_HELP)
 
 
 def _check_key(service: Service, authorization: str | None) -> None:
@@ -555,4 +554,25 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             return Health(status="accepted", detail=f"reloading {second.store.ref.uri}")
         return Health(status="ignored", detail="not the alias this server follows")
 
+    _declare_bearer(app)
     return app
+
+
+def _declare_bearer(app: FastAPI) -> None:
+    """Keep the bearer scheme in the OpenAPI components whatever routes are on.
+
+    FastAPI adds it for a route with the HTTPBearer dependency; the upload routes only name it
+    (BEARER), and /predict/url, which has the dependency, is left out of the document when URL
+    fetching is off: the upload routes would then refer to a scheme the document lacks.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes.setdefault(
+            "HTTPBearer", {"type": "http", "scheme": "bearer", "description": BEARER_HELP}
+        )
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

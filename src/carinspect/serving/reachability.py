@@ -32,5 +32,8 @@ def registry_problem(uri: str, timeout_s: float) -> str | None:
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.is_file():
-            return f"registry {uri} unreachable: {path} does not exist"
+            return (
+                f"registry {uri} unreachable: {path.resolve()} does not exist (run from the "
+                "project folder, or set MLFLOW_TRACKING_URI)"
+            )
     return None
