@@ -292,3 +292,24 @@ def test_min_per_class_below_the_splits_is_a_config_error() -> None:
     Params.model_validate(
         {"ingest": {"min_per_class": 2}, "split": {"train": 0.8, "val": 0.2, "test": 0.0}}
     )
+
+
+def test_near_duplicates_with_different_labels_are_a_console_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = tmp_path / "src"
+    rng = np.random.default_rng(7)
+    for label in ("sedan", "pickup"):
+        (src / label).mkdir(parents=True)
+        for i in range(3):
+            img = Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
+            img.save(src / label / f"{label}{i}.png")
+    shared = Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    shared.save(src / "sedan" / "same.png")
+    shared.resize((80, 64)).save(src / "pickup" / "same.jpg", quality=95)  # re-encoded copy
+    with caplog.at_level("WARNING", logger="carinspect.stages.ingest"):
+        ingest.run(DataConfig(source=str(src)), CFG, tmp_path / "out")
+    warned = [r.getMessage() for r in caplog.records if "near-duplicate" in r.getMessage()]
+    assert len(warned) == 1, caplog.text
+    assert "1 near-duplicate group(s) carry different labels" in warned[0]
+    assert "pickup vs sedan" in warned[0] and "report.md" in warned[0]

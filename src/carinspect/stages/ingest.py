@@ -295,6 +295,15 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
             cfg.shortcut_auc,
             IngestDir(out).report_md,
         )
+    conflicts = [g for g in near_dups if len(g["labels"]) > 1]
+    if conflicts:  # one photo under two labels: at least one of the labels is wrong
+        first = conflicts[0]
+        logger.warning(
+            "%d near-duplicate group(s) carry different labels, e.g. %s (%s): check them; all "
+            "are listed in %s",
+            len(conflicts), ", ".join(first["sources"][:3]), " vs ".join(first["labels"]),
+            IngestDir(out).report_md,
+        )  # fmt: skip
     logger.info("ingest: %d images kept, %d dropped -> %s", len(rows), len(rejected), out)
     return IngestResult(
         out=out,
