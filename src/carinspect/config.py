@@ -88,6 +88,10 @@ class DataConfig(_Section):
         "data.source's; a folder with no photos/ (or empty: none) adds none. params.yaml names "
         "data/feedback, which dvc.yaml's ingest stage depends on",
     )
+    feedback_new_classes: bool = Field(
+        False, description="take classes that only data.feedback has (reviewers' labels from "
+        "another project add classes silently otherwise); false: ingest stops, naming them",
+    )  # fmt: skip
 
     format: Literal["files", "shards"] = Field(
         "files",

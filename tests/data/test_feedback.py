@@ -14,6 +14,7 @@ from carinspect.data.feedback import FeedbackError, import_feedback, read_log
 from carinspect.data.fingerprint import sha256_bytes
 from carinspect.data.images import ImageLimits
 from carinspect.data.manifest import read_manifest
+from carinspect.data.sources import SourceError
 from carinspect.serving.feedback import FeedbackLog
 from carinspect.serving.inference import answer, pixels_for
 from carinspect.serving.metrics import ServingMetrics
@@ -155,3 +156,29 @@ def test_inside_a_dvc_project_the_photos_are_dvc_added(
     assert result.dvc_file == project / "data" / "feedback" / "photos.dvc"
     assert "md5:" in result.dvc_file.read_text() and "nfiles: 8" in result.dvc_file.read_text()
     assert "/photos" in (project / "data" / "feedback" / ".gitignore").read_text()
+
+
+def test_classes_only_the_feedback_has_are_refused_naming_them(tmp_path: Path) -> None:
+    source, feedback = tmp_path / "source", tmp_path / "fb" / "photos"
+    for label in ("sedan", "pickup"):
+        for i in range(4):
+            (source / label).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (64, 48), (40 * i, 90, len(label) * 20)).save(
+                source / label / f"{i}.png"
+            )
+    for label in ("clean", "pickup"):  # another project's reviewer labels, and one of ours
+        for i in range(3):
+            (feedback / label).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (64, 48), (90, 30 * i, len(label) * 9)).save(
+                feedback / label / f"{i}.png"
+            )
+    data = DataConfig(source=str(source), feedback=str(tmp_path / "fb"))
+    with pytest.raises(SourceError, match=r"class\(es\) \[.clean.\]"):
+        ingest.run(data, IngestConfig(short_side=40), tmp_path / "ingest")
+    assert not (tmp_path / "ingest").exists()
+    taken = ingest.run(
+        data.model_copy(update={"feedback_new_classes": True}),
+        IngestConfig(short_side=40),
+        tmp_path / "ingest",
+    )
+    assert sorted(taken.classes) == ["clean", "pickup", "sedan"]

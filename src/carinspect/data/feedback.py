@@ -74,11 +74,14 @@ class ImportResult:
     dvc_file: Path | None
 
 
-def feedback_items(folder: str, source: ResolvedSource) -> list[SourceItem]:
+def feedback_items(
+    folder: str, source: ResolvedSource, new_classes: bool = False
+) -> list[SourceItem]:
     """The labelled photos of a feedback dataset (``<folder>/photos/<class>/``), for ``source``.
 
     None when the folder has no photos yet. Each photo carries one label, so a source that
-    trains several tasks together cannot take them.
+    trains several tasks together cannot take them. A class that only the feedback has (a
+    feedback folder from another project) is refused, naming it, unless ``new_classes``.
     """
     photos = Path(folder) / PHOTOS
     if not folder or not photos.is_dir() or not any(p.is_dir() for p in photos.iterdir()):
@@ -88,7 +91,16 @@ def feedback_items(folder: str, source: ResolvedSource) -> list[SourceItem]:
             f"data.feedback {folder!r} holds one label per photo, but data.source "
             f"{source.uri!r} trains the tasks {source.tasks} together: leave {photos} out"
         )
-    return folder_source(photos, str(photos)).items
+    items = folder_source(photos, str(photos)).items
+    known = {i.label for i in source.items}
+    extra = sorted({i.label for i in items} - known)
+    if extra and not new_classes:
+        raise SourceError(
+            f"data.feedback {folder!r} has class(es) {extra} that data.source {source.uri!r} "
+            f"does not ({sorted(known)}): remove {photos}/<class> for them, or set "
+            "data.feedback_new_classes: true to train on them"
+        )
+    return items
 
 
 def _listing(log: str) -> list[tuple[str, Callable[[], bytes]]]:

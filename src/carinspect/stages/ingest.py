@@ -238,7 +238,7 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         open_source(data.source, data.demo, data.task, data.coco_tasks) as source,
         staged_dir(out) as tmp,
     ):
-        feedback = feedback_items(data.feedback, source)
+        feedback = feedback_items(data.feedback, source, data.feedback_new_classes)
         decoded = _decode_all(source.items + feedback, cfg, tmp)
         accepted = [r for r in decoded if isinstance(r, _Accepted)]
         rejected = list(source.rejected) + [r for r in decoded if isinstance(r, Rejected)]
