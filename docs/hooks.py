@@ -1,13 +1,17 @@
-"""mkdocs hook: the reference tables, generated from the code at build time.
+"""The reference tables, generated from the code: committed in the pages, refreshed by the site.
 
-A page asks for a table with an HTML comment on a line of its own:
+A page asks for a table with an HTML comment on a line of its own, and the table follows it up
+to ``<!-- /carinspect -->``:
 
 - ``<!-- carinspect:params train -->``: the keys of a params.yaml section (from ``Params``)
 - ``<!-- carinspect:settings serve -->`` / ``settings pipeline``: environment settings
 - ``<!-- carinspect:cli -->``: every command of the ``carinspect`` CLI with its options
 
 The typed models and the Typer app are the source of truth; nothing here is written by hand, so
-the docs cannot disagree with ``carinspect --help`` or with what params.yaml accepts.
+the docs cannot disagree with ``carinspect --help`` or with what params.yaml accepts. The tables
+are committed so that the pages read whole on GitHub too: ``python docs/hooks.py`` rewrites them
+(tests/docs/test_reference.py fails while a committed table is stale), and the mkdocs hook
+(``on_page_markdown``) renders them afresh when the site is built.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-MARKER = re.compile(r"^<!-- carinspect:(params|settings|cli)\s*([\w.]*)\s*-->$", re.MULTILINE)
+MARKER = re.compile(
+    r"^(<!-- carinspect:(params|settings|cli)\s*([\w.]*)\s*-->)\n(?:.*?^<!-- /carinspect -->$|)",
+    re.MULTILINE | re.DOTALL,
+)
+END = "<!-- /carinspect -->"
 
 
 def _type_name(annotation: Any) -> str:
@@ -195,6 +203,28 @@ def render(kind: str, arg: str) -> str:
     return cli_reference()
 
 
+def refreshed(markdown: str) -> str:
+    """``markdown`` with each marker followed by its table as the code has it now."""
+    return MARKER.sub(
+        lambda m: f"{m.group(1)}\n{render(m.group(2), m.group(3))}\n\n{END}", markdown
+    )
+
+
 def on_page_markdown(markdown: str, **_: Any) -> str:
-    """Replace each marker with its table (the mkdocs ``on_page_markdown`` event)."""
-    return MARKER.sub(lambda m: render(m.group(1), m.group(2)), markdown)
+    """The page with fresh tables (the mkdocs ``on_page_markdown`` event)."""
+    return refreshed(markdown)
+
+
+def main() -> None:
+    """Rewrite every docs page's tables in place (``python docs/hooks.py``)."""
+    from pathlib import Path
+
+    for page in sorted(Path(__file__).parent.rglob("*.md")):
+        text = page.read_text()
+        new = refreshed(text)
+        if new != text:
+            page.write_text(new)
+
+
+if __name__ == "__main__":
+    main()

@@ -229,12 +229,26 @@ def evaluate(
     result = stage.run(
         _params(params).evaluate, Settings(), checkpoint, ingest, splits, out, run_id
     )
+    from carinspect.evaluation.verdict import describe
+
     per_task = result.metrics.get("tasks") or {"": result.metrics}
-    for task, figures in per_task.items():
+    for (task, figures), verdict in zip(per_task.items(), result.verdict.tasks, strict=True):
         t, temperature = figures["test"], figures["calibration"]["temperature"]
+        named = f"{task}: " if task else ""
         typer.echo(
-            f"{f'{task}: ' if task else ''}test: accuracy {t['accuracy']:.3f}, macro-F1 "
-            f"{t['macro_f1']:.3f}, ECE {t['ece']:.3f} (temperature {temperature:.3f})"
+            f"{named}test ({t['images']} photos): accuracy {t['accuracy']:.3f}, macro-F1 "
+            f"{t['macro_f1']:.3f}, ECE {t['ece']:.3f} (temperature {temperature:.3g})"
+        )
+        typer.echo(f"{named}verdict: {describe(verdict)}")
+        for line in verdict.warnings:
+            typer.echo(f"WARNING: {named}{line}", err=True)
+        for line in verdict.problems:
+            typer.echo(f"WARNING: {named}{line}", err=True)
+    if not result.verdict.passed:
+        typer.echo(
+            "WARNING: register refuses this model (register.require_better: false, or "
+            "`carinspect register --allow-no-better`, registers it anyway)",
+            err=True,
         )
     typer.echo(f"written to {result.out}")
 
@@ -254,10 +268,16 @@ def tune(
     counts = ", ".join(f"{n} {k}" for k, n in result.counts.items())
     typer.echo(
         f"best trial {result.best_trial}: {_params(params).tune.objective} "
-        f"{result.best_value:.4f} with {result.best_params} ({counts}; MLflow parent run "
+        f"{result.best_value:.4f} with {_rounded(result.best_params)} ({counts}; MLflow parent run "
         f"{result.parent_run_id})\nwritten to {result.overlay}; train the final model with "
         f"them:\n  {result.command}"
     )
+
+
+def _rounded(values: dict[str, Any]) -> str:
+    """``{key: value}`` with floats to four significant digits, for reading."""
+    shown = (f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v!r}" for k, v in values.items())
+    return "{" + ", ".join(shown) + "}"
 
 
 @app.command()
@@ -274,27 +294,11 @@ def threshold(
     from carinspect.stages import threshold as stage
 
     run_id = _run_id(run_json)
+    from carinspect.stages.summary import describe_rule
+
     spec = stage.run(_params(params).threshold, Settings(), predictions, out, run_id).spec
     for task, rule in (spec.get("tasks") or {"": spec}).items():
-        typer.echo(f"{task}: {_describe_rule(rule)}" if task else _describe_rule(rule))
-
-
-def _describe_rule(spec: dict[str, Any]) -> str:
-    """One decision rule in words, with its val figures."""
-    val = spec["splits"]["val"]
-    if spec["task"] == "binary":
-        return (
-            f"p({spec['positive_class']}) >= {spec['t_high']:.4f}: {spec['positive_class']}; "
-            f"< {spec['t_low']:.4f}: {spec['negative_class']}; in between: uncertain. "
-            f"val precision {val['precision']}, recall {val['recall']}, coverage {val['coverage']}"
-        )
-    per_class = ", ".join(f"{c} >= {t:g}" for c, t in spec["per_class"].items())
-    return (
-        f"the most probable class when its probability >= {spec['min_confidence']:g}"
-        f"{f' ({per_class})' if per_class else ''}, else uncertain. "
-        f"val coverage {val['coverage']}, accuracy {val['accuracy']}, "
-        f"macro-F1 {val['macro_f1']}"
-    )
+        typer.echo(f"{task}: {describe_rule(rule)}" if task else describe_rule(rule))
 
 
 @app.command()
@@ -328,7 +332,9 @@ def export(
         out,
         run_id,
     )
-    typer.echo(f"parity {result.parity}; written to {result.out}")
+    from carinspect.stages.summary import describe_parity
+
+    typer.echo(f"parity {describe_parity(result.parity)}; written to {result.out}")
 
 
 @app.command()
@@ -344,6 +350,13 @@ def register(
     out: Annotated[Path, typer.Option(help="registered.json to write.")] = Path(
         "models/registered.json"
     ),
+    allow_no_better: Annotated[
+        bool,
+        typer.Option(
+            help="Register even if evaluate's verdict found the model no better than the "
+            "baseline (register.require_better: false does the same)."
+        ),
+    ] = False,
 ) -> None:
     """Register the exported model as a new version (alias challenger) with lineage tags."""
     from carinspect.config import Settings
@@ -352,8 +365,24 @@ def register(
     run_id = _run_id(run_json, required=True)
     if run_id is None:
         raise InputError("--run: the training run's run.json is needed to register")
-    v = stage.run(_params(params).register_, Settings(), export_dir, metrics, run_id, out)
+    cfg = _params(params).register_
+    if allow_no_better:
+        cfg = cfg.model_copy(update={"require_better": False})
+    v = stage.run(cfg, Settings(), export_dir, metrics, run_id, out)
     typer.echo(f"{v.name} version {v.version} (alias {v.alias}) from run {v.run_id}: {v.model_uri}")
+
+
+@app.command()
+def summary(
+    out: Annotated[Path | None, typer.Option(help="Also write the summary to this file.")] = None,
+) -> None:
+    """The run in a dozen lines: data, best epoch, test vs baseline, verdict, rule, version."""
+    from carinspect.stages.summary import Folders, run
+
+    text = run(Folders(), out)
+    if not text:
+        raise InputError("nothing to summarise: no stage output here (run `dvc repro` first)")
+    typer.echo("\n".join(text))
 
 
 VersionOpt = Annotated[
@@ -390,7 +419,10 @@ def promote(
         candidate_alias=p.register_.alias, force=force, reason=reason,
     )  # fmt: skip
     if move is None:
-        typer.echo(f"{name}: version {version or p.register_.alias} already is {p.promote.alias}")
+        from carinspect.tracking.audit import alias_target
+
+        held = version or alias_target(client, name, p.promote.alias)
+        typer.echo(f"{name} version {held} already has alias {p.promote.alias}: nothing to do")
         return
     typer.echo(move.describe())
     typer.echo(json.dumps(move.gate, sort_keys=True))
@@ -501,11 +533,16 @@ def predict(
     target: Annotated[
         str, typer.Argument(help="An image, a folder of images, or s3://bucket/prefix.")
     ],
-    out: Annotated[Path, typer.Option(help="predictions.json or predictions.csv to write.")] = Path(
-        "predictions.json"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(help="predictions.json or predictions.csv to write; - prints JSON here."),
+    ] = Path("predictions.json"),
 ) -> None:
-    """Predict images with MODEL_URI's model, as the server would, without HTTP."""
+    """Predict images with MODEL_URI's model, as the server would, without HTTP.
+
+    On a folder with one subfolder per class, also prints accuracy and a confusion table
+    against the folder names.
+    """
     from carinspect.serving.model_store import ModelLoadError, ModelStore
     from carinspect.serving.settings import ServeSettings
 
@@ -528,9 +565,19 @@ def predict(
             key = f"{name}:{got['label']}" if name else got["label"]
             counts[key] = counts.get(key, 0) + 1
     version = f"version {model.version}" if model.version else str(model.folder)
+    to_stdout = str(out) == "-"
     typer.echo(
-        f"{len(rows)} inputs, {failed} unusable, labels {counts}; {version}; written to {out}"
+        f"{len(rows)} inputs, {failed} unusable, labels {counts}; {version}"
+        + ("" if to_stdout else f"; written to {out}"),
+        err=to_stdout,
     )
+    from carinspect.serving.batch_predict import confusion_text, folder_truth
+
+    for task, classes in (
+        [(t.name, t.classes) for t in model.tasks] if model.multitask else [("", model.classes)]
+    ):
+        for line in confusion_text(folder_truth(target, rows, classes), rows, classes, task):
+            typer.echo(line, err=to_stdout)
 
 
 def _version_uri(
@@ -651,7 +698,10 @@ def _predict_to(model: Any, target: str, out: Path, settings: Any) -> list[dict[
 
     limits = ImageLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes)
     rows = predict_inputs(model, list_inputs(target), limits, settings.max_batch_size)
-    write_predictions(rows, out, model)
+    if str(out) == "-":
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        write_predictions(rows, out, model)
     return rows
 
 

@@ -331,6 +331,32 @@ class EvaluateConfig(_Section):
     workers: int = Field(2, ge=0, le=64)
     calibrate: bool = Field(True, description="fit a temperature on val; probabilities use it")
     ece_bins: int = Field(15, ge=2, le=100)
+    verdict_metric: Literal["accuracy", "balanced_accuracy", "macro_f1"] = Field(
+        "balanced_accuracy",
+        description="what the verdict compares with always answering the most frequent class",
+    )
+    bootstrap: int = Field(
+        1000, ge=100, le=100_000, description="resamples for the verdict's confidence intervals"
+    )
+    seed: int = Field(0, description="seed of the verdict's bootstrap resamples")
+    temperature_range: list[float] = Field(
+        default_factory=lambda: [0.05, 20.0],
+        min_length=2,
+        max_length=2,
+        description="a fitted temperature outside it means calibration collapsed (no signal)",
+    )
+    small_sample: int = Field(
+        30, ge=0, description="fewer test photos than this: a WARNING that figures are rough"
+    )
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> EvaluateConfig:
+        low, high = self.temperature_range
+        if not 0 < low < high:
+            raise ValueError(
+                f"temperature_range {list(self.temperature_range)}: need 0 < low < high"
+            )
+        return self
 
 
 class ThresholdConfig(_Section):
@@ -398,6 +424,11 @@ class RegisterConfig(_Section):
 
     model_name: str = Field("carinspect", min_length=1)
     alias: str = Field("challenger", min_length=1, description="alias set on each new version")
+    require_better: bool = Field(
+        True,
+        description="refuse a model evaluate's verdict did not find better than the baseline; "
+        "false: register it with a WARNING",
+    )
 
 
 GateMetric = Literal["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auroc_macro"]

@@ -88,6 +88,18 @@ def test_every_params_section_has_its_generated_table() -> None:
     assert sections <= asked, f"sections without a table in docs/: {sorted(sections - asked)}"
 
 
+def test_committed_tables_are_what_the_code_generates() -> None:
+    """The pages read whole on GitHub: each table is committed, and stale is a failure."""
+    stale = [
+        str(path.relative_to(REPO_ROOT))
+        for path in sorted((REPO_ROOT / "docs").rglob("*.md"))
+        if hooks.refreshed(text := path.read_text()) != text
+    ]
+    assert not stale, f"stale reference tables in {stale}: run `python docs/hooks.py`"
+    cli = (REPO_ROOT / "docs" / "cli.md").read_text()
+    assert "### `carinspect summary`" in cli and hooks.END in cli
+
+
 def test_generated_tables_follow_the_code(site: Path) -> None:
     """A new key, setting or command shows up in the built site without editing the docs."""
     from carinspect.config import TrainConfig

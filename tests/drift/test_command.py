@@ -22,7 +22,19 @@ def test_drift_reports_a_folder_against_a_registered_version(
         Image.open(p).convert("RGB").point(lambda v: v * 0.4).save(dark / p.name)
     (dark / "notes.json").write_text("{}")  # a feedback log's records are not photos
 
-    out = run("drift", str(calm), "--version", "1", MLFLOW_TRACKING_URI=uri)
+    few = run(  # the default DRIFT_MIN_PHOTOS (100): a darkened set this small is not judged
+        "drift", str(dark), "--version", "1", "--fail-on-alert", MLFLOW_TRACKING_URI=uri
+    )
+    assert few.returncode == 0, few.stderr
+    assert "ALERT" not in few.stdout
+    assert f"not judged: {len(photos)} answered photos, fewer than DRIFT_MIN_PHOTOS 100" in (
+        few.stdout
+    )
+
+    minimum = str(len(photos))
+    out = run(
+        "drift", str(calm), "--version", "1", MLFLOW_TRACKING_URI=uri, DRIFT_MIN_PHOTOS=minimum
+    )
     assert out.returncode == 0, out.stderr
     assert (
         f"{len(photos)} photos from {calm} (0 unusable) against carinspect version 1" in out.stdout
@@ -36,7 +48,7 @@ def test_drift_reports_a_folder_against_a_registered_version(
     report = tmp_path / "report.json"
     out = run(
         "drift", str(dark), "--version", "1", "--out", str(report), "--fail-on-alert",
-        MLFLOW_TRACKING_URI=uri,
+        MLFLOW_TRACKING_URI=uri, DRIFT_MIN_PHOTOS=minimum,
     )  # fmt: skip
     assert out.returncode == 1, out.stderr
     assert "ALERT" in out.stdout and "brightness" in out.stdout

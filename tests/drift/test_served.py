@@ -65,7 +65,14 @@ def test_export_writes_a_profile_and_serving_scores_the_stream(
     photos = train_originals(upstream, tmp_path / "train")
     train = [p for _, p in photos]
     assert len(train) == profile.images
-    s = serve(MODEL_URI=str(upstream["export"]), DRIFT_WINDOW=str(len(train)))
+    s = serve(
+        MODEL_URI=str(upstream["export"]),
+        DRIFT_WINDOW=str(len(train)),
+        DRIFT_MIN_PHOTOS=str(len(train)),  # the default (100) is more than this tiny set
+    )
+    _send(s, train[:3])  # three photos: the scores are noise, and not published
+    assert _psi(s) == {}
+    assert "carinspect_drift_window_images 3.0" in httpx.get(s.url + "/metrics").text
     _send(s, train)  # the training photos themselves: the profile's own distribution
     calm = _psi(s)
     assert set(calm) == set(ALL_STATS)

@@ -194,6 +194,43 @@ def test_predict_command_writes_json_and_csv(tmp_path: Path, upstream: dict[str,
     )
     header = (tmp_path / "preds.csv").read_text().splitlines()[0]
     assert header == "path,label,confidence,p_clean,p_dirty,error,detail"
+    assert "against the folder names" not in done.stdout  # lot-a is not a class
+
+    printed = subprocess.run(  # --out -: the JSON on stdout, the summary on stderr
+        [str(VENV_BIN / "carinspect"), "predict", str(images / "2.png"), "--out", "-"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    assert json.loads(printed.stdout)[0]["label"] == rows[0]["label"]
+    assert "1 inputs, 0 unusable" in printed.stderr and "written to" not in printed.stderr
+
+
+def test_predict_on_a_folder_per_class_scores_the_answers_against_the_folders(
+    tmp_path: Path, upstream: dict[str, Path]
+) -> None:
+    tree = tmp_path / "labelled"
+    for label, count in (("clean", 3), ("dirty", 2), ("unsorted", 1)):
+        (tree / label).mkdir(parents=True)
+        for i in range(count):
+            (tree / label / f"{i}.png").write_bytes(image_bytes("PNG"))
+    env = {**os.environ, "MODEL_URI": str(upstream["export"])}
+    done = subprocess.run(
+        [str(VENV_BIN / "carinspect"), "predict", str(tree), "--out", str(tmp_path / "p.json")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "p.json").read_text())
+    truth = {
+        str(tree / c / f"{i}.png"): c for c, n in (("clean", 3), ("dirty", 2)) for i in range(n)
+    }
+    right = sum(r["label"] == truth[r["path"]] for r in rows if r["path"] in truth)
+    lines = done.stdout.splitlines()
+    assert lines[1].startswith(f"against the folder names: accuracy {right / 5:.3f} ({right} of 5")
+    assert lines[2].split() == ["true", "\\", "answer", "clean", "dirty", "uncertain"]
+    table = {line.split()[0]: [int(n) for n in line.split()[1:]] for line in lines[3:]}
+    for c in ("clean", "dirty"):
+        said = [r["label"] for r in rows if truth.get(r["path"]) == c]
+        assert table[c] == [said.count(a) for a in ("clean", "dirty", "uncertain")]
     missing = subprocess.run(
         [str(VENV_BIN / "carinspect"), "predict", str(tmp_path / "nowhere")],
         env=env, capture_output=True, text=True, timeout=300,

@@ -38,7 +38,7 @@ def registry_template(tmp_path_factory: pytest.TempPathFactory, upstream: dict[s
         exports = (upstream["export"], distinct_export(upstream["export"], root / "export2"))
         for export in exports:  # two models (register is once per run and export)
             register.run(
-                RegisterConfig(model_name=NAME), Settings(), export,
+                RegisterConfig(model_name=NAME, require_better=False), Settings(), export,
                 upstream["metrics"], str(upstream["run_id"]), root / "registered.json",
             )  # fmt: skip
         broken = root / "broken"

@@ -51,7 +51,7 @@ def template(tmp_path_factory: pytest.TempPathFactory, upstream: dict[str, Path]
     try:
         for n, t in enumerate((1.0, 0.0, None), start=1):
             register.run(
-                RegisterConfig(model_name=NAME), Settings(),
+                RegisterConfig(model_name=NAME, require_better=False), Settings(),
                 _with_rule(upstream["export"], root / f"export{n}", t), upstream["metrics"],
                 str(upstream["run_id"]), root / "registered.json",
             )  # fmt: skip

@@ -39,6 +39,27 @@ def test_evaluate_writes_everything_and_logs_to_the_run(
     ).is_file()
     assert result.temperature > 0
 
+    # what went wrong: every wrong test answer and the least certain right ones, by source name
+    import csv
+
+    from carinspect.data.manifest import read_manifest
+
+    sources = {r.path: r.source for r in read_manifest(prepared.ingest / "manifest.csv")}
+    listed = list(csv.DictReader((out / "mistakes.csv").open()))
+    test_rows = [
+        r for r in csv.DictReader((out / "predictions.csv").open()) if r["split"] == "test"
+    ]
+    wrong = {r["path"] for r in test_rows if r["label"] != r["predicted"]}
+    assert {r["path"] for r in listed if r["kind"] == "wrong"} == wrong
+    assert sum(r["kind"] == "uncertain" for r in listed) == min(12, len(test_rows) - len(wrong))
+    assert all(r["source"] == sources[r["path"]] != r["path"] for r in listed)
+    from PIL import Image
+
+    with Image.open(out / "figures" / "mistakes.png") as sheet:
+        assert sheet.width == 6 * 128 and sheet.height >= 156
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["tasks"][0]["images"] == len(test_rows) == result.verdict.tasks[0].images
+
     mlflow.set_tracking_uri(sqlite_tracking)
     run = MlflowClient().get_run(trained.run_id)
     assert run.data.metrics["eval.test.accuracy"] == pytest.approx(

@@ -16,7 +16,7 @@ def test_register_is_once_per_export_and_a_new_export_is_version_2(
 ) -> None:
     run_id = registry.run_id
     name = f"cars-{tmp_path.name[-12:]}"
-    cfg = RegisterConfig(model_name=name)
+    cfg = RegisterConfig(model_name=name, require_better=False)
     status = MlflowClient().get_run(run_id).info.status
     first = register.run(
         cfg, Settings(), upstream["export"], upstream["metrics"], run_id, tmp_path / "r1.json"
@@ -66,5 +66,36 @@ def test_missing_export(tmp_path: Path, upstream: dict[str, Path]) -> None:
         MissingStageOutput, match=r"model\.onnx not found: it is written by the export"
     ):
         register.run(
-            RegisterConfig(), Settings(), tmp_path, upstream["metrics"], "x", tmp_path / "r.json"
+            RegisterConfig(require_better=False),
+            Settings(),
+            tmp_path,
+            upstream["metrics"],
+            "x",
+            tmp_path / "r.json",
         )
+
+
+def test_a_model_not_shown_better_than_the_baseline_is_not_registered(
+    tmp_path: Path, registry: Registry, upstream: dict[str, Path]
+) -> None:
+    """The two-epoch upstream model on ten test photos: its verdict fails, with the figures."""
+    name = f"verdict-{tmp_path.name[-12:]}"
+    verdict = (upstream["metrics"].parent / "verdict.json").read_text()
+    assert '"problems": []' not in verdict.replace("\n", "").replace("  ", "")
+    with pytest.raises(register.NoBetterThanBaseline) as refused:
+        register.run(
+            RegisterConfig(model_name=name), Settings(), upstream["export"], upstream["metrics"],
+            registry.run_id, tmp_path / "r.json",
+        )  # fmt: skip
+    message = str(refused.value)
+    assert "than always answering" in message and "on 10 photos" in message
+    assert "register.require_better: false" in message
+    assert not (tmp_path / "r.json").exists()
+    assert not MlflowClient().search_model_versions(f"name = '{name}'")
+
+    allowed = register.run(
+        RegisterConfig(model_name=name, require_better=False), Settings(), upstream["export"],
+        upstream["metrics"], registry.run_id, tmp_path / "r.json",
+    )  # fmt: skip
+    tag = MlflowClient().get_model_version(name, allowed.version).tags["verdict"]
+    assert tag.startswith("failed: ") and "always answering" in tag

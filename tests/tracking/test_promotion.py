@@ -32,12 +32,15 @@ def _register(
     """Register the upstream export as a new version whose recorded test accuracy is given."""
     metrics = json.loads(upstream["metrics"].read_text())
     metrics["test"]["accuracy"] = accuracy
-    path = tmp_path / f"metrics-{accuracy}.json"
+    folder = tmp_path / f"evaluate-{accuracy}"  # an evaluate folder: metrics.json + verdict.json
+    folder.mkdir(exist_ok=True)
+    shutil.copy(upstream["metrics"].parent / "verdict.json", folder)
+    path = folder / "metrics.json"
     path.write_text(json.dumps(metrics))
     if export is None:  # another model each time (register is once per run and ONNX file)
         export = distinct_export(upstream["export"], tmp_path / f"export-{accuracy}", str(accuracy))
     v = register.run(
-        RegisterConfig(model_name=name),
+        RegisterConfig(model_name=name, require_better=False),
         Settings(),
         export,
         path,
@@ -137,3 +140,22 @@ def test_floor_and_incomplete_versions_are_refused(
     with pytest.raises(PromotionError, match="has no version '99'"):
         promotion.promote(client, name, GATE, "99", "alice")
     assert "champion" not in client.get_registered_model(name).aliases  # nothing moved
+
+
+def test_a_version_on_other_classes_is_refused_naming_both(
+    tmp_path: Path, registry: Registry, upstream: dict[str, Path]
+) -> None:
+    client = MlflowClient(registry.uri)
+    name = f"classes-{tmp_path.name[-10:]}"
+    first = _register(tmp_path, registry, upstream, name, 0.90)
+    promotion.promote(client, name, GATE, first, "alice")
+    second = _register(tmp_path, registry, upstream, name, 0.97)
+    # what register writes for a model trained on another project's photos
+    client.set_model_version_tag(name, second, "classes", "pickup,sedan,van")
+    with pytest.raises(GateRefused) as refused:
+        promotion.promote(client, name, GATE, second, "bob")
+    message = str(refused.value)
+    assert f"version {second} answers pickup,sedan,van" in message
+    assert f"champion version {first} answers clean,dirty" in message
+    assert "0.9700 <" not in message  # scores on other classes are not compared
+    assert _champion(client, name) == first

@@ -28,6 +28,9 @@ def test_promote_status_models_rollback_commands(tmp_path: Path, upstream: dict[
     forced = cli("promote", "--force", "--reason", "smoke test of the serving path")
     assert forced.returncode == 0, forced.stderr
     assert "champion: - -> 1  force by tester" in forced.stdout
+    again = cli("promote")  # the challenger is the champion now
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "carinspect version 1 already has alias champion: nothing to do"
 
     status = json.loads(cli("status", "--json").stdout)
     assert status["aliases"] == {"challenger": "1", "champion": "1"}

@@ -97,6 +97,9 @@ class EvaluateDir(StageDir):
     predictions = _File("predictions.csv")
     calibration = _File("calibration.json")
     report = _File("report.json")
+    verdict = _File("verdict.json")  # the model against the baseline: register reads it
+    mistakes = _File("mistakes.csv")  # wrong and least certain test photos, by original name
+    mistakes_sheet = _File("figures/mistakes.png")  # their contact sheet
     confusion = _File("plots/confusion.csv")  # test-split pairs, for `dvc plots`
 
 

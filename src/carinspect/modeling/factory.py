@@ -55,7 +55,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> torch.nn.Module:
     if weights:
         load_into(model, weights, classifier_keys(model))
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("model %s: %.2fM parameters, %d classes", cfg.name, n_params / 1e6, num_classes)
+    logger.debug("model %s: %.2fM parameters, %d classes", cfg.name, n_params / 1e6, num_classes)
     return model
 
 

@@ -139,6 +139,7 @@ def _save(
             output_names=names[1],
             opset_version=opset,
             dynamo=True,
+            verbose=False,  # its progress lines are internals to a user
             external_data=False,
             dynamic_shapes=dynamic,
         )

@@ -445,7 +445,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         model = service.store.current
-        service.metrics.drift(model.drift if model is not None else None)
+        service.metrics.drift(model.drift if model is not None else None, settings.drift_min_photos)
         service.metrics.registry_state(service.store.registry_reachable)
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

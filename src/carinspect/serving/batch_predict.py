@@ -119,3 +119,64 @@ def write_predictions(rows: list[dict[str, Any]], out: Path, model: LoadedModel)
             flat.update({f"{prefix}p_{c}": p for c, p in got["probabilities"].items()})
         writer.writerow(flat)
     write_text_atomic(out, buf.getvalue())
+
+
+def folder_truth(target: str, rows: list[dict[str, Any]], classes: list[str]) -> list[str | None]:
+    """Each row's class by its folder under ``target`` (``target/<class>/...``), else None.
+
+    Only a folder tree whose first level names at least one of ``classes`` counts as labelled:
+    a photo directly in ``target`` or under a folder that is not a class has no truth.
+    """
+    root = Path(target)
+    if target.startswith("s3://") or not root.is_dir():
+        return [None] * len(rows)
+    truth: list[str | None] = []
+    for row in rows:
+        parts = Path(row["path"]).relative_to(root).parts
+        truth.append(parts[0] if len(parts) > 1 and parts[0] in classes else None)
+    return truth if any(t is not None for t in truth) else [None] * len(rows)
+
+
+def confusion_text(
+    truth: list[str | None], rows: list[dict[str, Any]], classes: list[str], task: str = ""
+) -> list[str]:
+    """Accuracy and a confusion table of the answers against ``truth`` (rows with one)."""
+    pairs = []
+    for t, row in zip(truth, rows, strict=True):
+        if t is None or "error" in row:
+            continue
+        got = row["tasks"][task] if task else row
+        pairs.append((t, got["label"]))
+    if not pairs:
+        return []
+    # uncertain always has its column, so the table has one shape for every model
+    answers = [*classes, *sorted(({a for _, a in pairs} | {"uncertain"}) - set(classes))]
+    right = sum(t == a for t, a in pairs)
+    answered = sum(a in classes for _, a in pairs)
+    named = f" ({task})" if task else ""
+    head = (
+        f"against the folder names{named}: accuracy {right / len(pairs):.3f} "
+        f"({right} of {len(pairs)} photos in class folders)"
+    )
+    if answered < len(pairs):  # an uncertain answer counts as wrong above; here, left out
+        head += (
+            f"; {len(pairs) - answered} uncertain, accuracy "
+            f"{right / max(answered, 1):.3f} on the {answered} answered"
+        )
+    lines = [head]
+    width = max(len("true \\ answer"), *(len(c) for c in classes))
+    cols = [max(len(a), 5) for a in answers]
+    lines.append(
+        "true \\ answer".ljust(width)
+        + "  "
+        + "  ".join(a.rjust(w) for a, w in zip(answers, cols, strict=True))
+    )
+    for c in classes:
+        counts = [sum(1 for t, a in pairs if t == c and a == x) for x in answers]
+        if sum(counts):
+            lines.append(
+                c.ljust(width)
+                + "  "
+                + "  ".join(str(n).rjust(w) for n, w in zip(counts, cols, strict=True))
+            )
+    return lines

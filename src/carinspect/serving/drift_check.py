@@ -34,10 +34,18 @@ class DriftReport:
     image: dict[str, float]
     classes: dict[str, float]
     answered: dict[str, dict[str, int]] = field(default_factory=dict)
+    minimum: int = 1  # DRIFT_MIN_PHOTOS: fewer answered photos are scored but not judged
+
+    @property
+    def judged(self) -> bool:
+        """Enough answered photos for the scores to mean something."""
+        return self.photos - self.unusable >= self.minimum
 
     @property
     def alerts(self) -> list[str]:
         """The scores above the alert level, by name (``classes:<task>`` for a class mix)."""
+        if not self.judged:
+            return []
         named = {**self.image, **{f"classes:{t}": v for t, v in self.classes.items()}}
         return [name for name, v in named.items() if v > self.alert_psi]
 
@@ -47,7 +55,8 @@ class DriftReport:
             "source": self.source, "model": self.model, "photos": self.photos,
             "unusable": self.unusable, "reference_images": self.reference_images,
             "alert_psi": self.alert_psi, "psi": self.image, "class_psi": self.classes,
-            "answered": self.answered, "alerts": self.alerts,
+            "answered": self.answered, "alerts": self.alerts, "judged": self.judged,
+            "min_photos": self.minimum,
         }  # fmt: skip
 
     def text(self) -> str:
@@ -59,10 +68,16 @@ class DriftReport:
         ]
         rows = [*self.image.items(), *((f"classes:{t}", v) for t, v in self.classes.items())]
         for name, value in rows:
-            flag = "  ALERT" if value > self.alert_psi else ""
+            flag = "  ALERT" if self.judged and value > self.alert_psi else ""
             lines.append(f"{name:<24}{value:>8.3f}{flag}")
         for task, counts in self.answered.items():
             lines.append(f"answered {task}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        if not self.judged:
+            lines.append(
+                f"not judged: {self.photos - self.unusable} answered photos, fewer than "
+                f"DRIFT_MIN_PHOTOS {self.minimum} (a PSI over so few photos is noise)"
+            )
+            return "\n".join(lines)
         verdict = ", ".join(self.alerts) if self.alerts else "none"
         lines.append(f"alerts (PSI above {self.alert_psi:g}): {verdict}")
         return "\n".join(lines)
@@ -117,4 +132,5 @@ def drift_report(
         image={k: round(v, 4) for k, v in scores["image"].items()},
         classes={k: round(v, 4) for k, v in scores["classes"].items()},
         answered={t: dict(sorted(c.items())) for t, c in answered.items()},
+        minimum=settings.drift_min_photos,
     )

@@ -122,12 +122,16 @@ class ServingMetrics:
         self.second_version.clear()
         self.second_version.labels(mode, alias, version or "").set(1)
 
-    def drift(self, window: DriftWindow | None) -> None:
-        """Set the drift gauges from the serving model's window (cleared without one)."""
+    def drift(self, window: DriftWindow | None, minimum: int = 1) -> None:
+        """Set the drift gauges from the serving model's window (cleared without one).
+
+        The scores stay unpublished until the window holds ``minimum`` photos; the window's
+        size always is.
+        """
         for gauge in (self.drift_psi, self.drift_class_psi):
             gauge.clear()
-        if window is None or len(window) == 0:
-            self.drift_window.set(0)
+        if window is None or len(window) < minimum:
+            self.drift_window.set(0 if window is None else len(window))
             return
         scores = window.scores()
         for stat, value in scores["image"].items():

@@ -198,6 +198,11 @@ class ServeSettings(BaseSettings):
         description="answered photos the drift scores on /metrics are taken over (against the "
         "version's drift.json); 0: off",
     )  # fmt: skip
+    drift_min_photos: int = Field(
+        100, ge=1, le=100_000, validation_alias="DRIFT_MIN_PHOTOS",
+        description="drift scores are published (and judged) only once the window holds this "
+        "many photos: a PSI over a few photos is noise",
+    )  # fmt: skip
     shadow: str = Field(
         "", validation_alias="SHADOW",
         description="an alias of MODEL_URI's registered model (e.g. challenger) that also answers "

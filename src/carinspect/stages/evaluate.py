@@ -26,14 +26,17 @@ import numpy as np
 from sklearn import metrics as skm
 
 from carinspect.config import EvaluateConfig, Settings
-from carinspect.contracts.folders import EvaluateDir
+from carinspect.contracts.evaluation import TaskVerdict, Verdict
+from carinspect.contracts.folders import EvaluateDir, IngestDir
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.tasks import MISSING, TaskSpec, task_slices, tasks_of_checkpoint
 from carinspect.data.dataset import load_task_split, sample_labels
+from carinspect.data.manifest import read_manifest
 from carinspect.data.store import open_store
 from carinspect.data.streaming import eval_loader
-from carinspect.evaluation import calibration, plots
+from carinspect.evaluation import calibration, mistakes, plots
 from carinspect.evaluation.metrics import classification_report, majority_baseline
+from carinspect.evaluation.verdict import judge
 from carinspect.io import json_ready, staged_dir, write_json_atomic, write_text_atomic
 from carinspect.modeling.checkpoint import load_checkpoint, model_from_checkpoint
 from carinspect.tracking import runs
@@ -50,6 +53,7 @@ class EvaluateResult:
     out: Path
     temperature: float
     metrics: dict[str, Any]
+    verdict: Verdict
 
 
 def _csv(header: list[str], rows: list[list[Any]]) -> str:
@@ -71,6 +75,7 @@ class _Assessment:
     reports: dict[str, dict[str, Any]]
     baseline: dict[str, dict[str, float]]
     calibration: dict[str, Any]
+    verdict: TaskVerdict
 
     def metrics(self) -> dict[str, Any]:
         """What metrics.json holds for the task."""
@@ -83,6 +88,7 @@ class _Assessment:
 
 
 def _assess(
+    task: str,
     logits: dict[str, np.ndarray],
     labels: dict[str, np.ndarray],
     train_labels: list[int],
@@ -109,7 +115,8 @@ def _assess(
             reports[s]["ece"] if temperature == 1.0 else _ece(raw[s], labels[s], cfg)
         )
         calib[f"{s}_ece_after"] = reports[s]["ece"]
-    return _Assessment(temperature, raw, probs, labels, reports, baseline, calib)
+    verdict = judge(task, probs["test"], labels["test"], train_labels, classes, temperature, cfg)
+    return _Assessment(temperature, raw, probs, labels, reports, baseline, calib, verdict)
 
 
 def run(
@@ -149,7 +156,9 @@ def run(
     paths = {s: [str(x.path.relative_to(Path(ingest_dir))) for x in samples[s]] for s in SPLITS}
 
     if len(tasks) == 1:
-        a = _assess(logits, labels, sample_labels(train_samples, 0), tasks[0].classes, cfg)
+        a = _assess(
+            tasks[0].name, logits, labels, sample_labels(train_samples, 0), tasks[0].classes, cfg
+        )
         metrics = a.metrics()
         result = {tasks[0].name: a}
     else:
@@ -163,6 +172,7 @@ def run(
                     )
             train_labels = [c for c in sample_labels(train_samples, t) if c != MISSING]
             result[task.name] = _assess(
+                task.name,
                 {s: logits[s][mask[s], sl] for s in SPLITS},
                 {s: labels[s][mask[s], t] for s in SPLITS},
                 train_labels,
@@ -200,28 +210,18 @@ def run(
                 tmp.calibration, {"temperatures": {n: a.temperature for n, a in result.items()}}
             )
         write_json_atomic(tmp.report, json_ready(report))
+        verdict = Verdict(tasks=[result[t.name].verdict for t in tasks])
+        write_json_atomic(tmp.verdict, verdict.model_dump(mode="json"))
         write_text_atomic(tmp.predictions, _predictions(tasks, logits, labels, result, paths))
         _plots(tmp, tasks, result, cfg)
+        _mistakes(tmp, tasks, result, labels["test"], paths["test"], Path(ingest_dir))
     if run_id:
         runs.append_to_run(
             settings, run_id, metrics, "eval.", out, "evaluation",
             params={"evaluate": cfg.model_dump()},
         )  # fmt: skip
-    for name, a in result.items():
-        test = a.reports["test"]
-        logger.info(
-            "test%s: accuracy %.3f, macro-F1 %.3f, AUROC %s, ECE %.3f (T=%.3f); baseline "
-            "accuracy %.3f",
-            f" ({name})" if len(tasks) > 1 else "",
-            test["accuracy"],
-            test["macro_f1"],
-            test["auroc_macro"],
-            test["ece"],
-            a.temperature,
-            a.baseline["test"]["accuracy"],
-        )
     temperature = result[tasks[0].name].temperature
-    return EvaluateResult(out=out, temperature=temperature, metrics=metrics)
+    return EvaluateResult(out=out, temperature=temperature, metrics=metrics, verdict=verdict)
 
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auroc_macro")
@@ -282,6 +282,44 @@ def _predictions(
                 row += [f"{v:.6f}" for v in p]
             rows.append(row)
     return _csv(header, rows)
+
+
+def _mistakes(
+    out: EvaluateDir,
+    tasks: list[TaskSpec],
+    result: dict[str, _Assessment],
+    test_labels: np.ndarray,
+    test_paths: list[str],
+    ingest_dir: Path,
+) -> None:
+    """mistakes.csv and figures/mistakes.png: wrong and uncertain test photos, by source name."""
+    sources = {r.path: r.source for r in read_manifest(IngestDir(ingest_dir).manifest)}
+    rows: list[list[Any]] = []
+    for t, task in enumerate(tasks):
+        a = result[task.name]
+        # several tasks: a task's figures cover only the photos labelled for it
+        kept = (
+            np.arange(len(test_paths))
+            if len(tasks) == 1
+            else np.flatnonzero(test_labels[:, t] != MISSING)
+        )
+        for m in mistakes.pick(a.probs["test"], a.labels["test"], task.classes):
+            path = test_paths[int(kept[m.index])]
+            rows.append(
+                [task.name, m.kind, sources.get(path, path), path, m.label, m.predicted,
+                 f"{m.probability:.4f}", f"{m.margin:.4f}"]
+            )  # fmt: skip
+    write_text_atomic(
+        out.mistakes,
+        _csv(
+            ["task", "kind", "source", "path", "label", "predicted", "probability", "margin"],
+            rows,
+        ),
+    )
+    shown = rows[: mistakes.SHEET_MAX]
+    blobs = open_store(ingest_dir).read_many([ingest_dir / r[3] for r in shown])
+    captions = [f"{Path(r[2]).name}\n{r[4]} -> {r[5]} {float(r[6]):.2f}" for r in shown]
+    mistakes.contact_sheet(blobs, captions, out.mistakes_sheet)
 
 
 def _ece(probs: np.ndarray, labels: np.ndarray, cfg: EvaluateConfig) -> float:

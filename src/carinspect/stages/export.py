@@ -369,5 +369,5 @@ def run(
             settings, run_id, {"parity": figures}, "export.", Path(out), RUN_COPY,
             params={"export": cfg.model_dump()},
         )  # fmt: skip
-    logger.info("exported %s: parity %s", ExportDir(out).onnx, figures)
+    logger.debug("exported %s: parity %s", ExportDir(out).onnx, figures)
     return ExportResult(out=Path(out), parity=figures)

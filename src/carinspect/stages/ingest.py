@@ -304,7 +304,7 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
             len(conflicts), ", ".join(first["sources"][:3]), " vs ".join(first["labels"]),
             IngestDir(out).report_md,
         )  # fmt: skip
-    logger.info("ingest: %d images kept, %d dropped -> %s", len(rows), len(rejected), out)
+    logger.debug("ingest: %d images kept, %d dropped -> %s", len(rows), len(rejected), out)
     return IngestResult(
         out=out,
         manifest=IngestDir(out).manifest,

@@ -221,7 +221,7 @@ def run(cfg: SplitConfig, manifest: Path, out: Path) -> SplitResult:
         write_text_atomic(tmp.report_md, render_split_report(report))
     for w in warnings:
         logger.warning("split: %s", w)
-    logger.info(
+    logger.debug(
         "split: %s -> %s",
         ", ".join(f"{s} {report['splits'][s]['images']}" for s in SPLIT_NAMES),
         SplitDir(out).splits,

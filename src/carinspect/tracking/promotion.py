@@ -97,6 +97,18 @@ def _serving_files(client: Any, name: str, version: str) -> list[str]:
     return problems
 
 
+def _class_sets(mv: Any) -> dict[str, str]:
+    """What a version answers: ``classes`` (one task) or ``tasks`` and each ``classes.<task>``."""
+    tags = mv.tags or {}
+    return {k: v for k, v in tags.items() if k in ("classes", "tasks") or k.startswith("classes.")}
+
+
+def _describe_classes(sets: dict[str, str]) -> str:
+    if "tasks" in sets:
+        return "; ".join(f"{t}: {sets.get(f'classes.{t}', '?')}" for t in sets["tasks"].split(","))
+    return sets.get("classes", "unknown classes")
+
+
 def evaluate_gate(client: Any, name: str, version: str, cfg: PromoteConfig) -> Gate:
     """Judge ``version`` of ``name`` against the current champion and the floor."""
     key = f"metrics.{cfg.split}.{cfg.metric}"
@@ -104,8 +116,21 @@ def evaluate_gate(client: Any, name: str, version: str, cfg: PromoteConfig) -> G
     score = _tag_metric(candidate, key)
     champion = alias_target(client, name, cfg.alias)
     champ_score = None
+    failures: list[str] = []
+    comparable = True
     if champion is not None and champion != version:
-        champ_score = _tag_metric(_version_or_fail(client, name, champion), key)
+        current = _version_or_fail(client, name, champion)
+        champ_score = _tag_metric(current, key)
+        mine, theirs = _class_sets(candidate), _class_sets(current)
+        if mine and theirs and mine != theirs:
+            comparable = False
+            # a score on other classes is not comparable, and clients of the alias would get
+            # answers they do not know
+            failures.append(
+                f"version {version} answers {_describe_classes(mine)} but champion version "
+                f"{champion} answers {_describe_classes(theirs)}: different classes (retire "
+                f"the alias first, or register under another model name)"
+            )
     required = cfg.floor if champ_score is None else max(cfg.floor, champ_score - cfg.tolerance)
     figures: dict[str, Any] = {
         "metric": key,
@@ -116,14 +141,13 @@ def evaluate_gate(client: Any, name: str, version: str, cfg: PromoteConfig) -> G
         "floor": cfg.floor,
         "required": round(required, 6),
     }
-    failures: list[str] = []
     label = f"{cfg.split} {cfg.metric}"
     if score is None:
         failures.append(f"version {version} has no {key} tag (was it registered by carinspect?)")
     else:
         if score < cfg.floor:
             failures.append(f"{label} {score:.4f} < floor {cfg.floor:.4f}")
-        if champ_score is not None and score < champ_score - cfg.tolerance:
+        if comparable and champ_score is not None and score < champ_score - cfg.tolerance:
             failures.append(
                 f"{label} {score:.4f} < {champ_score - cfg.tolerance:.4f} (champion version "
                 f"{champion} has {champ_score:.4f}, tolerance {cfg.tolerance:.4f})"

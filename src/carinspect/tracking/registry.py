@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -70,7 +72,7 @@ def register_version(
             name, version, run_id,
         )  # fmt: skip
     client.set_registered_model_alias(name, alias, version)
-    logger.info("registered %s version %s (alias %s) from run %s", name, version, alias, run_id)
+    logger.debug("registered %s version %s (alias %s) from run %s", name, version, alias, run_id)
     return RegisteredVersion(name, version, run_id, f"models:/{name}/{version}", alias)
 
 
@@ -138,7 +140,11 @@ def _register(
         extra_files=[str(f) for f in extra],  # as ExportDir.LOGGED_*
         run_id=run_id,
     )
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):  # MLflow prints "Successfully registered ..." there
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
+    for line in said.getvalue().splitlines():
+        logger.debug("mlflow: %s", line)
     return str(version.version)
 
 
