@@ -9,16 +9,7 @@ import yaml
 from tests.conftest import REPO_ROOT
 
 SRC = REPO_ROOT / "src"
-STAGES = {
-    **yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"],
-    # off the default `dvc repro`: `dvc repro tune/dvc.yaml`
-    **{
-        f"tune/dvc.yaml:{name}": spec
-        for name, spec in yaml.safe_load((REPO_ROOT / "tune" / "dvc.yaml").read_text())[
-            "stages"
-        ].items()
-    },
-}
+STAGES = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def module_file(name: str) -> Path | None:

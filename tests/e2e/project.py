@@ -32,7 +32,7 @@ def copy_project(tmp_path: Path, params: bool = False) -> Path:
     ``params``) in ``tmp_path/project``, not yet a git repo."""
     repo = tmp_path / "project"
     repo.mkdir()
-    names = ["dvc.yaml", ".dvcignore", "src", "tune", "data/feedback/README.md"]
+    names = ["dvc.yaml", ".dvcignore", "src", "data/feedback/README.md"]
     for name in [*names, *(["params.yaml"] if params else [])]:
         src, dst = REPO_ROOT / name, repo / name
         dst.parent.mkdir(parents=True, exist_ok=True)

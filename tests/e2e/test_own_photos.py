@@ -24,7 +24,7 @@ from tests.e2e.project import commit_all, copy_project
 
 pytestmark = pytest.mark.slow
 
-PER_CLASS = 30
+PER_CLASS = 80
 
 
 def _readme_blocks() -> list[str]:
