@@ -226,18 +226,18 @@ def evaluate(
     from carinspect.stages import evaluate as stage
 
     run_id = _run_id(run_json)
-    result = stage.run(
-        _params(params).evaluate, Settings(), checkpoint, ingest, splits, out, run_id
-    )
+    cfg = _params(params).evaluate
+    result = stage.run(cfg, Settings(), checkpoint, ingest, splits, out, run_id)
     from carinspect.evaluation.verdict import describe
 
     per_task = result.metrics.get("tasks") or {"": result.metrics}
     for (task, figures), verdict in zip(per_task.items(), result.verdict.tasks, strict=True):
         t, temperature = figures["test"], figures["calibration"]["temperature"]
         named = f"{task}: " if task else ""
+        d = 2 if t["images"] < cfg.small_sample else 3  # no third decimal on a few photos
         typer.echo(
-            f"{named}test ({t['images']} photos): accuracy {t['accuracy']:.3f}, macro-F1 "
-            f"{t['macro_f1']:.3f}, ECE {t['ece']:.3f} (temperature {temperature:.3g})"
+            f"{named}test ({t['images']} photos): accuracy {t['accuracy']:.{d}f}, macro-F1 "
+            f"{t['macro_f1']:.{d}f}, ECE {t['ece']:.{d}f} (temperature {temperature:.3g})"
         )
         typer.echo(f"{named}verdict: {describe(verdict)}")
         for line in verdict.warnings:

@@ -55,9 +55,12 @@ def pick(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> list[
 
 
 def contact_sheet(
-    images: Sequence[bytes | memoryview], captions: Sequence[str], path: Path
+    images: Sequence[bytes | memoryview],
+    captions: Sequence[str],
+    wrong: Sequence[bool],
+    path: Path,
 ) -> None:
-    """Thumbnails in rows of six with a caption under each (a blank sheet says none)."""
+    """Thumbnails in rows of six with a caption under each, red for a wrong answer."""
     from PIL import Image, ImageDraw
 
     cols, caption_h = 6, 28
@@ -74,6 +77,7 @@ def contact_sheet(
         x, y = (k % cols) * THUMB, (k // cols) * (THUMB + caption_h)
         sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
         for n, line in enumerate(captions[k].split("\n")[:2]):
-            draw.text((x + 3, y + THUMB + 2 + 12 * n), line[:24], fill="black")
+            colour = (200, 0, 0) if wrong[k] else (0, 0, 0)
+            draw.text((x + 3, y + THUMB + 2 + 12 * n), line[:24], fill=colour)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, format="PNG")

@@ -319,7 +319,8 @@ def _mistakes(
     shown = rows[: mistakes.SHEET_MAX]
     blobs = open_store(ingest_dir).read_many([ingest_dir / r[3] for r in shown])
     captions = [f"{Path(r[2]).name}\n{r[4]} -> {r[5]} {float(r[6]):.2f}" for r in shown]
-    mistakes.contact_sheet(blobs, captions, out.mistakes_sheet)
+    wrong = [r[1] == "wrong" for r in shown]
+    mistakes.contact_sheet(blobs, captions, wrong, out.mistakes_sheet)
 
 
 def _ece(probs: np.ndarray, labels: np.ndarray, cfg: EvaluateConfig) -> float:
