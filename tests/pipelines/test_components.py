@@ -28,6 +28,7 @@ def test_components_called_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     raw["model"]["img_size"] = 32
     raw["evaluate"]["workers"] = 0
     raw["threshold"].update(allow_fallback=True, bootstrap=0)
+    raw["register"]["require_better"] = False  # a one-epoch model: the plumbing, not the verdict
     cfg = section_texts(parse_params(raw))  # what the pipeline passes: one JSON per section
     a = {
         name: _artifact(kind, tmp_path, name)
