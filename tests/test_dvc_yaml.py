@@ -10,6 +10,8 @@ from tests.conftest import REPO_ROOT
 
 SRC = REPO_ROOT / "src"
 STAGES = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+# the model's stages; `demo` writes the demo dataset, before any of them
+STAGES_OF_DVC = {k: v for k, v in STAGES.items() if k != "demo"}
 
 
 def module_file(name: str) -> Path | None:
@@ -82,3 +84,39 @@ def test_the_closure_follows_lazy_imports() -> None:
     assert "src/carinspect/evaluation/decision.py" in files
     assert "src/carinspect/evaluation/plots.py" in files
     assert "src/carinspect/data/images.py" not in files
+
+
+def test_dvc_yaml_runs_the_stages_the_spec_declares() -> None:
+    """Each stage's command, output place and params are the spec's (stages/spec.py)."""
+    from carinspect.stages.spec import STAGES
+
+    declared = {s.name: s for s in STAGES}
+    assert set(STAGES_OF_DVC) == set(declared), "dvc.yaml and stages/spec.py list other stages"
+    assert list(STAGES_OF_DVC) == [s.name for s in STAGES]  # in pipeline order
+    for name, spec in STAGES_OF_DVC.items():
+        stage = declared[name]
+        words = spec["cmd"].split()
+        assert words[:2] == ["carinspect", name], spec["cmd"]
+        assert f"--out {stage.out}" in " ".join(words), f"{name}: --out is not {stage.out}"
+        assert tuple(spec.get("params", ())) == stage.params, f"{name}: params differ"
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in spec["outs"]]
+        outs += [next(iter(m)) for m in spec.get("metrics", [])]
+        for out in outs:
+            assert out == str(stage.out) or out.startswith(f"{stage.out}/"), (
+                f"{name} writes {out}, outside its place {stage.out}"
+            )
+
+
+def test_each_component_takes_the_sections_its_spec_names() -> None:
+    import inspect
+
+    from carinspect.stages.spec import STAGES
+    from components import FUNCTIONS
+
+    for stage in STAGES:
+        if stage.name not in FUNCTIONS:
+            continue  # summary: no component (a pipeline run's figures are KFP's own UI)
+        taken = {
+            p for p in inspect.signature(FUNCTIONS[stage.name]).parameters if p.endswith("_cfg")
+        }
+        assert taken == set(stage.inputs), f"{stage.name}: takes {taken}, spec says {stage.inputs}"

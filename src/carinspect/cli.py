@@ -16,9 +16,17 @@ from typing import Annotated, Any
 import typer
 
 from carinspect.config import Params, load_params
-from carinspect.contracts.folders import ExportDir
+from carinspect.contracts.folders import (
+    EvaluateDir,
+    ExportDir,
+    IngestDir,
+    SplitDir,
+    ThresholdDir,
+    TrainDir,
+)
 from carinspect.errors import InputError, OutputError
 from carinspect.logs import configure_logging
+from carinspect.stages.spec import SPEC
 from carinspect.tracking.lifecycle import Terminated, bound_retries
 
 logger = logging.getLogger("carinspect")
@@ -49,6 +57,14 @@ store_app = typer.Typer(
 )
 app.add_typer(store_app, name="store")
 DbOpt = Annotated[Path, typer.Option("--db", help="The embedded store's database file.")]
+
+# each stage's output at its default place (stages/spec.py): the default paths of the options
+_INGEST = IngestDir(SPEC["ingest"].out)
+_SPLIT = SplitDir(SPEC["split"].out)
+_TRAIN = TrainDir(SPEC["train"].out)
+_EVALUATE = EvaluateDir(SPEC["evaluate"].out)
+_THRESHOLD = ThresholdDir(SPEC["threshold"].out)
+_EXPORT = ExportDir(SPEC["export"].out)
 
 ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="params.yaml to read (one section per stage).")
@@ -105,7 +121,7 @@ def ingest(
     params: ParamsOpt = Path("params.yaml"),
     out: Annotated[
         Path, typer.Option(help="Output folder: images/, manifest.csv, report.*")
-    ] = Path("data/ingest"),
+    ] = _INGEST.root,
     source: Annotated[
         str | None,
         typer.Option(help="Override data.source (folder, CSV, COCO, s3://, dvc://, demo)."),
@@ -128,12 +144,8 @@ def ingest(
 @app.command()
 def split(
     params: ParamsOpt = Path("params.yaml"),
-    manifest: Annotated[Path, typer.Option(help="manifest.csv from ingest.")] = Path(
-        "data/ingest/manifest.csv"
-    ),
-    out: Annotated[Path, typer.Option(help="Output folder: splits.csv, report.*")] = Path(
-        "data/split"
-    ),
+    manifest: Annotated[Path, typer.Option(help="manifest.csv from ingest.")] = _INGEST.manifest,
+    out: Annotated[Path, typer.Option(help="Output folder: splits.csv, report.*")] = _SPLIT.root,
 ) -> None:
     """Assign images to train/val/test: stratified, near-duplicates and groups kept together."""
     from carinspect.data.manifest import read_manifest
@@ -153,11 +165,11 @@ def split(
 @app.command()
 def train(
     params: ParamsOpt = Path("params.yaml"),
-    ingest: IngestOpt = Path("data/ingest"),
-    splits: SplitsOpt = Path("data/split/splits.csv"),
-    out: Annotated[Path, typer.Option(help="Output folder: checkpoints, metrics, history.")] = Path(
-        "models/train"
-    ),
+    ingest: IngestOpt = _INGEST.root,
+    splits: SplitsOpt = _SPLIT.splits,
+    out: Annotated[
+        Path, typer.Option(help="Output folder: checkpoints, metrics, history.")
+    ] = _TRAIN.root,
     resume: Annotated[
         bool | None,
         typer.Option(
@@ -215,11 +227,11 @@ def train(
 @app.command()
 def evaluate(
     params: ParamsOpt = Path("params.yaml"),
-    checkpoint: CheckpointOpt = Path("models/train/best.pt"),
-    ingest: IngestOpt = Path("data/ingest"),
-    splits: SplitsOpt = Path("data/split/splits.csv"),
-    run_json: RunOpt = Path("models/train/run.json"),
-    out: OutOpt = Path("models/evaluate"),
+    checkpoint: CheckpointOpt = _TRAIN.best,
+    ingest: IngestOpt = _INGEST.root,
+    splits: SplitsOpt = _SPLIT.splits,
+    run_json: RunOpt = _TRAIN.run_ref,
+    out: OutOpt = _EVALUATE.root,
 ) -> None:
     """Metrics, plots, calibration and predictions on val and test; logged to the training run."""
     from carinspect.config import Settings
@@ -256,8 +268,8 @@ def evaluate(
 @app.command()
 def tune(
     params: ParamsOpt = Path("params.yaml"),
-    ingest: IngestOpt = Path("data/ingest"),
-    splits: SplitsOpt = Path("data/split/splits.csv"),
+    ingest: IngestOpt = _INGEST.root,
+    splits: SplitsOpt = _SPLIT.splits,
     out: OutOpt = Path("models/tune"),
 ) -> None:
     """Search the `tune.space` params with Optuna (run again to continue a cut-off sweep)."""
@@ -283,11 +295,11 @@ def _rounded(values: dict[str, Any]) -> str:
 @app.command()
 def threshold(
     params: ParamsOpt = Path("params.yaml"),
-    predictions: Annotated[Path, typer.Option(help="predictions.csv from evaluate.")] = Path(
-        "models/evaluate/predictions.csv"
-    ),
-    run_json: RunOpt = Path("models/train/run.json"),
-    out: OutOpt = Path("models/threshold"),
+    predictions: Annotated[
+        Path, typer.Option(help="predictions.csv from evaluate.")
+    ] = _EVALUATE.predictions,
+    run_json: RunOpt = _TRAIN.run_ref,
+    out: OutOpt = _THRESHOLD.root,
 ) -> None:
     """Choose the operating threshold and uncertainty band on val; report val and test."""
     from carinspect.config import Settings
@@ -304,17 +316,17 @@ def threshold(
 @app.command()
 def export(
     params: ParamsOpt = Path("params.yaml"),
-    checkpoint: CheckpointOpt = Path("models/train/best.pt"),
-    calibration: Annotated[Path, typer.Option(help="calibration.json from evaluate.")] = Path(
-        "models/evaluate/calibration.json"
-    ),
-    threshold_json: Annotated[Path, typer.Option("--threshold", help="threshold.json.")] = Path(
-        "models/threshold/threshold.json"
-    ),
-    ingest: IngestOpt = Path("data/ingest"),
-    splits: SplitsOpt = Path("data/split/splits.csv"),
-    run_json: RunOpt = Path("models/train/run.json"),
-    out: OutOpt = Path("models/export"),
+    checkpoint: CheckpointOpt = _TRAIN.best,
+    calibration: Annotated[
+        Path, typer.Option(help="calibration.json from evaluate.")
+    ] = _EVALUATE.calibration,
+    threshold_json: Annotated[
+        Path, typer.Option("--threshold", help="threshold.json.")
+    ] = _THRESHOLD.rule,
+    ingest: IngestOpt = _INGEST.root,
+    splits: SplitsOpt = _SPLIT.splits,
+    run_json: RunOpt = _TRAIN.run_ref,
+    out: OutOpt = _EXPORT.root,
 ) -> None:
     """Export to ONNX (+ model.json) after a parity check against the checkpoint on val images."""
     from carinspect.config import Settings
@@ -340,16 +352,12 @@ def export(
 @app.command()
 def register(
     params: ParamsOpt = Path("params.yaml"),
-    export_dir: Annotated[Path, typer.Option("--export", help="Export output folder.")] = Path(
-        "models/export"
-    ),
-    metrics: Annotated[Path, typer.Option(help="metrics.json from evaluate.")] = Path(
-        "models/evaluate/metrics.json"
-    ),
-    run_json: RunOpt = Path("models/train/run.json"),
-    out: Annotated[Path, typer.Option(help="registered.json to write.")] = Path(
-        "models/registered.json"
-    ),
+    export_dir: Annotated[
+        Path, typer.Option("--export", help="Export output folder.")
+    ] = _EXPORT.root,
+    metrics: Annotated[Path, typer.Option(help="metrics.json from evaluate.")] = _EVALUATE.metrics,
+    run_json: RunOpt = _TRAIN.run_ref,
+    out: Annotated[Path, typer.Option(help="registered.json to write.")] = SPEC["register"].out,
     allow_no_better: Annotated[
         bool,
         typer.Option(

@@ -16,25 +16,15 @@ from typing import Any
 from carinspect.config import Params, parse_params, set_dotted
 from carinspect.contracts.folders import TrainDir
 from carinspect.errors import InputError
+from carinspect.stages.spec import STAGES, section_input
 from carinspect.tracking.runs import numeric_leaves, read_run_id
 
-# pipeline input -> the params.yaml section it carries (as one line of JSON). A component takes
-# only the sections it reads, so a change to export.opset is not in ingest's KFP cache key.
-SECTION_INPUTS: dict[str, str] = {
-    "demo_cfg": "data.demo",
-    "coco_tasks_cfg": "data.coco_tasks",
-    "ingest_cfg": "ingest",
-    "split_cfg": "split",
-    "model_cfg": "model",
-    "train_cfg": "train",
-    "mlflow_cfg": "mlflow",
-    "evaluate_cfg": "evaluate",
-    "threshold_cfg": "threshold",
-    "export_cfg": "export",
-    "register_cfg": "register",
-}
+# pipeline input -> the params.yaml section it carries (as one line of JSON), from each stage's
+# spec. A component takes only the sections it reads, so a change to export.opset is not in
+# ingest's KFP cache key.
+SECTION_INPUTS: dict[str, str] = {name: key for s in STAGES for name, key in s.inputs.items()}
 # the sweep pipeline's extra section input
-SWEEP_INPUTS: dict[str, str] = {"tune_cfg": "tune"}
+SWEEP_INPUTS: dict[str, str] = {section_input("tune"): "tune"}
 
 
 def section_texts(params: Params, sweep: bool = False) -> dict[str, str]:

@@ -25,19 +25,20 @@ from carinspect.contracts.folders import (
 )
 from carinspect.evaluation.verdict import describe
 from carinspect.io import write_text_atomic
+from carinspect.stages.spec import SPEC
 
 
 @dataclass(frozen=True)
 class Folders:
-    """Where each stage wrote (the dvc.yaml defaults)."""
+    """Where each stage wrote (their default places, from the spec)."""
 
-    ingest: Path = Path("data/ingest")
-    split: Path = Path("data/split")
-    train: Path = Path("models/train")
-    evaluate: Path = Path("models/evaluate")
-    threshold: Path = Path("models/threshold")
-    export: Path = Path("models/export")
-    registered: Path = Path("models/registered.json")
+    ingest: Path = SPEC["ingest"].out
+    split: Path = SPEC["split"].out
+    train: Path = SPEC["train"].out
+    evaluate: Path = SPEC["evaluate"].out
+    threshold: Path = SPEC["threshold"].out
+    export: Path = SPEC["export"].out
+    registered: Path = SPEC["register"].out
 
 
 def _load(path: Path) -> Any:
