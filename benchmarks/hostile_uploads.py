@@ -90,7 +90,9 @@ def main() -> None:
         rows.append((case.name, *measure(case.name, case.send)))
     print(f"{'case':42s} {'idle':>11s} {'peak':>11s} {'+peak':>11s}  {'time':>6s}  status")
     for name, idle, peak, status, seconds in rows:
-        print(f"{name:42s} {_mib(idle)} {_mib(peak)} {_mib(peak - idle)}  {seconds:5.2f}s  {status}")
+        print(
+            f"{name:42s} {_mib(idle)} {_mib(peak)} {_mib(peak - idle)}  {seconds:5.2f}s  {status}"
+        )
     phone_peak, four_peak = rows[0][2], rows[1][2]
     ratio = four_peak / phone_peak
     print(

@@ -20,10 +20,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from carinspect.contracts.base import Contract, ContractError, explain, read_json
+from carinspect.contracts.onnx_names import OUTPUTS
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.rules import DecisionRule
 from carinspect.contracts.tasks import TaskSpec
-from carinspect.modeling.onnx_names import OUTPUTS
 
 
 class InputSpec(Contract):

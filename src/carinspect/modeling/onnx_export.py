@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from carinspect.modeling.onnx_names import FEATURES, INPUT, MASK, OUTPUTS, task_output
+from carinspect.contracts.onnx_names import FEATURES, INPUT, MASK, OUTPUTS, task_output
 
 logger = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ import numpy as np
 from carinspect.contracts.base import ContractError
 from carinspect.contracts.cards import ModelCard, read_card
 from carinspect.contracts.folders import ExportDir
+from carinspect.contracts.onnx_names import FEATURES, INPUT, MASK, OUTPUTS
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.drift.profile import EMBEDDING, DriftWindow, EmbeddingRef, read_profile
 from carinspect.errors import InputError
-from carinspect.modeling.onnx_names import FEATURES, INPUT, MASK, OUTPUTS
 from carinspect.serving.reachability import registry_problem
 from carinspect.serving.settings import ServeSettings
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from carinspect.config import TritonConfig
 from carinspect.contracts.cards import ModelCard
 from carinspect.contracts.folders import ExportDir
+from carinspect.contracts.onnx_names import INPUT, OUTPUTS
 from carinspect.errors import InputError
-from carinspect.modeling.onnx_names import INPUT, OUTPUTS
 
 CONFIG = "config.pbtxt"
 LABELS = "labels.txt"

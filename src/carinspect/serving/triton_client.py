@@ -19,7 +19,7 @@ import numpy as np
 from carinspect.contracts.base import ContractError
 from carinspect.contracts.cards import read_card
 from carinspect.contracts.folders import ExportDir
-from carinspect.modeling.onnx_names import INPUT
+from carinspect.contracts.onnx_names import INPUT
 from carinspect.serving.model_store import (
     LoadedModel,
     ModelLoadError,

@@ -36,6 +36,7 @@ import torch
 from carinspect.config import ExportConfig, Settings
 from carinspect.contracts.cards import parse_card
 from carinspect.contracts.folders import ExportDir, IngestDir
+from carinspect.contracts.onnx_names import FEATURES, INPUT, MASK, OUTPUTS, task_output
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.rules import parse_rule, read_rule
 from carinspect.contracts.tasks import MISSING, TaskSpec, task_slices, tasks_of_checkpoint
@@ -58,7 +59,6 @@ from carinspect.modeling.onnx_export import (
     session,
     to_fp16,
 )
-from carinspect.modeling.onnx_names import FEATURES, INPUT, MASK, OUTPUTS, task_output
 from carinspect.tracking import runs
 from carinspect.tracking.lineage import lineage_tags
 from carinspect.tracking.registry import RUN_COPY

@@ -111,8 +111,8 @@ def _register(
     import onnx
     from mlflow.models import infer_signature
 
+    from carinspect.contracts.onnx_names import INPUT
     from carinspect.modeling.onnx_export import session
-    from carinspect.modeling.onnx_names import INPUT
 
     size = card.preprocess.img_size
     example = np.zeros((1, 3, size, size), dtype=np.float32)  # one image: keeps the example small
