@@ -175,7 +175,10 @@ def test_s3_source(s3_endpoint: str, tmp_path: Path) -> None:
         item = resolved.items[0]
         assert item.source == "s3://cars-src/fleet/v1/clean/clean0.jpg"
         assert item.label == "clean" and item.read() == b"clean0"
-    with pytest.raises(SourceError, match="NoSuchBucket"):
+    with pytest.raises(
+        SourceError,
+        match=r"data\.source s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist",
+    ):
         labels_of("s3://no-such-bucket/x")
     with pytest.raises(SourceError, match="no objects"):
         labels_of("s3://cars-src/empty")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from carinspect.data.fingerprint import sha256_bytes
+from carinspect.data.objects import ObjectError, parse_s3_uri
 from carinspect.data.sources import (
     ResolvedSource,
     SourceError,
@@ -106,9 +107,11 @@ def feedback_items(
 def _listing(log: str) -> list[tuple[str, Callable[[], bytes]]]:
     """(name relative to the log, reader) for every file of a local or s3:// feedback log."""
     if log.startswith("s3://"):
-        prefix = log.removeprefix("s3://").partition("/")[2].strip("/")
-        cut = len(prefix) + 1 if prefix else 0
-        return [(key[cut:], read) for key, read in s3_objects(log, "--log")]
+        try:
+            prefix = parse_s3_uri(log)[1]
+        except ObjectError as err:
+            raise FeedbackError(f"--log {err}") from None
+        return [(key[len(prefix) :], read) for key, read in s3_objects(log, "--log")]
     root = Path(log)
     if not root.is_dir():
         raise FeedbackError(f"--log {log}: not a folder (the FEEDBACK_DIR serving wrote)")

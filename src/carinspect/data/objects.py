@@ -99,18 +99,41 @@ class LocalFolder:
             raise ObjectError(f"{self.root}: no such folder")
 
 
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, prefix) of ``s3://bucket/prefix``: the prefix empty or ending in ``/``."""
+    if not uri.startswith("s3://"):
+        raise ObjectError(f"{uri!r} is not an s3://bucket/prefix")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ObjectError(f"{uri!r}: no bucket name")
+    return bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+
+def s3_client(uri: str) -> Any:
+    """A boto3 S3 client: every part of carinspect that speaks to S3 gets its client here.
+
+    The endpoint and credentials are boto3's own chain (AWS_ENDPOINT_URL for MinIO); retries
+    are bounded and the pool fits parallel range reads. ``uri`` only names the place in the
+    error when boto3 is missing.
+    """
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise ObjectError(
+            f"{uri}: reading s3:// needs boto3, which this install lacks (pip install "
+            "'carinspect[pipeline]', or use the pipeline image)"
+        ) from None
+    config = Config(max_pool_connections=32, retries={"max_attempts": 5, "mode": "standard"})
+    return boto3.client("s3", config=config)
+
+
 class S3Prefix:
     """Objects are the keys under ``s3://bucket/prefix/``."""
 
     def __init__(self, uri: str) -> None:
-        if not uri.startswith("s3://"):
-            raise ObjectError(f"{uri!r} is not an s3://bucket/prefix")
-        bucket, _, prefix = uri[len("s3://") :].partition("/")
-        if not bucket:
-            raise ObjectError(f"{uri!r}: no bucket name")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.bucket, self.prefix = parse_s3_uri(uri)
+        self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self._client: Any = None
         self._pid = -1
 
@@ -121,18 +144,7 @@ class S3Prefix:
     def client(self) -> Any:
         """The boto3 client of this process (a forked DataLoader worker makes its own)."""
         if self._client is None or self._pid != os.getpid():
-            try:
-                import boto3
-                from botocore.config import Config
-            except ImportError:
-                raise ObjectError(
-                    f"{self.uri}: reading s3:// needs boto3, which this install lacks "
-                    "(pip install 'carinspect[pipeline]')"
-                ) from None
-            config = Config(
-                max_pool_connections=32, retries={"max_attempts": 5, "mode": "standard"}
-            )
-            self._client = boto3.client("s3", config=config)
+            self._client = s3_client(self.uri)
             self._pid = os.getpid()
         return self._client
 
@@ -205,18 +217,65 @@ class S3Prefix:
         except (BotoCoreError, ClientError) as err:
             raise self._explain(err, name) from None
 
-    def names(self) -> list[str]:
-        """Every object under the prefix, relative to it, sorted."""
+    def read(self, name: str) -> bytes:
+        """The whole of object ``name``: one GET."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(name))[
+                "Body"
+            ].read()
+        except (BotoCoreError, ClientError) as err:
+            raise self._explain(err, name) from None
+        return body
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        """Store ``data`` as ``name`` in one PUT (all of it or none of it)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
+        except (BotoCoreError, ClientError) as err:
+            raise self._explain(err, name) from None
+
+    def exists(self, name: str) -> bool:
+        """Whether object ``name`` is there (one HEAD)."""
+        try:
+            self.stat(name)
+        except MissingObject:
+            return False
+        return True
+
+    def delete(self, name: str) -> None:
+        """Remove object ``name`` (no error when it is not there)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
+        except (BotoCoreError, ClientError) as err:
+            raise self._explain(err, name) from None
+
+    def sizes(self) -> dict[str, int]:
+        """Every object under the prefix (relative name) with its size in bytes."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self.prefix
             )
-            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+            found = {
+                o["Key"][len(self.prefix) :]: int(o["Size"])
+                for page in pages
+                for o in page.get("Contents", [])
+                if not o["Key"].endswith("/")
+            }
         except (BotoCoreError, ClientError) as err:
             raise self._explain(err) from None
-        return sorted(k[len(self.prefix) :] for k in keys if not k.endswith("/"))
+        return dict(sorted(found.items()))
+
+    def names(self) -> list[str]:
+        """Every object under the prefix, relative to it, sorted."""
+        return list(self.sizes())
 
     def get_file(self, name: str, path: Path) -> None:
         """Download ``name`` to ``path`` through a temporary file (complete or absent)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from carinspect.config import SPLIT_NAMES, DemoConfig
+from carinspect.data.objects import ObjectError, S3Prefix, parse_s3_uri
 from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -279,41 +280,28 @@ def _coco_task_groups(
 
 
 def s3_objects(uri: str, what: str = "data.source") -> list[tuple[str, Callable[[], bytes]]]:
-    """(key, reader) for every object under an ``s3://bucket/prefix``, sorted by key."""
+    """(key, reader) for every object under an ``s3://bucket/prefix``, sorted by key.
+
+    Through :class:`~carinspect.data.objects.S3Prefix`, as every S3 user of carinspect: one
+    client set-up, and one wording of S3's refusals.
+    """
     try:
-        import boto3
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:  # the serving image: models come through MLflow's artifact proxy
-        raise SourceError(
-            f"{what} {uri!r}: reading s3:// needs boto3, which this install lacks (the "
-            "serving image has none: use the pipeline image, or pip install 'carinspect[pipeline]')"
-        ) from None
+        prefix = S3Prefix(uri)
+        names = prefix.names()
+    except ObjectError as err:
+        raise SourceError(f"{what} {err}") from None
 
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    if not bucket:
-        raise SourceError(f"{what} {uri!r}: no bucket name")
-    client = boto3.client("s3")
-    try:
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-    except (ClientError, BotoCoreError) as err:
-        raise SourceError(f"{what} {uri!r}: cannot list objects: {err}") from None
+    def reader(name: str) -> Callable[[], bytes]:
+        return lambda: prefix.read(name)
 
-    def reader(key: str) -> Callable[[], bytes]:
-        def read() -> bytes:
-            body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-            return body
-
-        return read
-
-    return [(key, reader(key)) for key in sorted(keys)]
+    return [(prefix.prefix + name, reader(name)) for name in names]
 
 
 def _s3(uri: str) -> ResolvedSource:
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    if not bucket:
-        raise SourceError(f"data.source {uri!r}: no bucket name")
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    try:
+        bucket, prefix = parse_s3_uri(uri)
+    except ObjectError as err:
+        raise SourceError(f"data.source {err}") from None
     resolved = ResolvedSource("s3", uri)
     objects = s3_objects(f"s3://{bucket}/{prefix}")
     for key, read in objects:

@@ -43,14 +43,12 @@ def list_inputs(target: str) -> list[tuple[str, Reader]]:
 
 
 def _s3_inputs(uri: str) -> list[tuple[str, Reader]]:
+    from carinspect.data.objects import parse_s3_uri
     from carinspect.data.sources import s3_objects
 
-    bucket = uri.removeprefix("s3://").partition("/")[0]
-    found = [
-        (f"s3://{bucket}/{key}", read)
-        for key, read in s3_objects(uri, "predict")
-        if not key.endswith("/")
-    ]
+    objects = s3_objects(uri, "predict")  # a malformed URI: the error names "predict"
+    bucket = parse_s3_uri(uri)[0]
+    found = [(f"s3://{bucket}/{key}", read) for key, read in objects]
     if not found:
         raise InputError(f"{uri}: no objects under this prefix")
     return found

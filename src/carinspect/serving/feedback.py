@@ -84,32 +84,21 @@ class _FolderSink:
 
 
 class _S3Sink:
-    def __init__(self, uri: str) -> None:
-        import boto3  # the pipeline install has it; the slim serving image does not
+    """The log under an s3:// prefix, through the one S3 layer (data/objects.py)."""
 
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise ValueError(f"{uri}: no bucket name")
-        self.bucket, self.prefix = bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.client = boto3.client("s3")
+    def __init__(self, uri: str) -> None:
+        from carinspect.data.objects import S3Prefix
+
+        self.prefix = S3Prefix(uri)  # boto3 missing (the slim serving image): ObjectError
 
     def put(self, name: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=data)
+        self.prefix.put_bytes(name, data)
 
     def used(self) -> int:
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix
-        )
-        return sum(o["Size"] for page in pages for o in page.get("Contents", []))
+        return sum(self.prefix.sizes().values())
 
     def exists(self, name: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self.prefix + name)
-        except ClientError:
-            return False
-        return True
+        return self.prefix.exists(name)
 
 
 class FeedbackLog:

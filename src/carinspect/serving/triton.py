@@ -163,25 +163,20 @@ def publish(entry: Path, uri: str) -> str:
     artifact store uses). New files go up first, then objects the entry no longer has (an older
     version folder) are deleted, so Triton never sees a half-written entry without a model.
     """
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
+    from carinspect.data.objects import ObjectError, S3Prefix, parse_s3_uri
 
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise TritonError(f"{uri}: no bucket name")
-    base = "/".join(p for p in (prefix.strip("/"), entry.name) if p)
-    client = boto3.client("s3")
-    files = sorted(p for p in entry.rglob("*") if p.is_file())
-    keys = {f"{base}/{p.relative_to(entry).as_posix()}" for p in files}
     try:
-        for path in files:
-            client.upload_file(str(path), bucket, f"{base}/{path.relative_to(entry).as_posix()}")
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base + "/")
-        stale = [
-            o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"] not in keys
-        ]
-        for key in stale:
-            client.delete_object(Bucket=bucket, Key=key)
-    except (ClientError, BotoCoreError) as err:
-        raise TritonError(f"{uri}: upload failed: {err}") from None
+        bucket, prefix = parse_s3_uri(uri)
+        base = "/".join(p for p in (prefix.strip("/"), entry.name) if p)
+        target = S3Prefix(f"s3://{bucket}/{base}")
+        files = {
+            p.relative_to(entry).as_posix(): p for p in sorted(entry.rglob("*")) if p.is_file()
+        }
+        for name, path in files.items():
+            target.put_file(name, path)
+        for name in target.names():
+            if name not in files:
+                target.delete(name)
+    except ObjectError as err:
+        raise TritonError(f"upload failed: {err}") from None
     return f"s3://{bucket}/{base}"
