@@ -7,13 +7,13 @@ markdown reports, a confusion matrix) through these helpers.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from carinspect.config import Params, parse_params, set_dotted
+from carinspect.contracts.evaluation import prediction_tasks, read_predictions
 from carinspect.contracts.folders import TrainDir
 from carinspect.errors import InputError
 from carinspect.stages.spec import STAGES, section_input
@@ -134,26 +134,20 @@ def evaluation_markdown(metrics_json: Path) -> str:
 def confusion(predictions_csv: Path, split: str = "test") -> tuple[list[str], list[list[int]]]:
     """Classes and the confusion matrix (rows: true, columns: predicted) of one split.
 
-    Several tasks: one matrix with a block per task, classes named ``task: class``.
+    Several tasks: one matrix with a block per task, classes named ``task: class``; a task's
+    unlabelled images are answered but not scored.
     """
-    with Path(predictions_csv).open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == split]
-    columns = list(rows[0]) if rows else []
-    tasks = [c.removesuffix(":label") for c in columns if c.endswith(":label")] or [""]
+    tasks = prediction_tasks(predictions_csv) or [""]
     names: list[str] = []
-    blocks: list[tuple[str, list[str]]] = []
+    matrix: list[list[int]] = []
     for task in tasks:
-        prefix = f"{task}:" if task else ""
-        classes = [c.removeprefix(f"{prefix}p_") for c in columns if c.startswith(f"{prefix}p_")]
-        blocks.append((prefix, classes))
+        classes, splits = read_predictions(predictions_csv, task)
+        probs, labels = splits[split]
+        start = len(names)
         names += [f"{task}: {c}" if task else c for c in classes]
-    index = {n: i for i, n in enumerate(names)}
-    matrix = [[0] * len(names) for _ in names]
-    for prefix, _ in blocks:
-        task = prefix.rstrip(":")
-        for r in rows:
-            label, predicted = r[f"{prefix}label"], r[f"{prefix}predicted"]
-            if label:  # a task's unlabelled images are answered but not scored
-                a, b = (f"{task}: {label}", f"{task}: {predicted}") if task else (label, predicted)
-                matrix[index[a]][index[b]] += 1
+        for row in matrix:
+            row.extend([0] * len(classes))
+        matrix += [[0] * len(names) for _ in classes]
+        for y, p in zip(labels, probs.argmax(axis=1), strict=True):
+            matrix[start + int(y)][start + int(p)] += 1
     return names, matrix

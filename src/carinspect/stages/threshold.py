@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 
 from carinspect.config import Settings, ThresholdConfig
+from carinspect.contracts.base import ContractError
+from carinspect.contracts.evaluation import prediction_tasks
+from carinspect.contracts.evaluation import read_predictions as read_prediction_file
 from carinspect.contracts.folders import ThresholdDir
 from carinspect.contracts.rules import parse_rule
 from carinspect.errors import InputError
@@ -54,40 +57,14 @@ class ThresholdResult:
     spec: dict[str, Any]
 
 
-def prediction_tasks(path: Path) -> list[str]:
-    """The tasks of a multi-task predictions.csv (``<task>:label`` columns); [] for one task."""
-    if not Path(path).is_file():
-        raise ThresholdError(f"{path}: predictions file not found (run evaluate first)")
-    with Path(path).open(newline="") as fh:
-        header = next(csv.reader(fh), [])
-    return [c.split(":", 1)[0] for c in header if c.endswith(":label")]
-
-
 def read_predictions(
     path: Path, task: str | None = None
 ) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Classes and, per split, (probabilities, label indices) from evaluate's predictions.csv.
-
-    ``task``: the columns of that task in a multi-task file, over the images labelled for it.
-    """
-    if not Path(path).is_file():
-        raise ThresholdError(f"{path}: predictions file not found (run evaluate first)")
-    prefix = f"{task}:" if task else ""
-    with Path(path).open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        start = f"{prefix}p_"
-        classes = [c[len(start) :] for c in reader.fieldnames or [] if c.startswith(start)]
-        rows = [r for r in reader if r[f"{prefix}label"]]
-    if len(classes) < 2 or not rows:
-        raise ThresholdError(f"{path}: expected {start}<class> columns and at least one row")
-    out = {}
-    for split in ("val", "test"):
-        mine = [r for r in rows if r["split"] == split]
-        probs = np.array(
-            [[float(r[f"{start}{c}"]) for c in classes] for r in mine], dtype=np.float64
-        )
-        labels = np.array([classes.index(r[f"{prefix}label"]) for r in mine], dtype=np.int64)
-        out[split] = (probs.reshape(len(mine), len(classes)), labels)
+    """Classes and per split (probabilities, labels) of ``task``; val must have rows."""
+    try:
+        classes, out = read_prediction_file(path, task or "")
+    except ContractError as err:
+        raise ThresholdError(str(err)) from None
     if len(out["val"][1]) == 0:
         raise ThresholdError(f"{path}: no val rows; the threshold is chosen on val")
     return classes, out
@@ -289,7 +266,10 @@ def run(
     run_id: str | None = None,
 ) -> ThresholdResult:
     """Choose the operating point from ``predictions`` and write ``out``."""
-    tasks = prediction_tasks(Path(predictions))
+    try:
+        tasks = prediction_tasks(Path(predictions))
+    except ContractError as err:
+        raise ThresholdError(str(err)) from None
     unknown = sorted(set(cfg.tasks) - set(tasks))
     if unknown:
         raise ThresholdError(
