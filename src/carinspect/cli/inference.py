@@ -52,6 +52,7 @@ def predict(
     On a folder with one subfolder per class, also prints accuracy and a confusion table
     against the folder names.
     """
+    from carinspect.serving.batch_predict import confusion_text, folder_truth, label_counts
     from carinspect.serving.model_store import ModelLoadError, ModelStore
     from carinspect.serving.settings import ServeSettings
 
@@ -68,11 +69,12 @@ def predict(
     model = store.current
     rows = _predict_to(model, target, out, settings)
     failed = sum(1 for r in rows if "error" in r)
-    counts: dict[str, int] = {}
-    for r in rows:
-        for name, got in (r.get("tasks") or ({"": r} if "label" in r else {})).items():
-            key = f"{name}:{got['label']}" if name else got["label"]
-            counts[key] = counts.get(key, 0) + 1
+    per_task = label_counts(model, rows)
+    counts = (
+        {f"{t}:{label}": n for t, c in per_task.items() for label, n in c.items()}
+        if model.multitask
+        else next(iter(per_task.values()), {})
+    )
     version = f"version {model.version}" if model.version else str(model.folder)
     to_stdout = str(out) == "-"
     typer.echo(
@@ -80,8 +82,6 @@ def predict(
         + ("" if to_stdout else f"; written to {out}"),
         err=to_stdout,
     )
-    from carinspect.serving.batch_predict import confusion_text, folder_truth
-
     for task, classes in (
         [(t.name, t.classes) for t in model.tasks] if model.multitask else [("", model.classes)]
     ):

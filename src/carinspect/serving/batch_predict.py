@@ -88,6 +88,18 @@ def predict_inputs(
     return rows
 
 
+def label_counts(model: LoadedModel, rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """``{task: {label: photos}}`` of the answered rows, labels in the order first answered."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        if "error" in row:
+            continue
+        for task, label in labels_of(model, row).items():
+            mine = counts.setdefault(task, {})
+            mine[label] = mine.get(label, 0) + 1
+    return counts
+
+
 def write_predictions(rows: list[dict[str, Any]], out: Path, model: LoadedModel) -> None:
     """``out`` as JSON (a list of rows) or CSV (one column per class probability).
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from carinspect.data.images import ImageLimits
 from carinspect.errors import InputError
-from carinspect.serving.batch_predict import Reader, list_inputs, predict_inputs
+from carinspect.serving.batch_predict import Reader, label_counts, list_inputs, predict_inputs
 from carinspect.serving.model_store import LoadedModel, ModelLoadError, ModelStore
 from carinspect.serving.settings import ServeSettings
 
@@ -113,13 +113,7 @@ def drift_report(
     assert model.drift is not None
     limits = ImageLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes)
     rows = predict_inputs(model, items, limits, settings.max_batch_size)
-    answered: dict[str, dict[str, int]] = {}
-    for r in rows:
-        for task, got in (
-            r.get("tasks") or ({model.tasks[0].name: r} if "label" in r else {})
-        ).items():
-            counts = answered.setdefault(task, {})
-            counts[got["label"]] = counts.get(got["label"], 0) + 1
+    answered = label_counts(model, rows)
     scores = model.drift.scores()
     which = f"{model.ref.name} version {model.version}" if model.version else str(model.folder)
     return DriftReport(
