@@ -50,7 +50,12 @@ def _runs(uri: str) -> list:  # type: ignore[type-arg]
 
 
 def _params(tmp: Path, epochs: int) -> Path:
-    return tiny_params(tmp, train__epochs=epochs, train__nproc=1, mlflow__experiment="carinspect")
+    """A run long enough to be signalled mid-way: no early stop (a fast machine once finished
+    the 32-pixel model's 16 epochs before SIGTERM arrived)."""
+    return tiny_params(
+        tmp, train__epochs=epochs, train__nproc=1, mlflow__experiment="carinspect",
+        train__early_stopping={"monitor": "val_macro_f1", "patience": 10_000, "min_delta": 0.0},
+    )  # fmt: skip
 
 
 def test_sigterm_ends_the_run_killed_and_the_rerun_resumes_it(
@@ -58,7 +63,7 @@ def test_sigterm_ends_the_run_killed_and_the_rerun_resumes_it(
 ) -> None:
     uri, server = start_mlflow_server(tmp_path / "mlflow")
     try:
-        params = _params(tmp_path, epochs=25)
+        params = _params(tmp_path, epochs=80)
         proc = _train(tmp_path, prepared, uri, params)
         _wait_for_checkpoint(tmp_path, proc)
         proc.send_signal(signal.SIGTERM)
@@ -82,7 +87,7 @@ def test_a_run_left_running_by_sigkill_is_closed_by_the_next_train(
 ) -> None:
     uri, server = start_mlflow_server(tmp_path / "mlflow")
     try:
-        proc = _train(tmp_path, prepared, uri, _params(tmp_path, epochs=25))
+        proc = _train(tmp_path, prepared, uri, _params(tmp_path, epochs=80))
         _wait_for_checkpoint(tmp_path, proc)
         proc.kill()
         proc.communicate()
@@ -105,7 +110,7 @@ def test_a_tracking_server_gone_fails_train_in_seconds_then_train_resumes(
 ) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     uri, server = start_mlflow_server(tmp_path / "mlflow", store)
-    params = _params(tmp_path, epochs=25)
+    params = _params(tmp_path, epochs=80)
     try:
         proc = _train(tmp_path, prepared, uri, params)
         _wait_for_checkpoint(tmp_path, proc)
