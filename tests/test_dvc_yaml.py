@@ -21,8 +21,9 @@ def module_file(name: str) -> Path | None:
     return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
 
 
-def imported(path: Path, module: str) -> set[str]:
-    """carinspect modules ``path`` imports anywhere (stages import lazily inside functions)."""
+def imported_names(path: Path, module: str) -> set[str]:
+    """Every dotted name ``path`` imports anywhere (stages import lazily inside functions),
+    relative imports resolved against ``module``; ``from a import b`` gives ``a`` and ``a.b``."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -34,7 +35,12 @@ def imported(path: Path, module: str) -> set[str]:
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*parts, base] if base else parts)
             names |= {base, *(f"{base}.{a.name}" for a in node.names)}
-    return {n for n in names if n.split(".")[0] == "carinspect"}
+    return names
+
+
+def imported(path: Path, module: str) -> set[str]:
+    """carinspect modules ``path`` imports anywhere."""
+    return {n for n in imported_names(path, module) if n.split(".")[0] == "carinspect"}
 
 
 def closure(module: str) -> set[str]:

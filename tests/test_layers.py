@@ -7,10 +7,10 @@ and the CLI stand on; only the CLI's pipeline commands reach the top-level KFP f
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 from tests.conftest import REPO_ROOT
+from tests.test_dvc_yaml import imported_names
 
 SRC = REPO_ROOT / "src"
 LOWER = ("contracts", "config", "data", "modeling", "evaluation", "drift", "errors", "io", "logs",
@@ -35,17 +35,7 @@ MODULES = _modules()
 
 def _imports(path: Path, module: str) -> set[str]:
     """Every module name ``path`` imports (the longest known prefix of each imported name)."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*parts, base] if base else parts)
-            names |= {base, *(f"{base}.{a.name}" for a in node.names)}
+    names = imported_names(path, module)
     found = set()
     for name in names:
         if name.split(".")[0] in KFP_FOLDERS:
