@@ -163,8 +163,8 @@ def test_a_single_task_model_with_dropout_gets_an_mc_head_that_serves(
     plain = open_model(ref, None, out, ServeSettings())
     sampled = open_model(ref, None, out, ServeSettings(MC_SAMPLES=50, MC_SEED=1))
     pixels = pixels_for(photo, plain, ImageLimits())[None]
-    got = answer(sampled, sampled.infer(pixels)[0])
-    assert got["probabilities"] == answer(plain, plain.infer(pixels)[0])["probabilities"]
+    got = answer(sampled, sampled.infer(pixels)[0]).body
+    assert got["probabilities"] == answer(plain, plain.infer(pixels)[0]).body["probabilities"]
     assert (
         set(got["uncertainty"]["std"]) == {"clean", "dirty"} and got["uncertainty"]["samples"] == 50
     )

@@ -247,7 +247,7 @@ def test_a_multiclass_task_beside_a_binary_one(tmp_path: Path, sqlite_tracking: 
     folder = tmp_path / "x"
     model = open_model(ModelRef.parse(str(folder)), None, folder, ServeSettings())
     photo = next((tmp_path / "demo" / "muddy").glob("*.jpg")).read_bytes()
-    got = answer(model, model.infer(pixels_for(photo, model, ImageLimits())[None])[0])
+    got = answer(model, model.infer(pixels_for(photo, model, ImageLimits())[None])[0]).body
     assert set(got["tasks"]["cleanliness"]["probabilities"]) == {"clean", "dusty", "muddy"}
     assert got["tasks"]["cleanliness"]["label"] in ("clean", "dusty", "muddy", "uncertain")
     assert set(got["tasks"]["damage"]["probabilities"]) == {"damaged", "intact"}
@@ -279,7 +279,7 @@ def test_triton_entry_of_two_tasks_answers_each_task(
     paths = sorted((prepared_tasks.ingest / "images").rglob("*.png"))[:12]
     batch = np.stack([pixels_for(p.read_bytes(), served, limits) for p in paths])
     for a, b in zip(via_triton.infer(batch), served.infer(batch), strict=True):
-        mine, theirs = answer(via_triton, a), answer(served, b)
+        mine, theirs = answer(via_triton, a).body, answer(served, b).body
         assert {t: x["label"] for t, x in mine["tasks"].items()} == {
             t: x["label"] for t, x in theirs["tasks"].items()
         }

@@ -31,7 +31,7 @@ from carinspect.serving.batcher import Batcher
 from carinspect.serving.budget import Full, MemoryBudget
 from carinspect.serving.docs import install_docs
 from carinspect.serving.feedback import FeedbackLog
-from carinspect.serving.inference import answer, finish, labels_of, opened_for, thresholds_of
+from carinspect.serving.inference import answer, finish, opened_for, thresholds_of
 from carinspect.serving.limits import BodyLimit, Deadlines, RequestMetrics
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel, ModelStore
@@ -179,7 +179,7 @@ class Service:
         ms = (time.perf_counter() - started) * 1000
         reply = answer(model, probs)
         if model.drift is not None and stats is not None:
-            model.drift.add({**stats, **model.drift_of(probs)}, labels_of(model, reply))
+            model.drift.add({**stats, **model.drift_of(probs)}, reply.labels)
         if self.feedback is not None:
             self.feedback.offer(data, model, reply, filename)
         if self.second is not None:
@@ -192,7 +192,7 @@ class Service:
 
             self.second.shadow(model, reply, rerun, filename)
         kind = MultiTaskPrediction if model.multitask else Prediction
-        return kind(**reply, processing_ms=round(ms, 3), filename=filename)
+        return kind(**reply.body, processing_ms=round(ms, 3), filename=filename)
 
     async def _pixels(
         self, data: bytes, model: LoadedModel, filename: str | None

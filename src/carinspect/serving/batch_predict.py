@@ -17,7 +17,7 @@ import numpy as np
 from carinspect.data.images import ImageError, ImageLimits
 from carinspect.errors import InputError
 from carinspect.io import write_json_atomic, write_text_atomic
-from carinspect.serving.inference import answer, labels_of, prepare
+from carinspect.serving.inference import answer, prepare
 from carinspect.serving.model_store import LoadedModel
 
 Reader = Callable[[], bytes]
@@ -81,9 +81,10 @@ def predict_inputs(
         if good:
             probs = model.infer(np.stack([p for _, p, _ in good]))
             for (index, _, stats), row in zip(good, probs, strict=True):
-                rows[index].update(answer(model, row))
+                got = answer(model, row)
+                rows[index].update(got.body)
                 if model.drift is not None and stats is not None:
-                    model.drift.add({**stats, **model.drift_of(row)}, labels_of(model, rows[index]))
+                    model.drift.add({**stats, **model.drift_of(row)}, got.labels)
         assert len(rows) == start + len(chunk)
     return rows
 
@@ -94,7 +95,8 @@ def label_counts(model: LoadedModel, rows: list[dict[str, Any]]) -> dict[str, di
     for row in rows:
         if "error" in row:
             continue
-        for task, label in labels_of(model, row).items():
+        answers = row.get("tasks") or {model.tasks[0].name: row}  # a row is the answer's body
+        for task, label in ((t, str(a["label"])) for t, a in answers.items()):
             mine = counts.setdefault(task, {})
             mine[label] = mine.get(label, 0) + 1
     return counts

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from carinspect.data.feedback import RECORD
 from carinspect.data.fingerprint import sha256_bytes
 from carinspect.data.integrity import sniff
-from carinspect.serving.inference import labels_of
+from carinspect.serving.inference import Answer
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel
 from carinspect.serving.settings import ServeSettings
@@ -143,9 +143,7 @@ class FeedbackLog:
             logger.warning("feedback sampling is off: %s; serving goes on", reason)
         self.enabled, self.reason = False, reason
 
-    def offer(
-        self, data: bytes, model: LoadedModel, reply: dict[str, Any], filename: str | None
-    ) -> None:
+    def offer(self, data: bytes, model: LoadedModel, reply: Answer, filename: str | None) -> None:
         """Maybe keep this answered upload (called on the event loop: never blocks)."""
         if not self.enabled or self._sampler.random() * 100 >= self.percent:
             return
@@ -153,9 +151,9 @@ class FeedbackLog:
             "received_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "filename": filename,
             "model": {"name": model.ref.name, "version": model.version, "alias": model.ref.alias},
-            "labels": labels_of(model, reply),
+            "labels": reply.labels,
             "classes": {t.name: t.classes for t in model.tasks},
-            "answer": reply,
+            "answer": reply.body,
         }
         try:
             self._queue.put_nowait((data, record))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,18 @@ def task_answer(probs: np.ndarray, classes: list[str], decision: dict[str, Any])
     }
 
 
-def answer(model: LoadedModel, row: np.ndarray) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Answer:
+    """One photo answered: what the client gets (``body``) and each task's label.
+
+    Drift, feedback and the shadow read ``labels``; nothing parses ``body`` back.
+    """
+
+    body: dict[str, Any]
+    labels: dict[str, str]
+
+
+def answer(model: LoadedModel, row: np.ndarray) -> Answer:
     """The answer for one row of :meth:`LoadedModel.infer`.
 
     One task: label, confidence, probabilities and rule at the top level (the seed service's
@@ -93,13 +105,7 @@ def answer(model: LoadedModel, row: np.ndarray) -> dict[str, Any]:
                 "std": {c: round(float(v), 6) for c, v in zip(t.classes, std, strict=True)},
             }
         answers[t.name] = got
+    labels = {name: str(got["label"]) for name, got in answers.items()}
     if not model.multitask:
-        return {**answers[model.tasks[0].name], "model": which}
-    return {"tasks": answers, "model": which}
-
-
-def labels_of(model: LoadedModel, reply: dict[str, Any]) -> dict[str, str]:
-    """``{task: label}`` of the model's answer (a single task's answer is at the top level)."""
-    if "tasks" in reply:
-        return {name: str(a["label"]) for name, a in reply["tasks"].items()}
-    return {model.tasks[0].name: str(reply["label"])}
+        return Answer({**answers[model.tasks[0].name], "model": which}, labels)
+    return Answer({"tasks": answers, "model": which}, labels)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from carinspect.serving.inference import answer, labels_of
+from carinspect.serving.inference import Answer, answer
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel, ModelLoadError, ModelRef, ModelStore
 from carinspect.serving.settings import ServeSettings
@@ -87,7 +87,7 @@ class SecondOpinion:
     def shadow(
         self,
         champion: LoadedModel,
-        reply: dict[str, Any],
+        reply: Answer,
         rerun: Callable[[LoadedModel], Coroutine[Any, Any, np.ndarray]],
         filename: str | None,
     ) -> None:
@@ -113,7 +113,7 @@ class SecondOpinion:
     async def _compare(
         self,
         champion: LoadedModel,
-        reply: dict[str, Any],
+        reply: Answer,
         model: LoadedModel,
         rerun: Callable[[LoadedModel], Coroutine[Any, Any, np.ndarray]],
         filename: str | None,
@@ -125,14 +125,14 @@ class SecondOpinion:
             logger.warning("shadow %s version %s failed on %s: %s", self.alias, model.version,
                            filename or "upload", err)  # fmt: skip
             return
-        ours, other = labels_of(champion, reply), labels_of(model, theirs)
+        ours, other = reply.labels, theirs.labels
         for task, label in ours.items():
             self.metrics.shadow_agreement.labels(task, label, other.get(task, "")).inc()
         if ours != other:
             logger.info(
                 "shadow disagrees on %s: version %s (%s) says %s, %s version %s says %s",
-                filename or "upload", champion.version, champion.ref.alias, _brief(reply),
-                self.alias, model.version, _brief(theirs),
+                filename or "upload", champion.version, champion.ref.alias, _brief(reply.body),
+                self.alias, model.version, _brief(theirs.body),
             )  # fmt: skip
 
     async def drain(self) -> None:
