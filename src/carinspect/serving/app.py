@@ -35,6 +35,7 @@ from carinspect.serving.inference import answer, finish, opened_for, thresholds_
 from carinspect.serving.limits import BodyLimit, Deadlines, RequestMetrics
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel, ModelStore
+from carinspect.serving.observers import AnsweredPhoto, DriftObserver, Observer
 from carinspect.serving.schemas import (
     AnyPrediction,
     BatchItemError,
@@ -89,6 +90,9 @@ class Service:
         )
         # FEEDBACK_DIR: a share of the answered photos kept for review; None when unset
         self.feedback = FeedbackLog(settings, self.metrics) if settings.feedback_dir else None
+        # told of every answered photo, in this order
+        self.observers: list[Observer] = [DriftObserver()]
+        self.observers += [o for o in (self.feedback, self.second) if o is not None]
         self.batcher = Batcher(
             settings.max_batch_size, settings.max_wait_ms, self.metrics.observe_batch
         )
@@ -178,19 +182,16 @@ class Service:
         probs = await future
         ms = (time.perf_counter() - started) * 1000
         reply = answer(model, probs)
-        if model.drift is not None and stats is not None:
-            model.drift.add({**stats, **model.drift_of(probs)}, reply.labels)
-        if self.feedback is not None:
-            self.feedback.offer(data, model, reply, filename)
-        if self.second is not None:
 
-            async def rerun(other: LoadedModel) -> Any:
-                same = other.spec == model.spec
-                return await self.batcher.submit(
-                    pixels if same else (await self._pixels(data, other, filename))[0], other
-                )
+        async def rerun(other: LoadedModel) -> Any:
+            same = other.spec == model.spec
+            return await self.batcher.submit(
+                pixels if same else (await self._pixels(data, other, filename))[0], other
+            )
 
-            self.second.shadow(model, reply, rerun, filename)
+        photo = AnsweredPhoto(data, filename, model, probs, stats, reply, rerun)
+        for observer in self.observers:
+            observer.observe(photo)
         kind = MultiTaskPrediction if model.multitask else Prediction
         return kind(**reply.body, processing_ms=round(ms, 3), filename=filename)
 

@@ -19,6 +19,7 @@ from carinspect.errors import InputError
 from carinspect.io import write_json_atomic, write_text_atomic
 from carinspect.serving.inference import answer, prepare
 from carinspect.serving.model_store import LoadedModel
+from carinspect.serving.observers import AnsweredPhoto, DriftObserver
 
 Reader = Callable[[], bytes]
 
@@ -67,6 +68,7 @@ def predict_inputs(
     When the model keeps a drift window, every answered photo goes into it, as in serving.
     """
     rows: list[dict[str, Any]] = []
+    drift = DriftObserver()  # the photos into the model's window, as in serving
     for chunk in _chunks(items, batch_size):
         good: list[tuple[int, np.ndarray, dict[str, float] | None]] = []
         start = len(rows)
@@ -83,8 +85,7 @@ def predict_inputs(
             for (index, _, stats), row in zip(good, probs, strict=True):
                 got = answer(model, row)
                 rows[index].update(got.body)
-                if model.drift is not None and stats is not None:
-                    model.drift.add({**stats, **model.drift_of(row)}, got.labels)
+                drift.observe(AnsweredPhoto(b"", rows[index]["path"], model, row, stats, got))
         assert len(rows) == start + len(chunk)
     return rows
 

@@ -36,6 +36,7 @@ from carinspect.data.integrity import sniff
 from carinspect.serving.inference import Answer
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel
+from carinspect.serving.observers import AnsweredPhoto
 from carinspect.serving.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,10 @@ class FeedbackLog:
         if self.enabled or self.reason == "not started":
             logger.warning("feedback sampling is off: %s; serving goes on", reason)
         self.enabled, self.reason = False, reason
+
+    def observe(self, photo: AnsweredPhoto) -> None:
+        """An answered photo: maybe kept (an :class:`~carinspect.serving.observers.Observer`)."""
+        self.offer(photo.data, photo.model, photo.answer, photo.filename)
 
     def offer(self, data: bytes, model: LoadedModel, reply: Answer, filename: str | None) -> None:
         """Maybe keep this answered upload (called on the event loop: never blocks)."""

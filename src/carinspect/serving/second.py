@@ -29,6 +29,7 @@ import numpy as np
 from carinspect.serving.inference import Answer, answer
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import LoadedModel, ModelLoadError, ModelRef, ModelStore
+from carinspect.serving.observers import AnsweredPhoto
 from carinspect.serving.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,11 @@ class SecondOpinion:
         if self.mode != "canary" or model is None or key is None:
             return None
         return model if client_bucket(key) < self.share else None
+
+    def observe(self, photo: AnsweredPhoto) -> None:
+        """An answered photo: the shadow answers it too (an observer, off the response path)."""
+        if photo.rerun is not None:
+            self.shadow(photo.model, photo.answer, photo.rerun, photo.filename)
 
     def shadow(
         self,
