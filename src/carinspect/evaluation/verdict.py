@@ -89,19 +89,20 @@ def judge(
             f"calibration collapsed: temperature {temperature:.4g} is outside [{low:g}, {high:g}] "
             "(the scores carry little signal on val; calibrated answers sit near the class prior)"
         )
+    model_lo, model_hi = _interval(draws[:, 0])
     warnings: list[str] = []
     if n < cfg.small_sample:
         warnings.append(
             f"only {n} test photos (fewer than evaluate.small_sample {cfg.small_sample}): "
             f"figures are rough; {name} {model:.2f} has a {LEVEL:.0%} interval "
-            f"[{_interval(draws[:, 0])[0]:.2f}, {_interval(draws[:, 0])[1]:.2f}]"
+            f"[{model_lo:.2f}, {model_hi:.2f}]"
         )
     return TaskVerdict(
         task=task,
         metric=cfg.verdict_metric,
         images=n,
         model=round(model, 6),
-        model_interval=_interval(draws[:, 0]),
+        model_interval=(model_lo, model_hi),
         baseline=round(baseline, 6),
         baseline_class=classes[majority],
         difference=round(model - baseline, 6),
