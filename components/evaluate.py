@@ -16,19 +16,19 @@ def evaluate(
     """Evaluate on val and test, calibrate, and log everything to the training run."""
     from pathlib import Path
 
-    from carinspect import kfp_glue
     from carinspect.config import Settings
     from carinspect.contracts.folders import EvaluateDir, SplitDir, TrainDir
     from carinspect.stages import evaluate as stage
+    from components import glue
 
-    p = kfp_glue.params_from_inputs({"evaluate_cfg": evaluate_cfg})
+    p = glue.params_from_inputs({"evaluate_cfg": evaluate_cfg})
     out = EvaluateDir(evaluation.path)
     train_dir = TrainDir(model.path)
     stage.run(
         p.evaluate, Settings(), train_dir.best, Path(data.path),
-        SplitDir(splits.path).splits, out.root, kfp_glue.run_id_of(train_dir.root),
+        SplitDir(splits.path).splits, out.root, glue.run_id_of(train_dir.root),
     )  # fmt: skip
-    kfp_glue.log_metrics(metrics, out.metrics)
-    classes, matrix = kfp_glue.confusion(out.predictions, "test")
+    glue.log_metrics(metrics, out.metrics)
+    classes, matrix = glue.confusion(out.predictions, "test")
     confusion.log_confusion_matrix(classes, matrix)
-    kfp_glue.write_markdown(report, kfp_glue.evaluation_markdown(out.metrics))
+    glue.write_markdown(report, glue.evaluation_markdown(out.metrics))

@@ -16,7 +16,6 @@ def export(
     """Export to ONNX with the calibration and thresholds, after the parity check."""
     from pathlib import Path
 
-    from carinspect import kfp_glue
     from carinspect.config import Settings
     from carinspect.contracts.folders import (
         EvaluateDir,
@@ -26,14 +25,15 @@ def export(
         TrainDir,
     )
     from carinspect.stages import export as stage
+    from components import glue
 
-    p = kfp_glue.params_from_inputs({"export_cfg": export_cfg})
+    p = glue.params_from_inputs({"export_cfg": export_cfg})
     out = ExportDir(onnx_model.path)
     train_dir = TrainDir(model.path)
     stage.run(
         p.export, Settings(), train_dir.best, EvaluateDir(evaluation.path).calibration,
         ThresholdDir(operating_point.path).rule, Path(data.path),
-        SplitDir(splits.path).splits, out.root, kfp_glue.run_id_of(train_dir.root),
+        SplitDir(splits.path).splits, out.root, glue.run_id_of(train_dir.root),
     )  # fmt: skip
-    kfp_glue.log_metrics(metrics, out.metrics)
+    glue.log_metrics(metrics, out.metrics)
     onnx_model.metadata.update({"framework": "onnx", "file": ExportDir.ONNX})

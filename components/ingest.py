@@ -22,15 +22,15 @@ def ingest(
     and the output artifact holds the manifest and the index; the tasks after it stream from
     the bucket (credentials from the ``kfp.data_secret`` Secret).
     """
-    from carinspect import kfp_glue
     from carinspect.contracts.folders import IngestDir
     from carinspect.stages import ingest as stage
+    from components import glue
 
-    p = kfp_glue.params_from_inputs(
+    p = glue.params_from_inputs(
         {"demo_cfg": demo_cfg, "coco_tasks_cfg": coco_tasks_cfg, "ingest_cfg": ingest_cfg},
         {
             "data.source": data_source,
-            "data.task": kfp_glue.task_input(data_task),
+            "data.task": glue.task_input(data_task),
             "data.format": data_format,
             "data.shards": data_shards,
         },
@@ -38,5 +38,5 @@ def ingest(
     out = IngestDir(data.path)
     stage.run(p.data, p.ingest, out.root)
     data.metadata.update({"source": p.data.source, "version": data_version})
-    kfp_glue.write_markdown(report, out.report_md.read_text())
-    kfp_glue.log_metrics(metrics, out.metrics)
+    glue.write_markdown(report, out.report_md.read_text())
+    glue.log_metrics(metrics, out.metrics)

@@ -10,15 +10,15 @@ def pick_best(tune_cfg: str, trials: Input[list[Model]], best: Output[Model]) ->
 
     from mlflow.tracking import MlflowClient
 
-    from carinspect import kfp_glue
     from carinspect.config import Settings
     from carinspect.stages.tune import best_trial_dir, finish_parent_run
+    from components import glue
 
-    cfg = kfp_glue.params_from_inputs({"tune_cfg": tune_cfg}).tune
+    cfg = glue.params_from_inputs({"tune_cfg": tune_cfg}).tune
     folders = [Path(t.path) for t in trials]
     index, value = best_trial_dir(cfg.objective, cfg.direction == "maximize", folders)
     shutil.copytree(folders[index], best.path, dirs_exist_ok=True)
-    run_id = kfp_glue.run_id_of(Path(best.path))
+    run_id = glue.run_id_of(Path(best.path))
     settings = Settings()
     parent = (
         MlflowClient(settings.mlflow_tracking_uri)

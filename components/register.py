@@ -14,16 +14,16 @@ def register(
     """Register the exported model with lineage (the pipeline run included); returns its URI."""
     from pathlib import Path
 
-    from carinspect import kfp_glue
     from carinspect.config import Settings
     from carinspect.contracts.folders import EvaluateDir
     from carinspect.stages import register as stage
+    from components import glue
 
-    kfp_glue.set_run_env(kfp_run_id)
-    p = kfp_glue.params_from_inputs({"register_cfg": register_cfg})
+    glue.set_run_env(kfp_run_id)
+    p = glue.params_from_inputs({"register_cfg": register_cfg})
     version = stage.run(
         p.register_, Settings(), Path(onnx_model.path), EvaluateDir(evaluation.path).metrics,
-        kfp_glue.run_id_of(Path(model.path)), Path(registered.path),
+        glue.run_id_of(Path(model.path)), Path(registered.path),
     )  # fmt: skip
     registered.metadata.update({"name": version.name, "version": version.version})
     return version.model_uri

@@ -9,11 +9,11 @@ def sample_trials(tune_cfg: str, model_cfg: str, train_cfg: str, mlflow_cfg: str
     opened here, before the trials start, so that they nest under it (and the tracking store
     is created once, not raced by the parallel trials).
     """
-    from carinspect import kfp_glue
     from carinspect.config import Settings
     from carinspect.stages.tune import create_parent_run, sample_configs
+    from components import glue
 
-    p = kfp_glue.params_from_inputs(
+    p = glue.params_from_inputs(
         {"tune_cfg": tune_cfg, "model_cfg": model_cfg, "train_cfg": train_cfg,
          "mlflow_cfg": mlflow_cfg}
     )  # fmt: skip

@@ -11,12 +11,12 @@ def split(
     metrics: Output[Metrics],
 ) -> None:
     """Group-aware stratified train/val/test split of the ingest manifest."""
-    from carinspect import kfp_glue
     from carinspect.contracts.folders import IngestDir, SplitDir
     from carinspect.stages import split as stage
+    from components import glue
 
-    p = kfp_glue.params_from_inputs({"split_cfg": split_cfg})
+    p = glue.params_from_inputs({"split_cfg": split_cfg})
     out = SplitDir(splits.path)
     stage.run(p.split, IngestDir(data.path).manifest, out.root)
-    kfp_glue.write_markdown(report, out.report_md.read_text())
-    kfp_glue.log_metrics(metrics, out.metrics)
+    glue.write_markdown(report, out.report_md.read_text())
+    glue.log_metrics(metrics, out.metrics)

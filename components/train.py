@@ -24,13 +24,13 @@ def train(
     """
     from pathlib import Path
 
-    from carinspect import kfp_glue
     from carinspect.config import KfpConfig, Settings
     from carinspect.contracts.folders import SplitDir, TrainDir
     from carinspect.stages import train as stage
+    from components import glue
 
     inputs = {"model_cfg": model_cfg, "train_cfg": train_cfg, "mlflow_cfg": mlflow_cfg}
-    p = kfp_glue.params_from_inputs(inputs)
+    p = glue.params_from_inputs(inputs)
     out = Path(model.path)
     if cluster:
         from carinspect.training.trainjob import train_on_nodes
@@ -43,7 +43,7 @@ def train(
             SplitDir(splits.path).splits, out, nproc=max(nproc, 1),
             parent_run_id=parent_run_id or None,
         )  # fmt: skip
-    kfp_glue.log_metrics(metrics, TrainDir(out).metrics)
-    run_id = kfp_glue.run_id_of(out)
+    glue.log_metrics(metrics, TrainDir(out).metrics)
+    run_id = glue.run_id_of(out)
     model.metadata.update({"mlflow_run_id": run_id, "framework": "timm", "name": p.model.name})
     return run_id

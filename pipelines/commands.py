@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from carinspect import kfp_glue
 from carinspect.config import Params, parse_params, set_dotted
 from carinspect.errors import InputError
+from components import glue
 from pipelines.sweep import SWEEP_FILE, build_sweep
 from pipelines.training import PIPELINE_FILE, build
 
@@ -154,7 +154,7 @@ def run_local(
     else:
         raise InputError(f"--runner {runner!r}: expected subprocess or docker")
     local.init(runner=task_runner, pipeline_root=str(pipeline_root), raise_on_error=True)
-    result = _pipeline(params, sweep)(**inputs, **kfp_glue.section_texts(params, sweep))
+    result = _pipeline(params, sweep)(**inputs, **glue.section_texts(params, sweep))
     return str(result.output)
 
 
@@ -183,7 +183,7 @@ def submit(
         client = kfp.Client(host=host)
         run = client.create_run_from_pipeline_package(
             str(package),
-            arguments={**inputs, **kfp_glue.section_texts(params, sweep)},
+            arguments={**inputs, **glue.section_texts(params, sweep)},
             experiment_name=experiment or params.kfp.pipeline_name,
             run_name=run_name,
         )

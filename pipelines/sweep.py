@@ -9,15 +9,15 @@ pruning on one node use `carinspect tune` (Katib would add adaptive parallel sea
 price of a cluster operator and its own trial CRDs; a ParallelFor needs nothing beyond KFP).
 """
 
-# no `from __future__ import annotations` here: KFP reads the pipeline signature's real types
+from __future__ import annotations
 
 from typing import Any
 
 from kfp import dsl, kubernetes
 
 import components
-from carinspect import kfp_glue
 from carinspect.config import Params
+from pipelines.signature import parameters, pipeline, stage_inputs
 from pipelines.training import _gpu_pool, _platform, prepare, release
 
 SWEEP_FILE = "pipelines/sweep_pipeline.yaml"
@@ -27,43 +27,15 @@ def build_sweep(cfg: Params) -> Any:
     """The sweep pipeline function for ``cfg``: its sections are the defaults."""
     kfp = cfg.kfp
     comp = components.build(kfp.image, kfp.train.image)
-    d = kfp_glue.section_texts(cfg, sweep=True)
 
-    @dsl.pipeline(  # type: ignore[untyped-decorator]
-        name=f"{kfp.pipeline_name}-sweep",
-        description="carinspect: a hyper-parameter sweep, then the best trial to the registry",
-    )
-    def sweep(
-        data_version: str,
-        data_source: str = cfg.data.source,
-        data_task: str = kfp_glue.task_text(cfg.data.task),
-        data_format: str = cfg.data.format,
-        data_shards: str = cfg.data.shards,
-        coco_tasks_cfg: str = d["coco_tasks_cfg"],
-        demo_cfg: str = d["demo_cfg"],
-        ingest_cfg: str = d["ingest_cfg"],
-        split_cfg: str = d["split_cfg"],
-        model_cfg: str = d["model_cfg"],
-        train_cfg: str = d["train_cfg"],
-        mlflow_cfg: str = d["mlflow_cfg"],
-        tune_cfg: str = d["tune_cfg"],
-        evaluate_cfg: str = d["evaluate_cfg"],
-        threshold_cfg: str = d["threshold_cfg"],
-        export_cfg: str = d["export_cfg"],
-        register_cfg: str = d["register_cfg"],
-    ) -> str:
-        ingest, split = prepare(
-            comp, data_source, data_version, data_task, data_format, data_shards, coco_tasks_cfg,
-            demo_cfg, ingest_cfg, split_cfg,
-        )  # fmt: skip
-        sample = comp.sample_trials(
-            tune_cfg=tune_cfg, model_cfg=model_cfg, train_cfg=train_cfg, mlflow_cfg=mlflow_cfg
-        )
+    def sweep(inputs: dict[str, Any]) -> Any:
+        ingest, split = prepare(comp, inputs)
+        sample = comp.sample_trials(tune_cfg=inputs["tune_cfg"], **stage_inputs(inputs, "train"))
         with dsl.ParallelFor(sample.output) as trial:
             train = comp.train(
                 model_cfg=trial.model_cfg,
                 train_cfg=trial.train_cfg,
-                mlflow_cfg=mlflow_cfg,
+                mlflow_cfg=inputs["mlflow_cfg"],
                 data=ingest.outputs["data"],
                 splits=split.outputs["splits"],
                 nproc=max(kfp.train.gpus, 1),
@@ -74,14 +46,20 @@ def build_sweep(cfg: Params) -> Any:
             kubernetes.use_field_path_as_env(
                 train, "KFP_RUN_ID", "metadata.labels['pipeline/runid']"
             )
-        best = comp.pick_best(tune_cfg=tune_cfg, trials=dsl.Collected(train.outputs["model"]))
-        model = best.outputs["best"]
+        best = comp.pick_best(
+            tune_cfg=inputs["tune_cfg"], trials=dsl.Collected(train.outputs["model"])
+        )
         evaluate, threshold, export, register = release(
-            comp, model, ingest, split, evaluate_cfg, threshold_cfg, export_cfg, register_cfg
+            comp, best.outputs["best"], ingest, split, inputs
         )
         for task in (ingest, split, sample, best, evaluate, threshold, export, register):
             _platform(task, kfp)
         sample.set_caching_options(False)  # a new parent MLflow run for every sweep
-        return register.outputs["Output"]  # type: ignore[no-any-return]
+        return register.outputs["Output"]
 
-    return sweep
+    return pipeline(
+        f"{kfp.pipeline_name}-sweep",
+        "carinspect: a hyper-parameter sweep, then the best trial to the registry",
+        parameters(cfg, sweep=True),
+        sweep,
+    )

@@ -15,15 +15,15 @@ the MLflow ConfigMap and Secret into every task's environment. Settings for the 
 ignored by the local runner.
 """
 
-# no `from __future__ import annotations` here: KFP reads the pipeline signature's real types
+from __future__ import annotations
 
 from typing import Any
 
 from kfp import dsl, kubernetes
 
 import components
-from carinspect import kfp_glue
 from carinspect.config import DATA_SECRET_KEYS, KfpConfig, Params
+from pipelines.signature import parameters, pipeline, stage_inputs
 
 PIPELINE_FILE = "pipelines/training_pipeline.yaml"
 
@@ -73,82 +73,54 @@ def build(cfg: Params) -> Any:
     """The pipeline function for ``cfg`` (params.yaml parsed): its sections are the defaults."""
     kfp = cfg.kfp
     comp = components.build(kfp.image, kfp.train.image)
-    d = kfp_glue.section_texts(cfg)
     # multi-node training needs the cluster settings at run time; single-node training does not,
     # so they are not part of its cache key
     cluster = kfp.model_dump_json() if kfp.train.nodes > 1 else ""
 
-    @dsl.pipeline(  # type: ignore[untyped-decorator]
-        name=kfp.pipeline_name,
-        description="carinspect: labelled vehicle photos to a registered image classifier",
-    )
-    def training(
-        data_version: str,
-        data_source: str = cfg.data.source,
-        data_task: str = kfp_glue.task_text(cfg.data.task),
-        data_format: str = cfg.data.format,
-        data_shards: str = cfg.data.shards,
-        coco_tasks_cfg: str = d["coco_tasks_cfg"],
-        demo_cfg: str = d["demo_cfg"],
-        ingest_cfg: str = d["ingest_cfg"],
-        split_cfg: str = d["split_cfg"],
-        model_cfg: str = d["model_cfg"],
-        train_cfg: str = d["train_cfg"],
-        mlflow_cfg: str = d["mlflow_cfg"],
-        evaluate_cfg: str = d["evaluate_cfg"],
-        threshold_cfg: str = d["threshold_cfg"],
-        export_cfg: str = d["export_cfg"],
-        register_cfg: str = d["register_cfg"],
-    ) -> str:
-        ingest, split = prepare(
-            comp, data_source, data_version, data_task, data_format, data_shards, coco_tasks_cfg,
-            demo_cfg, ingest_cfg, split_cfg,
-        )  # fmt: skip
+    def training(inputs: dict[str, Any]) -> Any:
+        ingest, split = prepare(comp, inputs)
         train = comp.train(
-            model_cfg=model_cfg,
-            train_cfg=train_cfg,
-            mlflow_cfg=mlflow_cfg,
+            **stage_inputs(inputs, "train"),
             data=ingest.outputs["data"],
             splits=split.outputs["splits"],
             nproc=max(kfp.train.gpus, 1),
             cluster=cluster,
         )
         evaluate, threshold, export, register = release(
-            comp, train.outputs["model"], ingest, split,
-            evaluate_cfg, threshold_cfg, export_cfg, register_cfg,
-        )  # fmt: skip
+            comp, train.outputs["model"], ingest, split, inputs
+        )
         for task in (ingest, split, evaluate, threshold, export, register):
             _platform(task, kfp)
         _gpu_pool(train, kfp)
         # the run id for the training run's lineage tags, from the pod's label: not an input
         kubernetes.use_field_path_as_env(train, "KFP_RUN_ID", "metadata.labels['pipeline/runid']")
-        return register.outputs["Output"]  # type: ignore[no-any-return]
+        return register.outputs["Output"]
 
-    return training
+    return pipeline(
+        kfp.pipeline_name,
+        "carinspect: labelled vehicle photos to a registered image classifier",
+        parameters(cfg),
+        training,
+    )
 
 
 def release(
-    comp: Any,
-    model: Any,
-    ingest: Any,
-    split: Any,
-    evaluate_cfg: Any,
-    threshold_cfg: Any,
-    export_cfg: Any,
-    register_cfg: Any,
+    comp: Any, model: Any, ingest: Any, split: Any, inputs: dict[str, Any]
 ) -> tuple[Any, Any, Any, Any]:
     """Evaluate, threshold, export and register ``model`` (the training or the sweep's best)."""
     evaluate = comp.evaluate(
-        evaluate_cfg=evaluate_cfg,
+        **stage_inputs(inputs, "evaluate"),
         model=model,
         data=ingest.outputs["data"],
         splits=split.outputs["splits"],
     )
     threshold = comp.threshold(
-        threshold_cfg=threshold_cfg, model=model, evaluation=evaluate.outputs["evaluation"]
+        **stage_inputs(inputs, "threshold"),
+        model=model,
+        evaluation=evaluate.outputs["evaluation"],
     )
     export = comp.export(
-        export_cfg=export_cfg,
+        **stage_inputs(inputs, "export"),
         model=model,
         evaluation=evaluate.outputs["evaluation"],
         operating_point=threshold.outputs["operating_point"],
@@ -156,7 +128,7 @@ def release(
         splits=split.outputs["splits"],
     )
     register = comp.register(
-        register_cfg=register_cfg,
+        **stage_inputs(inputs, "register"),
         model=model,
         evaluation=evaluate.outputs["evaluation"],
         onnx_model=export.outputs["onnx_model"],
@@ -166,27 +138,8 @@ def release(
     return evaluate, threshold, export, register
 
 
-def prepare(
-    comp: Any,
-    data_source: Any,
-    data_version: Any,
-    data_task: Any,
-    data_format: Any,
-    data_shards: Any,
-    coco_tasks_cfg: Any,
-    demo_cfg: Any,
-    ingest_cfg: Any,
-    split_cfg: Any,
-) -> tuple[Any, Any]:
+def prepare(comp: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
     """Ingest and split: the data every pipeline trains on."""
-    ingest = comp.ingest(
-        data_source=data_source,
-        data_version=data_version,
-        data_task=data_task,
-        data_format=data_format,
-        data_shards=data_shards,
-        coco_tasks_cfg=coco_tasks_cfg,
-        demo_cfg=demo_cfg,
-        ingest_cfg=ingest_cfg,
-    )
-    return ingest, comp.split(split_cfg=split_cfg, data=ingest.outputs["data"])
+    ingest = comp.ingest(**stage_inputs(inputs, "ingest"))
+    split = comp.split(**stage_inputs(inputs, "split"), data=ingest.outputs["data"])
+    return ingest, split

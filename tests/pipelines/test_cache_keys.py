@@ -15,7 +15,7 @@ from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from carinspect.config import KfpConfig
-from carinspect.kfp_glue import SECTION_INPUTS
+from components.glue import SECTION_INPUTS
 from pipelines.commands import compile_pipeline
 from pipelines.training import PIPELINE_FILE
 from tests.conftest import REPO_ROOT
@@ -145,3 +145,32 @@ def test_multi_node_training_gets_the_cluster_settings(tmp_path: Path) -> None:
 
 def _kfp_train() -> dict[str, Any]:
     return dict(yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["kfp"]["train"])
+
+
+def test_pipeline_inputs_are_the_stage_sections_with_params_yaml_defaults() -> None:
+    """Both pipelines take one input per section a stage reads, defaulting to params.yaml's."""
+    import json
+
+    from carinspect.config import parse_params
+    from carinspect.stages.spec import STAGES
+    from pipelines.sweep import SWEEP_FILE
+
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = parse_params(raw, "params.yaml").model_dump(mode="json", by_alias=True)
+
+    def section(key: str) -> Any:
+        node = params
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    expected = {f"{key.rpartition('.')[2]}_cfg": key for s in STAGES for key in s.sections}
+    data_inputs = {"data_version", "data_source", "data_task", "data_format", "data_shards"}
+    for path, extra in ((PIPELINE_FILE, {}), (SWEEP_FILE, {"tune_cfg": "tune"})):
+        spec, _ = strict_docs(REPO_ROOT / path)
+        inputs = spec["root"]["inputDefinitions"]["parameters"]
+        assert set(inputs) == data_inputs | set(expected) | set(extra), path
+        for name, key in {**expected, **extra}.items():
+            assert json.loads(inputs[name]["defaultValue"]) == section(key), (path, name)
+        assert inputs["data_source"]["defaultValue"] == params["data"]["source"]
+        assert "defaultValue" not in inputs["data_version"]  # it keys ingest's cache: no default

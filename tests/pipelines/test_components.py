@@ -10,8 +10,8 @@ from kfp import dsl
 from mlflow.tracking import MlflowClient
 
 from carinspect.config import parse_params
-from carinspect.kfp_glue import params_from_inputs, section_texts
 from components import FUNCTIONS
+from components.glue import params_from_inputs, section_texts
 from tests.conftest import REPO_ROOT
 
 

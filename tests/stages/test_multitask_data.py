@@ -126,15 +126,15 @@ def test_coco_categories_mapped_to_tasks(tmp_path: Path, demo_dir: Path) -> None
 
 
 def test_kfp_inputs_carry_several_tasks() -> None:
-    from carinspect import kfp_glue
+    from components import glue
 
-    assert kfp_glue.task_input("") is None
-    assert kfp_glue.task_input("damage") == "damage"
-    assert kfp_glue.task_input("cleanliness, damage") == TASKS
-    assert kfp_glue.task_text(TASKS) == "cleanliness,damage" and kfp_glue.task_text(None) == ""
+    assert glue.task_input("") is None
+    assert glue.task_input("damage") == "damage"
+    assert glue.task_input("cleanliness, damage") == TASKS
+    assert glue.task_text(TASKS) == "cleanliness,damage" and glue.task_text(None) == ""
     mapping = {"cleanliness": ["clean", "dirty"], "damage": ["damaged", "intact"]}
-    p = kfp_glue.params_from_inputs(
+    p = glue.params_from_inputs(
         {"coco_tasks_cfg": json.dumps(mapping)},
-        {"data.source": "x/coco.json", "data.task": kfp_glue.task_input("damage")},
+        {"data.source": "x/coco.json", "data.task": glue.task_input("damage")},
     )
     assert p.data.coco_tasks == mapping and p.data.task == "damage"

@@ -130,9 +130,9 @@ def test_export_has_one_output_per_task_and_serving_answers_each(two_tasks: Path
 
 
 def test_kfp_confusion_and_report_of_two_tasks(two_tasks: Path) -> None:
-    from carinspect import kfp_glue
+    from components import glue
 
-    names, matrix = kfp_glue.confusion(two_tasks / "eval" / "predictions.csv", "test")
+    names, matrix = glue.confusion(two_tasks / "eval" / "predictions.csv", "test")
     assert names == [
         "cleanliness: clean",
         "cleanliness: dirty",
@@ -142,7 +142,7 @@ def test_kfp_confusion_and_report_of_two_tasks(two_tasks: Path) -> None:
     assert all(matrix[i][j] == 0 for i in (0, 1) for j in (2, 3))  # no cross-task cells
     metrics = json.loads((two_tasks / "eval" / "metrics.json").read_text())
     assert sum(map(sum, matrix[2:])) == metrics["tasks"]["damage"]["test"]["images"]
-    text = kfp_glue.evaluation_markdown(two_tasks / "eval" / "metrics.json")
+    text = glue.evaluation_markdown(two_tasks / "eval" / "metrics.json")
     assert "| damage, test |" in text and "means over the tasks" in text
 
 

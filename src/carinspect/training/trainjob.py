@@ -41,6 +41,7 @@ from carinspect.contracts.folders import SplitDir
 from carinspect.data.objects import download_tree, remove_tree, upload_tree
 from carinspect.data.store import ShardStore, open_store
 from carinspect.errors import InputError
+from carinspect.stages.spec import SPEC
 
 logger = logging.getLogger(__name__)
 
@@ -303,8 +304,8 @@ def node_env(cfg: KfpConfig, kfp_run_id: str) -> list[dict[str, Any]]:
 
 
 def node_params(params: Params) -> str:
-    """The params.yaml the nodes read: the sections train reads (model, train, mlflow)."""
-    sections = params.model_dump(mode="json", include={"model", "train", "mlflow"})
+    """The params.yaml the nodes read: the sections the train stage reads (its spec)."""
+    sections = params.model_dump(mode="json", include=set(SPEC["train"].sections))
     return yaml.safe_dump(sections, sort_keys=False)
 
 
