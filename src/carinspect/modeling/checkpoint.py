@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from carinspect.contracts.checkpoint import REQUIRED, Checkpoint
 from carinspect.errors import InputError
 from carinspect.io import default_mode
 
@@ -51,7 +52,7 @@ def weights_digest(weights: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
+def model_from_checkpoint(state: Checkpoint) -> torch.nn.Module:
     """Rebuild the network a checkpoint was trained with and load its weights (eval mode)."""
     from carinspect.config import ModelConfig
     from carinspect.contracts.tasks import num_outputs, tasks_of_checkpoint
@@ -63,16 +64,16 @@ def model_from_checkpoint(state: dict[str, Any]) -> torch.nn.Module:
     return model.eval()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path) -> Checkpoint:
     """Load a checkpoint written by :func:`save_checkpoint` onto the CPU."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        state: Checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable checkpoint: {err}") from None
-    for key in ("model", "classes", "config", "epoch"):
+    for key in REQUIRED:
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint lacks {key!r}")
     return state

@@ -35,6 +35,7 @@ import torch
 
 from carinspect.config import ExportConfig, Settings
 from carinspect.contracts.cards import parse_card
+from carinspect.contracts.checkpoint import Checkpoint, model_section
 from carinspect.contracts.folders import ExportDir, IngestDir
 from carinspect.contracts.onnx_names import FEATURES, INPUT, MASK, OUTPUTS, task_output
 from carinspect.contracts.preprocess import PreprocessSpec
@@ -155,16 +156,16 @@ def _answers(tasks: list[TaskSpec], calibration: dict[str, Any], threshold: Path
     return answers
 
 
-def _dropout_rate(state: dict[str, Any], separable: bool) -> float:
+def _dropout_rate(state: Checkpoint, separable: bool) -> float:
     """The dropout rate MC dropout can sample at serving time (0: none)."""
-    rate = float(state["config"]["model"].get("drop_rate", 0.0))
+    rate = float(model_section(state).get("drop_rate", 0.0))
     if rate <= 0:
         return 0.0
     if not separable:
         logger.warning(
             "model %s: its output is not classifier(pooled features), so MC dropout is not "
             "exported (serving cannot sample its dropout)",
-            state["config"]["model"]["name"],
+            model_section(state)["name"],
         )
         return 0.0
     return rate
@@ -339,7 +340,7 @@ def run(
                 "decision": answers[0].decision,
             }
         card = parse_card({
-            "name": state["config"]["model"]["name"],
+            "name": model_section(state)["name"],
             **answer,
             "preprocess": spec.to_dict(),
             "input": {
