@@ -48,7 +48,8 @@ from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.data.images import ImageLimits
 from carinspect.io import write_json_atomic
 from carinspect.serving.inference import answer, pixels_for
-from carinspect.serving.model_store import LoadedModel, ModelRef, open_model
+from carinspect.serving.loaded import LoadedModel, ModelRef
+from carinspect.serving.opening import open_model
 from carinspect.serving.settings import ServeSettings
 
 TASKS = {"cleanliness": ["clean", "dirty"], "damage": ["damaged", "intact"]}

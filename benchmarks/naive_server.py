@@ -21,7 +21,8 @@ from PIL import Image
 
 from carinspect.data.preprocess import preprocess
 from carinspect.serving.inference import answer
-from carinspect.serving.model_store import ModelRef, open_model
+from carinspect.serving.loaded import ModelRef, PhotoScores
+from carinspect.serving.opening import open_model
 from carinspect.serving.settings import ServeSettings
 
 _folder = Path(os.environ["MODEL_DIR"])
@@ -43,4 +44,4 @@ def predict(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008 (Fast
     """Decode, preprocess and run one image."""
     image = Image.open(io.BytesIO(file.file.read())).convert("RGB")  # full-resolution decode
     pixels = preprocess(image, _model.spec)
-    return answer(_model, _model.probabilities(pixels[None])[0])
+    return answer(_model, PhotoScores(_model.probabilities(pixels[None])[0])).body

@@ -60,7 +60,8 @@ from PIL import Image
 
 from carinspect.data.images import ImageLimits
 from carinspect.serving.inference import pixels_for
-from carinspect.serving.model_store import ModelRef, open_model
+from carinspect.serving.loaded import ModelRef
+from carinspect.serving.opening import open_model
 from carinspect.serving.settings import ServeSettings
 
 ROOT = Path(__file__).resolve().parents[1]

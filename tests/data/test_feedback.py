@@ -17,8 +17,9 @@ from carinspect.data.manifest import read_manifest
 from carinspect.data.sources import SourceError
 from carinspect.serving.feedback import FeedbackLog
 from carinspect.serving.inference import answer, pixels_for
+from carinspect.serving.loaded import ModelRef
 from carinspect.serving.metrics import ServingMetrics
-from carinspect.serving.model_store import ModelRef, open_model
+from carinspect.serving.opening import open_model
 from carinspect.serving.settings import ServeSettings
 from carinspect.stages import ingest
 from tests.e2e.project import sh

@@ -15,7 +15,8 @@ from PIL import Image
 
 from carinspect.data.images import ImageLimits
 from carinspect.serving.inference import pixels_for
-from carinspect.serving.model_store import ModelRef, open_model
+from carinspect.serving.loaded import ModelRef
+from carinspect.serving.opening import open_model
 from carinspect.serving.settings import ServeSettings
 from tests.corpus.malformed import png_rows
 from tests.serving.conftest import Server, image_bytes

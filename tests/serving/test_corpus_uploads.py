@@ -2,7 +2,7 @@
 
 import httpx
 
-from carinspect.serving.app import IMAGE_STATUS
+from carinspect.serving.service import IMAGE_STATUS
 from tests.conftest import Server
 from tests.corpus.malformed import cases
 

@@ -14,14 +14,9 @@ from pydantic import ValidationError
 from carinspect.data.images import ImageLimits
 from carinspect.data.manifest import read_splits
 from carinspect.serving.inference import pixels_for
-from carinspect.serving.model_store import (
-    ModelLoadError,
-    ModelRef,
-    ModelStore,
-    apply_overrides,
-    open_model,
-    provider_options,
-)
+from carinspect.serving.loaded import ModelLoadError, ModelRef
+from carinspect.serving.model_store import ModelStore
+from carinspect.serving.opening import apply_overrides, open_model, provider_options
 from carinspect.serving.settings import ServeSettings
 from tests.conftest import VENV_BIN, Prepared, registered_store
 from tests.serving.conftest import image_bytes
@@ -272,7 +267,7 @@ def test_cuda_provider_is_really_used(upstream: dict[str, Path]) -> None:
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice is Linux's")
 def test_decoding_threads_run_below_inference_priority(upstream: dict[str, Path]) -> None:
     """Uploads are decoded at DECODE_NICE below the threads that finish requests."""
-    from carinspect.serving.app import Service
+    from carinspect.serving.service import Service
 
     def own_nice() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())

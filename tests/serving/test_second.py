@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from carinspect.config import RegisterConfig, Settings
 from carinspect.serving.app import create_app
-from carinspect.serving.model_store import ModelLoadError
+from carinspect.serving.loaded import ModelLoadError
 from carinspect.serving.second import client_bucket
 from carinspect.serving.settings import ServeSettings
 from carinspect.stages import register

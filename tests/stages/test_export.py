@@ -142,7 +142,8 @@ def test_a_single_task_model_with_dropout_gets_an_mc_head_that_serves(
     from carinspect.data.images import ImageLimits
     from carinspect.modeling.checkpoint import load_checkpoint, save_checkpoint
     from carinspect.serving.inference import answer, pixels_for
-    from carinspect.serving.model_store import ModelRef, open_model
+    from carinspect.serving.loaded import ModelRef
+    from carinspect.serving.opening import open_model
     from carinspect.serving.settings import ServeSettings
     from tests.conftest import start_server, stop_process
 

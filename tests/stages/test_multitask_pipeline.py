@@ -14,7 +14,8 @@ from carinspect.config import EvaluateConfig, ExportConfig, Settings, ThresholdC
 from carinspect.contracts.cards import read_card
 from carinspect.data.images import ImageLimits
 from carinspect.serving.inference import pixels_for
-from carinspect.serving.model_store import ModelLoadError, ModelRef, open_model
+from carinspect.serving.loaded import ModelLoadError, ModelRef
+from carinspect.serving.opening import open_model
 from carinspect.serving.settings import ServeSettings
 from carinspect.stages import evaluate, export, threshold, train
 from carinspect.stages.threshold import ThresholdError
@@ -161,18 +162,23 @@ def test_mc_dropout_samples_the_head_and_reports_the_spread(
         ref, None, folder, ServeSettings(MC_SAMPLES=200, MC_SEED=0, DRIFT_WINDOW=0)
     )
     pixels = np.stack([pixels_for(photo.read_bytes(), plain, ImageLimits())] * 2)
-    rows = sampled.infer(pixels)
+    scores = sampled.infer(pixels)
     width = plain.probabilities(pixels).shape[1]
-    assert rows.shape == (2, 3 * width)
-    np.testing.assert_allclose(rows[:, :width], plain.probabilities(pixels), atol=1e-6)
-    mean, std = rows[0, width : 2 * width], rows[0, 2 * width :]
+    assert scores.mc_mean is not None and scores.mc_std is not None and scores.distance is None
+    assert scores.probs.shape == scores.mc_mean.shape == scores.mc_std.shape == (2, width)
+    np.testing.assert_allclose(scores.probs, plain.probabilities(pixels), atol=1e-6)
+    mean, std = scores.mc_mean[0], scores.mc_std[0]
     assert (std > 0).all() and (std < 0.5).all()  # dropout moves the probabilities, a little
-    assert np.allclose(rows[0, width:], rows[1, width:]) is False  # fresh masks per image
-    assert np.abs(mean - rows[0, :width]).max() < 0.25
+    assert np.allclose(scores.mc_mean[0], scores.mc_mean[1]) is False  # fresh masks per image
+    assert np.abs(mean - scores.probs[0]).max() < 0.25
     again = open_model(ref, None, folder, ServeSettings(MC_SAMPLES=200, MC_SEED=0))
-    drifting = again.infer(pixels)  # the default window: one more column, the distance
-    assert drifting.shape == (2, 3 * width + 1) and (drifting[:, -1] >= 0).all()
-    np.testing.assert_array_equal(drifting[:, :-1], rows)  # MC_SEED makes it reproducible
+    drifting = again.infer(pixels)  # the default window: the embedding distance too
+    assert drifting.distance is not None and drifting.distance.shape == (2,)
+    assert (drifting.distance >= 0).all()
+    assert drifting.mc_mean is not None and drifting.mc_std is not None
+    for got, want in ((drifting.probs, scores.probs), (drifting.mc_mean, scores.mc_mean),
+                      (drifting.mc_std, scores.mc_std)):  # fmt: skip
+        np.testing.assert_array_equal(got, want)  # MC_SEED makes it reproducible
 
     server = start_server(two_tasks, {"MODEL_URI": str(folder), "MC_SAMPLES": "30"})
     try:

@@ -53,7 +53,8 @@ def predict(
     against the folder names.
     """
     from carinspect.serving.batch_predict import confusion_text, folder_truth, label_counts
-    from carinspect.serving.model_store import ModelLoadError, ModelStore
+    from carinspect.serving.loaded import ModelLoadError
+    from carinspect.serving.model_store import ModelStore
     from carinspect.serving.settings import ServeSettings
 
     settings = ServeSettings()
@@ -152,7 +153,8 @@ def export_triton(
     model_uri: ModelUriOpt = None,
 ) -> None:
     """Write a Triton model repository entry (config.pbtxt, the ONNX model, model.json)."""
-    from carinspect.serving.model_store import ModelStore, read_meta
+    from carinspect.serving.model_store import ModelStore
+    from carinspect.serving.opening import read_meta
     from carinspect.serving.settings import ServeSettings
     from carinspect.serving.triton import publish, write_repository
 

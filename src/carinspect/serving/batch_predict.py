@@ -18,7 +18,7 @@ from carinspect.data.images import ImageError, ImageLimits
 from carinspect.errors import InputError
 from carinspect.io import write_json_atomic, write_text_atomic
 from carinspect.serving.inference import answer, prepare
-from carinspect.serving.model_store import LoadedModel
+from carinspect.serving.loaded import LoadedModel
 from carinspect.serving.observers import AnsweredPhoto, DriftObserver
 
 Reader = Callable[[], bytes]
@@ -81,11 +81,11 @@ def predict_inputs(
             except OSError as err:
                 rows.append({"path": name, "error": "unreadable", "detail": str(err)})
         if good:
-            probs = model.infer(np.stack([p for _, p, _ in good]))
-            for (index, _, stats), row in zip(good, probs, strict=True):
-                got = answer(model, row)
+            scores = model.infer(np.stack([p for _, p, _ in good]))
+            for (index, _, stats), photo in zip(good, scores, strict=True):
+                got = answer(model, photo)
                 rows[index].update(got.body)
-                drift.observe(AnsweredPhoto(b"", rows[index]["path"], model, row, stats, got))
+                drift.observe(AnsweredPhoto(b"", rows[index]["path"], model, photo, stats, got))
         assert len(rows) == start + len(chunk)
     return rows
 

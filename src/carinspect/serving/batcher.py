@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from carinspect.serving.model_store import LoadedModel
+from carinspect.serving.loaded import LoadedModel, PhotoScores, Scores
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 class _Item:
     pixels: np.ndarray
     model: LoadedModel
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[PhotoScores]
     queued_at: float
 
 
@@ -79,16 +79,16 @@ class Batcher:
         finally:
             self._coming -= 1
 
-    def enqueue(self, pixels: np.ndarray, model: LoadedModel) -> asyncio.Future[np.ndarray]:
-        """Queue one preprocessed image (3, H, W); the future resolves to its probabilities."""
+    def enqueue(self, pixels: np.ndarray, model: LoadedModel) -> asyncio.Future[PhotoScores]:
+        """Queue one preprocessed image (3, H, W); the future resolves to its scores."""
         if self._queue is None:
             raise RuntimeError("batcher is not running")
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[PhotoScores] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(pixels, model, future, time.perf_counter()))
         return future
 
-    async def submit(self, pixels: np.ndarray, model: LoadedModel) -> np.ndarray:
-        """Probabilities for one preprocessed image (3, H, W)."""
+    async def submit(self, pixels: np.ndarray, model: LoadedModel) -> PhotoScores:
+        """The scores of one preprocessed image (3, H, W)."""
         return await self.enqueue(pixels, model)
 
     async def _collect(self) -> None:
@@ -123,11 +123,11 @@ class Batcher:
         waits = [started - i.queued_at for i in live]
         model = live[0].model
 
-        def infer() -> np.ndarray:  # the stack copies megabytes: keep it off the event loop too
+        def infer() -> Scores:  # the stack copies megabytes: keep it off the event loop too
             return model.infer(np.stack([i.pixels for i in live]))
 
         try:
-            probs = await asyncio.get_running_loop().run_in_executor(self._executor, infer)
+            scores = await asyncio.get_running_loop().run_in_executor(self._executor, infer)
         except Exception as err:  # onnxruntime errors go to the requests, not the collector
             logger.exception("inference failed for a batch of %d", len(live))
             for item in live:
@@ -136,6 +136,6 @@ class Batcher:
             return
         if self._observe is not None:
             self._observe(len(live), waits, time.perf_counter() - started)
-        for item, row in zip(live, probs, strict=True):
+        for item, photo in zip(live, scores, strict=True):
             if not item.future.done():
-                item.future.set_result(row)
+                item.future.set_result(photo)

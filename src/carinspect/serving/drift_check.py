@@ -14,7 +14,8 @@ from typing import Any
 from carinspect.data.images import ImageLimits
 from carinspect.errors import InputError
 from carinspect.serving.batch_predict import Reader, label_counts, list_inputs, predict_inputs
-from carinspect.serving.model_store import LoadedModel, ModelLoadError, ModelStore
+from carinspect.serving.loaded import LoadedModel, ModelLoadError
+from carinspect.serving.model_store import ModelStore
 from carinspect.serving.settings import ServeSettings
 
 SIDE_FILES = (".json", ".csv", ".md")  # a feedback log's records beside its photos: not photos

@@ -34,8 +34,8 @@ from carinspect.data.feedback import RECORD
 from carinspect.data.fingerprint import sha256_bytes
 from carinspect.data.integrity import sniff
 from carinspect.serving.inference import Answer
+from carinspect.serving.loaded import LoadedModel
 from carinspect.serving.metrics import ServingMetrics
-from carinspect.serving.model_store import LoadedModel
 from carinspect.serving.observers import AnsweredPhoto
 from carinspect.serving.settings import ServeSettings
 

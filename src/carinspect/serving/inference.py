@@ -11,7 +11,7 @@ from carinspect.data.images import ImageLimits, OpenedImage, open_image
 from carinspect.data.preprocess import preprocess
 from carinspect.drift.profile import photo_stats
 from carinspect.evaluation.decision import UNCERTAIN, decide_from_spec
-from carinspect.serving.model_store import LoadedModel
+from carinspect.serving.loaded import LoadedModel, PhotoScores
 
 UNCERTAIN_LABEL = "uncertain"
 
@@ -82,8 +82,8 @@ class Answer:
     labels: dict[str, str]
 
 
-def answer(model: LoadedModel, row: np.ndarray) -> Answer:
-    """The answer for one row of :meth:`LoadedModel.infer`.
+def answer(model: LoadedModel, scores: PhotoScores) -> Answer:
+    """The answer for one photo's scores (:meth:`LoadedModel.infer`).
 
     One task: label, confidence, probabilities and rule at the top level (the seed service's
     shape). Several: the same four under ``tasks``, keyed by task name. With MC dropout on,
@@ -91,14 +91,11 @@ def answer(model: LoadedModel, row: np.ndarray) -> Answer:
     label still comes from the deterministic ones, which the decision rule was tuned on).
     """
     which = {"name": model.ref.name, "version": model.version, "alias": model.ref.alias}
-    width = sum(len(t.classes) for t in model.tasks)
-    probs = row[:width]
     answers = {}
     for t in model.tasks:
-        got = task_answer(probs[t.columns], t.classes, t.decision)
-        if model.mc is not None:
-            mean = row[width : 2 * width][t.columns]
-            std = row[2 * width : 3 * width][t.columns]
+        got = task_answer(scores.probs[t.columns], t.classes, t.decision)
+        if model.mc is not None and scores.mc_mean is not None and scores.mc_std is not None:
+            mean, std = scores.mc_mean[t.columns], scores.mc_std[t.columns]
             got["uncertainty"] = {
                 "samples": model.mc.samples,
                 "mean": {c: round(float(v), 6) for c, v in zip(t.classes, mean, strict=True)},

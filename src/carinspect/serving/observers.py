@@ -11,13 +11,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
-
 from carinspect.serving.inference import Answer
-from carinspect.serving.model_store import LoadedModel
+from carinspect.serving.loaded import LoadedModel, PhotoScores
 
 # rerun(model): the same photo preprocessed for ``model`` and run through the batcher
-Rerun = Callable[[LoadedModel], Coroutine[Any, Any, np.ndarray]]
+Rerun = Callable[[LoadedModel], Coroutine[Any, Any, PhotoScores]]
 
 
 @dataclass(frozen=True)
@@ -27,7 +25,7 @@ class AnsweredPhoto:
     data: bytes  # the upload as sent
     filename: str | None
     model: LoadedModel
-    row: np.ndarray  # the model's output row (probabilities, and what drift reads)
+    scores: PhotoScores  # what the model gave (probabilities, and what drift reads)
     stats: dict[str, float] | None  # drift statistics of the photo, when the model keeps any
     answer: Answer
     rerun: Rerun | None = None  # None where there is no batcher (carinspect predict)
@@ -48,4 +46,4 @@ class DriftObserver:
         """The photo's statistics and answered labels into the window."""
         model = photo.model
         if model.drift is not None and photo.stats is not None:
-            model.drift.add({**photo.stats, **model.drift_of(photo.row)}, photo.answer.labels)
+            model.drift.add({**photo.stats, **model.drift_of(photo.scores)}, photo.answer.labels)

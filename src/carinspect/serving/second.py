@@ -24,11 +24,10 @@ import random
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import numpy as np
-
 from carinspect.serving.inference import Answer, answer
+from carinspect.serving.loaded import LoadedModel, ModelLoadError, ModelRef, PhotoScores
 from carinspect.serving.metrics import ServingMetrics
-from carinspect.serving.model_store import LoadedModel, ModelLoadError, ModelRef, ModelStore
+from carinspect.serving.model_store import ModelStore
 from carinspect.serving.observers import AnsweredPhoto
 from carinspect.serving.settings import ServeSettings
 
@@ -94,7 +93,7 @@ class SecondOpinion:
         self,
         champion: LoadedModel,
         reply: Answer,
-        rerun: Callable[[LoadedModel], Coroutine[Any, Any, np.ndarray]],
+        rerun: Callable[[LoadedModel], Coroutine[Any, Any, PhotoScores]],
         filename: str | None,
     ) -> None:
         """Answer the same photo with the shadow model later, and count the agreement.
@@ -121,7 +120,7 @@ class SecondOpinion:
         champion: LoadedModel,
         reply: Answer,
         model: LoadedModel,
-        rerun: Callable[[LoadedModel], Coroutine[Any, Any, np.ndarray]],
+        rerun: Callable[[LoadedModel], Coroutine[Any, Any, PhotoScores]],
         filename: str | None,
     ) -> None:
         try:

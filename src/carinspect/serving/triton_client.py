@@ -20,12 +20,8 @@ from carinspect.contracts.base import ContractError
 from carinspect.contracts.cards import read_card
 from carinspect.contracts.folders import ExportDir
 from carinspect.contracts.onnx_names import INPUT
-from carinspect.serving.model_store import (
-    LoadedModel,
-    ModelLoadError,
-    ModelRef,
-    model_from_session,
-)
+from carinspect.serving.loaded import LoadedModel, ModelLoadError, ModelRef
+from carinspect.serving.opening import model_from_session
 from carinspect.serving.settings import ServeSettings
 from carinspect.serving.triton import CONFIG
 

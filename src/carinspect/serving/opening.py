@@ -1,0 +1,297 @@
+"""Opening a model folder (model.onnx + model.json) into a :class:`LoadedModel`.
+
+The onnxruntime session is opened with the configured execution providers and checked to really
+use them (onnxruntime falls back to CPU silently when CUDA cannot start, mlflow/mlflow#13388),
+its inputs and outputs checked against the card, and a warm-up batch must give sane
+probabilities before the model may serve.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carinspect.contracts.base import ContractError
+from carinspect.contracts.cards import ModelCard, read_card
+from carinspect.contracts.folders import ExportDir
+from carinspect.contracts.onnx_names import FEATURES, INPUT
+from carinspect.drift.profile import DriftWindow, read_profile
+from carinspect.serving.loaded import (
+    LoadedModel,
+    McSampler,
+    ModelLoadError,
+    ModelRef,
+    Scores,
+    ServedTask,
+)
+from carinspect.serving.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+
+def apply_overrides(decision: dict[str, Any], settings: ServeSettings) -> dict[str, Any]:
+    """The model's decision rule with THRESH / T_LOW / T_HIGH applied."""
+    d = dict(decision)
+    if d.get("task") == "binary":
+        if settings.thresh is not None:
+            d["threshold"] = d["t_high"] = settings.thresh
+        if settings.t_high is not None:
+            d["t_high"] = settings.t_high
+        if settings.t_low is not None:
+            d["t_low"] = settings.t_low
+        d["t_low"] = min(d["t_low"], d["t_high"])
+    elif settings.thresh is not None:
+        d["min_confidence"] = settings.thresh
+    return d
+
+
+def resolve_providers(setting: str) -> tuple[list[str], bool]:
+    """(providers to ask for, whether the first one is required) from ORT_PROVIDERS."""
+    import onnxruntime as ort
+
+    if setting.strip().lower() == "auto":
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"], False
+        return ["CPUExecutionProvider"], False
+    wanted = [p.strip() for p in setting.split(",") if p.strip()]
+    return wanted, True
+
+
+def provider_options(wanted: list[str], settings: ServeSettings) -> list[Any]:
+    """``wanted`` as onnxruntime's providers argument, with the TensorRT provider's options.
+
+    TensorRT builds an engine per model on first load (minutes for a large model): it is cached
+    under ORT_TRT_CACHE_DIR (or MODEL_CACHE_DIR/tensorrt), keyed by model, so a restarted pod
+    reuses it. FP16 engines only with ORT_TRT_FP16.
+    """
+    out: list[Any] = []
+    for name in wanted:
+        if name == "TensorrtExecutionProvider":
+            cache = settings.ort_trt_cache_dir or settings.model_cache_dir / "tensorrt"
+            cache.mkdir(parents=True, exist_ok=True)
+            options = {
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(cache),
+                "trt_fp16_enable": settings.ort_trt_fp16,
+            }
+            out.append((name, options))
+        else:
+            out.append(name)
+    return out
+
+
+def _mc_sampler(
+    folder: Path, card: ModelCard, settings: ServeSettings, open_session: Callable[[Path], Any]
+) -> McSampler | None:
+    """The MC dropout head when MC_SAMPLES asks for it; a clear error when the model has none."""
+    if settings.mc_samples == 0:
+        return None
+    if card.mc_dropout is None:
+        raise ModelLoadError(
+            f"MC_SAMPLES={settings.mc_samples}, but model {card.name!r} was exported without "
+            "an MC dropout head (trained with model.drop_rate 0, or its output is not "
+            "classifier(pooled features)): retrain with model.drop_rate > 0, or unset MC_SAMPLES"
+        )
+    name = card.mc_dropout.head
+    head = next((p for p in (folder / name, folder / "extra_files" / name) if p.is_file()), None)
+    if head is None:
+        raise ModelLoadError(f"{folder}: model.json names MC dropout head {name}, not found")
+    outputs = [t.output for t in card.task_cards]
+    return McSampler(
+        open_session(head),
+        card.mc_dropout.rate,
+        settings.mc_samples,
+        outputs,
+        np.random.default_rng(settings.mc_seed),
+    )
+
+
+def read_meta(folder: Path) -> tuple[Path, ModelCard]:
+    """model.onnx and the validated model.json of a downloaded or local model folder."""
+    onnx_path = folder / ExportDir.ONNX
+    meta_path = next(
+        (p for p in (folder / ExportDir.CARD, folder / ExportDir.LOGGED_CARD) if p.is_file()),
+        None,
+    )
+    if not onnx_path.is_file():
+        raise ModelLoadError(f"{folder}: {ExportDir.ONNX} not found")
+    if meta_path is None:
+        raise ModelLoadError(
+            f"{folder}: {ExportDir.CARD} not found (beside {ExportDir.ONNX} or as "
+            f"{ExportDir.LOGGED_CARD})"
+        )
+    try:
+        return onnx_path, read_card(meta_path)
+    except ContractError as err:
+        raise ModelLoadError(str(err)) from None
+
+
+def open_model(
+    ref: ModelRef, version: str | None, folder: Path, settings: ServeSettings
+) -> LoadedModel:
+    """Open ``folder`` as a servable model: session, provider check, warm-up."""
+    import onnxruntime as ort
+
+    onnx_path, card = read_meta(folder)
+    wanted, required = resolve_providers(settings.ort_providers)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = settings.inference_threads
+    if settings.ort_inter_op_threads:
+        opts.inter_op_num_threads = settings.ort_inter_op_threads
+    if not settings.ort_allow_spinning:  # idle ORT threads would spin on cores decoding needs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+
+    def open_session(path: Path) -> Any:
+        try:
+            return ort.InferenceSession(
+                str(path), sess_options=opts, providers=provider_options(wanted, settings)
+            )
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ModelLoadError(f"{path}: onnxruntime cannot open it: {err}") from err
+
+    session = open_session(onnx_path)
+    active = list(session.get_providers())
+    if active[0] != wanted[0]:
+        message = f"{wanted[0]} was asked for but onnxruntime runs the model on {active[0]}"
+        if required:
+            raise ModelLoadError(f"{onnx_path}: {message}")
+        logger.warning("%s: %s", onnx_path, message)
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    wanted_outputs = [t.output for t in card.task_cards]
+    if INPUT not in inputs or not set(wanted_outputs) <= set(outputs):
+        raise ModelLoadError(
+            f"{onnx_path}: expected input {INPUT!r} and outputs {wanted_outputs}, "
+            f"found inputs {inputs} and outputs {outputs}"
+        )
+    mc = _mc_sampler(folder, card, settings, open_session)
+    return model_from_session(ref, version, folder, card, session, active, settings, mc)
+
+
+def model_from_session(
+    ref: ModelRef,
+    version: str | None,
+    folder: Path,
+    card: ModelCard,
+    session: Any,
+    providers: list[str],
+    settings: ServeSettings,
+    mc: McSampler | None = None,
+) -> LoadedModel:
+    """A warmed-up :class:`LoadedModel` around anything with onnxruntime's ``run(outputs, feeds)``.
+
+    onnxruntime's session for ``carinspect serve``; a Triton client for the Triton repository
+    (:mod:`carinspect.serving.triton_client`), so both answer through the same code.
+    """
+    tasks = _served_tasks(card, settings)
+    drift = _drift_window(folder, settings)
+    model = LoadedModel(
+        ref=ref,
+        version=version,
+        classes=[] if card.multitask else tasks[0].classes,
+        spec=card.preprocess,
+        decision={} if card.multitask else tasks[0].decision,
+        session=session,
+        providers=providers,
+        folder=folder,
+        meta=card.to_json(),
+        tasks=tasks,
+        multitask=card.multitask,
+        mc=mc,
+        drift=drift,
+        # the reference only helps when the graph gives the features it projects
+        embedding=(
+            drift.profile.embedding if drift is not None and FEATURES in card.outputs else None
+        ),
+    )
+    _warm_up(model, settings.max_batch_size)
+    return model
+
+
+def _drift_window(folder: Path, settings: ServeSettings) -> DriftWindow | None:
+    """A window over drift.json's profile; none for a version exported without one.
+
+    A profile that does not read is a warning, not a refusal: the model itself is sound.
+    """
+    path = next(
+        (p for p in (folder / ExportDir.DRIFT, folder / ExportDir.LOGGED_DRIFT) if p.is_file()),
+        None,
+    )
+    if path is None or settings.drift_window == 0:
+        return None
+    try:
+        return DriftWindow(read_profile(path), settings.drift_window)
+    except ContractError as err:
+        logger.warning("no drift scores for this version: %s", err)
+        return None
+
+
+def _served_tasks(card: ModelCard, settings: ServeSettings) -> list[ServedTask]:
+    """The card's tasks with their columns; THRESH/T_LOW/T_HIGH apply to a single task only."""
+    overridden = any(v is not None for v in (settings.thresh, settings.t_low, settings.t_high))
+    if card.multitask and overridden:
+        logger.warning(
+            "THRESH/T_LOW/T_HIGH are ignored: model %r has several tasks, each with its own rule",
+            card.name,
+        )
+    out, start = [], 0
+    for task in card.task_cards:
+        rule = task.rule if card.multitask else apply_overrides(task.rule, settings)
+        end = start + len(task.classes)
+        out.append(ServedTask(task.name, task.classes, rule, task.output, slice(start, end)))
+        start = end
+    return out
+
+
+def _warm_up(model: LoadedModel, max_batch: int) -> None:
+    """Run batches of 1 and ``max_batch`` and check the probabilities are sane."""
+    size = model.spec.img_size
+    width = sum(len(t.classes) for t in model.tasks)
+    for n in sorted({1, max_batch}):
+        batch = np.zeros((n, 3, size, size), dtype=np.float32)
+        try:
+            probs = model.probabilities(batch)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ModelLoadError(f"{model.ref.uri}: warm-up batch of {n} failed: {err}") from err
+        if probs.shape != (n, width):
+            raise ModelLoadError(
+                f"{model.ref.uri}: warm-up gave shape {probs.shape}, expected ({n}, {width}) "
+                f"for {', '.join(f'{t.name} {t.classes}' for t in model.tasks)}"
+            )
+        if model.mc is not None or model.embedding is not None:
+            try:
+                scores = model.infer(batch)
+            except Exception as err:  # onnxruntime raises its own exception types
+                raise ModelLoadError(f"{model.ref.uri}: features warm-up failed: {err}") from err
+            _check_extras(model, scores, n, width)
+        sums = [probs[:, t.columns].sum(axis=1) for t in model.tasks]
+        if not np.all(np.isfinite(probs)) or not all(np.allclose(x, 1.0, atol=1e-3) for x in sums):
+            raise ModelLoadError(f"{model.ref.uri}: warm-up probabilities are not a distribution")
+
+
+def _check_extras(model: LoadedModel, scores: Scores, n: int, width: int) -> None:
+    """The MC mean and spread are (n, width), the embedding distance (n,): else refused."""
+    shapes: dict[str, tuple[np.ndarray | None, tuple[int, ...]]] = {
+        "MC mean": (scores.mc_mean, (n, width)),
+        "MC spread": (scores.mc_std, (n, width)),
+    }
+    if model.mc is None:
+        shapes = {}
+    if model.embedding is not None:
+        shapes["embedding distance"] = (scores.distance, (n,))
+    for what, (got, expected) in shapes.items():
+        if got is None or got.shape != expected:
+            found = None if got is None else got.shape
+            raise ModelLoadError(
+                f"{model.ref.uri}: warm-up with the features gave {what} of shape {found}, "
+                f"expected {expected}"
+            )
