@@ -115,10 +115,23 @@ def _draw_scene(
     size: tuple[int, int],
     damage: np.random.Generator | None = None,
 ) -> Image.Image:
-    """Render one car at 2x and downsample (cheap anti-aliasing); ``damage`` draws damage."""
+    """Render one car at 2x and downsample (cheap anti-aliasing); ``damage`` draws damage.
+
+    The parts draw from ``rng`` in a fixed order: the demo data is the same photo for photo.
+    """
     w, h = size[0] * 2, size[1] * 2
     img = Image.new("RGB", (w, h))
     d = ImageDraw.Draw(img, "RGBA")
+    horizon = _draw_street(d, rng, w, h)
+    box = _draw_car(d, rng, w, h, horizon)
+    if damage is not None:
+        _draw_damage(d, damage, box)
+    _draw_surface(d, rng, dirt, box)
+    return _camera(img.resize(size, Image.Resampling.BILINEAR), rng)
+
+
+def _draw_street(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> int:
+    """Sky, buildings and road; the horizon's height."""
     horizon = int(h * rng.uniform(0.45, 0.65))
     sky = _jitter(rng, (150, 180, 215) if rng.random() < 0.7 else (175, 175, 180), 25)
     for y in range(horizon):  # vertical sky gradient
@@ -129,7 +142,13 @@ def _draw_scene(
         bw, bh = int(rng.uniform(0.1, 0.35) * w), int(rng.uniform(0.15, 0.5) * h)
         d.rectangle([bx, horizon - bh, bx + bw, horizon], fill=_jitter(rng, (140, 130, 120), 50))
     d.rectangle([0, horizon, w, h], fill=_jitter(rng, (85, 85, 90), 20))  # road
+    return horizon
 
+
+def _draw_car(
+    d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int, horizon: int
+) -> tuple[int, int, int, int]:
+    """Body, cabin, windows, wheels and a light; the body's box (x0, y0, width, height)."""
     cw = int(w * rng.uniform(0.55, 0.85))
     ch = int(cw * rng.uniform(0.2, 0.28))
     x0 = int((w - cw) * rng.uniform(0.1, 0.9))
@@ -147,33 +166,38 @@ def _draw_scene(
         fill=body,
     )
     glass = _jitter(rng, (60, 75, 95), 15)
-    inset = cab_h * 0.15
-    mid = (cab_l + cab_r) / 2
-    d.polygon(
-        [
-            (cab_l + inset, y0 - 2),
-            (cab_l + cw * 0.1 + inset, y0 - cab_h + inset),
-            (mid - 2, y0 - cab_h + inset),
-            (mid - 2, y0 - 2),
-        ],
-        fill=glass,
-    )
-    d.polygon(
-        [
-            (mid + 2, y0 - 2),
-            (mid + 2, y0 - cab_h + inset),
-            (cab_r - cw * 0.08 - inset, y0 - cab_h + inset),
-            (cab_r - inset, y0 - 2),
-        ],
-        fill=glass,
-    )
+    inset, mid, top = cab_h * 0.15, (cab_l + cab_r) / 2, y0 - cab_h + cab_h * 0.15
+    front = [
+        (cab_l + inset, y0 - 2),
+        (cab_l + cw * 0.1 + inset, top),
+        (mid - 2, top),
+        (mid - 2, y0 - 2),
+    ]
+    back = [
+        (mid + 2, y0 - 2),
+        (mid + 2, top),
+        (cab_r - cw * 0.08 - inset, top),
+        (cab_r - inset, y0 - 2),
+    ]
+    d.polygon(front, fill=glass)
+    d.polygon(back, fill=glass)
     r = ch * rng.uniform(0.38, 0.48)
     for cx in (x0 + cw * 0.2, x0 + cw * 0.8):
         d.ellipse([cx - r, y1 - r, cx + r, y1 + r], fill=(20, 20, 20))
         d.ellipse([cx - r * 0.5, y1 - r * 0.5, cx + r * 0.5, y1 + r * 0.5], fill=(150, 150, 155))
     d.rectangle([x0 + cw * 0.95, y0 + ch * 0.2, x0 + cw, y0 + ch * 0.4], fill=(240, 220, 140))
-    if damage is not None:
-        _draw_damage(d, damage, (x0, y0, cw, ch))
+    return x0, y0, cw, ch
+
+
+def _draw_surface(
+    d: ImageDraw.ImageDraw,
+    rng: np.random.Generator,
+    dirt: tuple[float, float] | None,
+    box: tuple[int, int, int, int],
+) -> None:
+    """Dirt (a film and splotches, ``dirt`` the level's range) or a clean body's reflection."""
+    x0, y0, cw, ch = box
+    y1 = y0 + ch
 
     def splotches(
         count: int, colour: tuple[int, ...], alpha: tuple[int, int], scale: float
@@ -197,7 +221,9 @@ def _draw_scene(
         if rng.random() < 0.25:  # shadows, leaves, a parking sticker: not dirt
             splotches(int(rng.integers(2, 8)), _jitter(rng, (40, 40, 35), 20), (60, 140), 0.12)
 
-    out = img.resize(size, Image.Resampling.BILINEAR)
+
+def _camera(out: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Exposure, sensor noise and (sometimes) blur, as a camera adds them."""
     arr = np.asarray(out, dtype=np.float32)
     arr = arr * rng.uniform(0.7, 1.25) + rng.uniform(-20, 20)  # exposure
     arr += rng.normal(0.0, rng.uniform(2, 10), arr.shape)  # sensor noise

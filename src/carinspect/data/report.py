@@ -17,6 +17,11 @@ def _mmm(d: dict[str, float]) -> str:
 
 def render_ingest_report(report: dict[str, Any]) -> str:
     """report.md for ingest."""
+    sections = (_summary, _classes, _tasks, _shortcut, _dropped, _near_duplicates)
+    return "\n".join(line for section in sections for line in section(report)) + "\n"
+
+
+def _summary(report: dict[str, Any]) -> list[str]:
     src = report["source"]
     out = [
         "# Data report: ingest",
@@ -38,30 +43,29 @@ def render_ingest_report(report: dict[str, Any]) -> str:
             "evaluate on a subset where they do not differ.",
             "",
         ]
-    out += ["## Classes", ""]
-    out += _table(
+    return out
+
+
+def _classes(report: dict[str, Any]) -> list[str]:
+    header = ["class", "images", "width min/med/max", "height min/med/max", "aspect min/med/max",
+              "grayscale", "formats"]  # fmt: skip
+    rows = [
         [
-            "class",
-            "images",
-            "width min/med/max",
-            "height min/med/max",
-            "aspect min/med/max",
-            "grayscale",
-            "formats",
-        ],
-        [
-            [
-                label,
-                s["count"],
-                _mmm(s["width"]),
-                _mmm(s["height"]),
-                _mmm(s["aspect_ratio"]),
-                f"{s['grayscale_fraction']:.1%}",
-                ", ".join(f"{k} {v}" for k, v in s["formats"].items()),
-            ]
-            for label, s in report["per_class"].items()
-        ],
-    )
+            label,
+            s["count"],
+            _mmm(s["width"]),
+            _mmm(s["height"]),
+            _mmm(s["aspect_ratio"]),
+            f"{s['grayscale_fraction']:.1%}",
+            ", ".join(f"{k} {v}" for k, v in s["formats"].items()),
+        ]
+        for label, s in report["per_class"].items()
+    ]
+    return ["## Classes", "", *_table(header, rows)]
+
+
+def _tasks(report: dict[str, Any]) -> list[str]:
+    out: list[str] = []
     if report.get("tasks"):
         out += [
             "",
@@ -94,34 +98,43 @@ def render_ingest_report(report: dict[str, Any]) -> str:
                 for task, counts in report["trained_tasks"].items()
             ],
         )
-    out += ["", "## Shortcut check", ""]
-    if shortcut.get("checked"):
-        out.append(
-            f"Logistic regression on trivial features, {shortcut['folds']}-fold cross-validated AUC "
-            f"(warning at {shortcut['threshold']:g}):"
-        )
-        out.append("")
-        out += _table(["features", "AUC"], [[k, f"{v:.3f}"] for k, v in shortcut["auc"].items()])
-    else:
-        out.append(f"Not checked: {shortcut['reason']}.")
-    out += ["", f"## Dropped files ({report['dropped']})", ""]
-    if report["dropped_files"]:
-        out += _table(
-            ["file", "label", "reason", "detail"],
-            [
-                [f"`{d['source']}`", d["label"], d["reason"], d["detail"]]
-                for d in report["dropped_files"]
-            ],
-        )
-    else:
-        out.append("None.")
-    out += ["", f"## Near-duplicates ({report['near_duplicate_groups']} groups)", ""]
+    return out
+
+
+def _shortcut(report: dict[str, Any]) -> list[str]:
+    shortcut = report["shortcut"]
+    out = ["", "## Shortcut check", ""]
+    if not shortcut.get("checked"):
+        return [*out, f"Not checked: {shortcut['reason']}."]
+    out.append(
+        f"Logistic regression on trivial features, {shortcut['folds']}-fold cross-validated AUC "
+        f"(warning at {shortcut['threshold']:g}):"
+    )
+    out.append("")
+    return out + _table(["features", "AUC"], [[k, f"{v:.3f}"] for k, v in shortcut["auc"].items()])
+
+
+def _dropped(report: dict[str, Any]) -> list[str]:
+    out = ["", f"## Dropped files ({report['dropped']})", ""]
+    if not report["dropped_files"]:
+        return [*out, "None."]
+    return out + _table(
+        ["file", "label", "reason", "detail"],
+        [
+            [f"`{d['source']}`", d["label"], d["reason"], d["detail"]]
+            for d in report["dropped_files"]
+        ],
+    )
+
+
+def _near_duplicates(report: dict[str, Any]) -> list[str]:
+    out = ["", f"## Near-duplicates ({report['near_duplicate_groups']} groups)", ""]
     out.append("Near-duplicates are kept, and the split stage keeps each group in one split.")
     out.append("")
     for g in report["near_duplicates"]:
         mixed = " **(labels differ: check them)**" if len(g["labels"]) > 1 else ""
         out.append(f"- {', '.join(f'`{s}`' for s in g['sources'])}{mixed}")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def render_split_report(report: dict[str, Any]) -> str:

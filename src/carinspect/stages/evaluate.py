@@ -139,76 +139,31 @@ def run(
     model.to(device)
     precision = Precision.choose(False, device)
 
-    logits: dict[str, np.ndarray] = {}
-    labels: dict[str, np.ndarray] = {}
-    samples = {}
     open_store(Path(ingest_dir)).verify()
-    for split in SPLITS:
-        samples[split] = load_task_split(Path(splits), Path(ingest_dir), split, tasks)
-        if not samples[split]:
+    samples = {s: load_task_split(Path(splits), Path(ingest_dir), s, tasks) for s in SPLITS}
+    for split, found in samples.items():
+        if not found:
             raise ValueError(f"{splits}: the {split} split is empty; nothing to evaluate")
-        loader, order = eval_loader(samples[split], spec, ingest_dir, cfg.batch_size, cfg.workers)
-        found, truth = predict_logits(model, loader, device, precision)
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))  # results in the samples' order
-        logits[split], labels[split] = found[back], truth[back]
+    logits, labels = {}, {}
+    for split in SPLITS:
+        logits[split], labels[split] = _scored(
+            model, samples[split], spec, ingest_dir, cfg, device, precision
+        )
     train_samples = load_task_split(Path(splits), Path(ingest_dir), "train", tasks)
     paths = {s: [str(x.path.relative_to(Path(ingest_dir))) for x in samples[s]] for s in SPLITS}
-
-    if len(tasks) == 1:
-        a = _assess(
-            tasks[0].name, logits, labels, sample_labels(train_samples, 0), tasks[0].classes, cfg
-        )
-        metrics = a.metrics()
-        result = {tasks[0].name: a}
-    else:
-        result = {}
-        for t, (task, sl) in enumerate(zip(tasks, task_slices(tasks), strict=True)):
-            mask = {s: labels[s][:, t] != MISSING for s in SPLITS}
-            for s in SPLITS:
-                if not mask[s].any():
-                    raise ValueError(
-                        f"{splits}: no image of the {s} split is labelled for task {task.name!r}"
-                    )
-            train_labels = [c for c in sample_labels(train_samples, t) if c != MISSING]
-            result[task.name] = _assess(
-                task.name,
-                {s: logits[s][mask[s], sl] for s in SPLITS},
-                {s: labels[s][mask[s], t] for s in SPLITS},
-                train_labels,
-                task.classes,
-                cfg,
-            )
-        metrics = _multitask_metrics({n: a.metrics() for n, a in result.items()})
+    result = _assess_tasks(tasks, logits, labels, train_samples, cfg, splits)
+    metrics = (
+        result[tasks[0].name].metrics()
+        if len(tasks) == 1
+        else _multitask_metrics({n: a.metrics() for n, a in result.items()})
+    )
 
     out = Path(out)
     with staged_dir(out) as staged:
         tmp = EvaluateDir(staged)
         write_json_atomic(tmp.metrics, json_ready(metrics))
-        if len(tasks) == 1:
-            a = result[tasks[0].name]
-            report: dict[str, Any] = {
-                "classes": tasks[0].classes,
-                "splits": a.reports,
-                "baseline": a.baseline,
-                "calibration": a.calibration,
-            }
-            write_json_atomic(tmp.calibration, {"temperature": a.temperature})
-        else:
-            report = {
-                "tasks": {
-                    task.name: {
-                        "classes": task.classes,
-                        "splits": result[task.name].reports,
-                        "baseline": result[task.name].baseline,
-                        "calibration": result[task.name].calibration,
-                    }
-                    for task in tasks
-                }
-            }
-            write_json_atomic(
-                tmp.calibration, {"temperatures": {n: a.temperature for n, a in result.items()}}
-            )
+        report, temperatures = _report(tasks, result)
+        write_json_atomic(tmp.calibration, temperatures)
         write_json_atomic(tmp.report, json_ready(report))
         verdict = Verdict(tasks=[result[t.name].verdict for t in tasks])
         write_json_atomic(tmp.verdict, verdict.model_dump(mode="json"))
@@ -222,6 +177,71 @@ def run(
         )  # fmt: skip
     temperature = result[tasks[0].name].temperature
     return EvaluateResult(out=out, temperature=temperature, metrics=metrics, verdict=verdict)
+
+
+def _scored(
+    model: Any,
+    samples: list[Any],
+    spec: PreprocessSpec,
+    ingest_dir: Path,
+    cfg: EvaluateConfig,
+    device: Any,
+    precision: Precision,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of ``samples``, in the samples' order (the loader sorts by size)."""
+    loader, order = eval_loader(samples, spec, ingest_dir, cfg.batch_size, cfg.workers)
+    found, truth = predict_logits(model, loader, device, precision)
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return found[back], truth[back]
+
+
+def _assess_tasks(
+    tasks: list[TaskSpec],
+    logits: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    train_samples: list[Any],
+    cfg: EvaluateConfig,
+    splits: Path,
+) -> dict[str, _Assessment]:
+    """Each task assessed on the photos labelled for it (all of them for a single task)."""
+    if len(tasks) == 1:
+        train = sample_labels(train_samples, 0)
+        return {tasks[0].name: _assess(tasks[0].name, logits, labels, train, tasks[0].classes, cfg)}
+    result = {}
+    for t, (task, sl) in enumerate(zip(tasks, task_slices(tasks), strict=True)):
+        mask = {s: labels[s][:, t] != MISSING for s in SPLITS}
+        for s in SPLITS:
+            if not mask[s].any():
+                raise ValueError(
+                    f"{splits}: no image of the {s} split is labelled for task {task.name!r}"
+                )
+        train_labels = [c for c in sample_labels(train_samples, t) if c != MISSING]
+        result[task.name] = _assess(
+            task.name,
+            {s: logits[s][mask[s], sl] for s in SPLITS},
+            {s: labels[s][mask[s], t] for s in SPLITS},
+            train_labels,
+            task.classes,
+            cfg,
+        )
+    return result
+
+
+def _report(
+    tasks: list[TaskSpec], result: dict[str, _Assessment]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """report.json (one task at the top level, several under ``tasks``) and calibration.json."""
+
+    def entry(task: TaskSpec) -> dict[str, Any]:
+        a = result[task.name]
+        splits = {"splits": a.reports, "baseline": a.baseline, "calibration": a.calibration}
+        return {"classes": task.classes, **splits}
+
+    if len(tasks) == 1:
+        return entry(tasks[0]), {"temperature": result[tasks[0].name].temperature}
+    report = {"tasks": {task.name: entry(task) for task in tasks}}
+    return report, {"temperatures": {n: a.temperature for n, a in result.items()}}
 
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auroc_macro")

@@ -262,86 +262,26 @@ def run(
     answers = _answers(
         tasks, _read_json(calibration, "calibration.json (from evaluate)"), threshold
     )
-    multi = len(tasks) > 1
-    heads = [Head(a.name, a.outputs, a.temperature) for a in answers] if multi else None
+    heads = [Head(a.name, a.outputs, a.temperature) for a in answers] if len(tasks) > 1 else None
     model = model_from_checkpoint(state)
     separable = head_is_separable(model, spec.img_size)
-    dropout = _dropout_rate(state, separable)
-
-    samples = load_task_split(Path(splits), Path(ingest_dir), "val", tasks)[: cfg.parity_images]
-    if not samples:
-        raise ExportError(f"{splits}: no val images for the parity check")
-    ds = dataset_for(samples, spec, ingest_dir)
-    ds.preload(workers=4)
-    batch = np.stack([ds[i][0].numpy() for i in range(len(ds))])
+    graph = _Graph(model, answers, heads, spec.img_size, cfg.opset, separable)
+    batch = _parity_batch(splits, ingest_dir, tasks, spec, cfg.parity_images)
     with torch.no_grad():
         torch_logits = model(torch.from_numpy(batch)).numpy()
 
-    figures: dict[str, Any] = {}
     with staged_dir(Path(out)) as staged:
         tmp = ExportDir(staged)
-        export_onnx(
-            model, answers[0].temperature, spec.img_size, cfg.opset, tmp.onnx, heads, separable
-        )
-        if not file_is_self_contained(tmp.onnx):
-            raise ExportError(f"{tmp.ONNX} refers to external weight files")
-        figures["fp32"] = parity(tmp.onnx, torch_logits, batch, answers)
-        fp32 = figures["fp32"]
-        if fp32["max_abs_diff"] > cfg.max_abs_diff or fp32["decision_flips"] > 0:
-            raise ExportError(
-                f"parity failed on {fp32['images']} val images: max |p_onnx - p_torch| = "
-                f"{fp32['max_abs_diff']:.2e} (limit {cfg.max_abs_diff:.0e}), {fp32['decision_flips']} "
-                "decision flip(s) (limit 0); the model was not exported"
-            )
-        files = {"fp32": tmp.ONNX}
-        mc: dict[str, Any] | None = None
-        if dropout > 0:
-            export_dropout_head(
-                model, answers[0].temperature, spec.img_size, cfg.opset, tmp.mc_head, heads
-            )
-            diff = head_parity(tmp.onnx, tmp.mc_head, batch, answers)
-            if diff > cfg.max_abs_diff:
-                raise ExportError(
-                    f"the MC dropout head differs from the model by {diff:.2e} with no dropout "
-                    f"(limit {cfg.max_abs_diff:.0e}); the model was not exported"
-                )
+        files, figures = _fp32(cfg, graph, tmp, batch, torch_logits)
+        mc = _mc_head(cfg, graph, tmp, batch, _dropout_rate(state, separable))
+        if mc is not None:
             files["mc_head"] = tmp.MC_HEAD
-            mc = {"rate": dropout, "head": tmp.MC_HEAD, "features": FEATURES, "max_abs_diff": diff}
         if cfg.fp16:
-            to_fp16(tmp.onnx, tmp.onnx_fp16)
-            figures["fp16"] = half = parity(tmp.onnx_fp16, torch_logits, batch, answers)
-            if (
-                half["max_abs_diff"] > cfg.fp16_max_abs_diff
-                or half["decision_flips"] > cfg.fp16_max_flips
-            ):
-                raise ExportError(
-                    f"FP16 parity failed: max diff {half['max_abs_diff']:.2e} (limit "
-                    f"{cfg.fp16_max_abs_diff:.0e}), {half['decision_flips']} flip(s) (limit "
-                    f"{cfg.fp16_max_flips}); the model was not exported"
-                )
+            figures["fp16"] = _fp16(cfg, tmp, batch, torch_logits, answers)
             files["fp16"] = tmp.ONNX_FP16
-        if multi:
-            answer: dict[str, Any] = {
-                "tasks": [
-                    {
-                        "name": a.name,
-                        "classes": a.classes,
-                        "temperature": a.temperature,
-                        "decision": a.decision,
-                        "output": a.output,
-                    }
-                    for a in answers
-                ]
-            }
-        else:
-            answer = {
-                "classes": answers[0].classes,
-                "temperature": answers[0].temperature,
-                "decision": answers[0].decision,
-            }
         card = parse_card({
             "name": model_section(state)["name"],
-            **answer,
+            **_answer_fields(answers, multi=heads is not None),
             "preprocess": spec.to_dict(),
             "input": {
                 "name": INPUT,
@@ -372,3 +312,99 @@ def run(
         )  # fmt: skip
     logger.debug("exported %s: parity %s", ExportDir(out).onnx, figures)
     return ExportResult(out=Path(out), parity=figures)
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """What every exported graph is built from: the model, its answers and heads, the input."""
+
+    model: torch.nn.Module
+    answers: list[Answer]
+    heads: list[Head] | None  # several tasks: one head each; None for one task
+    img_size: int
+    opset: int
+    separable: bool  # the classifier is a function of the pooled features (features output)
+
+
+def _parity_batch(
+    splits: Path, ingest_dir: Path, tasks: list[TaskSpec], spec: PreprocessSpec, most: int
+) -> np.ndarray:
+    """Up to ``most`` val photos through the model's preprocessing: the parity checks' inputs."""
+    samples = load_task_split(Path(splits), Path(ingest_dir), "val", tasks)[:most]
+    if not samples:
+        raise ExportError(f"{splits}: no val images for the parity check")
+    ds = dataset_for(samples, spec, ingest_dir)
+    ds.preload(workers=4)
+    return np.stack([ds[i][0].numpy() for i in range(len(ds))])
+
+
+def _fp32(
+    cfg: ExportConfig, graph: _Graph, tmp: ExportDir, batch: np.ndarray, torch_logits: np.ndarray
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """model.onnx, refused unless self-contained and equal to the checkpoint on ``batch``."""
+    export_onnx(
+        graph.model, graph.answers[0].temperature, graph.img_size, graph.opset, tmp.onnx,
+        graph.heads, graph.separable,
+    )  # fmt: skip
+    if not file_is_self_contained(tmp.onnx):
+        raise ExportError(f"{tmp.ONNX} refers to external weight files")
+    fp32 = parity(tmp.onnx, torch_logits, batch, graph.answers)
+    if fp32["max_abs_diff"] > cfg.max_abs_diff or fp32["decision_flips"] > 0:
+        raise ExportError(
+            f"parity failed on {fp32['images']} val images: max |p_onnx - p_torch| = "
+            f"{fp32['max_abs_diff']:.2e} (limit {cfg.max_abs_diff:.0e}), {fp32['decision_flips']} "
+            "decision flip(s) (limit 0); the model was not exported"
+        )
+    return {"fp32": tmp.ONNX}, {"fp32": fp32}
+
+
+def _mc_head(
+    cfg: ExportConfig, graph: _Graph, tmp: ExportDir, batch: np.ndarray, dropout: float
+) -> dict[str, Any] | None:
+    """The MC dropout head when the model has dropout before its classifier (model.json's entry)."""
+    if dropout <= 0:
+        return None
+    export_dropout_head(
+        graph.model, graph.answers[0].temperature, graph.img_size, graph.opset, tmp.mc_head,
+        graph.heads,
+    )  # fmt: skip
+    diff = head_parity(tmp.onnx, tmp.mc_head, batch, graph.answers)
+    if diff > cfg.max_abs_diff:
+        raise ExportError(
+            f"the MC dropout head differs from the model by {diff:.2e} with no dropout "
+            f"(limit {cfg.max_abs_diff:.0e}); the model was not exported"
+        )
+    return {"rate": dropout, "head": tmp.MC_HEAD, "features": FEATURES, "max_abs_diff": diff}
+
+
+def _fp16(
+    cfg: ExportConfig,
+    tmp: ExportDir,
+    batch: np.ndarray,
+    torch_logits: np.ndarray,
+    answers: list[Answer],
+) -> dict[str, Any]:
+    """model_fp16.onnx beside the FP32 graph, within export.fp16_max_abs_diff and _max_flips."""
+    to_fp16(tmp.onnx, tmp.onnx_fp16)
+    half = parity(tmp.onnx_fp16, torch_logits, batch, answers)
+    if half["max_abs_diff"] > cfg.fp16_max_abs_diff or half["decision_flips"] > cfg.fp16_max_flips:
+        raise ExportError(
+            f"FP16 parity failed: max diff {half['max_abs_diff']:.2e} (limit "
+            f"{cfg.fp16_max_abs_diff:.0e}), {half['decision_flips']} flip(s) (limit "
+            f"{cfg.fp16_max_flips}); the model was not exported"
+        )
+    return half
+
+
+def _answer_fields(answers: list[Answer], *, multi: bool) -> dict[str, Any]:
+    """The card's answer: one task's classes and rule at the top level, or a list of tasks."""
+    if multi:
+        return {
+            "tasks": [
+                {"name": a.name, "classes": a.classes, "temperature": a.temperature,
+                 "decision": a.decision, "output": a.output}
+                for a in answers
+            ]
+        }  # fmt: skip
+    a = answers[0]
+    return {"classes": a.classes, "temperature": a.temperature, "decision": a.decision}

@@ -245,23 +245,7 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         kept, duplicates = _deduplicate(accepted, tmp)
         rejected += duplicates
         per_task = _task_classes([a.row for a in kept], source.tasks)
-        for task, counts in per_task.items():
-            if len(counts) < 2:
-                named = f" of task {task!r}" if len(per_task) > 1 else ""
-                raise IngestError(
-                    f"data.source {data.source!r}: {len(kept)} usable images in {len(counts)} "
-                    f"class(es){named} {list(counts)}; at least two classes are needed "
-                    f"({len(rejected)} files were dropped)"
-                )
-            few = {c: n for c, n in counts.items() if n < cfg.min_per_class}
-            if few:
-                named = f" of task {task!r}" if len(per_task) > 1 else ""
-                shown = ", ".join(f"{c!r}: {n}" for c, n in sorted(few.items()))
-                raise IngestError(
-                    f"data.source {data.source!r}: class(es){named} with fewer than "
-                    f"ingest.min_per_class={cfg.min_per_class} usable images ({shown}); split "
-                    f"needs one per split: add images or drop the class ({out} is unchanged)"
-                )
+        _check_classes(per_task, data, cfg, len(kept), len(rejected), out)
         classes = list(per_task[source.task])
         rows, near_dups = _near_duplicates(kept, cfg.near_duplicate_distance)
         storage: dict[str, Any] = {"format": "files", "location": f"{IMAGES}/"}
@@ -286,24 +270,7 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         write_json_atomic(written.metrics, _metrics(report))
         write_text_atomic(written.report_md, render_ingest_report(report))
     shortcut = report["shortcut"]
-    if shortcut.get("warning"):
-        logger.warning(
-            "SHORTCUT: %s alone separate the classes (cross-validated AUC %s >= %s); "
-            "a model may learn the file, not the car. See %s",
-            ", ".join(shortcut["features"]),
-            {k: shortcut["auc"][k] for k in shortcut["features"]},
-            cfg.shortcut_auc,
-            IngestDir(out).report_md,
-        )
-    conflicts = [g for g in near_dups if len(g["labels"]) > 1]
-    if conflicts:  # one photo under two labels: at least one of the labels is wrong
-        first = conflicts[0]
-        logger.warning(
-            "%d near-duplicate group(s) carry different labels, e.g. %s (%s): check them; all "
-            "are listed in %s",
-            len(conflicts), ", ".join(first["sources"][:3]), " vs ".join(first["labels"]),
-            IngestDir(out).report_md,
-        )  # fmt: skip
+    _warn(shortcut, near_dups, cfg, IngestDir(out).report_md)
     logger.debug("ingest: %d images kept, %d dropped -> %s", len(rows), len(rejected), out)
     return IngestResult(
         out=out,
@@ -315,6 +282,57 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         manifest_sha256=manifest_sha,
         shortcut_warning=bool(shortcut.get("warning")),
     )
+
+
+def _check_classes(
+    per_task: dict[str, dict[str, int]],
+    data: DataConfig,
+    cfg: IngestConfig,
+    kept: int,
+    dropped: int,
+    out: Path,
+) -> None:
+    """Refuse a task with fewer than two classes, or a class under ingest.min_per_class."""
+    for task, counts in per_task.items():
+        named = f" of task {task!r}" if len(per_task) > 1 else ""
+        if len(counts) < 2:
+            raise IngestError(
+                f"data.source {data.source!r}: {kept} usable images in {len(counts)} "
+                f"class(es){named} {list(counts)}; at least two classes are needed "
+                f"({dropped} files were dropped)"
+            )
+        few = {c: n for c, n in counts.items() if n < cfg.min_per_class}
+        if few:
+            shown = ", ".join(f"{c!r}: {n}" for c, n in sorted(few.items()))
+            raise IngestError(
+                f"data.source {data.source!r}: class(es){named} with fewer than "
+                f"ingest.min_per_class={cfg.min_per_class} usable images ({shown}); split "
+                f"needs one per split: add images or drop the class ({out} is unchanged)"
+            )
+
+
+def _warn(
+    shortcut: dict[str, Any], near_dups: list[dict[str, Any]], cfg: IngestConfig, page: Path
+) -> None:
+    """The console warnings a reader must see: a shortcut, and one photo under two labels."""
+    if shortcut.get("warning"):
+        logger.warning(
+            "SHORTCUT: %s alone separate the classes (cross-validated AUC %s >= %s); "
+            "a model may learn the file, not the car. See %s",
+            ", ".join(shortcut["features"]),
+            {k: shortcut["auc"][k] for k in shortcut["features"]},
+            cfg.shortcut_auc,
+            page,
+        )
+    conflicts = [g for g in near_dups if len(g["labels"]) > 1]
+    if conflicts:  # one photo under two labels: at least one of the labels is wrong
+        first = conflicts[0]
+        logger.warning(
+            "%d near-duplicate group(s) carry different labels, e.g. %s (%s): check them; all "
+            "are listed in %s",
+            len(conflicts), ", ".join(first["sources"][:3]), " vs ".join(first["labels"]),
+            page,
+        )  # fmt: skip
 
 
 def _metrics(report: dict[str, Any]) -> dict[str, Any]:

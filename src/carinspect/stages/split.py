@@ -136,24 +136,9 @@ def run(cfg: SplitConfig, manifest: Path, out: Path) -> SplitResult:
     units = units_of(rows)
     fractions = cfg.fractions()
     warnings: list[str] = []
-    given = [r.split for r in rows]
-    if cfg.respect_manifest_split and any(given):
-        missing = [r.source for r in rows if not r.split]
-        if missing:
-            raise SplitError(
-                f"{manifest}: {len(missing)} row(s) have no split while others do (first: "
-                f"{missing[0]!r}); give every row a split, or set split.respect_manifest_split: false"
-            )
+    if cfg.respect_manifest_split and any(r.split for r in rows):
         method = "manifest split column"
-        split_of_row = given
-        spans: dict[int, set[str]] = {}
-        for r, u in zip(rows, units, strict=True):
-            spans.setdefault(u, set()).add(r.split)
-        for u, found in spans.items():
-            if len(found) > 1:
-                warnings.append(
-                    f"near-duplicates/group of {rows[u].source!r} span splits {sorted(found)} (leakage)"
-                )
+        split_of_row = _given_splits(rows, units, manifest, warnings)
     else:
         strata = rows
         if stratify_on is not None:
@@ -177,13 +162,7 @@ def run(cfg: SplitConfig, manifest: Path, out: Path) -> SplitResult:
         }
         for t in row_tasks(out_rows)
     }
-    for t, per_split in (by_task or {"": counts}).items():
-        for s in SPLIT_NAMES:
-            present = {c for c in per_split[s] if c}
-            empty = sorted({label_of(r, t) if t else r.label for r in rows} - present - {""})
-            if empty and fractions[s] > 0:
-                named = f" of task {t!r}" if t else ""
-                warnings.append(f"split {s!r} has no images{named} of {empty}")
+    warnings += _empty_classes(rows, by_task or {"": counts}, fractions)
     report: dict[str, Any] = {
         "images": len(out_rows),
         "units": len(set(units)),
@@ -229,3 +208,41 @@ def run(cfg: SplitConfig, manifest: Path, out: Path) -> SplitResult:
     return SplitResult(
         out=out, splits=SplitDir(out).splits, report=SplitDir(out).report, counts=counts
     )
+
+
+def _given_splits(
+    rows: list[ManifestRow], units: list[int], manifest: Path, warnings: list[str]
+) -> list[str]:
+    """The manifest's own split column (every row must have one); a unit across splits warns."""
+    missing = [r.source for r in rows if not r.split]
+    if missing:
+        raise SplitError(
+            f"{manifest}: {len(missing)} row(s) have no split while others do (first: "
+            f"{missing[0]!r}); give every row a split, or set split.respect_manifest_split: false"
+        )
+    spans: dict[int, set[str]] = {}
+    for r, u in zip(rows, units, strict=True):
+        spans.setdefault(u, set()).add(r.split)
+    for u, found in spans.items():
+        if len(found) > 1:
+            warnings.append(
+                f"near-duplicates/group of {rows[u].source!r} span splits {sorted(found)} (leakage)"
+            )
+    return [r.split for r in rows]
+
+
+def _empty_classes(
+    rows: list[ManifestRow],
+    by_task: dict[str, dict[str, dict[str, int]]],
+    fractions: dict[str, float],
+) -> list[str]:
+    """A warning per split (of non-zero fraction) that has no image of a class ("" = one task)."""
+    warnings = []
+    for t, per_split in by_task.items():
+        for s in SPLIT_NAMES:
+            present = {c for c in per_split[s] if c}
+            empty = sorted({label_of(r, t) if t else r.label for r in rows} - present - {""})
+            if empty and fractions[s] > 0:
+                named = f" of task {t!r}" if t else ""
+                warnings.append(f"split {s!r} has no images{named} of {empty}")
+    return warnings

@@ -151,6 +151,24 @@ def _to_device(
     return x, y.to(ctx.device, non_blocking=True)
 
 
+def _step(model: nn.Module, ctx: StepContext) -> None:
+    """One optimizer step on the accumulated gradients: unscale, clip, step, schedule, EMA."""
+    average_gradients(list(ctx.loss_fn.parameters()))  # learned task weights: not in DDP
+    if ctx.precision.scaler is not None:
+        ctx.precision.scaler.unscale_(ctx.optimizer)
+    if ctx.cfg.clip_grad is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), ctx.cfg.clip_grad)
+    if ctx.precision.scaler is not None:
+        ctx.precision.scaler.step(ctx.optimizer)
+        ctx.precision.scaler.update()
+    else:
+        ctx.optimizer.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scheduler.step()
+    if ctx.ema is not None:
+        ctx.ema.update(model)
+
+
 def train_one_epoch(
     model: nn.Module, loader: Any, ctx: StepContext, epoch: int, start_step: int = 0
 ) -> dict[str, float]:
@@ -190,20 +208,7 @@ def train_one_epoch(
             else:
                 scaled.backward()
         if last_of_group:
-            average_gradients(list(ctx.loss_fn.parameters()))  # learned task weights: not in DDP
-            if ctx.precision.scaler is not None:
-                ctx.precision.scaler.unscale_(ctx.optimizer)
-            if ctx.cfg.clip_grad is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), ctx.cfg.clip_grad)
-            if ctx.precision.scaler is not None:
-                ctx.precision.scaler.step(ctx.optimizer)
-                ctx.precision.scaler.update()
-            else:
-                ctx.optimizer.step()
-            ctx.optimizer.zero_grad(set_to_none=True)
-            ctx.scheduler.step()
-            if ctx.ema is not None:
-                ctx.ema.update(model)
+            _step(model, ctx)
         n = x.shape[0]
         total_loss += float(loss.detach()) * n
         right, answers = correct_answers(logits.detach(), y, ctx.slices)

@@ -77,35 +77,7 @@ def trainjob(name: str, kfp: KfpConfig, command: list[str], env: list[dict[str, 
     amounts: dict[str, Any] = {"cpu": cfg.cpu, "memory": cfg.memory}
     if cfg.gpus:
         amounts[cfg.accelerator] = str(cfg.gpus)
-    volumes = [
-        m.IoK8sApiCoreV1Volume.from_dict(
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}}
-        )
-    ]
-    mounts = [m.IoK8sApiCoreV1VolumeMount(name="dshm", mountPath="/dev/shm")]
-    if not cfg.workspace_uri:  # the inputs and outputs are on a shared volume
-        claim = {"claimName": cfg.workspace_pvc}
-        volumes.insert(
-            0,
-            m.IoK8sApiCoreV1Volume.from_dict({"name": "workspace", "persistentVolumeClaim": claim}),
-        )
-        mounts.insert(0, m.IoK8sApiCoreV1VolumeMount(name="workspace", mountPath=WORKSPACE))
-    pod = m.TrainerV1alpha1PodSpecPatch(
-        nodeSelector=dict(cfg.node_selector) or None,
-        tolerations=[
-            m.IoK8sApiCoreV1Toleration.from_dict(t.model_dump(exclude_none=True))
-            for t in cfg.tolerations
-        ]
-        or None,
-        volumes=volumes,
-        containers=[m.TrainerV1alpha1ContainerPatch(name=NODE_JOB, volumeMounts=mounts)],
-    )
-    node_patch = m.TrainerV1alpha1ReplicatedJobPatch(
-        name=NODE_JOB,
-        template=m.TrainerV1alpha1JobTemplatePatch(
-            spec=m.TrainerV1alpha1JobSpecPatch(template=m.TrainerV1alpha1PodTemplatePatch(spec=pod))
-        ),
-    )
+    node_patch = _node_patch(kfp)
     return m.TrainerV1alpha1TrainJob(
         apiVersion=f"{API_GROUP}/{API_VERSION}",
         kind="TrainJob",
@@ -145,6 +117,43 @@ def trainjob(name: str, kfp: KfpConfig, command: list[str], env: list[dict[str, 
             ],
         ),
     )
+
+
+def _node_patch(kfp: KfpConfig) -> Any:
+    """The node pods' patch: placement (selector, tolerations), /dev/shm and the workspace."""
+    from kubeflow_trainer_api import models as m
+
+    cfg = kfp.train
+    volumes = [
+        m.IoK8sApiCoreV1Volume.from_dict(
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}}
+        )
+    ]
+    mounts = [m.IoK8sApiCoreV1VolumeMount(name="dshm", mountPath="/dev/shm")]
+    if not cfg.workspace_uri:  # the inputs and outputs are on a shared volume
+        claim = {"claimName": cfg.workspace_pvc}
+        volumes.insert(
+            0,
+            m.IoK8sApiCoreV1Volume.from_dict({"name": "workspace", "persistentVolumeClaim": claim}),
+        )
+        mounts.insert(0, m.IoK8sApiCoreV1VolumeMount(name="workspace", mountPath=WORKSPACE))
+    pod = m.TrainerV1alpha1PodSpecPatch(
+        nodeSelector=dict(cfg.node_selector) or None,
+        tolerations=[
+            m.IoK8sApiCoreV1Toleration.from_dict(t.model_dump(exclude_none=True))
+            for t in cfg.tolerations
+        ]
+        or None,
+        volumes=volumes,
+        containers=[m.TrainerV1alpha1ContainerPatch(name=NODE_JOB, volumeMounts=mounts)],
+    )
+    node_patch = m.TrainerV1alpha1ReplicatedJobPatch(
+        name=NODE_JOB,
+        template=m.TrainerV1alpha1JobTemplatePatch(
+            spec=m.TrainerV1alpha1JobSpecPatch(template=m.TrainerV1alpha1PodTemplatePatch(spec=pod))
+        ),
+    )
+    return node_patch
 
 
 def manifest(
