@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import shutil
@@ -28,8 +27,10 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from carinspect.contracts.base import ContractError
+from carinspect.contracts.feedback import SUFFIX as RECORD
+from carinspect.contracts.feedback import FeedbackRecord, parse_record
 from carinspect.data.fingerprint import sha256_bytes
 from carinspect.data.objects import ObjectError, parse_s3_uri
 from carinspect.data.sources import (
@@ -45,7 +46,6 @@ from carinspect.io import staged_dir, write_bytes_atomic
 logger = logging.getLogger(__name__)
 
 PHOTOS = "photos"  # the DVC-tracked part of a feedback dataset folder
-RECORD = ".json"
 SHOWN = 8  # problem rows named in an error, at most
 
 
@@ -58,7 +58,7 @@ class Kept:
     """One photo of the feedback log: its record and how to read its bytes."""
 
     sha256: str
-    record: dict[str, Any]
+    record: FeedbackRecord
     read: Callable[[], bytes]
     ext: str
 
@@ -135,10 +135,10 @@ def read_log(log: str) -> dict[str, Kept]:
         if photo is None:
             continue
         try:
-            record = json.loads(read())
-        except ValueError as err:
-            raise FeedbackError(f"--log {log}: {name} is not JSON ({err})") from None
-        sha = str(record.get("sha256", ""))
+            record = parse_record(read(), f"--log {log}: {name}")
+        except ContractError as err:
+            raise FeedbackError(str(err)) from None
+        sha = record.sha256
         if sha != stem.rsplit("/", 1)[-1]:
             raise FeedbackError(f"--log {log}: {name} records hash {sha!r}, not its own name")
         kept[sha] = Kept(sha, record, files[photo], Path(photo).suffix)
@@ -196,12 +196,12 @@ def read_labels(labels: Path) -> list[tuple[str, str, str]]:
     )
 
 
-def _classes(record: dict[str, Any]) -> list[str]:
+def _classes(record: FeedbackRecord) -> list[str]:
     """The classes of the model that answered (single task: its one task's)."""
-    tasks = record.get("classes") or {}
+    tasks = record.classes
     if len(tasks) != 1:
         raise FeedbackError(
-            f"photo {record.get('sha256')} was answered by a model with tasks {list(tasks)}: "
+            f"photo {record.sha256} was answered by a model with tasks {list(tasks)}: "
             "feedback import labels single-task models"
         )
     return list(next(iter(tasks.values())))

@@ -19,7 +19,6 @@ revision (:mod:`carinspect.data.feedback`); ``carinspect drift`` scores the log 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -30,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from carinspect.data.feedback import RECORD
+from carinspect.contracts.feedback import AnsweredBy, FeedbackRecord, record_name
 from carinspect.data.fingerprint import sha256_bytes
 from carinspect.data.integrity import sniff
 from carinspect.serving.inference import Answer
@@ -48,11 +47,6 @@ def extension(data: bytes) -> str:
     """A file extension for the upload's bytes (the log is read content-sniffed anyway)."""
     fmt = sniff(data)
     return {"JPEG": ".jpg", None: ".img"}.get(fmt, f".{(fmt or '').lower()}")
-
-
-def record_name(sha: str) -> str:
-    """Where a photo's record lives, relative to the log's root."""
-    return f"{sha[:2]}/{sha}{RECORD}"
 
 
 class _Sink(Protocol):
@@ -155,7 +149,7 @@ class FeedbackLog:
         record = {
             "received_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "filename": filename,
-            "model": {"name": model.ref.name, "version": model.version, "alias": model.ref.alias},
+            "model": AnsweredBy(name=model.ref.name, version=model.version, alias=model.ref.alias),
             "labels": reply.labels,
             "classes": {t.name: t.classes for t in model.tasks},
             "answer": reply.body,
@@ -181,7 +175,8 @@ class FeedbackLog:
         if self._sink.exists(name):
             self.metrics.feedback_skipped.labels("duplicate").inc()
             return
-        body = json.dumps({"sha256": sha, "bytes": len(data), **record}, indent=1).encode()
+        kept = FeedbackRecord(sha256=sha, bytes=len(data), **record)
+        body = kept.model_dump_json(indent=1).encode()
         if self._used + len(data) + len(body) > self.max_bytes:
             self.metrics.feedback_skipped.labels("full").inc()
             self._disable(f"FEEDBACK_MAX_MB={self.max_bytes / 2**20:g} reached in {self.target}")

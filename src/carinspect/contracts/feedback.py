@@ -1,0 +1,50 @@
+"""The feedback record: what the server writes beside each photo it keeps for review.
+
+``<FEEDBACK_DIR>/<sha256[:2]>/<sha256>.json`` next to the photo. Written by
+:mod:`carinspect.serving.feedback`, read by ``carinspect feedback import``
+(:mod:`carinspect.data.feedback`), so both go through this one model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from carinspect.contracts.base import Contract, ContractError, explain
+
+SUFFIX = ".json"  # a record's name: the photo's hash, then this
+
+
+class AnsweredBy(Contract):
+    """The registered model version that answered the photo."""
+
+    name: str | None
+    version: str | None
+    alias: str | None
+
+
+class FeedbackRecord(Contract):
+    """One kept photo: its hash and size, when it came, and the answer it got."""
+
+    sha256: str
+    bytes: int
+    received_at: str  # ISO 8601, UTC, seconds
+    filename: str | None
+    model: AnsweredBy
+    labels: dict[str, str]  # task -> the label answered
+    classes: dict[str, list[str]]  # task -> the classes the model knows
+    answer: dict[str, Any]  # the response body as the client got it
+
+
+def record_name(sha: str) -> str:
+    """Where the record of the photo with content hash ``sha`` lives in the log."""
+    return f"{sha[:2]}/{sha}{SUFFIX}"
+
+
+def parse_record(text: bytes | str, where: str) -> FeedbackRecord:
+    """A record read back; ``where`` (the log and the file) names it in the error."""
+    try:
+        return FeedbackRecord.model_validate_json(text)
+    except ValidationError as err:
+        raise ContractError(f"{where}: not a feedback record: {explain(err)}") from None
