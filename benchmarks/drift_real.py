@@ -29,7 +29,7 @@ from PIL import Image, ImageFilter
 
 from carinspect.config import DataConfig, Settings, load_params
 from carinspect.contracts.folders import IngestDir
-from carinspect.data.manifest import read_manifest, read_splits
+from carinspect.data.intake.manifest import read_manifest, read_splits
 from carinspect.serving.drift_check import drift_report, load_for_drift, photos_in
 from carinspect.serving.settings import ServeSettings
 from carinspect.stages import evaluate, export, ingest, split, threshold, train

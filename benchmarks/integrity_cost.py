@@ -27,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from carinspect.data.images import decode_image, resize_short_side, to_rgb
+from carinspect.data.decoding.images import decode_image, resize_short_side, to_rgb
 
 SHORT_SIDE = 128  # the demo model's ingest.short_side
 

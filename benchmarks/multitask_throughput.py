@@ -45,7 +45,7 @@ from serve_throughput import (
 from carinspect.contracts.cards import parse_card
 from carinspect.contracts.onnx_names import FEATURES, INPUT, task_output
 from carinspect.contracts.preprocess import PreprocessSpec
-from carinspect.data.images import ImageLimits
+from carinspect.data.decoding.images import ImageLimits
 from carinspect.io import write_json_atomic
 from carinspect.serving.inference import answer, pixels_for
 from carinspect.serving.loaded import LoadedModel, ModelRef

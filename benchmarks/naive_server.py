@@ -19,7 +19,7 @@ import onnxruntime as ort
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 
-from carinspect.data.preprocess import preprocess
+from carinspect.data.loading.preprocess import preprocess
 from carinspect.serving.inference import answer
 from carinspect.serving.loaded import ModelRef, PhotoScores
 from carinspect.serving.opening import open_model

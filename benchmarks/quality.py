@@ -32,7 +32,7 @@ from torch import nn
 
 from carinspect.config import DataConfig, Settings, load_params
 from carinspect.contracts.preprocess import PreprocessSpec
-from carinspect.data.dataset import ImageDataset, class_names, load_split, loader_for
+from carinspect.data.loading.dataset import ImageDataset, class_names, load_split, loader_for
 from carinspect.modeling.factory import build_model
 from carinspect.stages import evaluate, ingest, split, train
 

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from carinspect.data.images import ImageLimits
+from carinspect.data.decoding.images import ImageLimits
 from carinspect.serving.inference import pixels_for
 from carinspect.serving.loaded import ModelRef
 from carinspect.serving.opening import open_model
@@ -112,7 +112,7 @@ def _images(folder: Path | None, limit: int) -> list[bytes]:
             step = max(1, len(files) // limit)
             return [p.read_bytes() for p in files[::step][:limit]]
     from carinspect.config import DemoConfig
-    from carinspect.data.demo import write_demo
+    from carinspect.data.intake.demo import write_demo
 
     tmp = Path(tempfile.mkdtemp())
     write_demo(DemoConfig(per_class=limit // 2, broken=False), tmp)

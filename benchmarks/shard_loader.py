@@ -37,13 +37,13 @@ from PIL import Image
 
 from carinspect.config import DataConfig, DemoConfig, SplitConfig, load_params
 from carinspect.contracts.preprocess import PreprocessSpec
-from carinspect.data.augment import build_augment
-from carinspect.data.dataset import ImageDataset, Sample, load_split, loader_for
-from carinspect.data.objects import S3Prefix, open_location
-from carinspect.data.samplers import EpochTagged, ShardedEpochSampler
-from carinspect.data.shards import PackItem, write_shards
-from carinspect.data.store import IMAGES, ShardStore, open_store
-from carinspect.data.streaming import ShardStream, stream_loader
+from carinspect.data.loading.augment import build_augment
+from carinspect.data.loading.dataset import ImageDataset, Sample, load_split, loader_for
+from carinspect.data.loading.samplers import EpochTagged, ShardedEpochSampler
+from carinspect.data.loading.streaming import ShardStream, stream_loader
+from carinspect.data.storage.objects import S3Prefix, open_location
+from carinspect.data.storage.shards import PackItem, write_shards
+from carinspect.data.storage.store import IMAGES, ShardStore, open_store
 from carinspect.stages import ingest, split
 
 HERE = Path(__file__).resolve().parent

@@ -21,9 +21,9 @@ from torch import nn
 
 from carinspect.config import load_params
 from carinspect.contracts.preprocess import PreprocessSpec
-from carinspect.data.augment import build_augment
-from carinspect.data.dataset import ImageDataset, class_names, load_split, loader_for
-from carinspect.data.samplers import EpochTagged, ShardedEpochSampler
+from carinspect.data.loading.augment import build_augment
+from carinspect.data.loading.dataset import ImageDataset, class_names, load_split, loader_for
+from carinspect.data.loading.samplers import EpochTagged, ShardedEpochSampler
 from carinspect.modeling.factory import build_model
 
 

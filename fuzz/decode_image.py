@@ -20,7 +20,7 @@ from fuzz.common import seed_corpus
 with atheris.instrument_imports(include=["carinspect", "PIL"]):
     from PIL import Image
 
-    from carinspect.data.images import ImageError, ImageLimits, decode_image
+    from carinspect.data.decoding.images import ImageError, ImageLimits, decode_image
 
     Image.init()  # the format plugins, imported now so they are instrumented too
 

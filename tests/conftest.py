@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from carinspect.config import DemoConfig
-from carinspect.data.demo import write_demo
+from carinspect.data.intake.demo import write_demo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -157,7 +157,7 @@ def prepared_tasks(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path) -> 
     """The demo's tasks.csv (cleanliness and damage, some damage cells empty), ingested at 40 px
     and split: what a two-task train consumes."""
     from carinspect.config import DataConfig, IngestConfig, SplitConfig
-    from carinspect.data.demo import TASKS_CSV
+    from carinspect.data.intake.demo import TASKS_CSV
     from carinspect.stages import ingest, split
 
     root = tmp_path_factory.mktemp("prepared-tasks")

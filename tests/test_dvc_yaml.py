@@ -66,7 +66,7 @@ def stage_module(cmd: str) -> str:
     """The module a stage's command runs: `carinspect data demo` or `carinspect <stage>`."""
     words = cmd.split()
     assert words[0] == "carinspect", cmd
-    return "carinspect.data.demo" if words[1] == "data" else f"carinspect.stages.{words[1]}"
+    return "carinspect.data.intake.demo" if words[1] == "data" else f"carinspect.stages.{words[1]}"
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
@@ -89,7 +89,7 @@ def test_the_closure_follows_lazy_imports() -> None:
     files = closure("carinspect.stages.threshold")
     assert "src/carinspect/evaluation/decision.py" in files
     assert "src/carinspect/evaluation/plots.py" in files
-    assert "src/carinspect/data/images.py" not in files
+    assert "src/carinspect/data/decoding/images.py" not in files
 
 
 def test_dvc_yaml_runs_the_stages_the_spec_declares() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from carinspect.config import DataConfig, IngestConfig
-from carinspect.data.images import ImageError, ImageLimits, decode_image
-from carinspect.data.manifest import read_manifest
+from carinspect.data.decoding.images import ImageError, ImageLimits, decode_image
+from carinspect.data.intake.manifest import read_manifest
 from carinspect.stages import ingest
 from tests.corpus.malformed import Case, cases
 

@@ -16,13 +16,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carinspect.data.images import ImageError, ImageLimits, decode_image, open_image, to_rgb
+from carinspect.data.decoding.images import (
+    ImageError,
+    ImageLimits,
+    decode_image,
+    open_image,
+    to_rgb,
+)
 
 SIDE = 3000  # 9 M pixels: big enough to dwarf the interpreter's noise, quick to write
 
 _MEASURE = """
 import sys
-from carinspect.data.images import ImageLimits, open_image
+from carinspect.data.decoding.images import ImageLimits, open_image
 def kib(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):

@@ -9,12 +9,12 @@ from PIL import Image
 
 from carinspect.config import DataConfig, DemoConfig, IngestConfig
 from carinspect.contracts.folders import IngestDir
-from carinspect.data.demo import demo_files
-from carinspect.data.feedback import FeedbackError, import_feedback, read_log
-from carinspect.data.fingerprint import sha256_bytes
-from carinspect.data.images import ImageLimits
-from carinspect.data.manifest import read_manifest
-from carinspect.data.sources import SourceError
+from carinspect.data.decoding.fingerprint import sha256_bytes
+from carinspect.data.decoding.images import ImageLimits
+from carinspect.data.intake.demo import demo_files
+from carinspect.data.intake.feedback import FeedbackError, import_feedback, read_log
+from carinspect.data.intake.manifest import read_manifest
+from carinspect.data.intake.sources import SourceError
 from carinspect.serving.feedback import FeedbackLog
 from carinspect.serving.inference import answer, pixels_for
 from carinspect.serving.loaded import ModelRef

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carinspect.data.demo import _pixel_bomb_png
-from carinspect.data.images import (
+from carinspect.data.decoding.images import (
     ImageError,
     ImageLimits,
     decode_image,
     grayscale_spread,
     resize_short_side,
 )
+from carinspect.data.intake.demo import _pixel_bomb_png
 
 
 def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:

@@ -6,9 +6,9 @@ from PIL import Image
 
 from carinspect.config import ModelConfig, load_params
 from carinspect.contracts.preprocess import PreprocessSpec
-from carinspect.data.augment import AugmentError, apply_augment, build_augment
-from carinspect.data.images import resize_short_side
-from carinspect.data.preprocess import preprocess
+from carinspect.data.decoding.images import resize_short_side
+from carinspect.data.loading.augment import AugmentError, apply_augment, build_augment
+from carinspect.data.loading.preprocess import preprocess
 from tests.conftest import REPO_ROOT
 
 

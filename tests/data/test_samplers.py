@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from carinspect.data.samplers import ShardedEpochSampler, shard
+from carinspect.data.loading.samplers import ShardedEpochSampler, shard
 
 LABELS = [0] * 900 + [1] * 100  # 9:1 imbalance
 

@@ -17,11 +17,11 @@ import torch
 from carinspect.config import DataConfig, DemoConfig, IngestConfig, ModelConfig, SplitConfig
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.shards import ShardIndex
-from carinspect.data.dataset import Sample, load_split
-from carinspect.data.manifest import read_manifest
-from carinspect.data.samplers import ShardedEpochSampler
-from carinspect.data.store import ShardError, ShardStore, open_store
-from carinspect.data.streaming import ShardStream, stream_loader
+from carinspect.data.intake.manifest import read_manifest
+from carinspect.data.loading.dataset import Sample, load_split
+from carinspect.data.loading.samplers import ShardedEpochSampler
+from carinspect.data.loading.streaming import ShardStream, stream_loader
+from carinspect.data.storage.store import ShardError, ShardStore, open_store
 from carinspect.stages import ingest, split
 from carinspect.stages.ingest import IngestError
 

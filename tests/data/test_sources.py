@@ -7,7 +7,7 @@ import boto3
 import pytest
 
 from carinspect.config import DemoConfig
-from carinspect.data.sources import SourceError, open_source, parse_dvc_uri, source_kind
+from carinspect.data.intake.sources import SourceError, open_source, parse_dvc_uri, source_kind
 from tests.conftest import VENV_BIN
 
 

@@ -10,8 +10,8 @@ from PIL import Image, ImageFilter
 
 from carinspect.config import DemoConfig
 from carinspect.contracts.folders import ExportDir, IngestDir
-from carinspect.data.demo import demo_files
-from carinspect.data.manifest import read_manifest, read_splits
+from carinspect.data.intake.demo import demo_files
+from carinspect.data.intake.manifest import read_manifest, read_splits
 from carinspect.drift.profile import read_profile
 from tests.serving.conftest import Server
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from carinspect.config import DemoConfig
-from carinspect.data.demo import write_demo
+from carinspect.data.intake.demo import write_demo
 from carinspect.drift.stats import ALERT_PSI, STATS, Binned, image_stats, psi, share_psi
 
 

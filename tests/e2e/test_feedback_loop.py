@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from carinspect.config import DemoConfig
-from carinspect.data.demo import demo_files
-from carinspect.data.fingerprint import sha256_bytes
-from carinspect.data.manifest import read_manifest
+from carinspect.data.decoding.fingerprint import sha256_bytes
+from carinspect.data.intake.demo import demo_files
+from carinspect.data.intake.manifest import read_manifest
 from tests.conftest import VENV_BIN, Server
 from tests.e2e.project import DVC, make_project, sh
 

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from carinspect.data.images import decode_cost
+from carinspect.data.decoding.images import decode_cost
 from carinspect.serving.settings import ServeSettings
 
 BOUNDARY = "hostile-boundary"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carinspect.data.images import ImageLimits
+from carinspect.data.decoding.images import ImageLimits
 from carinspect.serving.inference import pixels_for
 from carinspect.serving.loaded import ModelRef
 from carinspect.serving.opening import open_model

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from carinspect.data.images import ImageLimits
-from carinspect.data.manifest import read_splits
+from carinspect.data.decoding.images import ImageLimits
+from carinspect.data.intake.manifest import read_splits
 from carinspect.serving.inference import pixels_for
 from carinspect.serving.loaded import ModelLoadError, ModelRef
 from carinspect.serving.model_store import ModelStore

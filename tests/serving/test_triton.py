@@ -18,7 +18,7 @@ from google.protobuf import text_format
 
 from carinspect.config import TritonConfig
 from carinspect.contracts.cards import read_card
-from carinspect.data.manifest import read_splits
+from carinspect.data.intake.manifest import read_splits
 from carinspect.serving.triton import TritonError, model_config
 from carinspect.serving.triton_client import _max_batch_size
 from tests.conftest import REPO_ROOT, VENV_BIN, Prepared, Server, registered_store

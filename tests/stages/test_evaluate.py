@@ -42,7 +42,7 @@ def test_evaluate_writes_everything_and_logs_to_the_run(
     # what went wrong: every wrong test answer and the least certain right ones, by source name
     import csv
 
-    from carinspect.data.manifest import read_manifest
+    from carinspect.data.intake.manifest import read_manifest
 
     sources = {r.path: r.source for r in read_manifest(prepared.ingest / "manifest.csv")}
     listed = list(csv.DictReader((out / "mistakes.csv").open()))

@@ -86,7 +86,7 @@ def _reference(
     import torch
 
     from carinspect.contracts.preprocess import PreprocessSpec
-    from carinspect.data.dataset import ImageDataset, load_split
+    from carinspect.data.loading.dataset import ImageDataset, load_split
     from carinspect.modeling.checkpoint import load_checkpoint, model_from_checkpoint
 
     state = load_checkpoint(upstream["best"])
@@ -139,7 +139,7 @@ def test_a_single_task_model_with_dropout_gets_an_mc_head_that_serves(
     """
     import httpx
 
-    from carinspect.data.images import ImageLimits
+    from carinspect.data.decoding.images import ImageLimits
     from carinspect.modeling.checkpoint import load_checkpoint, save_checkpoint
     from carinspect.serving.inference import answer, pixels_for
     from carinspect.serving.loaded import ModelRef

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from carinspect.config import DataConfig, DemoConfig, IngestConfig
-from carinspect.data.manifest import read_manifest
-from carinspect.data.sources import SourceError
+from carinspect.data.intake.manifest import read_manifest
+from carinspect.data.intake.sources import SourceError
 from carinspect.stages import ingest
 from carinspect.stages.ingest import IngestError
 from tests.conftest import VENV_BIN
@@ -237,7 +237,7 @@ def test_killed_run_leaves_no_output_and_is_cleaned_up(tmp_path: Path) -> None:
 
 def test_serving_decodes_an_upload_to_the_pixels_ingest_cached(tmp_path: Path) -> None:
     """Phone-size JPEGs: ingest's cached image equals what serving decodes from the upload."""
-    from carinspect.data.images import ImageLimits, decode_image
+    from carinspect.data.decoding.images import ImageLimits, decode_image
 
     uploads = {}
     for seed, label in enumerate(("a", "b")):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from carinspect.config import DataConfig, IngestConfig, SplitConfig
-from carinspect.data.demo import TASKS_CSV
-from carinspect.data.manifest import label_of, read_manifest, read_splits, row_tasks
-from carinspect.data.sources import SourceError, open_source
+from carinspect.data.intake.demo import TASKS_CSV
+from carinspect.data.intake.manifest import label_of, read_manifest, read_splits, row_tasks
+from carinspect.data.intake.sources import SourceError, open_source
 from carinspect.stages import ingest, split
 
 CFG = IngestConfig(short_side=48, workers=2)

@@ -12,7 +12,7 @@ import pytest
 
 from carinspect.config import EvaluateConfig, ExportConfig, Settings, ThresholdConfig, load_params
 from carinspect.contracts.cards import read_card
-from carinspect.data.images import ImageLimits
+from carinspect.data.decoding.images import ImageLimits
 from carinspect.serving.inference import pixels_for
 from carinspect.serving.loaded import ModelLoadError, ModelRef
 from carinspect.serving.opening import open_model
@@ -223,7 +223,7 @@ def test_batch_predict_writes_a_column_group_per_task(two_tasks: Path, tmp_path:
 def test_a_multiclass_task_beside_a_binary_one(tmp_path: Path, sqlite_tracking: str) -> None:
     """A three-level severity scale and damage: a multiclass rule and a binary rule, served."""
     from carinspect.config import DataConfig, DemoConfig, IngestConfig, SplitConfig
-    from carinspect.data.demo import TASKS_CSV, write_demo
+    from carinspect.data.intake.demo import TASKS_CSV, write_demo
     from carinspect.serving.inference import answer
     from carinspect.stages import ingest, split
 

@@ -98,7 +98,7 @@ def test_other_shapes_train_and_evaluate_over_shards(
     tmp_path: Path, demo_dir: Path, sqlite_tracking: str, shape: str
 ) -> None:
     """A severity scale and two tasks trained together, as users bring them, from shards."""
-    from carinspect.data.demo import TASKS_CSV
+    from carinspect.data.intake.demo import TASKS_CSV
 
     if shape == "three classes":
         demo = DemoConfig(per_class=12, broken=False, classes=["clean", "dusty", "muddy"])

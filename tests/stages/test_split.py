@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from carinspect.config import SplitConfig
-from carinspect.data.manifest import ManifestRow, manifest_csv, read_splits
+from carinspect.data.intake.manifest import ManifestRow, manifest_csv, read_splits
 from carinspect.stages import split
 from carinspect.stages.split import SplitError
 

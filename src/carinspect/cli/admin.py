@@ -56,7 +56,7 @@ def feedback_import(
     ] = None,
 ) -> None:
     """Labelled served photos into the feedback dataset (a new DVC revision ingest reads)."""
-    from carinspect.data.feedback import import_feedback
+    from carinspect.data.intake.feedback import import_feedback
 
     folder = out or Path(read_params(params).data.feedback or "data/feedback")
     r = import_feedback(labels, log, folder)
@@ -101,7 +101,7 @@ def data_pull(
     folder: Annotated[Path, typer.Argument(help="Local folder to copy into.")],
 ) -> None:
     """Copy every object under an S3 prefix into a folder (a TrainJob node's inputs)."""
-    from carinspect.data.objects import download_tree
+    from carinspect.data.storage.objects import download_tree
 
     typer.echo(f"{download_tree(uri, folder)} files from {uri} in {folder}")
 
@@ -112,7 +112,7 @@ def data_push(
     uri: Annotated[str, typer.Argument(help="s3://bucket/prefix to copy to.")],
 ) -> None:
     """Copy every file under a folder to an S3 prefix (a TrainJob node's outputs)."""
-    from carinspect.data.objects import upload_tree
+    from carinspect.data.storage.objects import upload_tree
 
     typer.echo(f"{upload_tree(folder, uri)} files from {folder} in {uri}")
 
@@ -126,7 +126,7 @@ def data_demo(
     per_class: Annotated[int | None, typer.Option(help="Override data.demo.per_class.")] = None,
 ) -> None:
     """Write the generated demo dataset as a folder per class (what `data.source: demo` reads)."""
-    from carinspect.data.demo import write_demo
+    from carinspect.data.intake.demo import write_demo
 
     demo = read_params(params).data.demo
     if per_class is not None:

@@ -204,7 +204,7 @@ def triton_predict(
 
 def _predict_to(model: Any, target: str, out: Path, settings: Any) -> list[dict[str, Any]]:
     """Answer every image under ``target`` with ``model`` (server limits) and write ``out``."""
-    from carinspect.data.images import ImageLimits
+    from carinspect.data.decoding.images import ImageLimits
     from carinspect.serving.batch_predict import list_inputs, predict_inputs, write_predictions
 
     limits = ImageLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes)

@@ -64,7 +64,7 @@ def split(
     out: Annotated[Path, typer.Option(help="Output folder: splits.csv, report.*")] = SPLIT.root,
 ) -> None:
     """Assign images to train/val/test: stratified, near-duplicates and groups kept together."""
-    from carinspect.data.manifest import read_manifest
+    from carinspect.data.intake.manifest import read_manifest
     from carinspect.stages import split as stage
     from carinspect.stages.threshold import check_rule
 

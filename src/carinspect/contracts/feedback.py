@@ -2,7 +2,7 @@
 
 ``<FEEDBACK_DIR>/<sha256[:2]>/<sha256>.json`` next to the photo. Written by
 :mod:`carinspect.serving.feedback`, read by ``carinspect feedback import``
-(:mod:`carinspect.data.feedback`), so both go through this one model.
+(:mod:`carinspect.data.intake.feedback`), so both go through this one model.
 """
 
 from __future__ import annotations

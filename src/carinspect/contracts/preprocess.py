@@ -1,6 +1,6 @@
 """How an RGB image becomes the network's input: the spec model.json and checkpoints store.
 
-The function that applies it is :func:`carinspect.data.preprocess.preprocess`; the spec lives
+The function that applies it is :func:`carinspect.data.loading.preprocess.preprocess`; the spec lives
 here, with the contracts, so that a stage which only reads or writes model cards (threshold,
 register) does not depend on image code.
 """

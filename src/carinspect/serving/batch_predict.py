@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from carinspect.data.images import ImageError, ImageLimits
+from carinspect.data.decoding.images import ImageError, ImageLimits
 from carinspect.errors import InputError
 from carinspect.io import write_json_atomic, write_text_atomic
 from carinspect.serving.inference import answer, prepare
@@ -44,8 +44,8 @@ def list_inputs(target: str) -> list[tuple[str, Reader]]:
 
 
 def _s3_inputs(uri: str) -> list[tuple[str, Reader]]:
-    from carinspect.data.objects import parse_s3_uri
-    from carinspect.data.sources import s3_objects
+    from carinspect.data.intake.sources import s3_objects
+    from carinspect.data.storage.objects import parse_s3_uri
 
     objects = s3_objects(uri, "predict")  # a malformed URI: the error names "predict"
     bucket = parse_s3_uri(uri)[0]

@@ -2,7 +2,7 @@
 
 Two of them bound the server's memory by design rather than by luck: the request bodies being
 read and held (by declared length) and the image decodes in flight (by the cost
-:func:`carinspect.data.images.decode_cost` works out from each header). A request that needs
+:func:`carinspect.data.decoding.images.decode_cost` works out from each header). A request that needs
 more than the whole budget can never be served and is refused at once; one that would have to
 wait longer than its patience gets :class:`Full`, which the app answers with 503 and
 Retry-After, so a burst of large uploads queues or is shed instead of killing the pod.

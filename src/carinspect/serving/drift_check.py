@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from carinspect.data.images import ImageLimits
+from carinspect.data.decoding.images import ImageLimits
 from carinspect.errors import InputError
 from carinspect.serving.batch_predict import Reader, label_counts, list_inputs, predict_inputs
 from carinspect.serving.loaded import LoadedModel, ModelLoadError

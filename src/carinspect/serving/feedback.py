@@ -14,7 +14,7 @@ that cannot be written (or a bucket that refuses the first write) turns sampling
 WARNING, and serving goes on.
 
 ``carinspect feedback import`` turns a reviewer's labels for these photos into a dataset
-revision (:mod:`carinspect.data.feedback`); ``carinspect drift`` scores the log as a set.
+revision (:mod:`carinspect.data.intake.feedback`); ``carinspect drift`` scores the log as a set.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from carinspect.contracts.feedback import AnsweredBy, FeedbackRecord, record_name
-from carinspect.data.fingerprint import sha256_bytes
-from carinspect.data.integrity import sniff
+from carinspect.data.decoding.fingerprint import sha256_bytes
+from carinspect.data.decoding.integrity import sniff
 from carinspect.serving.inference import Answer
 from carinspect.serving.loaded import LoadedModel
 from carinspect.serving.metrics import ServingMetrics
@@ -82,7 +82,7 @@ class _S3Sink:
     """The log under an s3:// prefix, through the one S3 layer (data/objects.py)."""
 
     def __init__(self, uri: str) -> None:
-        from carinspect.data.objects import S3Prefix
+        from carinspect.data.storage.objects import S3Prefix
 
         self.prefix = S3Prefix(uri)  # boto3 missing (the slim serving image): ObjectError
 

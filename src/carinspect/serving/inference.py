@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from carinspect.data.images import ImageLimits, OpenedImage, open_image
-from carinspect.data.preprocess import preprocess
+from carinspect.data.decoding.images import ImageLimits, OpenedImage, open_image
+from carinspect.data.loading.preprocess import preprocess
 from carinspect.drift.profile import photo_stats
 from carinspect.evaluation.decision import UNCERTAIN, decide_from_spec
 from carinspect.serving.loaded import LoadedModel, PhotoScores
@@ -22,7 +22,7 @@ def pixels_for(data: bytes, model: LoadedModel, limits: ImageLimits) -> np.ndarr
     Decoded as ingest decoded the training images: reduced to the model's
     ``source_short_side`` in the decoder when there is one.
 
-    Raises :class:`carinspect.data.images.ImageError` naming the problem.
+    Raises :class:`carinspect.data.decoding.images.ImageError` naming the problem.
     """
     return prepare(data, model, limits)[0]
 

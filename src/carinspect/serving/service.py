@@ -21,7 +21,7 @@ from fastapi import Depends, HTTPException, Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from carinspect.data.images import ImageError, ImageLimits
+from carinspect.data.decoding.images import ImageError, ImageLimits
 from carinspect.memory import fixed_mmap_threshold
 from carinspect.serving.batcher import Batcher
 from carinspect.serving.budget import MemoryBudget

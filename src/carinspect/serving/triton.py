@@ -163,7 +163,7 @@ def publish(entry: Path, uri: str) -> str:
     artifact store uses). New files go up first, then objects the entry no longer has (an older
     version folder) are deleted, so Triton never sees a half-written entry without a model.
     """
-    from carinspect.data.objects import ObjectError, S3Prefix, parse_s3_uri
+    from carinspect.data.storage.objects import ObjectError, S3Prefix, parse_s3_uri
 
     try:
         bucket, prefix = parse_s3_uri(uri)

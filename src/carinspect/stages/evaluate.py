@@ -30,10 +30,10 @@ from carinspect.contracts.evaluation import TaskVerdict, Verdict
 from carinspect.contracts.folders import EvaluateDir, IngestDir
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.tasks import MISSING, TaskSpec, task_slices, tasks_of_checkpoint
-from carinspect.data.dataset import load_task_split, sample_labels
-from carinspect.data.manifest import read_manifest
-from carinspect.data.store import open_store
-from carinspect.data.streaming import eval_loader
+from carinspect.data.intake.manifest import read_manifest
+from carinspect.data.loading.dataset import load_task_split, sample_labels
+from carinspect.data.loading.streaming import eval_loader
+from carinspect.data.storage.store import open_store
 from carinspect.evaluation import calibration, mistakes, plots
 from carinspect.evaluation.metrics import classification_report, majority_baseline
 from carinspect.evaluation.verdict import judge

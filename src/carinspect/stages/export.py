@@ -41,8 +41,8 @@ from carinspect.contracts.onnx_names import FEATURES, INPUT, MASK, OUTPUTS, task
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.rules import parse_rule, read_rule
 from carinspect.contracts.tasks import MISSING, TaskSpec, task_slices, tasks_of_checkpoint
-from carinspect.data.dataset import dataset_for, load_task_split
-from carinspect.data.manifest import read_manifest
+from carinspect.data.intake.manifest import read_manifest
+from carinspect.data.loading.dataset import dataset_for, load_task_split
 from carinspect.drift.profile import DriftProfile, build_profile
 from carinspect.errors import InputError
 from carinspect.evaluation.decision import decide_from_spec

@@ -24,21 +24,21 @@ from tqdm import tqdm
 from carinspect.config import DataConfig, IngestConfig
 from carinspect.contracts.folders import IngestDir
 from carinspect.contracts.shards import INDEX_FILE
-from carinspect.data import quality
-from carinspect.data.feedback import feedback_items
-from carinspect.data.fingerprint import dhash, near_duplicate_groups, sha256_bytes
-from carinspect.data.images import (
+from carinspect.data.decoding.fingerprint import dhash, near_duplicate_groups, sha256_bytes
+from carinspect.data.decoding.images import (
     ImageError,
     ImageLimits,
     decode_image,
     grayscale_spread,
 )
-from carinspect.data.manifest import ManifestRow, label_of, manifest_csv
-from carinspect.data.objects import ObjectError, open_location
-from carinspect.data.report import render_ingest_report
-from carinspect.data.shards import PackItem, write_shards
-from carinspect.data.sources import Rejected, SourceItem, open_source
-from carinspect.data.store import IMAGES
+from carinspect.data.intake import quality
+from carinspect.data.intake.feedback import feedback_items
+from carinspect.data.intake.manifest import ManifestRow, label_of, manifest_csv
+from carinspect.data.intake.report import render_ingest_report
+from carinspect.data.intake.sources import Rejected, SourceItem, open_source
+from carinspect.data.storage.objects import ObjectError, open_location
+from carinspect.data.storage.shards import PackItem, write_shards
+from carinspect.data.storage.store import IMAGES
 from carinspect.errors import InputError
 from carinspect.io import staged_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 

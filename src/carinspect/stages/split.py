@@ -28,8 +28,8 @@ import numpy as np
 
 from carinspect.config import SPLIT_NAMES, SplitConfig
 from carinspect.contracts.folders import SplitDir
-from carinspect.data.groups import DisjointSet
-from carinspect.data.manifest import (
+from carinspect.data.intake.groups import DisjointSet
+from carinspect.data.intake.manifest import (
     ManifestRow,
     SplitRow,
     label_of,
@@ -37,7 +37,7 @@ from carinspect.data.manifest import (
     row_tasks,
     write_splits,
 )
-from carinspect.data.report import render_split_report
+from carinspect.data.intake.report import render_split_report
 from carinspect.errors import InputError
 from carinspect.io import staged_dir, write_json_atomic, write_text_atomic
 

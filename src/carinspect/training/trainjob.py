@@ -38,8 +38,8 @@ import yaml
 
 from carinspect.config import DATA_SECRET_KEYS, KfpConfig, Params, Settings
 from carinspect.contracts.folders import SplitDir
-from carinspect.data.objects import download_tree, remove_tree, upload_tree
-from carinspect.data.store import ShardStore, open_store
+from carinspect.data.storage.objects import download_tree, remove_tree, upload_tree
+from carinspect.data.storage.store import ShardStore, open_store
 from carinspect.errors import InputError
 from carinspect.stages.spec import SPEC
 

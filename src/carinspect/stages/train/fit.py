@@ -17,7 +17,7 @@ from carinspect.config import TrainConfig
 from carinspect.contracts.folders import TrainDir
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.tasks import MISSING, TaskSpec, num_outputs, task_slices
-from carinspect.data.dataset import Sample, load_task_split, sample_labels
+from carinspect.data.loading.dataset import Sample, load_task_split, sample_labels
 from carinspect.modeling.factory import build_model
 from carinspect.modeling.losses import MultiTaskLoss, build_task_loss
 from carinspect.stages.train.inputs import (

@@ -11,7 +11,7 @@ from typing import Any
 from carinspect.config import MlflowConfig, ModelConfig, Settings, TrainConfig
 from carinspect.contracts.folders import IngestDir
 from carinspect.contracts.tasks import TaskSpec
-from carinspect.data.dataset import split_tasks
+from carinspect.data.loading.dataset import split_tasks
 from carinspect.errors import InputError
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from carinspect.config import MlflowConfig, ModelConfig, Settings, TrainConfig
 from carinspect.contracts.folders import IngestDir, TrainDir
-from carinspect.data.augment import build_augment
-from carinspect.data.dataset import load_task_split
-from carinspect.data.store import ShardError, open_store
+from carinspect.data.loading.augment import build_augment
+from carinspect.data.loading.dataset import load_task_split
+from carinspect.data.storage.store import ShardError, open_store
 from carinspect.logs import configure_logging
 from carinspect.modeling.factory import check_model_name
 from carinspect.modeling.losses import build_task_loss

@@ -10,11 +10,11 @@ import torch
 
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.tasks import TaskSpec
-from carinspect.data.augment import build_augment
-from carinspect.data.dataset import ImageDataset, Sample, load_task_split, loader_for
-from carinspect.data.samplers import EpochTagged, ShardedEpochSampler, shard
-from carinspect.data.store import ShardStore, open_store
-from carinspect.data.streaming import ShardStream, stream_loader
+from carinspect.data.loading.augment import build_augment
+from carinspect.data.loading.dataset import ImageDataset, Sample, load_task_split, loader_for
+from carinspect.data.loading.samplers import EpochTagged, ShardedEpochSampler, shard
+from carinspect.data.loading.streaming import ShardStream, stream_loader
+from carinspect.data.storage.store import ShardStore, open_store
 from carinspect.stages.train.inputs import TrainInputs
 from carinspect.training import distributed as dist_utils
 

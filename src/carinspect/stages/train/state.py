@@ -21,8 +21,8 @@ from torch import nn
 from carinspect.contracts.checkpoint import Checkpoint
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.tasks import TaskSpec, tasks_of_checkpoint
-from carinspect.data.samplers import ShardedEpochSampler
-from carinspect.data.streaming import ShardStream
+from carinspect.data.loading.samplers import ShardedEpochSampler
+from carinspect.data.loading.streaming import ShardStream
 from carinspect.modeling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from carinspect.stages.train.inputs import describe
 from carinspect.training.loop import EarlyStopping, Precision

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carinspect.contracts.shards import Member, Shard, ShardIndex
-from carinspect.data.objects import LocalFolder, MissingObject, S3Prefix
+from carinspect.data.storage.objects import LocalFolder, MissingObject, S3Prefix
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from carinspect.data.groups import DisjointSet
+from carinspect.data.intake.groups import DisjointSet
 
 
 def sha256_bytes(data: bytes) -> str:

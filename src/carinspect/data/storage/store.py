@@ -25,7 +25,7 @@ import numpy as np
 
 from carinspect.contracts.base import ContractError
 from carinspect.contracts.shards import INDEX_FILE, ShardIndex
-from carinspect.data.objects import LocalFolder, MissingObject, ObjectError, open_location
+from carinspect.data.storage.objects import LocalFolder, MissingObject, ObjectError, open_location
 from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from carinspect.contracts.preprocess import PreprocessSpec
-from carinspect.data.images import resize_short_side
+from carinspect.data.decoding.images import resize_short_side
 
 
 def _resize(img: Image.Image, spec: PreprocessSpec) -> Image.Image:

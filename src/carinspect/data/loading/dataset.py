@@ -14,10 +14,16 @@ from torch.utils.data import Dataset
 
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.tasks import MISSING, TaskSpec
-from carinspect.data.augment import apply_augment
-from carinspect.data.manifest import ManifestError, SplitRow, label_of, read_splits, row_tasks
-from carinspect.data.preprocess import preprocess
-from carinspect.data.store import FileStore, ImageStore, open_store
+from carinspect.data.intake.manifest import (
+    ManifestError,
+    SplitRow,
+    label_of,
+    read_splits,
+    row_tasks,
+)
+from carinspect.data.loading.augment import apply_augment
+from carinspect.data.loading.preprocess import preprocess
+from carinspect.data.storage.store import FileStore, ImageStore, open_store
 
 
 @dataclass(frozen=True)

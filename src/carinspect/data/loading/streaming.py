@@ -1,6 +1,6 @@
 """Stream a split out of shards: a disjoint, seeded, per-epoch shuffled share per rank and worker.
 
-The epoch's draw is the one :class:`~carinspect.data.samplers.ShardedEpochSampler` makes for
+The epoch's draw is the one :class:`~carinspect.data.loading.samplers.ShardedEpochSampler` makes for
 the per-file cache (same seed, same sampler kind): every image is taken as many times as that
 draw takes it, so an epoch over shards has exactly the class balance of an epoch over files.
 What changes is the order, chosen so that reading is sequential:
@@ -39,11 +39,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from carinspect.contracts.preprocess import PreprocessSpec
-from carinspect.data.augment import apply_augment
-from carinspect.data.dataset import Sample, decode_png
-from carinspect.data.preprocess import preprocess
-from carinspect.data.samplers import SamplerKind, ShardedEpochSampler
-from carinspect.data.store import Blob, ShardStore
+from carinspect.data.loading.augment import apply_augment
+from carinspect.data.loading.dataset import Sample, decode_png
+from carinspect.data.loading.preprocess import preprocess
+from carinspect.data.loading.samplers import SamplerKind, ShardedEpochSampler
+from carinspect.data.storage.store import Blob, ShardStore
 from carinspect.memory import fixed_mmap_threshold
 
 
@@ -281,8 +281,8 @@ def eval_loader(
     """
     from pathlib import Path
 
-    from carinspect.data.dataset import ImageDataset, loader_for
-    from carinspect.data.store import open_store
+    from carinspect.data.loading.dataset import ImageDataset, loader_for
+    from carinspect.data.storage.store import open_store
 
     store = open_store(Path(image_root))
     if isinstance(store, ShardStore):

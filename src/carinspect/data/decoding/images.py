@@ -1,7 +1,7 @@
 """Decoding and validating one image file: the single place that turns bytes into RGB pixels.
 
 Ingest uses it for every source file and serving for every upload, so both see the same image:
-full decode with the integrity checks of :mod:`carinspect.data.integrity` (a cut or corrupt file
+full decode with the integrity checks of :mod:`carinspect.data.decoding.integrity` (a cut or corrupt file
 is an error, not grey pixels), EXIF orientation applied, every colour mode converted to 8-bit
 RGB, size limits checked *before* pixels are allocated, and, given the short side the model's
 data is kept at (``ingest.short_side``), the image reduced to it.
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from carinspect.data import integrity
-from carinspect.data.integrity import ImageError
+from carinspect.data.decoding import integrity
+from carinspect.data.decoding.integrity import ImageError
 
 __all__ = [
     "DecodedImage",

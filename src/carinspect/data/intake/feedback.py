@@ -31,15 +31,15 @@ from pathlib import Path
 from carinspect.contracts.base import ContractError
 from carinspect.contracts.feedback import SUFFIX as RECORD
 from carinspect.contracts.feedback import FeedbackRecord, parse_record
-from carinspect.data.fingerprint import sha256_bytes
-from carinspect.data.objects import ObjectError, parse_s3_uri
-from carinspect.data.sources import (
+from carinspect.data.decoding.fingerprint import sha256_bytes
+from carinspect.data.intake.sources import (
     ResolvedSource,
     SourceError,
     SourceItem,
     folder_source,
     s3_objects,
 )
+from carinspect.data.storage.objects import ObjectError, parse_s3_uri
 from carinspect.errors import InputError
 from carinspect.io import staged_dir, write_bytes_atomic
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from carinspect.data.manifest import ManifestRow
+from carinspect.data.intake.manifest import ManifestRow
 
 # Feature groups tested alone and together.
 SHORTCUT_FEATURES: dict[str, tuple[str, ...]] = {

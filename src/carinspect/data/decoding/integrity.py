@@ -14,7 +14,7 @@ wrong without anyone knowing. The checks here refuse those files with a reason:
 They are cheap beside decoding: a walk over chunk or block headers and a CRC32 over the bytes
 (PNG, GIF, WebP), one extra inflate of a PNG's pixel data (to count its rows), and for JPEG the
 decode itself, by libjpeg-turbo through simplejpeg in strict mode (libjpeg's "premature end" and
-"corrupt data" warnings become errors). :mod:`carinspect.data.images` calls them; ingest and
+"corrupt data" warnings become errors). :mod:`carinspect.data.decoding.images` calls them; ingest and
 serving both decode through it.
 """
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from carinspect.config import SPLIT_NAMES, DemoConfig
-from carinspect.data.objects import ObjectError, S3Prefix, parse_s3_uri
+from carinspect.data.storage.objects import ObjectError, S3Prefix, parse_s3_uri
 from carinspect.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ def _coco_task_groups(
 def s3_objects(uri: str, what: str = "data.source") -> list[tuple[str, Callable[[], bytes]]]:
     """(key, reader) for every object under an ``s3://bucket/prefix``, sorted by key.
 
-    Through :class:`~carinspect.data.objects.S3Prefix`, as every S3 user of carinspect: one
+    Through :class:`~carinspect.data.storage.objects.S3Prefix`, as every S3 user of carinspect: one
     client set-up, and one wording of S3's refusals.
     """
     try:
@@ -358,7 +358,7 @@ def _dvc(uri: str) -> Iterator[ResolvedSource]:
 
 
 def _demo(cfg: DemoConfig) -> ResolvedSource:
-    from carinspect.data.demo import demo_files
+    from carinspect.data.intake.demo import demo_files
 
     resolved = ResolvedSource("demo", "demo")
     for f in demo_files(cfg):

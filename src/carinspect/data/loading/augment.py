@@ -2,7 +2,7 @@
 
 Each spec is ``{name: <albumentations class>, <argument>: <value>, ...}``; lists become tuples, as
 albumentations expects ranges. The pipeline works on HxWx3 uint8 arrays and is followed by the
-shared :func:`carinspect.data.preprocess.preprocess`, so augmentation never changes how the final
+shared :func:`carinspect.data.loading.preprocess.preprocess`, so augmentation never changes how the final
 resize and normalisation are done.
 """
 

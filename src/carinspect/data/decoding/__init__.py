@@ -1,0 +1,1 @@
+"""Bytes to pixels: decoding within a memory bound, integrity checks, content fingerprints."""
