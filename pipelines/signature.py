@@ -5,7 +5,9 @@ spelled the same sixteen parameters twice and had to follow every new params.yam
 the signature is built from :data:`carinspect.stages.spec.STAGES` (one ``<section>_cfg`` input
 per section a stage reads, its default the section in params.yaml) and the data inputs, and the
 pipeline body receives the inputs as one mapping, which it hands to each component through
-:func:`stage_inputs`.
+:func:`stage_inputs`. The artifacts a stage's component takes are its upstream stages' outputs
+(the spec's ``after``), each under the name of that stage's ``artifact``: :func:`call` wires them,
+so a new stage input is declared in the spec, not in the pipelines.
 """
 
 from __future__ import annotations
@@ -47,6 +49,35 @@ def stage_inputs(inputs: Mapping[str, Any], stage: str) -> dict[str, Any]:
     """The pipeline inputs ``stage``'s component takes: its section inputs (ingest: + data)."""
     names = list(SPEC[stage].inputs) + (list(DATA_INPUTS) if stage == "ingest" else [])
     return {n: inputs[n] for n in names}
+
+
+def upstream(stage: str, produced: Mapping[str, Any]) -> dict[str, Any]:
+    """The artifacts ``stage``'s component takes, by input name, from ``produced`` (by stage)."""
+    spec = SPEC[stage]
+    missing = [s for s in spec.after if s not in produced]
+    if missing:
+        raise ValueError(f"stage {stage} reads {missing}, which no task before it produced")
+    return {_artifact(s): produced[s] for s in spec.after}
+
+
+def call(
+    comp: Any, stage: str, inputs: Mapping[str, Any], produced: dict[str, Any], **extra: Any
+) -> Any:
+    """``stage``'s task: its section inputs, its upstream artifacts and ``extra``.
+
+    Its own output artifact joins ``produced`` for the stages after it.
+    """
+    task = getattr(comp, stage)(**stage_inputs(inputs, stage), **upstream(stage, produced), **extra)
+    if SPEC[stage].artifact is not None:
+        produced[stage] = task.outputs[_artifact(stage)]
+    return task
+
+
+def _artifact(stage: str) -> str:
+    name = SPEC[stage].artifact
+    if name is None:
+        raise ValueError(f"stage {stage} has no KFP output artifact")
+    return name
 
 
 def pipeline(

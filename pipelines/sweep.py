@@ -17,7 +17,7 @@ from kfp import dsl, kubernetes
 
 import components
 from carinspect.config import Params
-from pipelines.signature import parameters, pipeline, stage_inputs
+from pipelines.signature import parameters, pipeline, stage_inputs, upstream
 from pipelines.training import _gpu_pool, _platform, prepare, release
 
 SWEEP_FILE = "pipelines/sweep_pipeline.yaml"
@@ -29,15 +29,15 @@ def build_sweep(cfg: Params) -> Any:
     comp = components.build(kfp.image, kfp.train.image)
 
     def sweep(inputs: dict[str, Any]) -> Any:
-        ingest, split = prepare(comp, inputs)
+        produced: dict[str, Any] = {}
+        ingest, split = prepare(comp, inputs, produced)
         sample = comp.sample_trials(tune_cfg=inputs["tune_cfg"], **stage_inputs(inputs, "train"))
         with dsl.ParallelFor(sample.output) as trial:
             train = comp.train(
                 model_cfg=trial.model_cfg,
                 train_cfg=trial.train_cfg,
                 mlflow_cfg=inputs["mlflow_cfg"],
-                data=ingest.outputs["data"],
-                splits=split.outputs["splits"],
+                **upstream("train", produced),
                 nproc=max(kfp.train.gpus, 1),
                 cluster="",
                 parent_run_id=trial.parent_run_id,
@@ -49,9 +49,8 @@ def build_sweep(cfg: Params) -> Any:
         best = comp.pick_best(
             tune_cfg=inputs["tune_cfg"], trials=dsl.Collected(train.outputs["model"])
         )
-        evaluate, threshold, export, register = release(
-            comp, best.outputs["best"], ingest, split, inputs
-        )
+        produced["train"] = best.outputs["best"]  # the best trial's training output
+        evaluate, threshold, export, register = release(comp, inputs, produced)
         for task in (ingest, split, sample, best, evaluate, threshold, export, register):
             _platform(task, kfp)
         sample.set_caching_options(False)  # a new parent MLflow run for every sweep

@@ -23,7 +23,7 @@ from kfp import dsl, kubernetes
 
 import components
 from carinspect.config import DATA_SECRET_KEYS, KfpConfig, Params
-from pipelines.signature import parameters, pipeline, stage_inputs
+from pipelines.signature import call, parameters, pipeline
 
 PIPELINE_FILE = "pipelines/training_pipeline.yaml"
 
@@ -78,17 +78,10 @@ def build(cfg: Params) -> Any:
     cluster = kfp.model_dump_json() if kfp.train.nodes > 1 else ""
 
     def training(inputs: dict[str, Any]) -> Any:
-        ingest, split = prepare(comp, inputs)
-        train = comp.train(
-            **stage_inputs(inputs, "train"),
-            data=ingest.outputs["data"],
-            splits=split.outputs["splits"],
-            nproc=max(kfp.train.gpus, 1),
-            cluster=cluster,
-        )
-        evaluate, threshold, export, register = release(
-            comp, train.outputs["model"], ingest, split, inputs
-        )
+        produced: dict[str, Any] = {}
+        ingest, split = prepare(comp, inputs, produced)
+        train = call(comp, "train", inputs, produced, nproc=max(kfp.train.gpus, 1), cluster=cluster)
+        evaluate, threshold, export, register = release(comp, inputs, produced)
         for task in (ingest, split, evaluate, threshold, export, register):
             _platform(task, kfp)
         _gpu_pool(train, kfp)
@@ -105,41 +98,20 @@ def build(cfg: Params) -> Any:
 
 
 def release(
-    comp: Any, model: Any, ingest: Any, split: Any, inputs: dict[str, Any]
+    comp: Any, inputs: dict[str, Any], produced: dict[str, Any]
 ) -> tuple[Any, Any, Any, Any]:
-    """Evaluate, threshold, export and register ``model`` (the training or the sweep's best)."""
-    evaluate = comp.evaluate(
-        **stage_inputs(inputs, "evaluate"),
-        model=model,
-        data=ingest.outputs["data"],
-        splits=split.outputs["splits"],
-    )
-    threshold = comp.threshold(
-        **stage_inputs(inputs, "threshold"),
-        model=model,
-        evaluation=evaluate.outputs["evaluation"],
-    )
-    export = comp.export(
-        **stage_inputs(inputs, "export"),
-        model=model,
-        evaluation=evaluate.outputs["evaluation"],
-        operating_point=threshold.outputs["operating_point"],
-        data=ingest.outputs["data"],
-        splits=split.outputs["splits"],
-    )
-    register = comp.register(
-        **stage_inputs(inputs, "register"),
-        model=model,
-        evaluation=evaluate.outputs["evaluation"],
-        onnx_model=export.outputs["onnx_model"],
+    """Evaluate, threshold, export and register ``produced["train"]`` (a training or the best)."""
+    evaluate = call(comp, "evaluate", inputs, produced)
+    threshold = call(comp, "threshold", inputs, produced)
+    export = call(comp, "export", inputs, produced)
+    register = call(
+        comp, "register", inputs, produced,
         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,  # caching is off for register
-    )
+    )  # fmt: skip
     register.set_caching_options(False)  # a new version every run, even with equal inputs
     return evaluate, threshold, export, register
 
 
-def prepare(comp: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
-    """Ingest and split: the data every pipeline trains on."""
-    ingest = comp.ingest(**stage_inputs(inputs, "ingest"))
-    split = comp.split(**stage_inputs(inputs, "split"), data=ingest.outputs["data"])
-    return ingest, split
+def prepare(comp: Any, inputs: dict[str, Any], produced: dict[str, Any]) -> tuple[Any, Any]:
+    """Ingest and split: the data every pipeline trains on (their artifacts into ``produced``)."""
+    return call(comp, "ingest", inputs, produced), call(comp, "split", inputs, produced)

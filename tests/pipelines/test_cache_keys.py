@@ -174,3 +174,27 @@ def test_pipeline_inputs_are_the_stage_sections_with_params_yaml_defaults() -> N
             assert json.loads(inputs[name]["defaultValue"]) == section(key), (path, name)
         assert inputs["data_source"]["defaultValue"] == params["data"]["source"]
         assert "defaultValue" not in inputs["data_version"]  # it keys ingest's cache: no default
+
+
+def test_component_artifact_inputs_are_the_spec_upstream_outputs() -> None:
+    """A component takes exactly its upstream stages' artifacts, each under the stage's name."""
+    import inspect
+
+    import components
+    from carinspect.stages.spec import SPEC, STAGES
+
+    for spec in STAGES:
+        if spec.name not in components.FUNCTIONS:
+            continue  # summary: dvc repro only
+        params = inspect.signature(components.FUNCTIONS[spec.name]).parameters
+        taken = {n for n, p in params.items() if "InputAnnotation" in str(p.annotation)}
+        assert taken == {SPEC[s].artifact for s in spec.after}, spec.name
+        made = {n for n, p in params.items() if "OutputAnnotation" in str(p.annotation)}
+        assert spec.artifact is None or spec.artifact in made, spec.name
+
+
+def test_a_stage_reading_an_output_no_task_made_is_named() -> None:
+    from pipelines.signature import upstream
+
+    with pytest.raises(ValueError, match=r"stage export reads \['threshold'\]"):
+        upstream("export", {"ingest": 1, "split": 2, "train": 3, "evaluate": 4})

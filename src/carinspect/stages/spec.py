@@ -5,7 +5,8 @@ place that says, for each, which params.yaml sections it reads (dvc.yaml's ``par
 section inputs its component is given), which stages' outputs it takes, and its output folder
 (the CLI's default paths; later stages find their inputs in it through its
 :class:`~carinspect.contracts.folders.StageDir`). tests/test_dvc_yaml.py checks dvc.yaml
-against it, tests/pipelines against the components.
+against it, tests/pipelines against the components; the pipelines wire each component's
+artifact inputs from ``after`` and ``artifact`` (:func:`pipelines.signature.call`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class StageSpec:
     params: tuple[str, ...]  # the params.yaml keys its output depends on (dvc.yaml `params`)
     sections: tuple[str, ...]  # the sections its KFP component is given, one JSON input each
     after: tuple[str, ...] = ()  # the stages whose outputs it reads
+    # its KFP output artifact: a later stage's component takes it as an input of this name
+    artifact: str | None = None
 
     @property
     def dir(self) -> StageDir:
@@ -62,17 +65,18 @@ STAGES: tuple[StageSpec, ...] = (
         params=("data.source", "data.task", "data.coco_tasks", "data.feedback", "data.format",
                 "data.shards", "ingest"),
         sections=("data.demo", "data.coco_tasks", "ingest"),
+        artifact="data",
     ),
     StageSpec("split", Path("data/split"), SplitDir, params=("split",), sections=("split",),
-              after=("ingest",)),
+              after=("ingest",), artifact="splits"),
     StageSpec("train", Path("models/train"), TrainDir, params=("model", "train", "mlflow"),
-              sections=("model", "train", "mlflow"), after=("ingest", "split")),
+              sections=("model", "train", "mlflow"), after=("ingest", "split"), artifact="model"),
     StageSpec("evaluate", Path("models/evaluate"), EvaluateDir, params=("evaluate",), sections=("evaluate",),
-              after=("ingest", "split", "train")),
+              after=("ingest", "split", "train"), artifact="evaluation"),
     StageSpec("threshold", Path("models/threshold"), ThresholdDir, params=("threshold",),
-              sections=("threshold",), after=("train", "evaluate")),
+              sections=("threshold",), after=("train", "evaluate"), artifact="operating_point"),
     StageSpec("export", Path("models/export"), ExportDir, params=("export",), sections=("export",),
-              after=("ingest", "split", "train", "evaluate", "threshold")),
+              after=("ingest", "split", "train", "evaluate", "threshold"), artifact="onnx_model"),
     StageSpec("register", Path("models/registered.json"), None, params=("register",),
               sections=("register",), after=("train", "evaluate", "export")),
     StageSpec("summary", Path("models/summary.txt"), None, params=(), sections=(),
