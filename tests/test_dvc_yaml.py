@@ -1,6 +1,7 @@
 """dvc.yaml's code deps are each stage's import closure, so `dvc repro` re-runs what a change touches."""
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,34 @@ def test_each_component_takes_the_sections_its_spec_names() -> None:
             p for p in inspect.signature(FUNCTIONS[stage.name]).parameters if p.endswith("_cfg")
         }
         assert taken == set(stage.inputs), f"{stage.name}: takes {taken}, spec says {stage.inputs}"
+
+
+def _place_of(path: str) -> str | None:
+    """The stage whose output place holds ``path`` (None: not a stage's output)."""
+    from carinspect.stages.spec import STAGES
+
+    for stage in STAGES:
+        if path == str(stage.out) or path.startswith(f"{stage.out}/"):
+            return stage.name
+    return None
+
+
+@pytest.mark.parametrize("stage", [s for s in STAGES if s not in ("demo", "ingest")])
+def test_data_deps_are_the_outputs_of_the_stages_the_spec_puts_before(stage: str) -> None:
+    """dvc.yaml's data deps and the command's input paths come from the spec's ``after`` stages."""
+    from carinspect.stages.spec import SPEC
+
+    spec = STAGES[stage]
+    data = [d for d in spec["deps"] if not d.startswith("src/")]
+    assert {_place_of(d) for d in data} == set(SPEC[stage].after), (
+        f"{stage}: dvc.yaml reads the outputs of {sorted({str(_place_of(d)) for d in data})}, "
+        f"the spec says {sorted(SPEC[stage].after)}"
+    )
+    words = spec["cmd"].split()
+    paths = [v for k, v in itertools.pairwise(words) if k.startswith("--")]
+    for path in paths:
+        if path in ("params.yaml", str(SPEC[stage].out)):
+            continue
+        assert _place_of(path) in SPEC[stage].after, f"{stage}: {path} is not an upstream output"
+        assert any(d == path or d.startswith(f"{path}/") or path.startswith(f"{d}/")
+                   for d in data), f"{stage}: reads {path}, which is not one of its deps"  # fmt: skip
