@@ -43,6 +43,11 @@ def section_texts(params: Params, sweep: bool = False) -> dict[str, str]:
     return texts
 
 
+def sections_of(inputs: dict[str, str]) -> tuple[str, ...]:
+    """The params.yaml keys of a component's section inputs (``train_cfg`` -> ``train``)."""
+    return tuple({**SECTION_INPUTS, **SWEEP_INPUTS}[name] for name in inputs)
+
+
 def params_from_inputs(inputs: dict[str, str], overrides: dict[str, Any] | None = None) -> Params:
     """Params from a component's section inputs (``{"train_cfg": '{"epochs": 3, ...}'}``).
 

@@ -36,7 +36,10 @@ def train(
         from carinspect.training.trainjob import train_on_nodes
 
         kfp = KfpConfig.model_validate_json(cluster)
-        train_on_nodes(p, kfp, Path(data.path), Path(splits.path), out, Settings())
+        sections = glue.sections_of(inputs)  # what this task was given, the nodes read
+        train_on_nodes(
+            p, kfp, Path(data.path), Path(splits.path), out, Settings(), sections=sections
+        )
     else:
         stage.run(
             p.model, p.train, p.mlflow, Settings(), Path(data.path),

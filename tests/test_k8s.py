@@ -93,12 +93,23 @@ def _serving(target: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return docs, deployment["spec"]["template"]["spec"]["containers"][0]
 
 
+def _paths(routes: list[Any]) -> set[str]:
+    """Every route's path, through the routers the app includes (FastAPI keeps those as such)."""
+    found: set[str] = set()
+    for route in routes:
+        if hasattr(route, "path"):
+            found.add(route.path)
+        elif hasattr(route, "original_router"):
+            found |= _paths(route.original_router.routes)
+    return found
+
+
 @pytest.mark.parametrize("target", SERVING_TARGETS)
 def test_probes_point_at_routes_and_the_port_the_app_serves(target: str) -> None:
     from carinspect.serving.app import create_app
 
     app = create_app(ServeSettings(MODEL_URI="/nonexistent"))
-    routes = {getattr(r, "path", None) for r in app.routes}
+    routes = _paths(app.routes)
     _, c = _serving(target)
     port = int(c["args"][c["args"].index("--port") + 1])
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}

@@ -10,6 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from carinspect.config import KfpConfig, load_params, parse_params
+from carinspect.stages.spec import SPEC
 from carinspect.training.trainjob import (
     TrainJobError,
     check_known_fields,
@@ -240,7 +241,7 @@ def test_unknown_trainjob_fields_are_found_at_any_depth() -> None:
 
 def test_nodes_read_the_sections_train_reads() -> None:
     params = load_params(REPO_ROOT / "params.yaml")
-    text = node_params(params)
+    text = node_params(params, SPEC["train"].sections)
     assert set(yaml.safe_load(text)) == {"model", "train", "mlflow"}
     # what `carinspect train --params` reads on a node: equal, 1e-05 included
     assert parse_params(yaml.safe_load(text), "node params.yaml").train == params.train

@@ -15,10 +15,13 @@ from mlflow.tracking import MlflowClient
 
 from carinspect.config import KfpConfig, Settings, load_params
 from carinspect.errors import InputError
+from carinspect.stages.spec import SPEC
 from carinspect.training import trainjob
 from carinspect.training.trainjob import TrainJobError, manifest, node_env, run_trainjob
 from tests.conftest import REPO_ROOT, VENV_BIN, Prepared, tiny_params
 from tests.training.kube_api import Cluster, kube_api
+
+TRAIN_SECTIONS = SPEC["train"].sections  # what the train component hands the nodes
 
 
 def two_nodes(**train: Any) -> KfpConfig:
@@ -113,7 +116,7 @@ def test_train_on_nodes_hands_the_checkpoints_back(
     out = tmp_path / "model"
     trainjob.train_on_nodes(
         params, two_nodes(), prepared.ingest, prepared.splits.parent, out,
-        Settings(kfp_run_id="kfp-run-9"), poll_s=1,
+        Settings(kfp_run_id="kfp-run-9"), sections=TRAIN_SECTIONS, poll_s=1,
     )  # fmt: skip
     (job,) = cluster.jobs.values()
     assert job.body["metadata"]["name"] == "carinspect-kfp-run-9"
@@ -185,7 +188,7 @@ def test_train_on_nodes_through_an_s3_workspace(
     trainjob.train_on_nodes(
         load_params(tiny_params(tmp_path)), two_nodes(workspace_uri="s3://fleet/jobs"),
         tmp_path / "ingest", splits.splits.parent, out, Settings(kfp_run_id="kfp-run-s3"),
-        poll_s=1,
+        sections=TRAIN_SECTIONS, poll_s=1,
     )  # fmt: skip
     (job,) = cluster.jobs.values()
     assert any("streaming" in line and "s3://fleet/shards" in line for line in job.log), job.log
@@ -204,5 +207,6 @@ def test_an_s3_workspace_refuses_data_the_nodes_cannot_reach(
     with pytest.raises(InputError, match=r"workspace_uri 's3://fleet/jobs': the nodes stream"):
         trainjob.train_on_nodes(
             load_params(tiny_params(tmp_path)), two_nodes(workspace_uri="s3://fleet/jobs"),
-            prepared.ingest, prepared.splits.parent, tmp_path / "m", Settings(), poll_s=1,
+            prepared.ingest, prepared.splits.parent, tmp_path / "m", Settings(),
+            sections=TRAIN_SECTIONS, poll_s=1,
         )  # fmt: skip

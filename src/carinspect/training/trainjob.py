@@ -41,7 +41,6 @@ from carinspect.contracts.folders import SplitDir
 from carinspect.data.storage.objects import download_tree, remove_tree, upload_tree
 from carinspect.data.storage.store import ShardStore, open_store
 from carinspect.errors import InputError
-from carinspect.stages.spec import SPEC
 
 logger = logging.getLogger(__name__)
 
@@ -312,10 +311,9 @@ def node_env(cfg: KfpConfig, kfp_run_id: str) -> list[dict[str, Any]]:
     return env
 
 
-def node_params(params: Params) -> str:
-    """The params.yaml the nodes read: the sections the train stage reads (its spec)."""
-    sections = params.model_dump(mode="json", include=set(SPEC["train"].sections))
-    return yaml.safe_dump(sections, sort_keys=False)
+def node_params(params: Params, sections: tuple[str, ...]) -> str:
+    """The params.yaml the nodes read: ``sections`` (those the train stage reads, its spec's)."""
+    return yaml.safe_dump(params.model_dump(mode="json", include=set(sections)), sort_keys=False)
 
 
 def train_on_nodes(
@@ -325,19 +323,26 @@ def train_on_nodes(
     splits: Path,
     out: Path,
     settings: Settings,
+    *,
+    sections: tuple[str, ...],
     poll_s: int = 10,
 ) -> None:
-    """Stage the inputs on the workspace (volume or S3), run the TrainJob, bring the outputs back."""
+    """Stage the inputs on the workspace (volume or S3), run the TrainJob, bring the outputs back.
+
+    ``sections``: the params.yaml sections the nodes' ``carinspect train`` reads.
+    """
     kfp_run_id = settings.kfp_run_id or ""
     name = job_name(kfp_run_id or "run")
     if kfp.train.workspace_uri:
-        _train_from_s3(params, kfp, data, splits, out, kfp_run_id, name, poll_s)
+        _train_from_s3(
+            node_params(params, sections), kfp, data, splits, out, kfp_run_id, name, poll_s
+        )
         return
     workspace = Path(WORKSPACE) / name
     if workspace.exists():
         shutil.rmtree(workspace)
     workspace.mkdir(parents=True)
-    (workspace / "params.yaml").write_text(node_params(params))
+    (workspace / "params.yaml").write_text(node_params(params, sections))
     shutil.copytree(data, workspace / "ingest")
     shutil.copytree(splits, workspace / "split")
     body = manifest(name, kfp, node_command(workspace), node_env(kfp, kfp_run_id))
@@ -346,7 +351,7 @@ def train_on_nodes(
 
 
 def _train_from_s3(
-    params: Params,
+    params_yaml: str,
     kfp: KfpConfig,
     data: Path,
     splits: Path,
@@ -368,7 +373,7 @@ def _train_from_s3(
     remove_tree(uri)  # what an earlier attempt of this run left
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
-        (staged / "params.yaml").write_text(node_params(params))
+        (staged / "params.yaml").write_text(params_yaml)
         shutil.copytree(data, staged / "ingest")
         shutil.copytree(splits, staged / "split")
         sent = upload_tree(staged, uri)
