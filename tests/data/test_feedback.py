@@ -19,6 +19,7 @@ from carinspect.serving.feedback import FeedbackLog
 from carinspect.serving.inference import answer, pixels_for
 from carinspect.serving.loaded import ModelRef
 from carinspect.serving.metrics import ServingMetrics
+from carinspect.serving.observers import AnsweredPhoto
 from carinspect.serving.opening import open_model
 from carinspect.serving.settings import ServeSettings
 from carinspect.stages import ingest
@@ -32,8 +33,9 @@ def keep_served(log: Path, export: Path, photos: list[bytes]) -> None:
     kept = FeedbackLog(settings, ServingMetrics())
     kept.start()
     for i, data in enumerate(photos):
-        reply = answer(model, model.infer(pixels_for(data, model, ImageLimits())[None])[0])
-        kept.offer(data, model, reply, f"car-{i}.png")
+        scores = model.infer(pixels_for(data, model, ImageLimits())[None])[0]
+        reply = answer(model, scores)
+        kept.observe(AnsweredPhoto(data, f"car-{i}.png", model, scores, None, reply))
     kept.stop()
 
 

@@ -120,3 +120,31 @@ def test_an_s3_prefix_keeps_photos_as_objects(
         "Body"
     ].read()
     assert json.loads(record)["sha256"] == sha
+
+
+def test_the_policy_keeps_photos_with_their_reasons_within_the_class_budget(
+    upstream: dict[str, Path], serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    log = tmp_path / "feedback"
+    s = serve(
+        MODEL_URI=str(upstream["export"]), FEEDBACK_DIR=str(log), FEEDBACK_PERCENT="0",
+        FEEDBACK_MARGIN="1.0",  # every answer is a close enough call
+        FEEDBACK_PER_CLASS_PER_HOUR="2",
+    )  # fmt: skip
+    answers = []
+    with httpx.Client(timeout=30) as http:
+        for data in _photos(8):
+            r = http.post(s.url + "/predict", files={"file": ("c.jpg", data)})
+            assert r.status_code == 200, r.text
+            answers.append(r.json()["label"])
+    classes = set(answers)
+    _saved(s, 2 * len(classes))
+    time.sleep(0.5)
+    records = [json.loads(p.read_text()) for p in log.rglob("*.json")]
+    assert len(records) == 2 * len(classes)  # two per answered class this hour
+    for record in records:
+        (reason,) = record["reasons"]
+        assert reason["kind"] == "margin" and reason["task"] == "label"
+        assert record["score"] == reason["score"] and 0.0 <= record["score"] <= 1.0
+    assert _counter(s, "carinspect_feedback_skipped")["budget_class"] == 8 - len(records)
+    assert _counter(s, "carinspect_feedback_kept")["margin"] == len(records)

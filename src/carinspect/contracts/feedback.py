@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from carinspect.contracts.base import Contract, ContractError, explain
 
@@ -24,8 +24,17 @@ class AnsweredBy(Contract):
     alias: str | None
 
 
+class KeptBecause(Contract):
+    """One reason a photo was kept, and how strongly (0 to 1: higher is more worth a look)."""
+
+    kind: Literal["random", "uncertain", "margin", "mc_spread", "drift", "disagreement"]
+    score: float = Field(ge=0.0, le=1.0)
+    task: str = ""  # the task it concerns; empty: the photo as a whole
+    detail: str = ""
+
+
 class FeedbackRecord(Contract):
-    """One kept photo: its hash and size, when it came, and the answer it got."""
+    """One kept photo: its hash and size, when it came, the answer it got and why it was kept."""
 
     sha256: str
     bytes: int
@@ -35,6 +44,10 @@ class FeedbackRecord(Contract):
     labels: dict[str, str]  # task -> the label answered
     classes: dict[str, list[str]]  # task -> the classes the model knows
     answer: dict[str, Any]  # the response body as the client got it
+    # why it was kept, strongest first, and the strongest score (the review order); records
+    # written before the policy have neither
+    reasons: list[KeptBecause] = Field(default_factory=list)
+    score: float = Field(0.0, ge=0.0, le=1.0)
 
 
 def record_name(sha: str) -> str:

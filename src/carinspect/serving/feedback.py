@@ -1,9 +1,11 @@
 """Served photos kept for review: FEEDBACK_DIR (a folder or ``s3://bucket/prefix``), opt-in.
 
-A ``FEEDBACK_PERCENT`` share of the answered uploads is kept, each under its content hash::
+The photos worth a reviewer's look are kept (:mod:`carinspect.serving.selection`: uncertain,
+close calls, MC spread, drift outliers, shadow disagreements, and a random FEEDBACK_PERCENT share),
+within per-hour budgets, each under its content hash::
 
     <FEEDBACK_DIR>/<sha256[:2]>/<sha256>.<ext>    the upload's bytes, as sent
-    <FEEDBACK_DIR>/<sha256[:2]>/<sha256>.json     what was answered: version, labels, when
+    <FEEDBACK_DIR>/<sha256[:2]>/<sha256>.json     what was answered, when, and why it was kept
 
 The photo is written before its record, each one atomically (a temporary name renamed into
 place; an S3 object appears whole), so a record never names a photo that is not there. The
@@ -22,20 +24,19 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import random
 import tempfile
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from carinspect.contracts.feedback import AnsweredBy, FeedbackRecord, record_name
+from carinspect.contracts.feedback import AnsweredBy, FeedbackRecord, KeptBecause, record_name
 from carinspect.data.decoding.fingerprint import sha256_bytes
 from carinspect.data.decoding.integrity import sniff
 from carinspect.serving.inference import Answer
-from carinspect.serving.loaded import LoadedModel
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.observers import AnsweredPhoto
+from carinspect.serving.selection import Budget, Policy
 from carinspect.serving.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -101,14 +102,14 @@ class FeedbackLog:
 
     def __init__(self, settings: ServeSettings, metrics: ServingMetrics) -> None:
         self.target = settings.feedback_dir
-        self.percent = settings.feedback_percent
+        self.policy = Policy(settings)
+        self.budget = Budget(settings.feedback_per_hour, settings.feedback_per_class_per_hour)
         self.max_bytes = int(settings.feedback_max_mb * 1024 * 1024)
         self.metrics = metrics
         self.enabled = False
         self.reason = "not started"
         self._sink: _Sink | None = None
         self._used = 0
-        self._sampler = random.Random(0)
         self._queue: queue.Queue[tuple[bytes, dict[str, Any]] | None] = queue.Queue(_QUEUE)
         self._thread: threading.Thread | None = None
 
@@ -129,8 +130,8 @@ class FeedbackLog:
         self._thread = threading.Thread(target=self._write_all, name="feedback", daemon=True)
         self._thread.start()
         logger.info(
-            "keeping %g%% of answered photos in %s (%.1f of %.0f MB used)",
-            self.percent, self.target, self._used / 2**20, self.max_bytes / 2**20,
+            "keeping answered photos worth a look and %g%% at random in %s (%.1f of %.0f MB used)",
+            self.policy.percent, self.target, self._used / 2**20, self.max_bytes / 2**20,
         )  # fmt: skip
 
     def _disable(self, reason: str) -> None:
@@ -139,21 +140,38 @@ class FeedbackLog:
         self.enabled, self.reason = False, reason
 
     def observe(self, photo: AnsweredPhoto) -> None:
-        """An answered photo: maybe kept (an :class:`~carinspect.serving.observers.Observer`)."""
-        self.offer(photo.data, photo.model, photo.answer, photo.filename)
+        """An answered photo: kept if the policy finds it worth a look (an ``Observer``)."""
+        if self.enabled:
+            self.keep(photo, self.policy.reasons(photo.model, photo.scores, photo.answer))
 
-    def offer(self, data: bytes, model: LoadedModel, reply: Answer, filename: str | None) -> None:
-        """Maybe keep this answered upload (called on the event loop: never blocks)."""
-        if not self.enabled or self._sampler.random() * 100 >= self.percent:
+    def disagreed(self, photo: AnsweredPhoto, theirs: Answer) -> None:
+        """The shadow answered ``photo`` otherwise (told by :class:`SecondOpinion`, later)."""
+        if self.enabled:
+            self.keep(photo, self.policy.disagreement(photo.answer, theirs))
+
+    def keep(self, photo: AnsweredPhoto, reasons: list[KeptBecause]) -> None:
+        """Queue ``photo`` for the writer when there is a reason and the budgets allow it.
+
+        Called on the event loop: never blocks.
+        """
+        if not reasons:
             return
+        spent = self.budget.take(photo.answer.labels)
+        if spent is not None:
+            self.metrics.feedback_skipped.labels(f"budget_{spent}").inc()
+            return
+        model = photo.model
         record = {
             "received_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "filename": filename,
+            "filename": photo.filename,
             "model": AnsweredBy(name=model.ref.name, version=model.version, alias=model.ref.alias),
-            "labels": reply.labels,
+            "labels": photo.answer.labels,
             "classes": {t.name: t.classes for t in model.tasks},
-            "answer": reply.body,
+            "answer": photo.answer.body,
+            "reasons": reasons,
+            "score": max(r.score for r in reasons),
         }
+        data = photo.data
         try:
             self._queue.put_nowait((data, record))
         except queue.Full:
@@ -186,6 +204,7 @@ class FeedbackLog:
         self._sink.put(name, body)
         self._used += len(data) + len(body)
         self.metrics.feedback_saved.inc()
+        self.metrics.feedback_kept.labels(kept.reasons[0].kind if kept.reasons else "random").inc()
 
     def stop(self) -> None:
         """Write what is queued, then stop the writer."""

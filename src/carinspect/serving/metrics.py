@@ -92,9 +92,15 @@ class ServingMetrics:
         self.feedback_saved = Counter(
             "carinspect_feedback_saved", "answered photos kept in FEEDBACK_DIR", registry=r
         )
+        self.feedback_kept = Counter(
+            "carinspect_feedback_kept", "photos kept in FEEDBACK_DIR, by their strongest reason "
+            "(random, uncertain, margin, mc_spread, drift, disagreement)",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self.feedback_skipped = Counter(
-            "carinspect_feedback_skipped", "sampled photos not kept, by why "
-            "(busy: the writer's queue was full; duplicate; full: FEEDBACK_MAX_MB; error)",
+            "carinspect_feedback_skipped", "photos picked but not kept, by why (busy: the "
+            "writer's queue was full; duplicate; full: FEEDBACK_MAX_MB; error; budget_hour, "
+            "budget_class: FEEDBACK_PER_HOUR, FEEDBACK_PER_CLASS_PER_HOUR spent)",
             ["reason"], registry=r,
         )  # fmt: skip
 

@@ -21,11 +21,11 @@ import asyncio
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from carinspect.serving.inference import Answer, answer
-from carinspect.serving.loaded import LoadedModel, ModelLoadError, ModelRef, PhotoScores
+from carinspect.serving.loaded import LoadedModel, ModelLoadError, ModelRef
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import ModelStore
 from carinspect.serving.observers import AnsweredPhoto
@@ -70,6 +70,8 @@ class SecondOpinion:
         self._sampler = random.Random(0)  # which requests are shadowed: a fixed share, not a key
         self._pending: set[asyncio.Task[None]] = set()
         self._most_pending = 4 * settings.max_batch_size  # beyond: shadow is skipped, not queued
+        # told of each photo the shadow answered otherwise (the feedback log keeps it)
+        self.on_disagreement: Callable[[AnsweredPhoto, Answer], None] | None = None
 
     def _reloaded(self, model: LoadedModel | None, error: str | None) -> None:
         if model is not None:
@@ -87,19 +89,13 @@ class SecondOpinion:
     def observe(self, photo: AnsweredPhoto) -> None:
         """An answered photo: the shadow answers it too (an observer, off the response path)."""
         if photo.rerun is not None:
-            self.shadow(photo.model, photo.answer, photo.rerun, photo.filename)
+            self.shadow(photo)
 
-    def shadow(
-        self,
-        champion: LoadedModel,
-        reply: Answer,
-        rerun: Callable[[LoadedModel], Coroutine[Any, Any, PhotoScores]],
-        filename: str | None,
-    ) -> None:
+    def shadow(self, photo: AnsweredPhoto) -> None:
         """Answer the same photo with the shadow model later, and count the agreement.
 
-        ``rerun(model)`` preprocesses the photo for that model and runs it through the batcher.
-        The client already has ``reply``; nothing here can delay or change it.
+        ``photo.rerun(model)`` preprocesses the photo for that model and runs it through the
+        batcher. The client already has its answer; nothing here can delay or change it.
         """
         model = self.store.current
         if self.mode != "shadow" or model is None:
@@ -109,22 +105,15 @@ class SecondOpinion:
         if len(self._pending) >= self._most_pending:
             self.metrics.shadow_skipped.inc()
             return
-        task = asyncio.get_running_loop().create_task(
-            self._compare(champion, reply, model, rerun, filename)
-        )
+        task = asyncio.get_running_loop().create_task(self._compare(photo, model))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _compare(
-        self,
-        champion: LoadedModel,
-        reply: Answer,
-        model: LoadedModel,
-        rerun: Callable[[LoadedModel], Coroutine[Any, Any, PhotoScores]],
-        filename: str | None,
-    ) -> None:
+    async def _compare(self, photo: AnsweredPhoto, model: LoadedModel) -> None:
+        champion, reply, filename = photo.model, photo.answer, photo.filename
+        assert photo.rerun is not None
         try:
-            theirs = answer(model, await rerun(model))
+            theirs = answer(model, await photo.rerun(model))
         except Exception as err:  # the shadow's trouble is never the client's
             self.metrics.shadow_errors.inc()
             logger.warning("shadow %s version %s failed on %s: %s", self.alias, model.version,
@@ -139,6 +128,8 @@ class SecondOpinion:
                 filename or "upload", champion.version, champion.ref.alias, _brief(reply.body),
                 self.alias, model.version, _brief(theirs.body),
             )  # fmt: skip
+            if self.on_disagreement is not None:
+                self.on_disagreement(photo, theirs)
 
     async def drain(self) -> None:
         """Let the shadow comparisons in flight finish (at shutdown)."""

@@ -72,6 +72,8 @@ class Service:
         # told of every answered photo, in this order
         self.observers: list[Observer] = [DriftObserver()]
         self.observers += [o for o in (self.feedback, self.second) if o is not None]
+        if self.second is not None and self.feedback is not None:
+            self.second.on_disagreement = self.feedback.disagreed
         self.batcher = Batcher(
             settings.max_batch_size, settings.max_wait_ms, self.metrics.observe_batch
         )

@@ -224,12 +224,46 @@ class ServeSettings(BaseSettings):
     )  # fmt: skip
     feedback_dir: str = Field(
         "", validation_alias="FEEDBACK_DIR",
-        description="a folder or s3://bucket/prefix where a FEEDBACK_PERCENT share of answered "
-        "photos is kept with its answer, for review and `carinspect feedback import`; empty: off",
+        description="a folder or s3://bucket/prefix where answered photos worth a look (the "
+        "FEEDBACK_* policy) are kept with their answer and why, for review (`carinspect review "
+        "push`) and `carinspect feedback import`; empty: off",
     )  # fmt: skip
     feedback_percent: float = Field(
-        5.0, gt=0.0, le=100.0, validation_alias="FEEDBACK_PERCENT",
-        description="share of answered photos kept in FEEDBACK_DIR",
+        5.0, ge=0.0, le=100.0, validation_alias="FEEDBACK_PERCENT",
+        description="random share of the answered photos kept besides those the policy picks "
+        "(reason random); 0: only the policy's",
+    )  # fmt: skip
+    feedback_margin: float = Field(
+        0.1, ge=0.0, le=1.0, validation_alias="FEEDBACK_MARGIN",
+        description="keep a photo whose two most probable classes (of any task) are closer "
+        "than this (reason margin); 0: off",
+    )  # fmt: skip
+    feedback_uncertain: bool = Field(
+        True, validation_alias="FEEDBACK_UNCERTAIN",
+        description="keep photos answered uncertain (inside the rule's band; reason uncertain)",
+    )  # fmt: skip
+    feedback_mc_std: float = Field(
+        0.1, ge=0.0, le=0.5, validation_alias="FEEDBACK_MC_STD",
+        description="with MC_SAMPLES: keep a photo whose answered class's MC dropout spread is "
+        "above this (reason mc_spread); 0: off",
+    )  # fmt: skip
+    feedback_drift_factor: float = Field(
+        2.0, ge=0.0, validation_alias="FEEDBACK_DRIFT_FACTOR",
+        description="keep a photo whose embedding distance is beyond this many times the 90th "
+        "percentile of held-out photos' distances (drift.json; reason drift); 0: off",
+    )  # fmt: skip
+    feedback_disagreements: bool = Field(
+        True, validation_alias="FEEDBACK_DISAGREEMENTS",
+        description="with SHADOW: keep photos the shadow answered otherwise (reason disagreement)",
+    )  # fmt: skip
+    feedback_per_hour: int = Field(
+        600, ge=0, validation_alias="FEEDBACK_PER_HOUR",
+        description="photos kept per clock hour at most; 0: no cap",
+    )  # fmt: skip
+    feedback_per_class_per_hour: int = Field(
+        100, ge=0, validation_alias="FEEDBACK_PER_CLASS_PER_HOUR",
+        description="photos kept per clock hour per answered class (of each task) at most, so one "
+        "busy class cannot fill the log; 0: no cap",
     )  # fmt: skip
     feedback_max_mb: float = Field(
         1024.0, gt=0.0, validation_alias="FEEDBACK_MAX_MB",
