@@ -5,6 +5,7 @@ mounts, configMap and command, read from the rendered manifest; the model from a
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -239,5 +240,52 @@ def test_serving_image_holds_a_hostile_storm_under_the_pod_memory_limit(
         state = engine.docker("inspect", "-f", "{{.State.Running}} {{.State.OOMKilled}}", cid)
         assert state.split() == ["true", "false"], (state, engine.docker("logs", cid)[-3000:])
         assert not seen.problems(), seen.problems()
+    finally:
+        engine.docker("rm", "-f", cid, check=False)
+
+
+def test_serving_image_keeps_feedback_photos_in_s3(
+    engine: Engine,
+    images: dict[str, Built],
+    mlflow_server: str,
+    champion: str,
+    s3_endpoint: str,
+) -> None:
+    """FEEDBACK_DIR=s3://... in the image as the pod runs it: boto3 is there, the photo lands."""
+    import hashlib
+    import json
+
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="served")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"MODEL_URI": f"models:/{champion}@champion", "MLFLOW_TRACKING_URI": mlflow_server,
+           "FEEDBACK_DIR": "s3://served/feedback", "FEEDBACK_PERCENT": "100",
+           **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                         "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")}}  # fmt: skip
+    cid = engine.docker(*deployment_run_args(images["serving"].tag, port, env)).strip()
+    try:
+        _wait_ready(url, engine, cid)
+        jpeg = photo()
+        r = httpx.post(
+            f"{url}/predict", files={"file": ("car.jpg", jpeg, "image/jpeg")}, timeout=30
+        )
+        assert r.status_code == 200, r.text
+        sha = hashlib.sha256(jpeg).hexdigest()
+        key = f"feedback/{sha[:2]}/{sha}.json"
+        deadline = time.monotonic() + 30
+        s3 = boto3.client("s3")
+        while True:
+            listed = s3.list_objects_v2(Bucket="served", Prefix="feedback/").get("Contents", [])
+            if any(o["Key"] == key for o in listed):
+                break
+            assert time.monotonic() < deadline, engine.docker("logs", cid)[-3000:]
+            time.sleep(0.3)
+        record = json.loads(s3.get_object(Bucket="served", Key=key)["Body"].read())
+        assert record["sha256"] == sha and record["reasons"], record
+        photo_key = f"feedback/{sha[:2]}/{sha}.jpg"
+        assert s3.get_object(Bucket="served", Key=photo_key)["Body"].read() == jpeg
+        assert "feedback sampling is off" not in engine.docker("logs", cid)
     finally:
         engine.docker("rm", "-f", cid, check=False)

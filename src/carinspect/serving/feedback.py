@@ -85,7 +85,7 @@ class _S3Sink:
     def __init__(self, uri: str) -> None:
         from carinspect.data.storage.objects import S3Prefix
 
-        self.prefix = S3Prefix(uri)  # boto3 missing (the slim serving image): ObjectError
+        self.prefix = S3Prefix(uri)  # boto3 missing (an install without it): ObjectError
 
     def put(self, name: str, data: bytes) -> None:
         self.prefix.put_bytes(name, data)
