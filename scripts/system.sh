@@ -2,7 +2,8 @@
 # Debian packages the test suite drives for real: chromium + chromium-driver (the /docs test in
 # a headless browser), docker.io + debootstrap (the container tier builds and runs the images in
 # a dockerd of its own). Installed when missing and this shell can (root with apt-get);
-# otherwise the tests that need them are skipped and say what to install.
+# otherwise the tests that need them are skipped and say what to install. The slow tier also
+# gets Label Studio (scripts/labelstudio.sh: PyPI's, in a virtual environment of its own).
 # Sourced by scripts/test.sh.
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium chromium-driver)
@@ -17,4 +18,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   else
     echo "carinspect: ${missing[*]} not installed: the browser tests will be skipped" >&2
   fi
+fi
+# Label Studio for the review loop's slow tests: its own virtual environment, made once
+if [ "${CARINSPECT_SLOW:-}" = "1" ]; then
+  source "$(dirname "${BASH_SOURCE[0]}")/labelstudio.sh"
 fi

@@ -51,6 +51,11 @@ feedback_app = typer.Typer(
     help="Served photos (FEEDBACK_DIR) back into a dataset.", no_args_is_help=True
 )
 app.add_typer(feedback_app, name="feedback")
+review_app = typer.Typer(
+    help="Kept photos reviewed in Label Studio: push them as tasks, pull the labels back.",
+    no_args_is_help=True,
+)
+app.add_typer(review_app, name="review")
 store_app = typer.Typer(
     help="The embedded MLflow store (mlflow.db + mlruns/).", no_args_is_help=True
 )

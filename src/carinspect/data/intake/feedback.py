@@ -61,6 +61,7 @@ class Kept:
     record: FeedbackRecord
     read: Callable[[], bytes]
     ext: str
+    photo: str  # the photo's name relative to the log (``3f/3f9c...e1.jpg``)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def read_log(log: str) -> dict[str, Kept]:
         sha = record.sha256
         if sha != stem.rsplit("/", 1)[-1]:
             raise FeedbackError(f"--log {log}: {name} records hash {sha!r}, not its own name")
-        kept[sha] = Kept(sha, record, files[photo], Path(photo).suffix)
+        kept[sha] = Kept(sha, record, files[photo], Path(photo).suffix, photo.lstrip("/"))
     if not kept:
         raise FeedbackError(f"--log {log}: no kept photos here (FEEDBACK_DIR of carinspect serve)")
     return kept
@@ -207,15 +208,20 @@ def _classes(record: FeedbackRecord) -> list[str]:
     return list(next(iter(tasks.values())))
 
 
-def _refuse(labels: Path, problems: list[str]) -> None:
+def _refuse(labels: str | Path, problems: list[str]) -> None:
     shown = "; ".join(problems[:SHOWN]) + (
         f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
     )
     raise FeedbackError(f"{labels}: {len(problems)} row(s) refused, nothing imported: {shown}")
 
 
-def checked(labels: Path, rows: list[tuple[str, str, str]], log: dict[str, Kept]) -> dict[str, str]:
-    """``{hash: label}``, every row known and consistent, or one error naming the bad rows."""
+def checked(
+    labels: str | Path, rows: list[tuple[str, str, str]], log: dict[str, Kept]
+) -> dict[str, str]:
+    """``{hash: label}``, every row known and consistent, or one error naming the bad rows.
+
+    ``labels`` names where the rows came from (a file, a Label Studio project) in the error.
+    """
     problems: list[str] = []
     chosen: dict[str, tuple[str, str]] = {}
     for where, sha, label in rows:
@@ -257,9 +263,23 @@ def _place(src: Path, dst: Path) -> None:
 
 
 def import_feedback(labels: Path, log: str, folder: Path, dvc: bool = True) -> ImportResult:
-    """Write the labelled photos into ``folder/photos`` (a staged whole), then ``dvc add`` it."""
-    kept = read_log(log)
-    wanted = checked(labels, read_labels(labels), kept)
+    """A reviewer's label file (CSV or sorted folder) for the photos of ``log`` into ``folder``."""
+    return import_rows(labels, read_labels(labels), read_log(log), folder, dvc)
+
+
+def import_rows(
+    source: str | Path,
+    rows: list[tuple[str, str, str]],
+    kept: dict[str, Kept],
+    folder: Path,
+    dvc: bool = True,
+) -> ImportResult:
+    """Labelled photos (``(where, sha256, label)`` rows) into ``folder/photos``, then ``dvc add``.
+
+    Every row is checked first (:func:`checked`; ``source`` names them in the error); the
+    photos are written as a staged whole, so a refusal or a crash leaves the last revision.
+    """
+    wanted = checked(source, rows, kept)
     photos = Path(folder) / PHOTOS
     before = _existing(photos)
     added = relabelled = unchanged = 0
