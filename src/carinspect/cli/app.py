@@ -51,6 +51,10 @@ feedback_app = typer.Typer(
     help="Served photos (FEEDBACK_DIR) back into a dataset.", no_args_is_help=True
 )
 app.add_typer(feedback_app, name="feedback")
+labels_app = typer.Typer(
+    help="The labels of the data: the audit for wrong ones.", no_args_is_help=True
+)
+app.add_typer(labels_app, name="labels")
 review_app = typer.Typer(
     help="Kept photos reviewed in Label Studio: push them as tasks, pull the labels back.",
     no_args_is_help=True,

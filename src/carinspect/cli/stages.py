@@ -25,9 +25,11 @@ from carinspect.cli.app import (
     RunOpt,
     SplitsOpt,
     app,
+    labels_app,
     read_params,
     run_id_from,
 )
+from carinspect.contracts.folders import AuditDir
 from carinspect.errors import InputError
 from carinspect.stages.spec import SPEC
 
@@ -307,3 +309,55 @@ def summary(
     if not text:
         raise InputError("nothing to summarise: no stage output here (run `dvc repro` first)")
     typer.echo("\n".join(text))
+
+
+@labels_app.command("audit")
+def labels_audit(
+    params: ParamsOpt = Path("params.yaml"),
+    checkpoint: CheckpointOpt = TRAIN.best,
+    ingest: IngestOpt = INGEST.root,
+    splits: SplitsOpt = SPLIT.splits,
+    out: Annotated[
+        Path, typer.Option(help="Output folder: suspects.csv, report.md, metrics.json.")
+    ] = SPEC["audit"].out,
+    only_if_enabled: Annotated[
+        bool, typer.Option(help="Do nothing but say so unless audit.enabled (dvc.yaml's stage).")
+    ] = False,
+    push: Annotated[
+        bool, typer.Option(help="Push the suspects to Label Studio for review (review push).")
+    ] = False,
+    url: Annotated[str, typer.Option(envvar="LABEL_STUDIO_URL", help="With --push.")] = (
+        "http://localhost:8080"
+    ),
+    token: Annotated[
+        str, typer.Option(envvar="LABEL_STUDIO_API_KEY", show_default=False, help="With --push.")
+    ] = "",
+    local_root: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT",
+            help="With --push: Label Studio's LOCAL_FILES_DOCUMENT_ROOT (OUT must be under it).",
+        ),
+    ] = None,
+) -> None:
+    """Train and val photos whose given label looks wrong (cross-validated, cleanlab); drops none."""
+    from carinspect.stages import audit as stage
+
+    cfg = read_params(params).audit
+    result = stage.run(cfg, checkpoint, ingest, splits, out, only_if_enabled=only_if_enabled)
+    if not result.enabled:
+        typer.echo("label audit off (audit.enabled: false)")
+        return
+    typer.echo(
+        f"{len(result.suspects)} of {result.photos} train and val photos have a doubtful label "
+        f"(features: {result.features}); page: {AuditDir(out).report_md}"
+    )
+    if push:
+        from carinspect.review.client import LabelStudio
+        from carinspect.review.loop import push as push_log
+        from carinspect.review.suspects import write_review_log
+
+        log = write_review_log(result, ingest, AuditDir(out).root / "review")
+        with LabelStudio(url, token) as ls:
+            r = push_log(ls, str(log), "carinspect label audit", local_root)
+        typer.echo(f"{r.added} suspect(s) added to project {r.title!r}: {r.url}")

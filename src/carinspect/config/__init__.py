@@ -6,6 +6,7 @@ live in one module per part of the pipeline (data, training, release, platform);
 importable from here.
 """
 
+from carinspect.config.audit import AuditConfig
 from carinspect.config.base import (
     SPLIT_NAMES,
     ConfigError,
@@ -55,6 +56,7 @@ __all__ = [
     "DATA_SECRET_KEYS",
     "DEFAULT_TRACKING_URI",
     "SPLIT_NAMES",
+    "AuditConfig",
     "ConfigError",
     "DataConfig",
     "DemoConfig",

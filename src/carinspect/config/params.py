@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from carinspect.config.audit import AuditConfig
 from carinspect.config.base import ConfigError, Section
 from carinspect.config.data import DataConfig, IngestConfig, SplitConfig
 from carinspect.config.platform import KfpConfig
@@ -40,6 +41,7 @@ class Params(Section):
     mlflow: MlflowConfig = MlflowConfig()
     tune: TuneConfig = TuneConfig()
     triton: TritonConfig = TritonConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _enough_per_class(self) -> Params:

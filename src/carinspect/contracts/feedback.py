@@ -27,7 +27,9 @@ class AnsweredBy(Contract):
 class KeptBecause(Contract):
     """One reason a photo was kept, and how strongly (0 to 1: higher is more worth a look)."""
 
-    kind: Literal["random", "uncertain", "margin", "mc_spread", "drift", "disagreement"]
+    kind: Literal[
+        "random", "uncertain", "margin", "mc_spread", "drift", "disagreement", "label_issue"
+    ]
     score: float = Field(ge=0.0, le=1.0)
     task: str = ""  # the task it concerns; empty: the photo as a whole
     detail: str = ""

@@ -104,6 +104,17 @@ class EvaluateDir(StageDir):
 
 
 @dataclass(frozen=True)
+class AuditDir(StageDir):
+    """audit: train and val photos whose given label the out-of-sample model doubts."""
+
+    stage: ClassVar[str] = "audit"
+
+    suspects = _File("suspects.csv")  # task, split, source, path, given, suggested, quality
+    report_md = _File("report.md")  # the page: figures, the method, the sheet and the table
+    sheet = _File("figures/suspects.png")  # the most doubtful photos with both labels
+
+
+@dataclass(frozen=True)
 class ThresholdDir(StageDir):
     """threshold: the decision rule (the operating point) and its curves."""
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from carinspect.contracts.feedback import AnsweredBy, FeedbackRecord, KeptBecause, record_name
 from carinspect.data.decoding.fingerprint import sha256_bytes
-from carinspect.data.decoding.integrity import sniff
+from carinspect.data.decoding.integrity import extension
 from carinspect.serving.inference import Answer
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.observers import AnsweredPhoto
@@ -42,12 +42,6 @@ from carinspect.serving.settings import ServeSettings
 logger = logging.getLogger(__name__)
 
 _QUEUE = 64  # photos waiting for the writer, at most; more are not kept
-
-
-def extension(data: bytes) -> str:
-    """A file extension for the upload's bytes (the log is read content-sniffed anyway)."""
-    fmt = sniff(data)
-    return {"JPEG": ".jpg", None: ".img"}.get(fmt, f".{(fmt or '').lower()}")
 
 
 class _Sink(Protocol):

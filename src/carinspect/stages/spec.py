@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carinspect.contracts.folders import (
+    AuditDir,
     EvaluateDir,
     ExportDir,
     IngestDir,
@@ -37,6 +38,12 @@ class StageSpec:
     after: tuple[str, ...] = ()  # the stages whose outputs it reads
     # its KFP output artifact: a later stage's component takes it as an input of this name
     artifact: str | None = None
+    command: tuple[str, ...] = ()  # the CLI words after `carinspect` when not just (name,)
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """``carinspect <words>`` runs the stage (dvc.yaml's ``cmd``)."""
+        return self.command or (self.name,)
 
     @property
     def dir(self) -> StageDir:
@@ -71,6 +78,9 @@ STAGES: tuple[StageSpec, ...] = (
               after=("ingest",), artifact="splits"),
     StageSpec("train", Path("models/train"), TrainDir, params=("model", "train", "mlflow"),
               sections=("model", "train", "mlflow"), after=("ingest", "split"), artifact="model"),
+    # opt-in (audit.enabled); dvc repro only: no KFP section input, no component
+    StageSpec("audit", Path("data/audit"), AuditDir, params=("audit",), sections=(),
+              after=("ingest", "split", "train"), command=("labels", "audit")),
     StageSpec("evaluate", Path("models/evaluate"), EvaluateDir, params=("evaluate",), sections=("evaluate",),
               after=("ingest", "split", "train"), artifact="evaluation"),
     StageSpec("threshold", Path("models/threshold"), ThresholdDir, params=("threshold",),

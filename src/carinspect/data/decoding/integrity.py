@@ -91,6 +91,12 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+def extension(data: bytes) -> str:
+    """A file extension for ``data`` by its first bytes (logs are read content-sniffed anyway)."""
+    fmt = sniff(data)
+    return {"JPEG": ".jpg", None: ".img"}.get(fmt, f".{(fmt or '').lower()}")
+
+
 def check_structure(fmt: str | None, data: bytes) -> PngLayout | None:
     """Walk the container: PNG chunks (with CRCs), GIF blocks, WebP's RIFF, and so on.
 
