@@ -91,7 +91,7 @@ def run(
     model, features = _backbone(cfg, state, tasks)
     samples = [(s, split) for split in SPLITS
                for s in load_task_split(Path(splits), ingest_dir, split, tasks)]  # fmt: skip
-    described = _features(model, [s for s, _ in samples], spec, ingest_dir)
+    described = features_of(model, [s for s, _ in samples], spec, ingest_dir)
     sources = {r.path: r.source for r in read_manifest(IngestDir(ingest_dir).manifest)}
     found: list[Doubt] = []
     for t, task in enumerate(tasks):
@@ -133,7 +133,7 @@ def _backbone(cfg: AuditConfig, state: Any, tasks: list[TaskSpec]) -> tuple[torc
     return model, f"pretrained {section.name} ({section.weights or 'hub weights'})"
 
 
-def _features(
+def features_of(
     model: torch.nn.Module, samples: list[Sample], spec: PreprocessSpec, ingest_dir: Path
 ) -> np.ndarray:
     """Pooled features of every photo, 64 at a time, through the model's preprocessing."""
