@@ -28,6 +28,62 @@ def _registry(params: Path) -> tuple[Params, Any, str]:
     return read_params(params), client_for(settings.mlflow_tracking_uri), actor(settings.user)
 
 
+def _same_photos(p: Params, client: Any, name: str) -> Any:
+    """The same-photos judge where this project holds the data (promote.same_photos), else None.
+
+    The candidate's test split is this project's data/split: its data must be the candidate's
+    (the version's ``data.digest`` tag), or the figures would be on some other split.
+    """
+    from carinspect.cli.app import INGEST, SPLIT
+
+    if not p.promote.same_photos or not SPLIT.splits.is_file():
+        return None
+
+    def judge(version: str, champion: str | None) -> dict[str, Any]:
+        from carinspect.serving import judge as same
+        from carinspect.serving.model_store import ModelStore
+        from carinspect.serving.settings import ServeSettings
+
+        recorded = client.get_model_version(name, version).tags.get("data.digest")
+        here = same.manifest_digest(INGEST.root)
+        if recorded and recorded != here:
+            raise same.JudgeError(
+                f"{INGEST.manifest}: this project's data ({here[:19]}...) is not version "
+                f"{version}'s ({recorded[:19]}...), so its test split is not here: check out the "
+                "version's revision (git checkout, dvc checkout), or set promote.same_photos: false"
+            )
+        photos = same.photo_set(INGEST.root, SPLIT.splits, Path(p.promote.golden) / "photos")
+
+        def scored(v: str) -> dict[str, Any]:
+            _, folder = ModelStore(ServeSettings(MODEL_URI=f"models:/{name}/{v}")).fetch()
+            return {"version": v, **same.score(folder, photos, p.promote.metric)}
+
+        return {"digest": photos.digest, "photos": len(photos.photos), "parts": photos.parts,
+                "candidate": scored(version),
+                "champion": scored(champion) if champion else None}  # fmt: skip
+
+    return judge
+
+
+def same_photos_verdict(trail: list[Any], champion: str | None) -> str:
+    """Whether the champion came in through the same-photos gate, in a few words."""
+    move = next((m for m in reversed(trail) if m.to_version == champion), None)
+    if champion is None or move is None:
+        return "no record of how it became champion"
+    judged = move.gate.get("same_photos")
+    if move.action != "promote":
+        return f"not passed ({move.action}: {move.reason})"
+    if not judged:
+        return "not judged on the same photos (compared on recorded metrics)"
+    theirs = judged.get("champion")
+    against = f" vs version {theirs['version']} {theirs['value']:.4f}" if theirs else ""
+    mine = judged["candidate"]
+    return (
+        f"passed on {judged['photos']} photos ({judged['digest'][:19]}...): "
+        f"{mine['metric']} {mine['value']:.4f}{against}"
+    )
+
+
 @app.command()
 def promote(
     params: ParamsOpt = Path("params.yaml"),
@@ -43,6 +99,7 @@ def promote(
     move = promotion.promote(
         client, name, p.promote, version, by,
         candidate_alias=p.register_.alias, force=force, reason=reason,
+        judge=_same_photos(p, client, name),
     )  # fmt: skip
     if move is None:
         from carinspect.tracking.audit import alias_target
@@ -81,13 +138,17 @@ def status(
     reconcile(client, name, alias, observer="carinspect status")
     aliases = {k: str(v) for k, v in (get_registered(client, name).aliases or {}).items()}
     trail = read_trail(client, name, alias)[-last:] if last else []
+    judged = same_photos_verdict(read_trail(client, name, alias), aliases.get(alias))
     if as_json:
-        doc = {"model": name, "aliases": aliases, "trail": [asdict(m) for m in trail]}
+        doc = {"model": name, "aliases": aliases, "same_photos": judged,
+               "trail": [asdict(m) for m in trail]}  # fmt: skip
         typer.echo(json.dumps(doc, indent=2))
         return
     typer.echo(f"model {name}")
     for k, v in sorted(aliases.items()):
         typer.echo(f"  {k}: version {v}")
+    if aliases.get(alias):
+        typer.echo(f"  {alias} same-photos gate: {judged}")
     typer.echo(f"{alias} moves (latest {len(trail)}):")
     for move in trail:
         typer.echo(f"  {move.describe()}")

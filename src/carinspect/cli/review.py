@@ -69,6 +69,15 @@ def review_pull(
             "(the label most gave; a tie is refused).",
         ),
     ] = "refuse",
+    golden_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of the reviewed photos (by content hash) kept out of training, in the "
+            "golden set (promote.golden) the promotion gate judges on.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Finished annotations into the feedback dataset (one DVC revision; skipped tasks ignored)."""
     from carinspect.errors import InputError
@@ -78,8 +87,9 @@ def review_pull(
     if resolve not in ("refuse", "majority"):
         raise InputError(f"--resolve {resolve!r}: expected refuse or majority")
     folder = out or Path(read_params(params).data.feedback or "data/feedback")
+    golden = (Path(read_params(params).promote.golden), golden_share) if golden_share else None
     with LabelStudio(url, token) as ls:
-        r = pull(ls, project, log, folder, resolve)
+        r = pull(ls, project, log, folder, resolve, golden=golden)
     typer.echo(
         f"{r.added} added, {r.relabelled} relabelled, {r.unchanged} unchanged: {r.folder} now "
         f"holds {r.classes}"

@@ -127,6 +127,17 @@ class PromoteConfig(Section):
     split: Literal["val", "test"] = "test"
     tolerance: float = Field(0.01, ge=0.0, le=1.0, description="candidate >= champion - tolerance")
     floor: float = Field(0.65, ge=0.0, le=1.0, description="candidate >= floor, champion or not")
+    same_photos: bool = Field(
+        True,
+        description="judge candidate and champion on one identical set (the candidate's test "
+        "split + the golden set), as each serves, where the project holds that data; else the "
+        "recorded metrics (measured on each version's own test split)",
+    )
+    golden: str = Field(
+        "data/golden",
+        description="the golden set: reviewed production photos no version trained on "
+        "(photos/<class>/<photo>, DVC-tracked; `carinspect review pull --golden-share` fills it)",
+    )
 
 
 class TritonConfig(Section):

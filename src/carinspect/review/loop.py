@@ -69,8 +69,14 @@ def pull(
     folder: Path,
     resolve: str = "refuse",
     dvc: bool = True,
+    golden: tuple[Path, float] | None = None,
 ) -> ImportResult:
-    """The finished annotations of project ``title`` into the feedback dataset ``folder``."""
+    """The finished annotations of project ``title`` into the feedback dataset ``folder``.
+
+    ``golden`` (folder, share): that share of the reviewed photos, chosen by content hash (so a
+    photo always falls on the same side), goes to the golden set instead: photos no version
+    trains on, which the promotion gate judges candidate and champion on.
+    """
     project = ls.project(title)
     if project is None:
         raise ReviewError(f"{ls.url}: no project titled {title!r} (`carinspect review push` first)")
@@ -84,7 +90,18 @@ def pull(
             )
         rows.append((r.where, r.sha256, next(iter(r.labels.values()))))
     source = f"Label Studio project {title!r} ({ls.url})"
-    return import_rows(source, rows, read_log(log), folder, dvc)
+    kept = read_log(log)
+    if golden is None or golden[1] <= 0:
+        return import_rows(source, rows, kept, folder, dvc)
+    held = [r for r in rows if in_golden(r[1], golden[1])]
+    trained = [r for r in rows if not in_golden(r[1], golden[1])]
+    import_rows(source, held, kept, golden[0], dvc)
+    return import_rows(source, trained, kept, folder, dvc)
+
+
+def in_golden(sha256: str, share: float) -> bool:
+    """Whether the photo with this content hash belongs to the golden set's ``share``."""
+    return int(sha256[:8], 16) / 0x1_0000_0000 < share
 
 
 def _connect(ls: LabelStudio, project: int, log: str, local_root: Path | None) -> Any:

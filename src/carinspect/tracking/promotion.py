@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,17 @@ def _describe_classes(sets: dict[str, str]) -> str:
     return sets.get("classes", "unknown classes")
 
 
-def evaluate_gate(client: Any, name: str, version: str, cfg: PromoteConfig) -> Gate:
-    """Judge ``version`` of ``name`` against the current champion and the floor."""
+Judge = Callable[[str, "str | None"], dict[str, Any]]
+
+
+def evaluate_gate(
+    client: Any, name: str, version: str, cfg: PromoteConfig, judged: dict[str, Any] | None = None
+) -> Gate:
+    """Judge ``version`` of ``name`` against the current champion and the floor.
+
+    ``judged``: both versions' figures on one identical photo set (:mod:`carinspect.serving.judge`):
+    then those are compared, not the recorded tags, and they land in the audit trail.
+    """
     key = f"metrics.{cfg.split}.{cfg.metric}"
     candidate = _version_or_fail(client, name, version)
     score = _tag_metric(candidate, key)
@@ -121,6 +131,8 @@ def evaluate_gate(client: Any, name: str, version: str, cfg: PromoteConfig) -> G
     if champion is not None and champion != version:
         current = _version_or_fail(client, name, champion)
         champ_score = _tag_metric(current, key)
+        if judged is not None:
+            champ_score = (judged.get("champion") or {}).get("value")
         mine, theirs = _class_sets(candidate), _class_sets(current)
         if mine and theirs and mine != theirs:
             comparable = False
@@ -131,6 +143,9 @@ def evaluate_gate(client: Any, name: str, version: str, cfg: PromoteConfig) -> G
                 f"{champion} answers {_describe_classes(theirs)}: different classes (retire "
                 f"the alias first, or register under another model name)"
             )
+    if judged is not None:
+        score = judged["candidate"]["value"]
+        key = f"same photos ({judged['photos']}: {judged['digest'][:19]}) {cfg.metric}"
     required = cfg.floor if champ_score is None else max(cfg.floor, champ_score - cfg.tolerance)
     figures: dict[str, Any] = {
         "metric": key,
@@ -141,7 +156,9 @@ def evaluate_gate(client: Any, name: str, version: str, cfg: PromoteConfig) -> G
         "floor": cfg.floor,
         "required": round(required, 6),
     }
-    label = f"{cfg.split} {cfg.metric}"
+    if judged is not None:
+        figures["same_photos"] = judged
+    label = f"{cfg.split} {cfg.metric}" if judged is None else f"same-photos {cfg.metric}"
     if score is None:
         failures.append(f"version {version} has no {key} tag (was it registered by carinspect?)")
     else:
@@ -168,10 +185,13 @@ def promote(
     candidate_alias: str = "challenger",
     force: bool = False,
     reason: str | None = None,
+    judge: Judge | None = None,
 ) -> AliasMove | None:
     """Move ``cfg.alias`` to ``version`` (default: the ``candidate_alias`` version) after the gate.
 
-    Returns the recorded move, or None when the version already holds the alias.
+    ``judge(version, champion)`` scores both on one identical photo set (its figures decide the
+    gate); without it, the recorded metrics do. Returns the recorded move, or None when the
+    version already holds the alias.
     """
     if force and not (reason and reason.strip()):
         raise PromotionError("--force needs --reason: say why the gate is overridden")
@@ -188,7 +208,8 @@ def promote(
     if current == version:
         logger.info("%s version %s already has alias %s", name, version, cfg.alias)
         return None
-    gate = evaluate_gate(client, name, version, cfg)
+    judged = judge(version, current if current != version else None) if judge else None
+    gate = evaluate_gate(client, name, version, cfg, judged)
     failed = "; ".join(gate.failures)
     if not gate.passed and not force:
         raise GateRefused(f"gate refused {name} version {version} for alias {cfg.alias}: {failed}")
