@@ -84,6 +84,7 @@ def run(
             write_json_atomic(tmp.metrics, {"enabled": False})
             write_text_atomic(tmp.report_md, "# Label audit\n\nOff (`audit.enabled: false`).\n")
             write_text_atomic(tmp.suspects, ",".join(COLUMNS) + "\n")
+            _off_sheet(tmp.sheet)
         return AuditResult(out, 0, [], "", {}, enabled=False)
     state = load_checkpoint(Path(checkpoint))
     tasks = tasks_of_checkpoint(state)
@@ -109,6 +110,16 @@ def run(
     result = AuditResult(out, len(samples), found, features, classes)
     _write(result, cfg, ingest_dir)
     return result
+
+
+def _off_sheet(path: Path) -> None:
+    """The sheet's place when the audit is off (dvc.yaml's output exists either way)."""
+    from PIL import Image, ImageDraw
+
+    sheet = Image.new("RGB", (360, 40), "white")
+    ImageDraw.Draw(sheet).text((8, 12), "label audit off (audit.enabled: false)", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, format="PNG")
 
 
 def _label(sample: Sample, task: int) -> int:
