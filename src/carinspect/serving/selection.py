@@ -82,8 +82,8 @@ class Policy:
             probs = scores.probs[t.columns]
             answered = reply.labels.get(t.name, "")
             if self.uncertain and answered == UNCERTAIN_LABEL:
-                found.append(_because(UNCERTAIN, 1.0 - _margin(probs), t.name))
-            gap = _margin(probs)
+                found.append(_because(UNCERTAIN, 1.0 - top_two_gap(probs), t.name))
+            gap = top_two_gap(probs)
             if self.margin > 0 and gap < self.margin:
                 found.append(_because(MARGIN, 1.0 - gap, t.name))
             if self.mc_std > 0 and scores.mc_std is not None:
@@ -120,7 +120,7 @@ class Policy:
         return _because(DRIFT, 1.0 - high / scores.distance, "", detail)
 
 
-def _margin(probs: np.ndarray) -> float:
+def top_two_gap(probs: np.ndarray) -> float:
     """The gap between the two most probable classes."""
     top = np.sort(np.asarray(probs, dtype=np.float64))[-2:]
     return float(top[1] - top[0]) if len(top) == 2 else 1.0
