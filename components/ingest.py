@@ -9,6 +9,7 @@ def ingest(
     data_task: str,
     data_format: str,
     data_shards: str,
+    data_feedback: str,
     coco_tasks_cfg: str,
     demo_cfg: str,
     ingest_cfg: str,
@@ -20,7 +21,9 @@ def ingest(
 
     ``data_format`` shards with ``data_shards`` an s3:// prefix: the shards go to the bucket
     and the output artifact holds the manifest and the index; the tasks after it stream from
-    the bucket (credentials from the ``kfp.data_secret`` Secret).
+    the bucket (credentials from the ``kfp.data_secret`` Secret). ``data_feedback``: the
+    reviewed photos (``dvc://<repo>@<rev>#data/feedback`` or an s3:// prefix; empty: none),
+    ingested beside the source as `dvc repro` does.
     """
     from carinspect.contracts.folders import IngestDir
     from carinspect.stages import ingest as stage
@@ -33,6 +36,7 @@ def ingest(
             "data.task": glue.task_input(data_task),
             "data.format": data_format,
             "data.shards": data_shards,
+            "data.feedback": data_feedback,
         },
     )
     out = IngestDir(data.path)

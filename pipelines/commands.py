@@ -15,7 +15,7 @@ from pipelines.sweep import SWEEP_FILE, build_sweep
 from pipelines.training import PIPELINE_FILE, build
 
 logger = logging.getLogger(__name__)
-PIPELINE_INPUTS = ("data_source", "data_version")
+PIPELINE_INPUTS = ("data_source", "data_version", "data_feedback")
 
 
 def split_overrides(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -65,6 +65,38 @@ def data_version(params: Params, root: Path) -> str:
         f"data.source {source!r}: no data version found (no dvc.lock entry); pass "
         "--param data_version=<DVC revision or md5> so KFP's cache sees data changes"
     )
+
+
+def feedback_revision(params: Params, root: Path, repo: str | None = None) -> str:
+    """data.feedback as a pod reads it: ``dvc://<repo>@<commit>#<folder>``, or as given.
+
+    A local folder tracked by ``photos.dvc`` is read at this checkout's commit (``repo``: where a
+    pod finds the repository, default this checkout), as `dvc repro` reads it here; its
+    photos.dvc must be committed. A folder with no photos.dvc yet (nothing reviewed) is none.
+    """
+    import subprocess
+
+    folder = params.data.feedback
+    if not folder or folder.startswith(("dvc://", "s3://")):
+        return folder
+    tracked = root / folder / "photos.dvc"
+    if not tracked.is_file():
+        return ""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise InputError(
+                f"data.feedback {folder!r}: git {' '.join(args)}: {done.stderr.strip()}"
+            )
+        return done.stdout.strip()
+
+    if git("status", "--porcelain", "--", str(tracked.relative_to(root))):
+        raise InputError(
+            f"data.feedback: {tracked.relative_to(root)} has changes not committed: commit it "
+            "(the pipeline reads the feedback revision of a commit), or pass --param data_feedback="
+        )
+    return f"dvc://{repo or root.resolve()}@{git('rev-parse', 'HEAD')}#{folder.strip('/')}"
 
 
 def _pipeline(params: Params, sweep: bool) -> Any:
@@ -145,6 +177,7 @@ def run_local(
     inputs, overrides = split_overrides(pairs)
     params = load_with_overrides(params_path, overrides)
     inputs.setdefault("data_version", data_version(params, root))
+    inputs.setdefault("data_feedback", feedback_revision(params, root))
     if runner == "docker":
         task_runner = _docker_runner()
         pipeline_root = pipeline_root.absolute()  # the runner mounts it at the same path
@@ -175,6 +208,19 @@ def submit(
     inputs, overrides = split_overrides(pairs)
     params = load_with_overrides(params_path, overrides)
     inputs.setdefault("data_version", data_version(params, root))
+    if "data_feedback" not in inputs and params.data.feedback:
+        import subprocess
+
+        origin = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root,
+                                capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+        found = feedback_revision(params, root, origin or "-")
+        if found.startswith("dvc://-@"):
+            raise InputError(
+                f"data.feedback {params.data.feedback!r}: this checkout has no git remote origin "
+                "for the cluster to read the feedback revision from: set one (and push), or pass "
+                "--param data_feedback=dvc://<repo>@<rev>#<folder>"
+            )
+        inputs["data_feedback"] = found
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / "pipeline.yaml"
         from kfp import compiler

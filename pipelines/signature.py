@@ -23,7 +23,9 @@ from carinspect.stages.spec import SPEC
 from components import glue
 
 # the data inputs, ingest's only: data_version has no default (it keys ingest's cache)
-DATA_INPUTS = ("data_version", "data_source", "data_task", "data_format", "data_shards")
+DATA_INPUTS = (
+    "data_version", "data_source", "data_task", "data_format", "data_shards", "data_feedback"
+)  # fmt: skip
 
 
 def data_defaults(cfg: Params) -> dict[str, str]:
@@ -33,7 +35,13 @@ def data_defaults(cfg: Params) -> dict[str, str]:
         "data_task": glue.task_text(cfg.data.task),
         "data_format": cfg.data.format,
         "data_shards": cfg.data.shards,
+        # a pod has no DVC workspace: a local folder is given as a revision by run and submit
+        "data_feedback": cfg.data.feedback if _remote(cfg.data.feedback) else "",
     }
+
+
+def _remote(folder: str) -> bool:
+    return folder.startswith(("dvc://", "s3://"))
 
 
 def parameters(cfg: Params, sweep: bool = False) -> list[inspect.Parameter]:

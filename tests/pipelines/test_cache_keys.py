@@ -118,8 +118,7 @@ def test_kfp_sections_are_the_params_dvc_tracks() -> None:
     """A task's section inputs are its dvc.yaml stage's `params:`: both re-run on the same change.
 
     (The demo's settings are an input of KFP's ingest; dvc.yaml has a `demo` stage for them.
-    data.feedback names a folder of the DVC workspace, which a KFP run does not have: its ingest
-    takes no such input.)
+    data.feedback is KFP's data_feedback: the same folder, at a commit's revision.)
     """
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     spec, _ = strict_docs(REPO_ROOT / PIPELINE_FILE)
@@ -127,9 +126,10 @@ def test_kfp_sections_are_the_params_dvc_tracks() -> None:
         kfp = {
             SECTION_INPUTS.get(k, k).replace("data_", "data.")
             for k in task["inputs"]["parameters"]
-            if k.endswith("_cfg") or k in ("data_source", "data_task", "data_format", "data_shards")
+            if k.endswith("_cfg")
+            or k in ("data_source", "data_task", "data_format", "data_shards", "data_feedback")
         } - {"data.demo"}
-        assert kfp == set(stages[name]["params"]) - {"data.feedback"}, name
+        assert kfp == set(stages[name]["params"]), name
 
 
 def test_multi_node_training_gets_the_cluster_settings(tmp_path: Path) -> None:
@@ -165,7 +165,8 @@ def test_pipeline_inputs_are_the_stage_sections_with_params_yaml_defaults() -> N
         return node
 
     expected = {f"{key.rpartition('.')[2]}_cfg": key for s in STAGES for key in s.sections}
-    data_inputs = {"data_version", "data_source", "data_task", "data_format", "data_shards"}
+    data_inputs = {"data_version", "data_source", "data_task", "data_format", "data_shards",
+                   "data_feedback"}  # fmt: skip
     for path, extra in ((PIPELINE_FILE, {}), (SWEEP_FILE, {"tune_cfg": "tune"})):
         spec, _ = strict_docs(REPO_ROOT / path)
         inputs = spec["root"]["inputDefinitions"]["parameters"]
@@ -174,6 +175,8 @@ def test_pipeline_inputs_are_the_stage_sections_with_params_yaml_defaults() -> N
             assert json.loads(inputs[name]["defaultValue"]) == section(key), (path, name)
         assert inputs["data_source"]["defaultValue"] == params["data"]["source"]
         assert "defaultValue" not in inputs["data_version"]  # it keys ingest's cache: no default
+        # params.yaml's data/feedback is a workspace folder: run and submit give its revision
+        assert inputs["data_feedback"]["defaultValue"] == ""
 
 
 def test_component_artifact_inputs_are_the_spec_upstream_outputs() -> None:

@@ -42,7 +42,7 @@ def test_components_called_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             ("registered", dsl.Artifact),
         ]
     }  # fmt: skip
-    FUNCTIONS["ingest"]("demo", "demo:0:20", "", "files", "", cfg["coco_tasks_cfg"], cfg["demo_cfg"], cfg["ingest_cfg"], a["data"],
+    FUNCTIONS["ingest"]("demo", "demo:0:20", "", "files", "", "", cfg["coco_tasks_cfg"], cfg["demo_cfg"], cfg["ingest_cfg"], a["data"],
                         a["ingest_report"], a["ingest_metrics"])  # fmt: skip
     assert a["data"].metadata == {"source": "demo", "version": "demo:0:20"}
     assert a["ingest_metrics"].metadata["images"] > 0

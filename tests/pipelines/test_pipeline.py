@@ -60,7 +60,7 @@ def test_compiled_pipeline_carries_the_platform_settings() -> None:
         "evaluate", "export", "ingest", "register", "split", "threshold", "train",
     ]  # fmt: skip
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
-        "data_source", "data_task", "data_format", "data_shards", "data_version", "demo_cfg", "coco_tasks_cfg", "ingest_cfg",
+        "data_source", "data_task", "data_format", "data_shards", "data_feedback", "data_version", "demo_cfg", "coco_tasks_cfg", "ingest_cfg",
         "split_cfg", "model_cfg",
         "train_cfg", "mlflow_cfg", "evaluate_cfg", "threshold_cfg", "export_cfg", "register_cfg",
     }  # fmt: skip

@@ -67,7 +67,8 @@ class DataConfig(Section):
         description="a feedback dataset folder (`carinspect feedback import` writes its photos/, "
         "one subfolder per class, tracked by photos.dvc): its photos are ingested beside "
         "data.source's; a folder with no photos/ (or empty: none) adds none. params.yaml names "
-        "data/feedback, which dvc.yaml's ingest stage depends on",
+        "data/feedback, which dvc.yaml's ingest stage depends on; dvc://<repo>@<rev>#<folder> "
+        "or s3://bucket/prefix read a revision of it from elsewhere (a KFP run's pod)",
     )
     feedback_new_classes: bool = Field(
         False, description="take classes that only data.feedback has (reviewers' labels from "

@@ -32,7 +32,7 @@ from carinspect.data.decoding.images import (
     grayscale_spread,
 )
 from carinspect.data.intake import quality
-from carinspect.data.intake.feedback import feedback_items
+from carinspect.data.intake.feedback import open_feedback
 from carinspect.data.intake.manifest import ManifestRow, label_of, manifest_csv
 from carinspect.data.intake.report import render_ingest_report
 from carinspect.data.intake.sources import Rejected, SourceItem, open_source
@@ -236,9 +236,9 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
             raise IngestError(f"data.shards: {err}") from None
     with (
         open_source(data.source, data.demo, data.task, data.coco_tasks) as source,
+        open_feedback(data.feedback, source, data.feedback_new_classes) as feedback,
         staged_dir(out) as tmp,
     ):
-        feedback = feedback_items(data.feedback, source, data.feedback_new_classes)
         decoded = _decode_all(source.items + feedback, cfg, tmp)
         accepted = [r for r in decoded if isinstance(r, _Accepted)]
         rejected = list(source.rejected) + [r for r in decoded if isinstance(r, Rejected)]

@@ -18,13 +18,14 @@ is then ``dvc add``-ed: its ``photos.dvc`` is the revision to commit, and ingest
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from carinspect.data.intake.sources import (
     SourceError,
     SourceItem,
     folder_source,
+    open_source,
     s3_objects,
 )
 from carinspect.data.storage.objects import ObjectError, parse_s3_uri
@@ -76,6 +78,23 @@ class ImportResult:
     dvc_file: Path | None
 
 
+@contextlib.contextmanager
+def open_feedback(
+    folder: str, source: ResolvedSource, new_classes: bool = False
+) -> Iterator[list[SourceItem]]:
+    """The feedback dataset's photos where ``folder`` is: a local folder, or a revision of it.
+
+    ``dvc://<repo>@<rev>#<folder>`` reads ``<folder>/photos`` at that git revision through DVC
+    (what a KFP run is given: its pod has no DVC workspace), ``s3://bucket/prefix`` reads
+    ``prefix/photos/<class>/``; the photos stay readable until the block ends.
+    """
+    if folder.startswith(("dvc://", "s3://")):
+        with open_source(f"{folder.rstrip('/')}/{PHOTOS}") as resolved:
+            yield _checked_items(folder, source, resolved.items, new_classes)
+        return
+    yield feedback_items(folder, source, new_classes)
+
+
 def feedback_items(
     folder: str, source: ResolvedSource, new_classes: bool = False
 ) -> list[SourceItem]:
@@ -88,12 +107,19 @@ def feedback_items(
     photos = Path(folder) / PHOTOS
     if not folder or not photos.is_dir() or not any(p.is_dir() for p in photos.iterdir()):
         return []
+    return _checked_items(folder, source, folder_source(photos, str(photos)).items, new_classes)
+
+
+def _checked_items(
+    folder: str, source: ResolvedSource, items: list[SourceItem], new_classes: bool
+) -> list[SourceItem]:
+    """``items`` when ``source`` can take them (one task; no class of their own), else refused."""
+    photos = f"{folder.rstrip('/')}/{PHOTOS}"
     if len(source.tasks) > 1:
         raise SourceError(
             f"data.feedback {folder!r} holds one label per photo, but data.source "
             f"{source.uri!r} trains the tasks {source.tasks} together: leave {photos} out"
         )
-    items = folder_source(photos, str(photos)).items
     known = {i.label for i in source.items}
     extra = sorted({i.label for i in items} - known)
     if extra and not new_classes:
