@@ -15,7 +15,14 @@ class AuditConfig(Section):
     enabled: bool = Field(
         False, description="true: `dvc repro` runs the audit (its stage is a no-op otherwise)"
     )
-    folds: int = Field(5, ge=2, le=20, description="cross-validation folds over train+val")
+    method: Literal["neighbours", "logistic"] = Field(
+        "neighbours",
+        description="out-of-sample probabilities: neighbours (the labels of each photo's "
+        "nearest others by cosine similarity, itself left out) or logistic (a logistic "
+        "regression fitted on the other folds)",
+    )
+    neighbours: int = Field(10, ge=3, le=100, description="with method neighbours: how many")
+    folds: int = Field(5, ge=2, le=20, description="with method logistic: cross-validation folds")
     features: Literal["auto", "pretrained", "checkpoint"] = Field(
         "auto",
         description="what the photos are described by: pretrained (the weights train starts "

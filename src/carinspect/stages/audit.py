@@ -1,8 +1,9 @@
 """audit (`carinspect labels audit`): train and val photos whose given label looks wrong.
 
-Every train and val photo is described by a backbone's pooled features, scored by a logistic
-regression fitted on the other folds (out of sample), and cleanlab's confident learning names the
-photos whose given label those probabilities doubt (:mod:`carinspect.evaluation.label_audit`).
+Every train and val photo is described by a backbone's pooled features, scored out of sample
+(its nearest other photos' labels, or a logistic regression fitted on the other folds), and
+cleanlab's confident learning names the photos whose given label those probabilities doubt
+(:mod:`carinspect.evaluation.label_audit`).
 Nothing is dropped or relabelled: the output is a table, a page with the most doubtful photos,
 and, on request, review tasks (`--push`). ``audit.enabled`` switches the `dvc repro` stage on.
 """
@@ -98,7 +99,7 @@ def run(
     for t, task in enumerate(tasks):
         labels = np.array([_label(s, t) for s, _ in samples])
         kept = np.flatnonzero(labels != MISSING)
-        probs = label_audit.out_of_sample(described[kept], labels[kept], cfg.folds, cfg.seed)
+        probs = _probabilities(cfg, described[kept], labels[kept])
         for doubt in label_audit.suspects(labels[kept], probs):
             sample, split = samples[int(kept[doubt.index])]
             path = sample.path.relative_to(ingest_dir).as_posix()
@@ -110,6 +111,13 @@ def run(
     result = AuditResult(out, len(samples), found, features, classes)
     _write(result, cfg, ingest_dir)
     return result
+
+
+def _probabilities(cfg: AuditConfig, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Out-of-sample class probabilities by the configured scheme."""
+    if cfg.method == "neighbours":
+        return label_audit.neighbour_votes(features, labels, cfg.neighbours)
+    return label_audit.out_of_sample(features, labels, cfg.folds, cfg.seed)
 
 
 def _off_sheet(path: Path) -> None:
@@ -170,13 +178,19 @@ def _write(result: AuditResult, cfg: AuditConfig, ingest_dir: Path) -> None:
         write_json_atomic(tmp.metrics, {
             "enabled": True, "photos": result.photos, "suspects": len(result.suspects),
             "suspect_rate": round(len(result.suspects) / max(result.photos, 1), 4),
-            "folds": cfg.folds, "features": result.features,
+            "method": cfg.method, "features": result.features,
         })  # fmt: skip
         shown = result.suspects[: min(cfg.shown, mistakes.SHEET_MAX)]
         blobs = open_store(ingest_dir).read_many([ingest_dir / d.path for d in shown])
         captions = [f"{Path(d.source).name}\n{d.given} -> {d.suggested}?" for d in shown]
         mistakes.contact_sheet(blobs, captions, [True] * len(shown), tmp.sheet)
         write_text_atomic(tmp.report_md, _page(result, cfg))
+
+
+def _scheme(cfg: AuditConfig) -> str:
+    if cfg.method == "neighbours":
+        return f"the labels of its {cfg.neighbours} nearest other photos"
+    return f"a logistic regression fitted on the other {cfg.folds - 1} of {cfg.folds} folds"
 
 
 def _page(result: AuditResult, cfg: AuditConfig) -> str:
@@ -186,7 +200,7 @@ def _page(result: AuditResult, cfg: AuditConfig) -> str:
         "",
         f"**{len(result.suspects)} of {result.photos} train and val photos** have a label the "
         f"out-of-sample model doubts. Each photo was described by {result.features}, scored by "
-        f"a logistic regression fitted on the other {cfg.folds - 1} of {cfg.folds} folds, and "
+        f"{_scheme(cfg)}, and "
         "cleanlab's confident learning named the doubtful ones (quality: the probability the "
         "model gave the given label; low is doubtful). Nothing was dropped: review them "
         "(`carinspect labels audit --push`) and fix the source labels.",
