@@ -60,11 +60,7 @@ def feedback_import(
 
     folder = out or Path(read_params(params).data.feedback or "data/feedback")
     r = import_feedback(labels, log, folder)
-    typer.echo(
-        f"{r.added} added, {r.relabelled} relabelled, {r.unchanged} unchanged: {r.folder} now "
-        f"holds {r.classes}"
-        + (f"; commit {r.dvc_file} to record this revision" if r.dvc_file else "")
-    )
+    typer.echo(r.describe())
 
 
 @store_app.command("check")

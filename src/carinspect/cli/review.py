@@ -90,8 +90,4 @@ def review_pull(
     golden = (Path(read_params(params).promote.golden), golden_share) if golden_share else None
     with LabelStudio(url, token) as ls:
         r = pull(ls, project, log, folder, resolve, golden=golden)
-    typer.echo(
-        f"{r.added} added, {r.relabelled} relabelled, {r.unchanged} unchanged: {r.folder} now "
-        f"holds {r.classes}"
-        + (f"; commit {r.dvc_file} to record this revision" if r.dvc_file else "")
-    )
+    typer.echo(r.describe())

@@ -77,6 +77,14 @@ class ImportResult:
     classes: dict[str, int]
     dvc_file: Path | None
 
+    def describe(self) -> str:
+        """The import in one line, as `feedback import` and `review pull` print it."""
+        line = (
+            f"{self.added} added, {self.relabelled} relabelled, {self.unchanged} unchanged: "
+            f"{self.folder} now holds {self.classes}"
+        )
+        return line + (f"; commit {self.dvc_file} to record this revision" if self.dvc_file else "")
+
 
 @contextlib.contextmanager
 def open_feedback(
