@@ -1,5 +1,6 @@
 """`carinspect review push/pull` against a real Label Studio, annotated through its API."""
 
+import csv
 import hashlib
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from carinspect.config import DemoConfig
 from carinspect.data.decoding.images import ImageLimits
@@ -23,8 +25,9 @@ from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.observers import AnsweredPhoto
 from carinspect.serving.opening import open_model
 from carinspect.serving.settings import ServeSettings
-from tests.conftest import VENV_BIN, free_port
+from tests.conftest import VENV_BIN, Prepared, free_port, tiny_params
 from tests.review.conftest import LabelStudioServer
+from tests.stages.test_audit import flip_labels
 
 
 def make_log(log: Path, export: Path, per_class: int = 4) -> dict[str, str]:
@@ -263,3 +266,38 @@ def test_skipped_and_unfinished_tasks_give_no_label() -> None:
     assert reviewed([task(6, "dirty", "clean", "clean")], resolve="majority")[0].labels == {
         "label": "clean"
     }
+
+
+@pytest.mark.slow
+def test_the_audit_pushes_its_suspects_as_the_source_photos(
+    label_studio: LabelStudioServer, prepared: Prepared, upstream: dict[str, Path], tmp_path: Path
+) -> None:
+    splits = tmp_path / "splits.csv"
+    flip_labels(prepared.splits, splits, share=0.15)
+    demo = {**yaml.safe_load(Path("params.yaml").read_text())["data"]["demo"],
+            "per_class": 24, "broken": False}  # prepared's source  # fmt: skip
+    params = tiny_params(tmp_path, data__source="demo", data__demo=demo,
+                         audit__features="checkpoint")  # fmt: skip
+    out, kept = tmp_path / "audit", label_studio.root / "audit"
+    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
+           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.root)}  # fmt: skip
+    done = subprocess.run(
+        [str(VENV_BIN / "carinspect"), "labels", "audit", "--params", str(params), "--checkpoint",
+         str(upstream["best"]), "--ingest", str(prepared.ingest), "--splits", str(splits),
+         "--out", str(out), "--push", "--log", str(kept)],
+        env={**_env(), **env}, capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    doubted = {Path(r["path"]).stem: r for r in csv.DictReader((out / "suspects.csv").open())}
+    assert doubted and f"{len(doubted)} suspect(s) added to project" in done.stdout
+    with label_studio.session() as http:
+        title = "carinspect label audit"
+        pid = http.get("/api/projects", params={"title": title}).json()["results"][0]["id"]
+        tasks = _tasks(http, pid)
+        assert {t["data"]["sha256"] for t in tasks} == set(doubted)  # the manifest's hashes
+        task = http.get(f"/api/tasks/{tasks[0]['id']}").json()
+        row = doubted[task["data"]["sha256"]]
+        (prediction,) = task["predictions"]
+        assert prediction["result"][0]["value"]["choices"] == [row["suggested"]]
+        photo = http.get(task["data"]["image"])  # the source's own bytes, not ingest's copy
+        assert hashlib.sha256(photo.content).hexdigest() == task["data"]["sha256"]

@@ -336,14 +336,19 @@ def labels_audit(
         Path | None,
         typer.Option(
             envvar="LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT",
-            help="With --push: Label Studio's LOCAL_FILES_DOCUMENT_ROOT (OUT must be under it).",
+            help="With --push: Label Studio's LOCAL_FILES_DOCUMENT_ROOT (LOG must be under it).",
         ),
     ] = None,
+    log: Annotated[
+        Path,
+        typer.Option(help="With --push: where the suspects' photos are kept for review (grows)."),
+    ] = Path("data/review/audit"),
 ) -> None:
     """Train and val photos whose given label looks wrong (cross-validated, cleanlab); drops none."""
     from carinspect.stages import audit as stage
 
-    cfg = read_params(params).audit
+    p = read_params(params)
+    cfg = p.audit
     result = stage.run(cfg, checkpoint, ingest, splits, out, only_if_enabled=only_if_enabled)
     if not result.enabled:
         typer.echo("label audit off (audit.enabled: false)")
@@ -357,7 +362,7 @@ def labels_audit(
         from carinspect.review.loop import push as push_log
         from carinspect.review.suspects import write_review_log
 
-        log = write_review_log(result, ingest, AuditDir(out).root / "review")
+        write_review_log(result, p.data, log)
         with LabelStudio(url, token) as ls:
             r = push_log(ls, str(log), "carinspect label audit", local_root)
         typer.echo(f"{r.added} suspect(s) added to project {r.title!r}: {r.url}")

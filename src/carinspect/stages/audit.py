@@ -5,7 +5,7 @@ Every train and val photo is described by a backbone's pooled features, scored o
 cleanlab's confident learning names the photos whose given label those probabilities doubt
 (:mod:`carinspect.evaluation.label_audit`).
 Nothing is dropped or relabelled: the output is a table, a page with the most doubtful photos,
-and, on request, review tasks (`--push`). ``audit.enabled`` switches the `dvc repro` stage on.
+and, on request, review tasks (`--push`, :mod:`carinspect.review.suspects`). ``audit.enabled`` switches the `dvc repro` stage on.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Doubt:
     given: str
     suggested: str
     quality: float
+    sha256: str  # of the source's bytes, as the manifest records it
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def run(
     samples = [(s, split) for split in SPLITS
                for s in load_task_split(Path(splits), ingest_dir, split, tasks)]  # fmt: skip
     described = features_of(model, [s for s, _ in samples], spec, ingest_dir)
-    sources = {r.path: r.source for r in read_manifest(IngestDir(ingest_dir).manifest)}
+    rows = {r.path: r for r in read_manifest(IngestDir(ingest_dir).manifest)}
     found: list[Doubt] = []
     for t, task in enumerate(tasks):
         labels = np.array([_label(s, t) for s, _ in samples])
@@ -103,9 +104,12 @@ def run(
         for doubt in label_audit.suspects(labels[kept], probs):
             sample, split = samples[int(kept[doubt.index])]
             path = sample.path.relative_to(ingest_dir).as_posix()
-            found.append(Doubt(task.name, split, sources.get(path, path), path,
-                               task.classes[doubt.given], task.classes[doubt.suggested],
-                               doubt.quality))  # fmt: skip
+            row = rows.get(path)
+            if row is None:
+                raise AuditError(f"{splits}: {path} is not in {IngestDir(ingest_dir).manifest}: "
+                                 "the splits are not of this ingest (run `dvc repro`)")  # fmt: skip
+            found.append(Doubt(task.name, split, row.source, path, task.classes[doubt.given],
+                               task.classes[doubt.suggested], doubt.quality, row.sha256))  # fmt: skip
     found.sort(key=lambda d: d.quality)
     classes = {t.name: list(t.classes) for t in tasks}
     result = AuditResult(out, len(samples), found, features, classes)
@@ -215,41 +219,3 @@ def _page(result: AuditResult, cfg: AuditConfig) -> str:
     if len(result.suspects) > cfg.shown:
         lines += ["", f"{len(result.suspects) - cfg.shown} more in suspects.csv."]
     return "\n".join(lines) + "\n"
-
-
-def write_review_log(result: AuditResult, ingest_dir: Path, folder: Path) -> Path:
-    """The suspects as a feedback log (photo + record each) that `review push` takes.
-
-    The pre-annotation is the suggested label; the record says the given one, so a reviewer
-    sees both. The folder is replaced whole.
-    """
-    from datetime import UTC, datetime
-
-    from carinspect.contracts.feedback import AnsweredBy, FeedbackRecord, KeptBecause, record_name
-    from carinspect.data.decoding.fingerprint import sha256_bytes
-    from carinspect.data.decoding.integrity import extension
-    from carinspect.io import write_bytes_atomic
-
-    blobs = open_store(Path(ingest_dir)).read_many(
-        [Path(ingest_dir) / d.path for d in result.suspects]
-    )
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    with staged_dir(Path(folder)) as staged:
-        for doubt, blob in zip(result.suspects, blobs, strict=True):
-            data = bytes(blob)
-            sha = sha256_bytes(data)
-            detail = f"given {doubt.given}, suggested {doubt.suggested} ({doubt.split})"
-            because = KeptBecause(kind="label_issue", score=round(1.0 - doubt.quality, 6),
-                                  task=doubt.task, detail=detail)  # fmt: skip
-            record = FeedbackRecord(
-                sha256=sha, bytes=len(data), received_at=now, filename=doubt.source,
-                model=AnsweredBy(name="label audit", version=None, alias=None),
-                labels={doubt.task: doubt.suggested},
-                classes={doubt.task: result.classes[doubt.task]},
-                answer={"label": doubt.suggested, "given": doubt.given,
-                        "confidence": round(1.0 - doubt.quality, 6)},
-                reasons=[because], score=because.score,
-            )  # fmt: skip
-            write_bytes_atomic(staged / f"{sha[:2]}/{sha}{extension(data)}", data)
-            write_text_atomic(staged / record_name(sha), record.model_dump_json(indent=1))
-    return Path(folder)

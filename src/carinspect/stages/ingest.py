@@ -123,8 +123,16 @@ def _decode_all(
     return [r for r in results if r is not None]
 
 
-def _deduplicate(accepted: list[_Accepted], root: Path) -> tuple[list[_Accepted], list[Rejected]]:
-    """Keep the first copy of identical files; drop every copy when copies disagree on the label."""
+def _deduplicate(
+    accepted: list[_Accepted], root: Path, reviewed: frozenset[str] = frozenset()
+) -> tuple[list[_Accepted], list[Rejected]]:
+    """Keep the first copy of identical files; drop every copy when copies disagree on the label.
+
+    A copy from ``reviewed`` (the feedback photos' sources) is a reviewer's later word on the
+    same file: where the reviewed copies agree, their label replaces the others' (the photo keeps
+    the split and group the source gave it), so a wrong label corrected in review is corrected
+    here rather than dropping the photo.
+    """
     by_sha: dict[str, list[_Accepted]] = {}
     for a in accepted:
         by_sha.setdefault(a.row.sha256, []).append(a)
@@ -133,7 +141,20 @@ def _deduplicate(accepted: list[_Accepted], root: Path) -> tuple[list[_Accepted]
     for a in accepted:
         copies = by_sha[a.row.sha256]
         labels = sorted({_all_labels(c.row) for c in copies})
-        if len(labels) > 1:
+        said = [c for c in copies if c.row.source in reviewed]
+        if len(labels) > 1 and said and len({_all_labels(c.row) for c in said}) == 1:
+            if a.row.source in reviewed:  # the reviewer's copy, in the place of the first copy
+                if a is said[0]:
+                    first = copies[0].row
+                    row = replace(a.row, split=first.split, group=first.group)
+                    kept.append(_Accepted(row, a.dhash))
+                else:
+                    dropped.append(Rejected(a.row.source, a.row.label, "exact_duplicate",
+                                            f"same bytes as {said[0].row.source}"))  # fmt: skip
+            else:
+                dropped.append(Rejected(a.row.source, a.row.label, "relabelled_in_review",
+                                        f"{said[0].row.source} says {said[0].row.label!r}"))  # fmt: skip
+        elif len(labels) > 1:
             dropped.append(
                 Rejected(
                     a.row.source,
@@ -242,7 +263,7 @@ def run(data: DataConfig, cfg: IngestConfig, out: Path) -> IngestResult:
         decoded = _decode_all(source.items + feedback, cfg, tmp)
         accepted = [r for r in decoded if isinstance(r, _Accepted)]
         rejected = list(source.rejected) + [r for r in decoded if isinstance(r, Rejected)]
-        kept, duplicates = _deduplicate(accepted, tmp)
+        kept, duplicates = _deduplicate(accepted, tmp, frozenset(f.source for f in feedback))
         rejected += duplicates
         per_task = _task_classes([a.row for a in kept], source.tasks)
         _check_classes(per_task, data, cfg, len(kept), len(rejected), out)
