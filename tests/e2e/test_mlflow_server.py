@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from carinspect.config import PromoteConfig, RegisterConfig, Settings
 from carinspect.stages import register
 from carinspect.tracking import promotion
-from carinspect.tracking.webhooks import WebhookError, create_alias_webhook, sign, verify
+from carinspect.tracking.webhooks import WebhookError, create_registry_webhook, sign, verify
 from tests.conftest import (
     _AWS_ENV,
     REPO_ROOT,
@@ -193,7 +193,7 @@ def test_alias_webhook_is_delivered_signed(
         client = MlflowClient(mlflow_server)
         name = f"hook-{tmp_path.name[-8:]}"
         hook_url = f"http://127.0.0.1:{receiver.server_port}/webhooks/mlflow"
-        hook = create_alias_webhook(client, f"{name}-hook", hook_url, "s3cret")
+        hook = create_registry_webhook(client, f"{name}-hook", hook_url, "s3cret")
         try:
             mlflow.set_tracking_uri(mlflow_server)
             mlflow.set_experiment("webhooks")

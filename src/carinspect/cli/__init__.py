@@ -7,9 +7,9 @@ Importing the package registers every command on :data:`app`, module by module, 
 """
 
 # isort: off
-from carinspect.cli import stages, registry, inference, pipeline, admin, review
+from carinspect.cli import stages, registry, inference, pipeline, admin, review, rollout
 from carinspect.cli.app import app, main
 
 # isort: on
 
-__all__ = ["admin", "app", "inference", "main", "pipeline", "registry", "review", "stages"]
+__all__ = ["admin", "app", "inference", "main", "pipeline", "registry", "review", "rollout", "stages"]

@@ -24,15 +24,15 @@ def webhook_add(
     url: Annotated[str, typer.Argument(help="Receiver, e.g. https://serving/webhooks/mlflow.")],
     name: Annotated[str, typer.Option(help="Webhook name in MLflow.")] = "carinspect-alias",
 ) -> None:
-    """Have the MLflow server POST alias moves to URL, signed with CARINSPECT_WEBHOOK_SECRET."""
+    """Have the MLflow server POST alias moves and rollout steps to URL, signed (WEBHOOK_SECRET)."""
     from carinspect.config import Settings
     from carinspect.tracking.promotion import client_for
-    from carinspect.tracking.webhooks import create_alias_webhook
+    from carinspect.tracking.webhooks import create_registry_webhook
 
     settings = Settings()
     if settings.webhook_secret is None:
         raise InputError("CARINSPECT_WEBHOOK_SECRET is not set: deliveries are signed with it")
-    hook = create_alias_webhook(
+    hook = create_registry_webhook(
         client_for(settings.mlflow_tracking_uri),
         name,
         url,

@@ -18,7 +18,7 @@ ReasonOpt = Annotated[str | None, typer.Option(help="Why: recorded in the audit 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _registry(params: Path) -> tuple[Params, Any, str]:
+def registry_of(params: Path) -> tuple[Params, Any, str]:
     """Params, an MlflowClient on MLFLOW_TRACKING_URI, and who is acting."""
     from carinspect.config import Settings
     from carinspect.tracking.audit import actor
@@ -28,7 +28,7 @@ def _registry(params: Path) -> tuple[Params, Any, str]:
     return read_params(params), client_for(settings.mlflow_tracking_uri), actor(settings.user)
 
 
-def _same_photos(p: Params, client: Any, name: str) -> Any:
+def same_photos_judge(p: Params, client: Any, name: str) -> Any:
     """The same-photos judge where this project holds the data (promote.same_photos), else None.
 
     The candidate's test split is this project's data/split: its data must be the candidate's
@@ -94,12 +94,12 @@ def promote(
     """Move alias champion to a version (default: the challenger) if it passes the gate."""
     from carinspect.tracking import promotion
 
-    p, client, by = _registry(params)
+    p, client, by = registry_of(params)
     name = p.register_.model_name
     move = promotion.promote(
         client, name, p.promote, version, by,
         candidate_alias=p.register_.alias, force=force, reason=reason,
-        judge=_same_photos(p, client, name),
+        judge=same_photos_judge(p, client, name),
     )  # fmt: skip
     if move is None:
         from carinspect.tracking.audit import alias_target
@@ -116,7 +116,7 @@ def rollback(params: ParamsOpt = Path("params.yaml"), reason: ReasonOpt = None) 
     """Move alias champion back to the previous champion in the audit trail."""
     from carinspect.tracking import promotion
 
-    p, client, by = _registry(params)
+    p, client, by = registry_of(params)
     move = promotion.rollback(client, p.register_.model_name, p.promote.alias, by, reason)
     typer.echo(move.describe())
 
@@ -133,7 +133,7 @@ def status(
     from carinspect.tracking.audit import read_trail, reconcile
     from carinspect.tracking.registry import get_registered
 
-    p, client, _ = _registry(params)
+    p, client, _ = registry_of(params)
     name, alias = p.register_.model_name, p.promote.alias
     reconcile(client, name, alias, observer="carinspect status")
     aliases = {k: str(v) for k, v in (get_registered(client, name).aliases or {}).items()}
@@ -165,7 +165,7 @@ def models(
 
     from carinspect.tracking.registry import list_versions
 
-    p, client, _ = _registry(params)
+    p, client, _ = registry_of(params)
     rows = list_versions(client, p.register_.model_name)
     if limit:
         rows = rows[:limit]  # newest first

@@ -39,6 +39,7 @@ from carinspect.config.release import (
     ThresholdConfig,
     TritonConfig,
 )
+from carinspect.config.rollout import Check, RolloutConfig
 from carinspect.config.settings import (
     DEFAULT_TRACKING_URI,
     Settings,
@@ -57,6 +58,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "SPLIT_NAMES",
     "AuditConfig",
+    "Check",
     "ConfigError",
     "DataConfig",
     "DemoConfig",
@@ -72,6 +74,7 @@ __all__ = [
     "Params",
     "PromoteConfig",
     "RegisterConfig",
+    "RolloutConfig",
     "SearchDim",
     "Section",
     "Settings",

@@ -20,6 +20,7 @@ from carinspect.config.release import (
     ThresholdConfig,
     TritonConfig,
 )
+from carinspect.config.rollout import RolloutConfig
 from carinspect.config.training import MlflowConfig, ModelConfig, TrainConfig, TuneConfig
 
 
@@ -42,6 +43,7 @@ class Params(Section):
     tune: TuneConfig = TuneConfig()
     triton: TritonConfig = TritonConfig()
     audit: AuditConfig = AuditConfig()
+    rollout: RolloutConfig = RolloutConfig()
 
     @model_validator(mode="after")
     def _enough_per_class(self) -> Params:

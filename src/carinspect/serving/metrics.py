@@ -76,6 +76,24 @@ class ServingMetrics:
             "carinspect_second_model_reload_failures", "shadow or canary loads that failed",
             ["mode"], registry=r,
         )  # fmt: skip
+        self.canary_percent = Gauge(
+            "carinspect_canary_percent", "share of clients the canary answers now (the rollout's "
+            "recorded in the registry, else CANARY_PERCENT)", registry=r,
+        )  # fmt: skip
+        # each answer by the side that gave it: what a rollout's analysis compares
+        self.answers = Counter(
+            "carinspect_answers", "photos answered (ok) or failed in the model (error), by the "
+            "side that answered (champion, canary) and its version",
+            ["side", "version", "outcome"], registry=r,
+        )  # fmt: skip
+        self.answered_class = Counter(
+            "carinspect_answered_class", "photos answered, by side, task and the class answered",
+            ["side", "task", "class"], registry=r,
+        )  # fmt: skip
+        self.answer_seconds = Histogram(
+            "carinspect_answer_seconds", "time from upload to answer, by side (decode, queue, "
+            "inference)", ["side"], buckets=_LATENCY, registry=r,
+        )  # fmt: skip
         self.shadow_agreement = Counter(
             "carinspect_shadow_agreement", "photos answered by both, by the two labels",
             ["task", "champion_class", "challenger_class"], registry=r,
@@ -110,6 +128,23 @@ class ServingMetrics:
         for w in waits:
             self.queue_seconds.observe(w)
         self.inference_seconds.observe(seconds)
+
+    def side_ready(self, side: str, version: str | None) -> None:
+        """Export ``side``'s answer counters at 0 from the moment its model serves.
+
+        So a rate of errors is 0, not missing, while there are none.
+        """
+        for outcome in ("ok", "error"):
+            self.answers.labels(side, version or "", outcome)
+
+    def answered(
+        self, side: str, version: str | None, labels: dict[str, str], seconds: float
+    ) -> None:
+        """One photo answered by ``side`` (champion or canary): count, class and time."""
+        self.answers.labels(side, version or "", "ok").inc()
+        for task, label in labels.items():
+            self.answered_class.labels(side, task, label).inc()
+        self.answer_seconds.labels(side).observe(seconds)
 
     def serving(
         self, name: str | None, version: str | None, alias: str | None, provider: str

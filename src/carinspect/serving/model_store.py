@@ -37,7 +37,14 @@ class ModelStore:
         self,
         settings: ServeSettings,
         on_reload: Callable[[LoadedModel | None, str | None], None] | None = None,
+        wanted: Callable[[Any], bool] | None = None,
     ) -> None:
+        """Follow ``settings.model_uri``; ``on_reload`` is told of each swap and failure.
+
+        ``wanted(model_version)``, when given, decides at each poll whether the alias's version
+        is loaded at all (the canary: only while it has a share); when it says no, the model is
+        let go and nothing is downloaded.
+        """
         self.settings = settings
         self.ref = ModelRef.parse(settings.model_uri)
         self._current: LoadedModel | None = None
@@ -51,6 +58,8 @@ class ModelStore:
         self.registry_reachable: bool | None = None
         self.registry_error: str | None = None
         self._on_reload = on_reload
+        self._wanted = wanted
+        self.target: Any = None  # the registry's model version the alias pointed at last poll
         self._local_stamp: tuple[int, ...] | None = None
 
     @property
@@ -88,6 +97,7 @@ class ModelStore:
                 raise ModelLoadError(
                     f"{self.ref.uri}: cannot resolve alias {self.ref.alias!r}: {err.message}"
                 ) from err
+        self.target = mv
         return str(mv.version)
 
     def _raise_if_not_there_yet(self, client: Any) -> None:
@@ -193,6 +203,9 @@ class ModelStore:
                         return False
                     version = self.target_version()
                     self.waiting_for = None
+                    if self._wanted is not None and not self._wanted(self.target):
+                        self._let_go(current)
+                        return False
                     if current is not None and current.version == version:
                         self.last_error = None  # the alias is back on the version serving fine
                         return False
@@ -219,6 +232,14 @@ class ModelStore:
             if self._on_reload:
                 self._on_reload(model, None)
             return True
+
+    def _let_go(self, current: LoadedModel | None) -> None:
+        """Not wanted now: drop the model (its memory goes with the last request using it)."""
+        self.waiting_for = f"{self.ref.uri} is not wanted now (no canary share)"
+        self.last_error = None
+        if current is not None:
+            self._current = None
+            logger.info("%s version %s let go: no share of traffic", self.ref.uri, current.version)
 
     def _registry_answers(self) -> bool:
         """Ask the registry's health first: no minutes of MLflow retries while it is down."""

@@ -4,10 +4,13 @@
   after the answer is ready, the same photo (or a ``SHADOW_PERCENT`` share of them) also goes to
   the shadow alias's model, off the response path, and the two labels are counted per task and class
   (``carinspect_shadow_agreement_total``); a disagreement is logged with both answers.
-- **Canary** (``CANARY_PERCENT=N``): a deterministic N% of clients is answered by the
-  ``CANARY_ALIAS`` model instead. The share is a hash of the request's client key
-  (``X-Client-Key``, else ``X-Request-Id``, else the client's address), so one client stays on
-  one side; the answer's ``model`` says which version answered.
+- **Canary**: a deterministic share of clients is answered by the ``CANARY_ALIAS`` model
+  instead. The share is a hash of the request's client key (``X-Client-Key``, else
+  ``X-Request-Id``, else the client's address), so one client stays on one side, and a client on
+  the canary at 5% stays on it at 25%; the answer's ``model`` says which version answered. The
+  share is the rollout's recorded on the alias's version in the registry (`carinspect rollout`,
+  :mod:`carinspect.contracts.rollout`), read at each poll (``ROLLOUT_FOLLOW``); while none is
+  recorded, ``CANARY_PERCENT``. The canary model is loaded only while its share is above 0.
 
 The second model has a :class:`ModelStore` of its own: it follows its alias as the champion's
 does (hot reload, the old version kept when a new one fails, a missing alias awaited quietly).
@@ -24,12 +27,15 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from carinspect.contracts.base import ContractError
+from carinspect.contracts.rollout import Rollout
 from carinspect.serving.inference import Answer, answer
 from carinspect.serving.loaded import LoadedModel, ModelLoadError, ModelRef
 from carinspect.serving.metrics import ServingMetrics
 from carinspect.serving.model_store import ModelStore
 from carinspect.serving.observers import AnsweredPhoto
 from carinspect.serving.settings import ServeSettings
+from carinspect.tracking.rollout import of_version
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +65,17 @@ class SecondOpinion:
                 f"{'SHADOW' if settings.shadow else 'CANARY_ALIAS'}={self.alias!r} is the alias "
                 f"MODEL_URI already serves ({settings.model_uri})"
             )
-        self.percent = settings.canary_percent if self.mode == "canary" else 0.0
-        self.share = round(self.percent * _BUCKETS / 100)
+        self.fallback = settings.canary_percent if self.mode == "canary" else 0.0
+        self.follow = self.mode == "canary" and settings.rollout_follow
+        self.rollout: Rollout | None = None  # the rollout recorded on the alias's version
         self.metrics = metrics
+        self._set_percent(self.fallback)
         own = settings.model_copy(
             update={"model_uri": f"models:/{ref.name}@{self.alias}", "audit_on_poll": False}
         )
-        self.store = ModelStore(own, on_reload=self._reloaded)
+        self.store = ModelStore(
+            own, on_reload=self._reloaded, wanted=self._wanted if self.mode == "canary" else None
+        )
         self._sample = settings.shadow_percent / 100
         self._sampler = random.Random(0)  # which requests are shadowed: a fixed share, not a key
         self._pending: set[asyncio.Task[None]] = set()
@@ -73,9 +83,30 @@ class SecondOpinion:
         # told of each photo the shadow answered otherwise (the feedback log keeps it)
         self.on_disagreement: Callable[[AnsweredPhoto, Answer], None] | None = None
 
+    def _set_percent(self, percent: float) -> None:
+        self.percent = percent
+        self.share = round(percent * _BUCKETS / 100)
+        self.metrics.canary_percent.set(percent)
+
+    def _wanted(self, mv: object) -> bool:
+        """At each poll: the share from the rollout on the alias's version; load only if > 0."""
+        rollout = None
+        if self.follow and mv is not None:
+            try:
+                rollout = of_version(mv)
+            except ContractError as err:  # a hand-edited tag: fall back, loudly
+                logger.error("%s; CANARY_PERCENT=%g applies", err, self.fallback)
+        if rollout != self.rollout and rollout is not None:
+            logger.info("canary share %g%%: %s", rollout.share, rollout.describe())
+        self.rollout = rollout
+        self._set_percent(self.fallback if rollout is None else rollout.share)
+        return self.percent > 0
+
     def _reloaded(self, model: LoadedModel | None, error: str | None) -> None:
         if model is not None:
             self.metrics.second_model(self.mode, self.alias, model.version)
+            if self.mode == "canary":
+                self.metrics.side_ready("canary", model.version)
         if error is not None:
             self.metrics.second_reload_failures.labels(self.mode).inc()
 

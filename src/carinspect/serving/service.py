@@ -61,10 +61,15 @@ class Service:
         self.settings = settings
         self.metrics = ServingMetrics()
         self.store = ModelStore(settings, on_reload=self._reloaded)
-        # SHADOW / CANARY_PERCENT: a second alias's model beside MODEL_URI's; None when unset
+        # SHADOW / a canary (a rollout in the registry, or CANARY_PERCENT): a second alias's
+        # model beside MODEL_URI's; None when neither can happen
+        follows = settings.rollout_follow and self.store.ref.alias not in (
+            None,
+            settings.canary_alias,
+        )
         self.second = (
             SecondOpinion(settings, self.metrics)
-            if settings.shadow or settings.canary_percent > 0
+            if settings.shadow or settings.canary_percent > 0 or follows
             else None
         )
         # FEEDBACK_DIR: a share of the answered photos kept for review; None when unset
@@ -105,6 +110,7 @@ class Service:
         if model is not None:
             self.metrics.reloads.inc()
             self.metrics.serving(model.ref.name, model.version, model.ref.alias, model.provider)
+            self.metrics.side_ready("champion", model.version)
         if error is not None:
             self.metrics.reload_failures.inc()
 
@@ -155,14 +161,21 @@ class Service:
         """
         started = time.perf_counter()
         model = self.model()
-        if self.second is not None:
-            model = self.second.canary(client) or model
+        canary = self.second.canary(client) if self.second is not None else None
+        model = canary or model
+        side = "canary" if canary is not None else "champion"
         with self.batcher.incoming():  # the collector waits for this image while it decodes
             pixels, stats = await self._pixels(data, model, filename)
             future = self.batcher.enqueue(pixels, model)
-        scores = await future
-        ms = (time.perf_counter() - started) * 1000
-        reply = answer(model, scores)
+        try:
+            scores = await future
+            reply = answer(model, scores)
+        except Exception:
+            self.metrics.answers.labels(side, model.version or "", "error").inc()
+            raise
+        seconds = time.perf_counter() - started
+        ms = seconds * 1000
+        self.metrics.answered(side, model.version, reply.labels, seconds)
 
         async def rerun(other: LoadedModel) -> PhotoScores:
             same = other.spec == model.spec

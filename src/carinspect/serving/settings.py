@@ -222,6 +222,12 @@ class ServeSettings(BaseSettings):
         "challenger", min_length=1, validation_alias="CANARY_ALIAS",
         description="the alias that answers the canary share",
     )  # fmt: skip
+    rollout_follow: bool = Field(
+        True, validation_alias="ROLLOUT_FOLLOW",
+        description="when MODEL_URI names an alias of a registered model: take the canary share "
+        "from the rollout recorded on CANARY_ALIAS's version (`carinspect rollout`), read at each "
+        "poll; CANARY_PERCENT applies while none is recorded",
+    )  # fmt: skip
     feedback_dir: str = Field(
         "", validation_alias="FEEDBACK_DIR",
         description="a folder or s3://bucket/prefix where answered photos worth a look (the "

@@ -75,14 +75,11 @@ def read_trail(client: Any, name: str, alias: str) -> list[AliasMove]:
     Two observers noticing the same outside move at once both record it; the copies are
     dropped here (same from/to, both external, adjacent).
     """
-    tags = client.get_registered_model(name).tags or {}
-    prefix = f"{_PREFIX}{alias}."
     moves: list[AliasMove] = []
-    for key in sorted(k for k in tags if k.startswith(prefix)):
+    for key, raw in entries(client, name, alias):
         try:
-            raw = json.loads(tags[key])
             move = AliasMove(**raw)
-        except (ValueError, TypeError) as err:
+        except TypeError as err:
             logger.warning("ignoring unreadable audit entry %s on %s: %s", key, name, err)
             continue
         last = moves[-1] if moves else None
@@ -98,10 +95,33 @@ def read_trail(client: Any, name: str, alias: str) -> list[AliasMove]:
 
 def record(client: Any, name: str, move: AliasMove) -> None:
     """Append ``move`` to the trail of ``name``."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    key = f"{_PREFIX}{move.alias}.{stamp}-{uuid.uuid4().hex[:6]}"
-    client.set_registered_model_tag(name, key, json.dumps(asdict(move), sort_keys=True))
+    append(client, name, move.alias, asdict(move))
     logger.debug("audit %s: %s", name, move.describe())
+
+
+def append(client: Any, name: str, scope: str, entry: dict[str, Any]) -> None:
+    """One entry of the trail ``scope`` (an alias, or ``rollout``) on registered model ``name``.
+
+    Keys sort in time order: ``audit.<scope>.<UTC time>-<random>``.
+    """
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    key = f"{_PREFIX}{scope}.{stamp}-{uuid.uuid4().hex[:6]}"
+    client.set_registered_model_tag(name, key, json.dumps(entry, sort_keys=True))
+
+
+def entries(client: Any, name: str, scope: str) -> list[tuple[str, dict[str, Any]]]:
+    """(key, entry) of every readable entry of the trail ``scope``, oldest first."""
+    tags = client.get_registered_model(name).tags or {}
+    prefix = f"{_PREFIX}{scope}."
+    found = []
+    for key in sorted(k for k in tags if k.startswith(prefix)):
+        try:
+            entry = json.loads(tags[key])
+        except ValueError as err:
+            logger.warning("ignoring unreadable audit entry %s on %s: %s", key, name, err)
+            continue
+        found.append((key, entry))
+    return found
 
 
 def reconcile(client: Any, name: str, alias: str, observer: str) -> AliasMove | None:

@@ -1,6 +1,7 @@
-"""MLflow webhooks for alias moves: registration, and verification of what MLflow sends.
+"""MLflow webhooks for alias moves and rollouts: registration, and verification of deliveries.
 
-Serving follows ``champion`` by polling; a webhook only makes it notice sooner. MLflow signs each
+Serving follows ``champion`` (and a rollout's canary share, a version tag) by polling; a webhook
+only makes it notice sooner. MLflow signs each
 delivery with HMAC-SHA256 over ``<delivery id>.<timestamp>.<body>`` and sends ``v1,<base64>`` in
 X-MLflow-Signature. Webhooks are experimental in MLflow and need a SQL backend store; the server
 refuses http:// and private addresses unless MLFLOW_WEBHOOK_ALLOWED_SCHEMES and
@@ -23,7 +24,8 @@ from carinspect.errors import InputError
 SIGNATURE_HEADER = "X-MLflow-Signature"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 DELIVERY_HEADER = "X-MLflow-Delivery-Id"
-ALIAS_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")
+# alias moves (the champion, a canary alias) and version tags (a rollout's share, TAG)
+EVENTS = ("model_version_alias.created", "model_version_alias.deleted", "model_version_tag.set")
 MAX_AGE_S = 300.0  # a delivery signed longer ago (or later) than this is refused
 
 
@@ -31,15 +33,15 @@ class WebhookError(InputError):
     """A delivery that is not signed by the configured secret, too old, or malformed."""
 
 
-def create_alias_webhook(client: Any, name: str, url: str, secret: str) -> Any:
-    """Ask the MLflow server to POST alias creations and deletions to ``url``, signed."""
+def create_registry_webhook(client: Any, name: str, url: str, secret: str) -> Any:
+    """Ask the MLflow server to POST alias moves and version tags set to ``url``, signed."""
     if not secret:
         raise WebhookError("a webhook needs a secret: deliveries are verified with it")
     return client.create_webhook(
         name=name,
         url=url,
-        events=list(ALIAS_EVENTS),
-        description="carinspect: a model version alias moved",
+        events=list(EVENTS),
+        description="carinspect: an alias moved or a rollout changed",
         secret=secret,
     )
 

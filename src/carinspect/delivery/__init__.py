@@ -1,0 +1,1 @@
+"""Progressive delivery: a rollout's analysis against Prometheus, and the loop that steps it."""
