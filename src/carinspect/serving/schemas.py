@@ -91,13 +91,17 @@ class UrlRequest(BaseModel):
 
 
 class SecondStatus(BaseModel):
-    """The shadow or canary model beside the one serving (SHADOW / CANARY_PERCENT)."""
+    """The shadow or canary model beside the one serving (SHADOW, a rollout, CANARY_PERCENT)."""
 
     mode: Literal["shadow", "canary"]
     alias: str
     uri: str
     version: str | None = Field(description="the version loaded now (None: not yet)")
     canary_percent: float = Field(description="share of clients it answers (canary)")
+    rollout: str | None = Field(
+        None, description="the rollout recorded on the canary's version that sets the share "
+        "(`carinspect rollout`); None: CANARY_PERCENT does",
+    )  # fmt: skip
     loaded_at: str | None
     reloads: int
     reload_failures: int

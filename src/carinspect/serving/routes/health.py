@@ -88,6 +88,7 @@ def _second_status(second: SecondOpinion | None) -> SecondStatus | None:
     return SecondStatus(
         mode=second.mode, alias=second.alias, uri=store.ref.uri,
         version=m.version if m else None, canary_percent=second.percent,
+        rollout=second.rollout.describe() if second.rollout else None,
         loaded_at=m.loaded_at if m else None, reloads=store.reloads,
         reload_failures=store.failures, last_reload_error=store.last_error,
         waiting_for=store.waiting_for,
