@@ -42,6 +42,10 @@ class ServingMetrics:
             "carinspect_model_version", "1 for the model version serving now",
             ["name", "version", "alias", "provider"], registry=r,
         )  # fmt: skip
+        self.model_ready = Gauge(
+            "carinspect_model_ready", "1 when a model is loaded and answering, 0 when not (yet)",
+            registry=r,
+        )  # fmt: skip
         self.reloads = Counter("carinspect_model_reloads", "models swapped in", registry=r)
         self.reload_failures = Counter(
             "carinspect_model_reload_failures", "model loads that failed", registry=r
@@ -97,6 +101,10 @@ class ServingMetrics:
         self.shadow_agreement = Counter(
             "carinspect_shadow_agreement", "photos answered by both, by the two labels",
             ["task", "champion_class", "challenger_class"], registry=r,
+        )  # fmt: skip
+        self.shadow_disagreements = Counter(
+            "carinspect_shadow_disagreements", "photos the shadow answered otherwise, by task",
+            ["task"], registry=r,
         )  # fmt: skip
         self.shadow_skipped = Counter(
             "carinspect_shadow_skipped", "photos not shadowed: too many comparisons pending",

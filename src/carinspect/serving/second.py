@@ -153,6 +153,9 @@ class SecondOpinion:
         ours, other = reply.labels, theirs.labels
         for task, label in ours.items():
             self.metrics.shadow_agreement.labels(task, label, other.get(task, "")).inc()
+            disagreed = self.metrics.shadow_disagreements.labels(task)  # 0 until one happens
+            if other.get(task) != label:
+                disagreed.inc()
         if ours != other:
             logger.info(
                 "shadow disagrees on %s: version %s (%s) says %s, %s version %s says %s",

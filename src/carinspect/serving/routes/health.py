@@ -69,6 +69,7 @@ async def metrics(service: ServiceDep) -> Response:
     drift = model.drift if model is not None else None
     service.metrics.drift(drift, service.settings.drift_min_photos)
     service.metrics.registry_state(service.store.registry_reachable)
+    service.metrics.model_ready.set(1 if model is not None else 0)
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
