@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 CLIENT_CLOSED = 499  # nginx's status for a client that went before its answer
 # the error answers every route may give, for the OpenAPI document
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 408, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 408, 413, 415, 422, 500, 503)
 }
 
 

@@ -96,7 +96,7 @@ class SecondOpinion:
                 rollout = of_version(mv)
             except ContractError as err:  # a hand-edited tag: fall back, loudly
                 logger.error("%s; CANARY_PERCENT=%g applies", err, self.fallback)
-        if rollout != self.rollout and rollout is not None:
+        if rollout is not None and _moved(rollout, self.rollout):
             logger.info("canary share %g%%: %s", rollout.share, rollout.describe())
         self.rollout = rollout
         self._set_percent(self.fallback if rollout is None else rollout.share)
@@ -169,6 +169,12 @@ class SecondOpinion:
         """Let the shadow comparisons in flight finish (at shutdown)."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+def _moved(now: Rollout, before: Rollout | None) -> bool:
+    """Whether the rollout is another, or at another step or status (a hold's reason is not)."""
+    key = (now.id, now.step, now.status)
+    return before is None or key != (before.id, before.step, before.status)
 
 
 def _brief(reply: dict[str, Any]) -> str:

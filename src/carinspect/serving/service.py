@@ -170,9 +170,12 @@ class Service:
         try:
             scores = await future
             reply = answer(model, scores)
-        except Exception:
+        except Exception as err:  # the batcher logged the traceback once for the whole batch
             self.metrics.answers.labels(side, model.version or "", "error").inc()
-            raise
+            raise HTTPException(
+                500, f"{filename or 'upload'}: version {model.version or model.ref.uri} failed to "
+                f"answer ({type(err).__name__}); the server log has the error",
+            ) from err
         seconds = time.perf_counter() - started
         ms = seconds * 1000
         self.metrics.answered(side, model.version, reply.labels, seconds)

@@ -154,13 +154,17 @@ def advance(client: Any, rollout: Rollout, by: str, analysis: list[dict[str, Any
 
 
 def hold(client: Any, rollout: Rollout, by: str, reason: str) -> Rollout:
-    """The share stays; why is recorded (not enough requests yet, Prometheus unreachable)."""
+    """The share stays; why is recorded (not enough requests yet, Prometheus unreachable).
+
+    Written once per new reason, not once per look: every write is a webhook to each replica.
+    """
+    if reason == rollout.reason:
+        return rollout
     same = rollout.model_copy(update={"updated_at": _now(), "reason": reason})
     client.set_model_version_tag(rollout.model, rollout.version, TAG, same.model_dump_json())
-    if reason != rollout.reason:  # one trail entry per new reason, not one per poll
-        entry = RolloutEntry(rollout.id, rollout.version, "hold", rollout.share, rollout.share,
-                             by, reason)  # fmt: skip
-        append(client, rollout.model, SCOPE, asdict(entry))
+    entry = RolloutEntry(rollout.id, rollout.version, "hold", rollout.share, rollout.share,
+                         by, reason)  # fmt: skip
+    append(client, rollout.model, SCOPE, asdict(entry))
     return same
 
 
