@@ -23,7 +23,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,9 @@ from carinspect.delivery.analysis import Prometheus, analyse
 from carinspect.serving.second import client_bucket
 from carinspect.stages import register
 from carinspect.tracking import rollout as state
-from tests.conftest import REPO_ROOT, VENV_BIN, free_port, stop_process, tiny_params
+from tests.conftest import REPO_ROOT, VENV_BIN, stop_process, tiny_params
 from tests.drift.test_served import train_originals
+from tests.monitoring.prometheus import Prom, start_prometheus
 from tests.serving.conftest import Server
 from tests.serving.test_second import _with_rule
 
@@ -51,7 +51,6 @@ pytestmark = pytest.mark.slow
 
 NAME = "cars"
 KEYS = [f"client-{i}" for i in range(24)]
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
 def fail_on_real_photos(model: Path) -> None:
@@ -104,57 +103,6 @@ def registry(tmp_path: Path, upstream: dict[str, Path], monkeypatch: pytest.Monk
     client.set_registered_model_alias(NAME, "champion", "1")
     client.set_registered_model_alias(NAME, "challenger", "2")
     return uri
-
-
-@dataclass
-class Prom:
-    url: str
-    proc: subprocess.Popen[bytes]
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        body = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10).json()
-        assert body["status"] == "success", (promql, body)
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def firing(self) -> set[str]:
-        return {r["metric"]["alertname"] for r in self.query('ALERTS{alertstate="firing"}')}
-
-
-def start_prometheus(root: Path, target: str) -> Prom:
-    """Prometheus scraping ``target`` every second, with k8s/monitoring's rules (for: 0s)."""
-    if not Path(PROMETHEUS).is_file():
-        pytest.fail(f"{PROMETHEUS}: not installed (scripts/system.sh installs Debian's prometheus)")
-    root.mkdir(parents=True, exist_ok=True)
-    rules = yaml.safe_load((REPO_ROOT / "k8s/monitoring/prometheusrule.yaml").read_text())["spec"]
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            rule["for"] = "0s"
-    (root / "rules.yaml").write_text(yaml.safe_dump(rules))
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(root / "rules.yaml")],
-        "scrape_configs": [{"job_name": "serving", "static_configs": [{"targets": [target]}]}],
-    }
-    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (root / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={root / 'prometheus.yml'}",
-         f"--storage.tsdb.path={root / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    prom = Prom(f"http://127.0.0.1:{port}", proc)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{prom.url}/-/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, (root / "prometheus.log").read_text()[-3000:]
-        time.sleep(0.3)
-    return prom
 
 
 class Clients:
