@@ -12,4 +12,14 @@ from carinspect.cli.app import app, main
 
 # isort: on
 
-__all__ = ["admin", "app", "inference", "main", "pipeline", "registry", "review", "rollout", "stages"]
+__all__ = [
+    "admin",
+    "app",
+    "inference",
+    "main",
+    "pipeline",
+    "registry",
+    "review",
+    "rollout",
+    "stages",
+]

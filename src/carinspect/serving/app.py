@@ -17,6 +17,7 @@ from carinspect.serving.limits import BodyLimit, Deadlines, RequestMetrics
 from carinspect.serving.routes import health, predict, webhooks
 from carinspect.serving.service import Service
 from carinspect.serving.settings import ServeSettings
+from carinspect.serving.tracing import TraceRequests
 
 # the most a body may be beyond its payload (the multipart framing and the form's other fields)
 _FRAMING = 64 * 1024
@@ -57,6 +58,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         deadlines=Deadlines(settings.body_timeout_s, settings.request_timeout_s),
     )  # fmt: skip
     app.add_middleware(RequestMetrics, metrics=service.metrics)
+    app.add_middleware(TraceRequests, tracing=service.tracing)  # outermost: the whole request
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(predict.uploads)

@@ -27,11 +27,24 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
+class BatchTiming:
+    """When an image's batch started and ended (perf_counter seconds), and its size.
+
+    A trace's queue-wait and inference spans are made of it.
+    """
+
+    started: float = 0.0
+    ended: float = 0.0
+    size: int = 0
+
+
+@dataclass
 class _Item:
     pixels: np.ndarray
     model: LoadedModel
     future: asyncio.Future[PhotoScores]
     queued_at: float
+    timing: BatchTiming | None = None
 
 
 class Batcher:
@@ -79,12 +92,17 @@ class Batcher:
         finally:
             self._coming -= 1
 
-    def enqueue(self, pixels: np.ndarray, model: LoadedModel) -> asyncio.Future[PhotoScores]:
-        """Queue one preprocessed image (3, H, W); the future resolves to its scores."""
+    def enqueue(
+        self, pixels: np.ndarray, model: LoadedModel, timing: BatchTiming | None = None
+    ) -> asyncio.Future[PhotoScores]:
+        """Queue one preprocessed image (3, H, W); the future resolves to its scores.
+
+        ``timing``, when given, is filled in with its batch's start, end and size.
+        """
         if self._queue is None:
             raise RuntimeError("batcher is not running")
         future: asyncio.Future[PhotoScores] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(pixels, model, future, time.perf_counter()))
+        self._queue.put_nowait(_Item(pixels, model, future, time.perf_counter(), timing))
         return future
 
     async def submit(self, pixels: np.ndarray, model: LoadedModel) -> PhotoScores:
@@ -134,8 +152,12 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(err)
             return
+        ended = time.perf_counter()
+        for item in live:
+            if item.timing is not None:
+                item.timing.started, item.timing.ended, item.timing.size = started, ended, len(live)
         if self._observe is not None:
-            self._observe(len(live), waits, time.perf_counter() - started)
+            self._observe(len(live), waits, ended - started)
         for item, photo in zip(live, scores, strict=True):
             if not item.future.done():
                 item.future.set_result(photo)

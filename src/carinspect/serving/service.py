@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from carinspect.data.decoding.images import ImageError, ImageLimits
 from carinspect.memory import fixed_mmap_threshold
-from carinspect.serving.batcher import Batcher
+from carinspect.serving.batcher import Batcher, BatchTiming
 from carinspect.serving.budget import MemoryBudget
 from carinspect.serving.feedback import FeedbackLog
 from carinspect.serving.inference import answer, finish, opened_for
@@ -34,6 +34,7 @@ from carinspect.serving.observers import AnsweredPhoto, DriftObserver, Observer
 from carinspect.serving.schemas import AnyPrediction, MultiTaskPrediction, Prediction
 from carinspect.serving.second import SecondOpinion
 from carinspect.serving.settings import ServeSettings
+from carinspect.serving.tracing import Tracing, log_trace_ids
 from carinspect.serving.urlfetch import parse_networks
 from carinspect.tracking.webhooks import Deliveries
 
@@ -60,6 +61,7 @@ class Service:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.metrics = ServingMetrics()
+        self.tracing = Tracing()  # OTEL_* variables: off unless they say where spans go
         self.store = ModelStore(settings, on_reload=self._reloaded)
         # SHADOW / a canary (a rollout in the registry, or CANARY_PERCENT): a second alias's
         # model beside MODEL_URI's; None when neither can happen
@@ -120,6 +122,7 @@ class Service:
         # one: without this, two decoding threads each kept the last large decode (+145 MiB
         # instead of +68 for four of the worst decodable uploads, benchmarks/hostile_uploads.py)
         fixed_mmap_threshold()
+        log_trace_ids()
         await self.batcher.start()
         await run_in_threadpool(self.store.refresh)
         _settle_heap()
@@ -144,6 +147,7 @@ class Service:
         if self.feedback is not None:
             await run_in_threadpool(self.feedback.stop)
         self._decoder.shutdown(wait=False, cancel_futures=True)
+        await run_in_threadpool(self.tracing.shutdown)
 
     def model(self) -> LoadedModel:
         """The model serving now, or 503."""
@@ -164,16 +168,20 @@ class Service:
         canary = self.second.canary(client) if self.second is not None else None
         model = canary or model
         side = "canary" if canary is not None else "champion"
+        timing = BatchTiming()
         with self.batcher.incoming():  # the collector waits for this image while it decodes
-            pixels, stats = await self._pixels(data, model, filename)
-            future = self.batcher.enqueue(pixels, model)
+            with self.tracing.span("decode", **{"carinspect.side": side}):
+                pixels, stats = await self._pixels(data, model, filename)
+            queued = time.perf_counter()
+            future = self.batcher.enqueue(pixels, model, timing)
         try:
             scores = await future
             reply = answer(model, scores)
         except Exception as err:  # the batcher logged the traceback once for the whole batch
             self.metrics.answers.labels(side, model.version or "", "error").inc()
             raise HTTPException(
-                500, f"{filename or 'upload'}: version {model.version or model.ref.uri} failed to "
+                500,
+                f"{filename or 'upload'}: version {model.version or model.ref.uri} failed to "
                 f"answer ({type(err).__name__}); the server log has the error",
             ) from err
         seconds = time.perf_counter() - started
@@ -186,9 +194,14 @@ class Service:
                 pixels if same else (await self._pixels(data, other, filename))[0], other
             )
 
+        self.tracing.interval("queue wait", queued, timing.started)
+        self.tracing.interval("inference", timing.started, timing.ended, **{
+            "carinspect.batch_size": timing.size, "carinspect.model_version": model.version or "",
+        })  # fmt: skip
         photo = AnsweredPhoto(data, filename, model, scores, stats, reply, rerun)
-        for observer in self.observers:
-            observer.observe(photo)
+        with self.tracing.span("hand-off", observers=len(self.observers)):
+            for observer in self.observers:
+                observer.observe(photo)
         kind = MultiTaskPrediction if model.multitask else Prediction
         return kind(**reply.body, processing_ms=round(ms, 3), filename=filename)
 
