@@ -1,0 +1,88 @@
+"""What tracing costs the server: req/s at concurrency 32 with spans exported vs tracing off.
+
+Two `carinspect serve` processes on the same model, one with OTEL_EXPORTER_OTLP_ENDPOINT set
+(every request traced: a server span and its decode, queue wait, inference and hand-off spans,
+batched and sent over OTLP/HTTP to a collector stand-in in this process that reads each export
+and answers 200) and one without, driven by wrk in turns (``--rounds``) so the machine's drift
+hits both alike. Prints req/s (median of the rounds), p50 and p99 of each and the ratio
+(goal: traced >= 0.95x untraced).
+
+    python benchmarks/tracing_cost.py [--model models/export] [--images DIR] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_throughput import ROOT, _free_port, _images, _start, _stop, drive, wrk_script
+
+
+class _Collector(BaseHTTPRequestHandler):
+    """Reads an OTLP/HTTP export and answers 200, as a collector does (spans counted)."""
+
+    exports = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        _Collector.exports += 1
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=ROOT / "models" / "export")
+    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "car-integrity-indrive")
+    ap.add_argument("--count", type=int, default=64)
+    ap.add_argument("--seconds", type=int, default=20, help="per server and round, at 32")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    if not (args.model / "model.onnx").is_file():
+        sys.exit(f"{args.model}: no model.onnx (run scripts/main.sh, or pass --model)")
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{collector.server_port}"
+    work = Path(tempfile.mkdtemp())
+    script = wrk_script(_images(args.images, args.count), work)
+    base = {"MODEL_URI": str(args.model), "MODEL_CACHE_DIR": str(work / "cache")}
+    sides = {"off": {}, "traced": {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}}
+    rps: dict[str, list[float]] = {k: [] for k in sides}
+    tails: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
+    cli = str(Path(sys.executable).parent / "carinspect")
+    for r in range(args.rounds):
+        for side, env in sides.items():
+            port = _free_port()
+            proc = _start([cli, "serve", "--port", str(port)], {**base, **env}, port)
+            try:
+                drive(port, script, 32, 3)  # warm: the first burst of 32 is not steady state
+                run = drive(port, script, 32, args.seconds)
+            finally:
+                _stop(proc)
+            assert run["failed"] == 0, (side, run["failed"])
+            rps[side].append(run["rps"])
+            tails[side].append((run["p50"], run["p99"]))
+            print(f"round {r + 1} {side:6s}: {run['rps']:7.1f} req/s  p50 {run['p50']:6.1f} ms  "
+                  f"p99 {run['p99']:6.1f} ms")  # fmt: skip
+    collector.shutdown()
+    assert _Collector.exports > 0, "the traced server sent no spans"
+    off, traced = statistics.median(rps["off"]), statistics.median(rps["traced"])
+    print(f"\nreq/s at c32 (median of {args.rounds}): off {off:.1f}, traced {traced:.1f}; "
+          f"{_Collector.exports} OTLP exports received")  # fmt: skip
+    print(f"traced / off = {traced / off:.3f}x (goal >= 0.95x)")
+
+
+if __name__ == "__main__":
+    main()
