@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from string import Template
 
 from pydantic import Field, field_validator, model_validator
 
 from carinspect.config.base import Section
-from carinspect.contracts.rollout import check_schedule
 
 # In a query: $version (the version rolled out) and $step (the time since the current step
 # began, e.g. 300s, so a figure covers this step's share only).
@@ -25,6 +25,29 @@ _SHARES = (
     'sum by (task, class) (increase(carinspect_answered_class_total{{side="{side}"}}[$step])) '
     '/ ignoring (class) group_left sum by (task) (increase(carinspect_answered_class_total{{side="{side}"}}[$step]))'
 )
+
+
+def check_schedule(schedule: list[float]) -> list[float]:
+    """``schedule`` if its shares rise strictly, each in (0, 100]; else a ValueError naming why."""
+    if not schedule:
+        raise ValueError("the schedule is empty: give the shares to step through, e.g. 5,25,50,100")
+    for share in schedule:
+        if not 0 < share <= 100:
+            raise ValueError(
+                f"share {share:g} is not in (0, 100] (schedule {schedule_text(schedule)})"
+            )
+    for before, after in itertools.pairwise(schedule):
+        if after <= before:
+            raise ValueError(
+                f"the schedule must rise at every step: {after:g} follows {before:g} "
+                f"(schedule {schedule_text(schedule)})"
+            )
+    return schedule
+
+
+def schedule_text(schedule: list[float]) -> str:
+    """``5,25,50,100``."""
+    return ",".join(f"{s:g}" for s in schedule)
 
 
 class Check(Section):

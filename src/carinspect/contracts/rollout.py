@@ -8,35 +8,15 @@ go through this one model.
 
 from __future__ import annotations
 
-import itertools
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 
+from carinspect.config.rollout import check_schedule, schedule_text
 from carinspect.contracts.base import Contract, ContractError, explain
 
 TAG = "carinspect.rollout"
 Status = Literal["running", "promoted", "aborted"]
-
-
-def check_schedule(schedule: list[float]) -> list[float]:
-    """``schedule`` if its shares rise strictly, each in (0, 100]; else a ValueError naming why."""
-    if not schedule:
-        raise ValueError("the schedule is empty: give the shares to step through, e.g. 5,25,50,100")
-    for share in schedule:
-        if not 0 < share <= 100:
-            raise ValueError(f"share {share:g} is not in (0, 100] (schedule {_text(schedule)})")
-    for before, after in itertools.pairwise(schedule):
-        if after <= before:
-            raise ValueError(
-                f"the schedule must rise at every step: {after:g} follows {before:g} "
-                f"(schedule {_text(schedule)})"
-            )
-    return schedule
-
-
-def _text(schedule: list[float]) -> str:
-    return ",".join(f"{s:g}" for s in schedule)
 
 
 class Rollout(Contract):
@@ -81,7 +61,7 @@ class Rollout(Contract):
         told = f": {self.reason}" if self.reason else ""
         return (
             f"rollout {self.id} of {self.model} version {self.version} (@{self.alias}, champion "
-            f"{self.champion or '-'}): {where}, schedule {_text(self.schedule)}, started "
+            f"{self.champion or '-'}): {where}, schedule {schedule_text(self.schedule)}, started "
             f"{self.started_at} by {self.started_by}{told}"
         )
 

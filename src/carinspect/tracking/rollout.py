@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from carinspect.config.rollout import check_schedule
 from carinspect.contracts.base import ContractError
-from carinspect.contracts.rollout import TAG, Rollout, check_schedule, parse_rollout
+from carinspect.contracts.rollout import TAG, Rollout, parse_rollout
 from carinspect.errors import InputError
 from carinspect.tracking.audit import alias_target, append, entries
 
