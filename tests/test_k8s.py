@@ -340,3 +340,32 @@ def test_kserve_target_is_a_valid_triton_inferenceservice() -> None:
                         "resources": model["resources"]}],
     }}  # fmt: skip
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def test_the_rollout_cronjob_looks_once_a_minute_with_the_projects_rollout_params() -> None:
+    docs = render("overlays/prod")
+    (job,) = [d for d in docs if d["kind"] == "CronJob"]
+    (params,) = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("carinspect-rollout")
+    ]
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] + c["args"][:3] == ["carinspect", "rollout", "run", "--once"]
+    mounted = {v["name"]: v for v in pod["volumes"]}
+    assert mounted["params"]["configMap"]["name"] == params["metadata"]["name"]
+    shipped = yaml.safe_load(params["data"]["params.yaml"])
+    project = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for section in ("register", "promote", "rollout"):
+        assert shipped[section] == project[section], f"k8s/rollout/params.yaml: {section} differs"
+    assert load_params(REPO_ROOT / "k8s" / "rollout" / "params.yaml").rollout == (
+        load_params(REPO_ROOT / "params.yaml").rollout
+    )  # and it loads as the CLI reads it
+    # the serving pods' MLflow settings, by the name kustomize gave their ConfigMap
+    _, serving = _serving("overlays/prod")
+    mapped = next(s["configMapRef"]["name"] for s in serving["envFrom"] if "configMapRef" in s)
+    ref = next(e for e in c["env"] if e["name"] == "MLFLOW_TRACKING_URI")
+    assert ref["valueFrom"]["configMapKeyRef"]["name"] == mapped
+    assert job["metadata"]["namespace"] == "carinspect"

@@ -21,8 +21,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from carinspect.config import PromoteConfig, RegisterConfig, Settings
+from carinspect.contracts.rollout import TAG
 from carinspect.stages import register
-from carinspect.tracking import promotion
+from carinspect.tracking import promotion, rollout
 from carinspect.tracking.webhooks import WebhookError, create_registry_webhook, sign, verify
 from tests.conftest import (
     _AWS_ENV,
@@ -214,6 +215,20 @@ def test_alias_webhook_is_delivered_signed(
             event = mine[0]
             assert (event["entity"], event["action"]) == ("model_version_alias", "created")
             assert event["data"]["alias"] == "challenger" and event["data"]["version"] == "1"
+            # a rollout's share is a version tag: serving hears of it as soon
+            client.set_registered_model_alias(name, "champion", "1")
+            rollout.start(MlflowClient(mlflow_server), name, "challenger", [5, 100], "t",
+                          champion_alias="nobody")  # fmt: skip
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                events = [verify("s3cret", h, b) for h, b in _Receiver.received]
+                tagged = [e for e in events if e["data"].get("key") == TAG]
+                if tagged:
+                    break
+                time.sleep(0.2)
+            assert tagged, "no rollout event reached the receiver"
+            assert (tagged[0]["entity"], tagged[0]["action"]) == ("model_version_tag", "set")
+            assert tagged[0]["data"]["name"] == name and tagged[0]["data"]["version"] == "1"
             headers, body = _Receiver.received[0]
             with pytest.raises(WebhookError, match="does not match"):
                 verify("another secret", headers, body)
