@@ -1,6 +1,8 @@
 """A rollout's look when Prometheus cannot answer: the share holds, says why, never promotes;
 queries that do not give one number are named (against a real Prometheus)."""
 
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from carinspect.config import Check, RolloutConfig
 from carinspect.delivery.analysis import Prometheus, PrometheusError, judge
 from carinspect.delivery.runner import look
 from carinspect.tracking import rollout as state
-from tests.conftest import free_port, stop_process
+from tests.conftest import VENV_BIN, free_port, stop_process, tiny_params
 from tests.monitoring.prometheus import start_prometheus
 from tests.serving.test_second import NAME, registry, template
 
@@ -67,3 +69,35 @@ def test_a_value_is_judged_against_its_limit() -> None:
         Check(name="typo", query="rate(x[$window])", max=1)
     with pytest.raises(ValueError, match="must rise at every step"):
         RolloutConfig(schedule=[50, 50])
+
+
+def test_the_cli_refuses_a_bad_schedule_and_a_second_rollout_in_one_line(
+    registry: str, tmp_path: Path
+) -> None:
+    params = tiny_params(tmp_path, register__model_name=NAME)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry, "CARINSPECT_USER": "ana"}
+
+    def rollout(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VENV_BIN / "carinspect"), "rollout", *args, "--params",
+                               str(params)], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)  # fmt: skip
+
+    for schedule, why in (("50,25", "the schedule must rise at every step: 25 follows 50"),
+                          ("5,150", "share 150 is not in (0, 100]"),
+                          ("5,x", "--schedule '5,x': not a comma-separated list of numbers")):  # fmt: skip
+        done = rollout("start", "--schedule", schedule)
+        assert done.returncode == 2 and why in done.stderr and done.stderr.count("\n") == 1, (
+            done.stderr
+        )
+    first = rollout("start", "--schedule", "10,100")
+    assert first.returncode == 0 and first.stdout.startswith("rollout "), first.stderr
+    second = rollout("start")
+    assert second.returncode == 2 and "already has a rollout in progress: rollout " in second.stderr
+    assert "by ana" in second.stderr and second.stderr.count("\n") == 1
+    shown = rollout("status")
+    assert (
+        shown.stdout.startswith(first.stdout.split(":")[0])
+        and "start 0% -> 10% by ana" in shown.stdout
+    )
+    assert rollout("abort", "--reason", "changed my mind").returncode == 0
+    assert "no rollout in progress" in rollout("abort").stderr
