@@ -170,8 +170,7 @@ class Service:
         side = "canary" if canary is not None else "champion"
         timing = BatchTiming()
         with self.batcher.incoming():  # the collector waits for this image while it decodes
-            with self.tracing.span("decode", **{"carinspect.side": side}):
-                pixels, stats = await self._pixels(data, model, filename)
+            pixels, stats = await self._pixels(data, model, filename)
             queued = time.perf_counter()
             future = self.batcher.enqueue(pixels, model, timing)
         try:
@@ -194,14 +193,11 @@ class Service:
                 pixels if same else (await self._pixels(data, other, filename))[0], other
             )
 
-        self.tracing.interval("queue wait", queued, timing.started)
-        self.tracing.interval("inference", timing.started, timing.ended, **{
-            "carinspect.batch_size": timing.size, "carinspect.model_version": model.version or "",
-        })  # fmt: skip
+        self.tracing.steps(started, queued, timing, side, model.version)
         photo = AnsweredPhoto(data, filename, model, scores, stats, reply, rerun)
-        with self.tracing.span("hand-off", observers=len(self.observers)):
-            for observer in self.observers:
-                observer.observe(photo)
+        for observer in self.observers:
+            observer.observe(photo)
+        self.tracing.event("hand-off", len(self.observers))
         kind = MultiTaskPrediction if model.multitask else Prediction
         return kind(**reply.body, processing_ms=round(ms, 3), filename=filename)
 
