@@ -197,7 +197,7 @@ class Service:
         photo = AnsweredPhoto(data, filename, model, scores, stats, reply, rerun)
         for observer in self.observers:
             observer.observe(photo)
-        self.tracing.event("hand-off", len(self.observers))
+        self.tracing.event("hand-off")
         kind = MultiTaskPrediction if model.multitask else Prediction
         return kind(**reply.body, processing_ms=round(ms, 3), filename=filename)
 

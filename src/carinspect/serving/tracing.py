@@ -6,8 +6,7 @@ neither ``OTEL_SDK_DISABLED=true`` nor ``OTEL_TRACES_EXPORTER=none``); the expor
 read the rest of the standard variables themselves. A request's span continues an incoming W3C
 ``traceparent``; its children are decode, queue wait and inference (the batch it ran in, with
 its size), and the hand-off to the observers (drift, feedback, shadow: an instant) is an event
-of it. Five spans a request cost 0.94x the req/s of no tracing on 2 CPUs; these three and an
-event cost less (benchmarks/tracing_cost.py).
+of it.
 
 The trace id goes back in the ``X-Trace-Id`` header and into every log line written while the
 request is handled (uvicorn's access line included), also when tracing is off but the caller
@@ -27,7 +26,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,6 +35,7 @@ from carinspect.serving.batcher import BatchTiming
 logger = logging.getLogger(__name__)
 
 HEADER = "x-trace-id"
+SCOPE = "carinspect.serving"  # the instrumentation scope of every span
 _PROPAGATOR = TraceContextTextMapPropagator()
 # the trace id of the request being handled, for the log lines written meanwhile
 current_trace: ContextVar[str | None] = ContextVar("carinspect_trace_id", default=None)
@@ -61,18 +61,23 @@ class Tracing:
         # perf_counter seconds -> epoch nanoseconds, fixed once so that intervals line up
         self._offset = time.time_ns() - time.perf_counter_ns()
         self._provider: Any = None
+        self._steps: Any = None  # (processor, resource, scope, id generator) of the step spans
         self.tracer: trace.Tracer = trace.NoOpTracer()
         if self.on:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
+            from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+            from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
             resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or
                                         "carinspect-serving"})  # fmt: skip
+            processor = BatchSpanProcessor(OTLPSpanExporter())
             self._provider = TracerProvider(resource=resource)
-            self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-            self.tracer = self._provider.get_tracer("carinspect.serving")
+            self._provider.add_span_processor(processor)
+            self.tracer = self._provider.get_tracer(SCOPE)
+            self._steps = (processor, resource, InstrumentationScope(SCOPE), RandomIdGenerator())
             logger.info("tracing on: spans to %s", env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                         or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))  # fmt: skip
 
@@ -86,26 +91,40 @@ class Tracing:
     ) -> None:
         """A photo's decode, queue wait and inference as children of the request's span.
 
-        Measured with ``time.perf_counter`` as the request went, and made into spans once it
-        is answered: three spans and no context switching per request.
+        Measured with ``time.perf_counter`` as the request went, and handed to the span
+        processor as finished spans once it is answered. They follow the request span's
+        sampling decision (as ParentBased samplers decide children), so the SDK's per-span
+        machinery (sampler, locks, attribute limits) is skipped: a quarter of the cost
+        (benchmarks/tracing_cost.py).
         """
         if not self.on:
             return
-        self._interval("decode", started, queued, {"carinspect.side": side})
-        self._interval("queue wait", queued, batch.started, None)
-        self._interval("inference", batch.started, batch.ended, {
+        parent = trace.get_current_span().get_span_context()
+        if not parent.is_valid or not parent.trace_flags.sampled:
+            return
+        self._finished(parent, "decode", started, queued, {"carinspect.side": side})
+        self._finished(parent, "queue wait", queued, batch.started, {})
+        self._finished(parent, "inference", batch.started, batch.ended, {
             "carinspect.batch_size": batch.size, "carinspect.model_version": version or "",
         })  # fmt: skip
 
-    def event(self, name: str, observers: int) -> None:
+    def event(self, name: str) -> None:
         """A moment of the request's span (the hand-off to the observers: an instant, no span)."""
         if self.on:
-            trace.get_current_span().add_event(name, {"carinspect.observers": observers})
+            trace.get_current_span().add_event(name)
 
-    def _interval(self, name: str, start: float, end: float, attributes: Any) -> None:
-        span = self.tracer.start_span(name, attributes=attributes,
-                                      start_time=self._offset + int(start * 1e9))  # fmt: skip
-        span.end(end_time=self._offset + int(end * 1e9))
+    def _finished(
+        self, parent: SpanContext, name: str, start: float, end: float, attributes: dict[str, Any]
+    ) -> None:
+        from opentelemetry.sdk.trace import ReadableSpan
+
+        processor, resource, scope, ids = self._steps
+        context = SpanContext(parent.trace_id, ids.generate_span_id(), False,
+                              parent.trace_flags, parent.trace_state)  # fmt: skip
+        processor.on_end(ReadableSpan(
+            name, context, parent, resource, attributes, instrumentation_scope=scope,
+            start_time=self._offset + int(start * 1e9), end_time=self._offset + int(end * 1e9),
+        ))  # fmt: skip
 
 
 class TraceRequests:
