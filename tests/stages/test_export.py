@@ -179,3 +179,62 @@ def test_a_single_task_model_with_dropout_gets_an_mc_head_that_serves(
         assert body["uncertainty"]["samples"] == 8 and "tasks" not in body
     finally:
         stop_process(server.proc)
+
+
+def test_an_int8_graph_is_written_beside_fp32_with_its_gate_figures(
+    tmp_path: Path, upstream: dict[str, Path], prepared: Prepared
+) -> None:
+    # a two-epoch 32 px model on 10 val photos: one flip is 10%, so the limits are the
+    # test's; what the gate finds on real photos is benchmarks/int8's
+    cfg = ExportConfig(quantize="int8", int8_max_flip_rate=1.0, int8_max_recall_drop=1.0)
+    run_export(cfg, upstream, prepared, tmp_path / "export")
+    out = tmp_path / "export"
+    card = json.loads((out / "model.json").read_text())
+    gate = card["int8"]
+    assert gate["passed"] and gate["file"] == "model.int8.onnx" == card["files"]["int8"]
+    assert gate["images"] == sum(
+        1 for r in (prepared.splits.read_text().splitlines()) if ",val," in r
+    )
+    assert set(gate["recall"]) == set(gate["recall_fp32"]) == {"clean", "dirty"}
+    ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ
+    sess = session(out / "model.int8.onnx")
+    probs = ort_probabilities(sess, np.zeros((3, 3, 32, 32), np.float32))
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_an_int8_graph_that_misses_its_gate_is_not_written_and_says_why(
+    tmp_path: Path, upstream: dict[str, Path], prepared: Prepared,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    from carinspect.stages import export_int8
+
+    def certain(fp32: Path, out: Path, batches: object) -> Path:
+        """A planted "quantized" graph that calls every photo dirty, certain of it (the
+        two-epoch model calls every val photo clean)."""
+        model = onnx.load(str(fp32))
+        for node in model.graph.node:
+            node.output[:] = ["planted_in" if o == "probabilities" else o for o in node.output]
+        model.graph.initializer.extend([
+            numpy_helper.from_array(np.zeros(2, np.float32), "planted_zero"),
+            numpy_helper.from_array(np.array([0.0, 1.0], np.float32), "planted_dirty"),
+        ])  # fmt: skip
+        model.graph.node.extend([
+            onnx.helper.make_node("Mul", ["planted_in", "planted_zero"], ["planted_none"]),
+            onnx.helper.make_node("Add", ["planted_none", "planted_dirty"], ["probabilities"]),
+        ])  # fmt: skip
+        onnx.save(model, str(out))
+        return out
+
+    monkeypatch.setattr(export_int8, "quantize_int8", certain)
+    with caplog.at_level("WARNING"):
+        run_export(ExportConfig(quantize="int8"), upstream, prepared, tmp_path / "export")
+    out = tmp_path / "export"
+    assert not (out / "model.int8.onnx").exists() and (out / "model.onnx").is_file()
+    card = json.loads((out / "model.json").read_text())
+    gate = card["int8"]
+    assert not gate["passed"] and gate["file"] is None and "int8" not in card["files"]
+    assert gate["flip_rate"] > 0.01 and gate["max_flip_rate"] == 0.01
+    said = caplog.text
+    assert "INT8 graph not written, it missed its gate: " in said
+    assert f"{gate['decision_flips']} of {gate['images']} val decisions differ from FP32" in said

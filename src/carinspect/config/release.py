@@ -102,6 +102,20 @@ class ExportConfig(Section):
     max_abs_diff: float = Field(1e-4, gt=0.0, description="fp32: max |p_onnx - p_torch|")
     fp16_max_abs_diff: float = Field(5e-3, gt=0.0)
     fp16_max_flips: int = Field(1, ge=0, description="FP16: decisions allowed to differ")
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="int8: also write model.int8.onnx (static QDQ quantization, per-channel "
+        "weights), kept only if it passes its gate against FP32 on the val split",
+    )
+    int8_calibration_images: int = Field(
+        256, ge=8, le=5000, description="train photos the activation ranges are calibrated on"
+    )
+    int8_max_flip_rate: float = Field(
+        0.01, ge=0.0, le=1.0, description="INT8: share of val decisions allowed to differ from FP32"
+    )
+    int8_max_recall_drop: float = Field(
+        0.02, ge=0.0, le=1.0, description="INT8: most a class's val recall may fall below FP32's"
+    )
 
 
 class RegisterConfig(Section):

@@ -43,6 +43,23 @@ class Parity(Contract):
     execution_provider: str
 
 
+class PrecisionGate(Contract):
+    """A lower-precision graph against FP32 on every val photo, and whether it was kept."""
+
+    file: str | None = Field(description="the graph's file; None: it missed its gate, not written")
+    images: int = Field(ge=1)
+    decision_flips: int = Field(ge=0)
+    flip_rate: float = Field(ge=0.0, le=1.0)
+    recall_fp32: dict[str, float]  # "class" (one task) or "task/class" -> recall on the val split
+    recall: dict[str, float]
+    worst_recall_drop: float
+    ece_fp32: float = Field(ge=0.0)
+    ece: float = Field(ge=0.0)
+    max_flip_rate: float
+    max_recall_drop: float
+    passed: bool
+
+
 class TaskCard(Contract):
     """One head of a multi-task model: its answer and where the graph gives its probabilities."""
 
@@ -99,6 +116,7 @@ class ModelCard(Contract):
     opset: int | None = None
     files: dict[str, str] = Field(default_factory=lambda: {"fp32": "model.onnx"})
     parity: dict[str, Parity] = Field(default_factory=dict)
+    int8: PrecisionGate | None = Field(None, description="export.quantize: int8's gate figures")
     mc_dropout: McDropout | None = None
     lineage: dict[str, str | int | float | bool] = Field(default_factory=dict)
 

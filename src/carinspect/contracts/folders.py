@@ -130,6 +130,7 @@ class ExportDir(StageDir):
     stage: ClassVar[str] = "export"
     ONNX: ClassVar[str] = "model.onnx"
     ONNX_FP16: ClassVar[str] = "model.fp16.onnx"
+    ONNX_INT8: ClassVar[str] = "model.int8.onnx"  # written only when it passes its gate
     CARD: ClassVar[str] = "model.json"
     MC_HEAD: ClassVar[str] = "mc_head.onnx"  # the classifier alone, for MC dropout sampling
     DRIFT: ClassVar[str] = "drift.json"  # the training photos' profile, for drift scores
@@ -140,6 +141,7 @@ class ExportDir(StageDir):
 
     onnx = _File(ONNX)
     onnx_fp16 = _File(ONNX_FP16)
+    onnx_int8 = _File(ONNX_INT8)
     card = _File(CARD)
     mc_head = _File(MC_HEAD)
     drift = _File(DRIFT)

@@ -6,8 +6,10 @@ decisions at the chosen thresholds (flips). An fp32 export must stay within
 ``export.max_abs_diff`` with no flips; the optional FP16 file within ``export.fp16_max_abs_diff``
 and ``export.fp16_max_flips``. Otherwise nothing is written.
 
-Output folder ``out``: ``model.onnx`` (and ``model.fp16.onnx``), ``model.json`` (classes,
-preprocessing spec, temperature, decision rule, lineage, parity) and ``metrics.json``.
+Output folder ``out``: ``model.onnx`` (and ``model.fp16.onnx``; ``model.int8.onnx`` with
+``export.quantize: int8`` when it passes its gate, :mod:`carinspect.stages.export_int8`),
+``model.json`` (classes, preprocessing spec, temperature, decision rule, lineage, parity, the
+INT8 gate's figures) and ``metrics.json``.
 
 model.onnx gives the pooled features as an output too when the model is classifier(pooled
 features), as timm's models are: drift.json holds their distribution over the training split
@@ -60,6 +62,7 @@ from carinspect.modeling.onnx_export import (
     session,
     to_fp16,
 )
+from carinspect.stages.export_int8 import int8_graph
 from carinspect.tracking import runs
 from carinspect.tracking.lineage import lineage_tags
 from carinspect.tracking.registry import RUN_COPY
@@ -279,6 +282,11 @@ def run(
         if cfg.fp16:
             figures["fp16"] = _fp16(cfg, tmp, batch, torch_logits, answers)
             files["fp16"] = tmp.ONNX_FP16
+        int8 = None
+        if cfg.quantize == "int8":
+            int8 = int8_graph(cfg, tmp, answers, Path(splits), Path(ingest_dir), tasks, spec)
+            if int8["file"]:
+                files["int8"] = int8["file"]
         card = parse_card({
             "name": model_section(state)["name"],
             **_answer_fields(answers, multi=heads is not None),
@@ -293,6 +301,7 @@ def run(
             "opset": cfg.opset,
             "files": files,
             "parity": figures,
+            "int8": int8,
             "lineage": {
                 **lineage_tags(Path(ingest_dir), settings),
                 "mlflow.run_id": run_id or "",
