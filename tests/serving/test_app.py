@@ -116,7 +116,7 @@ def test_routes_answer_like_the_offline_model(
     assert 'carinspect_requests_total{method="POST",route="/predict",status="200"} 1.0' in metrics
     assert "carinspect_batch_size_count" in metrics and "carinspect_queue_seconds_bucket" in metrics
     assert (
-        'carinspect_model_version{alias="",name="",provider="CPUExecutionProvider",version=""} 1.0'
+        'carinspect_model_version{alias="",name="",precision="fp32",provider="CPUExecutionProvider",version=""} 1.0'
         in metrics
     )
     assert "carinspect_model_reloads_total 1.0" in metrics

@@ -156,6 +156,7 @@ class LoadedModel:
     mc: McSampler | None = None  # MC_SAMPLES > 0: dropout sampled per image
     drift: DriftWindow | None = None  # the version has drift.json: served photos scored on it
     embedding: EmbeddingRef | None = None  # and the graph its features: rows end with a distance
+    precision: str = "fp32"  # which graph of the version answers (MODEL_PRECISION)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property

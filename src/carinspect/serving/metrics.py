@@ -40,7 +40,7 @@ class ServingMetrics:
         )  # fmt: skip
         self.model_version = Gauge(
             "carinspect_model_version", "1 for the model version serving now",
-            ["name", "version", "alias", "provider"], registry=r,
+            ["name", "version", "alias", "provider", "precision"], registry=r,
         )  # fmt: skip
         self.model_ready = Gauge(
             "carinspect_model_ready", "1 when a model is loaded and answering, 0 when not (yet)",
@@ -155,11 +155,18 @@ class ServingMetrics:
         self.answer_seconds.labels(side).observe(seconds)
 
     def serving(
-        self, name: str | None, version: str | None, alias: str | None, provider: str
+        self,
+        name: str | None,
+        version: str | None,
+        alias: str | None,
+        provider: str,
+        precision: str = "fp32",
     ) -> None:
         """Point the model gauge at the version now serving."""
         self.model_version.clear()
-        self.model_version.labels(name or "", version or "", alias or "", provider).set(1)
+        self.model_version.labels(name or "", version or "", alias or "", provider, precision).set(
+            1
+        )
 
     def registry_state(self, reachable: bool | None) -> None:
         """Set the registry gauge from the store's last poll (left unset for a local folder)."""

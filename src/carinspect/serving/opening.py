@@ -113,8 +113,12 @@ def _mc_sampler(
     )
 
 
-def read_meta(folder: Path) -> tuple[Path, ModelCard]:
-    """model.onnx and the validated model.json of a downloaded or local model folder."""
+def read_meta(folder: Path, precision: str = "fp32") -> tuple[Path, ModelCard]:
+    """The graph to serve and the validated model.json of a downloaded or local model folder.
+
+    ``precision``: fp32 (model.onnx), int8 (the INT8 graph export kept: refused when the
+    version has none), or auto (the INT8 graph when the version has one that passed its gate).
+    """
     onnx_path = folder / ExportDir.ONNX
     meta_path = next(
         (p for p in (folder / ExportDir.CARD, folder / ExportDir.LOGGED_CARD) if p.is_file()),
@@ -128,9 +132,26 @@ def read_meta(folder: Path) -> tuple[Path, ModelCard]:
             f"{ExportDir.LOGGED_CARD})"
         )
     try:
-        return onnx_path, read_card(meta_path)
+        card = read_card(meta_path)
     except ContractError as err:
         raise ModelLoadError(str(err)) from None
+    return _graph(folder, card, precision) or onnx_path, card
+
+
+def _graph(folder: Path, card: ModelCard, precision: str) -> Path | None:
+    """The INT8 graph when ``precision`` asks for it and the version has one; else None."""
+    if precision == "fp32":
+        return None
+    name = card.files.get("int8")
+    found = next((p for p in (folder / name, folder / "extra_files" / name) if p.is_file()),
+                 None) if name else None  # fmt: skip
+    if found is None and precision == "int8":
+        why = (
+            "its INT8 graph missed the gate at export" if card.int8 and not card.int8.passed
+            else "it was exported without one (export.quantize: int8)"
+        )  # fmt: skip
+        raise ModelLoadError(f"{folder}: MODEL_PRECISION=int8, but {why}")
+    return found
 
 
 def open_model(
@@ -139,7 +160,7 @@ def open_model(
     """Open ``folder`` as a servable model: session, provider check, warm-up."""
     import onnxruntime as ort
 
-    onnx_path, card = read_meta(folder)
+    onnx_path, card = read_meta(folder, settings.model_precision)
     wanted, required = resolve_providers(settings.ort_providers)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -174,7 +195,8 @@ def open_model(
             f"found inputs {inputs} and outputs {outputs}"
         )
     mc = _mc_sampler(folder, card, settings, open_session)
-    return model_from_session(ref, version, folder, card, session, active, settings, mc)
+    precision = "int8" if onnx_path.name == card.files.get("int8") else "fp32"
+    return model_from_session(ref, version, folder, card, session, active, settings, mc, precision)
 
 
 def model_from_session(
@@ -186,6 +208,7 @@ def model_from_session(
     providers: list[str],
     settings: ServeSettings,
     mc: McSampler | None = None,
+    precision: str = "fp32",
 ) -> LoadedModel:
     """A warmed-up :class:`LoadedModel` around anything with onnxruntime's ``run(outputs, feeds)``.
 
@@ -212,6 +235,7 @@ def model_from_session(
         embedding=(
             drift.profile.embedding if drift is not None and FEATURES in card.outputs else None
         ),
+        precision=precision,
     )
     _warm_up(model, settings.max_batch_size)
     return model

@@ -125,6 +125,9 @@ class ModelStatus(BaseModel):
     preprocess: dict[str, Any]
     mc_samples: int = Field(0, description="Monte Carlo dropout passes per image (0: off)")
     execution_provider: str | None = Field(description="the provider onnxruntime really uses")
+    precision: str | None = Field(
+        None, description="which graph of the version answers: fp32 or int8 (MODEL_PRECISION)"
+    )
     providers: list[str]
     loaded_at: str | None
     reloads: int

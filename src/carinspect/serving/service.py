@@ -111,7 +111,9 @@ class Service:
     def _reloaded(self, model: LoadedModel | None, error: str | None) -> None:
         if model is not None:
             self.metrics.reloads.inc()
-            self.metrics.serving(model.ref.name, model.version, model.ref.alias, model.provider)
+            self.metrics.serving(
+                model.ref.name, model.version, model.ref.alias, model.provider, model.precision
+            )
             self.metrics.side_ready("champion", model.version)
         if error is not None:
             self.metrics.reload_failures.inc()

@@ -6,6 +6,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -221,6 +222,12 @@ class ServeSettings(BaseSettings):
     canary_alias: str = Field(
         "challenger", min_length=1, validation_alias="CANARY_ALIAS",
         description="the alias that answers the canary share",
+    )  # fmt: skip
+    model_precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", validation_alias="MODEL_PRECISION",
+        description="which graph of the version answers: int8 (the INT8 graph export kept when "
+        "it passed its gate against FP32; refused for a version without one), fp32, or auto "
+        "(the INT8 graph when the version has one)",
     )  # fmt: skip
     rollout_follow: bool = Field(
         True, validation_alias="ROLLOUT_FOLLOW",

@@ -125,6 +125,7 @@ def _register(
     logged = {a.path for a in client.list_artifacts(run_id, RUN_COPY)}
     extra = [export.card] + ([export.mc_head] if card.mc_dropout is not None else [])
     extra += [export.drift] if export.drift.is_file() else []  # exports before it have none
+    extra += [export.root / card.files["int8"]] if "int8" in card.files else []  # passed its gate
     if f"{RUN_COPY}/{export.ONNX}" not in logged:
         for file in (export.onnx, *extra):
             client.log_artifact(run_id, str(file), artifact_path=RUN_COPY)

@@ -47,6 +47,7 @@ async def model_status(service: ServiceDep) -> ModelStatus:
         preprocess=m.spec.to_dict() if m else {},
         mc_samples=m.mc.samples if m and m.mc else 0,
         execution_provider=m.provider if m else None,
+        precision=m.precision if m else None,
         providers=m.providers if m else [],
         loaded_at=m.loaded_at if m else None,
         reloads=store.reloads,
