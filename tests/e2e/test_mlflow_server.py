@@ -10,10 +10,10 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import boto3
 import mlflow
@@ -204,28 +204,15 @@ def test_alias_webhook_is_delivered_signed(
                 RegisterConfig(model_name=name, require_better=False), Settings(), upstream["export"],
                 upstream["metrics"], run.info.run_id, tmp_path / "r.json",
             )  # fmt: skip
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                events = [verify("s3cret", headers, body) for headers, body in _Receiver.received]
-                mine = [e for e in events if e["data"].get("name") == name]
-                if mine:
-                    break
-                time.sleep(0.2)
+            mine = _delivered(lambda e: e["data"].get("name") == name)
             assert mine, "no alias event reached the receiver"
             event = mine[0]
             assert (event["entity"], event["action"]) == ("model_version_alias", "created")
             assert event["data"]["alias"] == "challenger" and event["data"]["version"] == "1"
             # a rollout's share is a version tag: serving hears of it as soon
-            client.set_registered_model_alias(name, "champion", "1")
             rollout.start(MlflowClient(mlflow_server), name, "challenger", [5, 100], "t",
                           champion_alias="nobody")  # fmt: skip
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                events = [verify("s3cret", h, b) for h, b in _Receiver.received]
-                tagged = [e for e in events if e["data"].get("key") == TAG]
-                if tagged:
-                    break
-                time.sleep(0.2)
+            tagged = _delivered(lambda e: e["data"].get("key") == TAG)
             assert tagged, "no rollout event reached the receiver"
             assert (tagged[0]["entity"], tagged[0]["action"]) == ("model_version_tag", "set")
             assert tagged[0]["data"]["name"] == name and tagged[0]["data"]["version"] == "1"
@@ -238,6 +225,17 @@ def test_alias_webhook_is_delivered_signed(
             client.delete_webhook(hook.webhook_id)
     finally:
         receiver.shutdown()
+
+
+def _delivered(wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The verified deliveries ``wanted`` picks, waited for up to 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        events = [verify("s3cret", headers, body) for headers, body in _Receiver.received]
+        found = [e for e in events if wanted(e)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def test_verify_rejects_old_and_unsigned_deliveries() -> None:
