@@ -43,7 +43,9 @@ class _Collector(BaseHTTPRequestHandler):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "export")
-    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "car-integrity-indrive")
+    ap.add_argument(
+        "--images", type=Path, default=ROOT.parent / "shared" / "data" / "car-integrity-indrive"
+    )
     ap.add_argument("--count", type=int, default=64)
     ap.add_argument("--seconds", type=int, default=20, help="per server and round, at 32")
     ap.add_argument("--rounds", type=int, default=3)
