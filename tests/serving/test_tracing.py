@@ -114,3 +114,21 @@ def test_with_tracing_off_the_callers_trace_id_is_still_in_the_header_and_the_lo
     assert f"200 trace_id={TRACE}" in s.log.read_text()
     bad = _post(s, {"traceparent": "00-not-a-trace-01"})  # a malformed one is ignored
     assert "x-trace-id" not in bad.headers
+
+
+def test_the_standard_sampler_variables_decide_which_requests_are_traced(
+    serve: Callable[..., Server], upstream: dict[str, Path], receiver: str
+) -> None:
+    # head sampling: none of our own traces, but a caller's sampled trace is continued
+    s = serve(MODEL_URI=str(upstream["export"]), OTEL_EXPORTER_OTLP_ENDPOINT=receiver,
+              OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0",
+              OTEL_BSP_SCHEDULE_DELAY="100")  # fmt: skip
+    fresh = _post(s).headers["x-trace-id"]  # not sampled: still an id to quote
+    assert len(fresh) == 32
+    _post(s, {"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    _spans_of(TRACE, NAMES)
+    unsampled = "4bf92f3577b34da6a3ce929d0e0e4737"
+    _post(s, {"traceparent": f"00-{unsampled}-{PARENT}-00"})  # the caller did not sample it
+    _post(s, {"traceparent": f"00-{TRACE[::-1]}-{PARENT}-01"})  # sent after it: a fence
+    _spans_of(TRACE[::-1], NAMES)
+    assert {span["trace"] for span in _Receiver.spans} == {TRACE, TRACE[::-1]}

@@ -22,11 +22,19 @@ import os
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,6 +49,24 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 current_trace: ContextVar[str | None] = ContextVar("carinspect_trace_id", default=None)
 
 
+@dataclass
+class _Request:
+    """The server span of a request being handled: what it becomes once answered."""
+
+    name: str
+    path: str
+    context: SpanContext
+    parent: SpanContext | None
+    sampled: bool
+    start: float = 0.0  # perf_counter seconds
+    status: int = 0
+    events: list[tuple[str, float]] = field(default_factory=list)
+
+
+# the sampled request being handled (its events are added here)
+_current_request: ContextVar[_Request | None] = ContextVar("carinspect_request", default=None)
+
+
 def wanted(env: Mapping[str, str]) -> bool:
     """Whether the OTEL_* variables ask for traces to be exported."""
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -53,7 +79,7 @@ def wanted(env: Mapping[str, str]) -> bool:
 
 
 class Tracing:
-    """The app's tracer (a no-op one when tracing is off) and its exporter's lifetime."""
+    """The app's spans (none when tracing is off), their sampler and the exporter's lifetime."""
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
@@ -62,7 +88,6 @@ class Tracing:
         self._offset = time.time_ns() - time.perf_counter_ns()
         self._provider: Any = None
         self._steps: Any = None  # (processor, resource, scope, id generator) of the step spans
-        self.tracer: trace.Tracer = trace.NoOpTracer()
         if self.on:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.resources import Resource
@@ -76,7 +101,6 @@ class Tracing:
             processor = BatchSpanProcessor(OTLPSpanExporter())
             self._provider = TracerProvider(resource=resource)
             self._provider.add_span_processor(processor)
-            self.tracer = self._provider.get_tracer(SCOPE)
             self._steps = (processor, resource, InstrumentationScope(SCOPE), RandomIdGenerator())
             logger.info("tracing on: spans to %s", env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                         or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))  # fmt: skip
@@ -110,8 +134,48 @@ class Tracing:
 
     def event(self, name: str) -> None:
         """A moment of the request's span (the hand-off to the observers: an instant, no span)."""
-        if self.on:
-            trace.get_current_span().add_event(name)
+        request = _current_request.get()
+        if request is not None:
+            request.events.append((name, time.perf_counter()))
+
+    def open(self, method: str, path: str, parent: otel_context.Context | None) -> _Request:
+        """A request's server span begins: its ids, continuing ``parent``, and the sampler's word.
+
+        The span is not an SDK span: the request is timed and described here and handed to the
+        span processor as a finished span at :meth:`close` (the SDK's per-span machinery of
+        locks and attribute limits costs a server doing hundreds of requests a second).
+        """
+        incoming = trace.get_current_span(parent).get_span_context() if parent else None
+        remote = incoming if incoming is not None and incoming.is_valid else None
+        ids = self._steps[3]
+        trace_id = remote.trace_id if remote is not None else ids.generate_trace_id()
+        name = f"{method} {path}"
+        sampling = self._provider.sampler.should_sample(parent, trace_id, name, SpanKind.SERVER)
+        sampled = sampling.decision.is_sampled()
+        flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+        context = SpanContext(trace_id, ids.generate_span_id(), False, flags, sampling.trace_state)
+        return _Request(method, path, context, remote, sampled, time.perf_counter())
+
+    def close(self, request: _Request, route: str | None) -> None:
+        """The answered request's span, named by its route, to the span processor."""
+        from opentelemetry.sdk.trace import Event, ReadableSpan
+
+        processor, resource, scope, _ = self._steps
+        attributes: dict[str, Any] = {"http.request.method": request.name, "url.path": request.path,
+                                      "http.response.status_code": request.status}  # fmt: skip
+        if route:
+            attributes["http.route"] = route
+        status = Status(StatusCode.ERROR) if request.status >= 500 else Status(StatusCode.UNSET)
+        processor.on_end(ReadableSpan(
+            f"{request.name} {route or request.path}", request.context, request.parent, resource,
+            attributes, [Event(n, timestamp=self._ns(t)) for n, t in request.events],
+            kind=SpanKind.SERVER, status=status, instrumentation_scope=scope,
+            start_time=self._ns(request.start), end_time=self._ns(time.perf_counter()),
+        ))  # fmt: skip
+
+    def _ns(self, perf: float) -> int:
+        """perf_counter seconds as epoch nanoseconds."""
+        return self._offset + int(perf * 1e9)
 
     def _finished(
         self, parent: SpanContext, name: str, start: float, end: float, attributes: dict[str, Any]
@@ -123,7 +187,7 @@ class Tracing:
                               parent.trace_flags, parent.trace_state)  # fmt: skip
         processor.on_end(ReadableSpan(
             name, context, parent, resource, attributes, instrumentation_scope=scope,
-            start_time=self._offset + int(start * 1e9), end_time=self._offset + int(end * 1e9),
+            start_time=self._ns(start), end_time=self._ns(end),
         ))  # fmt: skip
 
 
@@ -148,24 +212,24 @@ class TraceRequests:
             trace_id = f"{ctx.trace_id:032x}" if ctx is not None and ctx.is_valid else None
             await self._run(scope, receive, send, trace_id, None)
             return
-        method = scope["method"]
-        span = self.tracing.tracer.start_span(
-            f"{method} {scope['path']}", context=parent, kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": scope["path"]},
-        )  # fmt: skip
-        token = otel_context.attach(trace.set_span_in_context(span))
+        span = self.tracing.open(scope["method"], scope["path"], parent)
+        token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(span.context)))
+        request = _current_request.set(span if span.sampled else None)
         try:
-            await self._run(scope, receive, send, f"{span.get_span_context().trace_id:032x}", span)
+            await self._run(scope, receive, send, f"{span.context.trace_id:032x}", span)
         finally:
+            _current_request.reset(request)
             otel_context.detach(token)
-            route = getattr(scope.get("route"), "path", None)
-            if route:
-                span.update_name(f"{method} {route}")
-                span.set_attribute("http.route", route)
-            span.end()
+            if span.sampled:
+                self.tracing.close(span, getattr(scope.get("route"), "path", None))
 
     async def _run(
-        self, scope: Scope, receive: Receive, send: Send, trace_id: str | None, span: Span | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        trace_id: str | None,
+        span: _Request | None,
     ) -> None:
         if trace_id is None:
             await self.app(scope, receive, send)
@@ -175,11 +239,8 @@ class TraceRequests:
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), header]
-                status = int(message["status"])
-                if span is not None and not isinstance(span, NonRecordingSpan):
-                    span.set_attribute("http.response.status_code", status)
-                    if status >= 500:
-                        span.set_status(Status(StatusCode.ERROR))
+                if span is not None:
+                    span.status = int(message["status"])
             await send(message)
 
         token = current_trace.set(trace_id)
