@@ -1,7 +1,9 @@
 """`dvc repro` of the real dvc.yaml in a temporary git repo, and push/pull through moto's S3."""
 
 import json
+import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,9 +46,10 @@ def test_multiclass_repro_registers_a_model_that_serves(
     """The main job on three classes (a severity scale), through register, then served.
 
     Guards the main job where most real use is: more than two classes. Every output dvc.yaml
-    declares must exist (a missing one fails `dvc repro`).
+    declares must exist (a missing one fails `dvc repro`). With the INT8 switch on: the
+    registered version serves its INT8 graph, answering the demo photos as FP32 does.
     """
-    project = make_project(tmp_path, classes=["clean", "dusty", "muddy"])
+    project = make_project(tmp_path, _int8, classes=["clean", "dusty", "muddy"])
     first = sh(project, DVC, "repro")
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first
@@ -66,6 +69,32 @@ def test_multiclass_repro_registers_a_model_that_serves(
     assert set(body["probabilities"]) == {"clean", "dusty", "muddy"}
     assert body["label"] in {"clean", "dusty", "muddy", "uncertain"}
     assert body["model"]["version"] == registered["version"]
+
+    # export.quantize: int8: the version carries the INT8 graph and serves it by default
+    assert card["int8"]["passed"] and card["files"]["int8"] == "model.int8.onnx"
+    labels = {}
+    for precision in ("auto", "fp32"):
+        out = project / f"predictions.{precision}.json"
+        env = {**os.environ, "MODEL_URI": registered["model_uri"], "MODEL_PRECISION": precision,
+               "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+               "MODEL_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+        done = subprocess.run([str(VENV_BIN / "carinspect"), "predict", "data/demo", "--out",
+                               str(out)], cwd=project, env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        labels[precision] = [row.get("label") for row in json.loads(out.read_text())]
+    flips = sum(a != b for a, b in zip(labels["auto"], labels["fp32"], strict=True))
+    # the served INT8 graph flips about as many demo photos as export measured on val photos
+    assert flips / len(labels["fp32"]) <= max(2 * card["int8"]["flip_rate"], 0.1), flips
+    served = serve(MODEL_URI=registered["model_uri"], MODEL_CACHE_DIR=str(tmp_path / "cache2"),
+                   MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")  # fmt: skip
+    assert httpx.get(f"{served.url}/model").json()["precision"] == "int8"
+
+
+def _int8(params: dict) -> None:
+    """The INT8 switch; the one-epoch test model's gate is loose (test_export.py tests the gate)."""
+    params["export"].update({"quantize": "int8", "int8_calibration_images": 32,
+                             "int8_max_flip_rate": 1.0, "int8_max_recall_drop": 1.0})  # fmt: skip
 
 
 STAGES = ("demo", "ingest", "split", "train", "evaluate", "threshold", "export", "register")

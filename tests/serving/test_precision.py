@@ -6,13 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from carinspect.config import DemoConfig, ExportConfig
+from carinspect.config import DemoConfig, ExportConfig, TritonConfig
+from carinspect.contracts.cards import read_card
+from carinspect.contracts.onnx_names import CAM
 from carinspect.data.decoding.images import ImageLimits
 from carinspect.data.intake.demo import demo_files
 from carinspect.serving.inference import answer, pixels_for
 from carinspect.serving.loaded import ModelLoadError, ModelRef
-from carinspect.serving.opening import open_model
+from carinspect.serving.opening import open_model, provider_options, read_meta
 from carinspect.serving.settings import ServeSettings
+from carinspect.serving.triton import TritonError, write_repository
 from tests.conftest import Prepared
 from tests.stages.test_export import run_export
 
@@ -65,3 +68,45 @@ def test_int8_is_refused_for_a_version_without_one_naming_why(
     (plain / "model.json").write_text(json.dumps(card))
     with pytest.raises(ModelLoadError, match="its INT8 graph missed the gate at export"):
         _open(plain, "int8")
+
+
+def test_auto_takes_int8_only_where_the_provider_runs_it_in_int8(with_int8: Path) -> None:
+    chosen = {p: read_meta(with_int8, "auto", p)[0].name for p in
+              ("CPUExecutionProvider", "TensorrtExecutionProvider", "CUDAExecutionProvider")}  # fmt: skip
+    # CUDA's provider dequantizes a Q/DQ graph: the FP32 graph is faster there
+    assert chosen == {"CPUExecutionProvider": "model.int8.onnx",
+                      "TensorrtExecutionProvider": "model.int8.onnx",
+                      "CUDAExecutionProvider": "model.onnx"}  # fmt: skip
+    assert read_meta(with_int8, "int8", "CUDAExecutionProvider")[0].name == "model.int8.onnx"
+    wanted = ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+    settings = ServeSettings(MODEL_CACHE_DIR=with_int8.parent / "cache")
+    assert provider_options(wanted, settings, int8=True)[0][1]["trt_int8_enable"] is True
+    assert provider_options(wanted, settings)[0][1]["trt_int8_enable"] is False
+
+
+def test_the_int8_graph_keeps_the_maps_and_triton_carries_it(
+    with_int8: Path, tmp_path: Path
+) -> None:
+    import onnxruntime as ort
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    session = ort.InferenceSession(str(with_int8 / "model.int8.onnx"))
+    assert CAM in {o.name for o in session.get_outputs()}  # explanations from INT8 too
+    card = read_card(with_int8 / "model.json")
+    entry = write_repository(with_int8, card, TritonConfig(precision="int8"), tmp_path / "repo")
+    served = (entry / "1" / "model.onnx").read_bytes()
+    assert served == (with_int8 / "model.int8.onnx").read_bytes()
+    config = text_format.Parse((entry / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    (trt,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert trt.parameters["precision_mode"] == "INT8"
+    assert CAM in {o.name for o in config.output}
+    plain = tmp_path / "plain"
+    shutil.copytree(with_int8, plain)
+    card = json.loads((plain / "model.json").read_text())
+    card["files"].pop("int8")
+    card["int8"] = None
+    (plain / "model.json").write_text(json.dumps(card))
+    with pytest.raises(TritonError, match=r"exported without one \(export.quantize: int8\)"):
+        write_repository(plain, read_card(plain / "model.json"),
+                         TritonConfig(precision="int8"), tmp_path / "repo2")  # fmt: skip

@@ -156,7 +156,8 @@ def test_a_single_task_model_with_dropout_gets_an_mc_head_that_serves(
     )  # fmt: skip
     out = tmp_path / "export"
     card = json.loads((out / "model.json").read_text())
-    assert card["outputs"] == ["logits", "probabilities", "features"]
+    assert card["outputs"] == ["logits", "probabilities", "features", "cam"]
+    assert card["explain"]["output"] == "cam" and len(card["explain"]["grid"]) == 2
     assert card["mc_dropout"]["head"] == "mc_head.onnx" and (out / "mc_head.onnx").is_file()
     assert card["classes"] == ["clean", "dirty"]
     photo = next(prepared.ingest.glob("images/*/*.png")).read_bytes()

@@ -46,11 +46,16 @@ def predict(
         Path,
         typer.Option(help="predictions.json or predictions.csv to write; - prints JSON here."),
     ] = Path("predictions.json"),
+    explain: Annotated[
+        Path | None,
+        typer.Option(help="A folder for each photo with the heatmap of its answer laid on it."),
+    ] = None,
 ) -> None:
     """Predict images with MODEL_URI's model, as the server would, without HTTP.
 
     On a folder with one subfolder per class, also prints accuracy and a confusion table
-    against the folder names.
+    against the folder names. With --explain, each answered photo is also drawn with the
+    heatmap of its label (where the model found it) into that folder.
     """
     from carinspect.serving.batch_predict import confusion_text, folder_truth, label_counts
     from carinspect.serving.loaded import ModelLoadError
@@ -68,7 +73,7 @@ def predict(
             f"and {ExportDir.CARD}"
         )
     model = store.current
-    rows = _predict_to(model, target, out, settings)
+    rows = _predict_to(model, target, out, settings, explain)
     failed = sum(1 for r in rows if "error" in r)
     per_task = label_counts(model, rows)
     counts = (
@@ -80,7 +85,8 @@ def predict(
     to_stdout = str(out) == "-"
     typer.echo(
         f"{len(rows)} inputs, {failed} unusable, labels {counts}; {version}"
-        + ("" if to_stdout else f"; written to {out}"),
+        + ("" if to_stdout else f"; written to {out}")
+        + (f"; heatmaps in {explain}" if explain is not None else ""),
         err=to_stdout,
     )
     for task, classes in (
@@ -202,13 +208,15 @@ def triton_predict(
     typer.echo(f"{len(rows)} inputs, {failed} unusable; via {model.provider}; written to {out}")
 
 
-def _predict_to(model: Any, target: str, out: Path, settings: Any) -> list[dict[str, Any]]:
+def _predict_to(
+    model: Any, target: str, out: Path, settings: Any, explain: Path | None = None
+) -> list[dict[str, Any]]:
     """Answer every image under ``target`` with ``model`` (server limits) and write ``out``."""
     from carinspect.data.decoding.images import ImageLimits
     from carinspect.serving.batch_predict import list_inputs, predict_inputs, write_predictions
 
     limits = ImageLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_upload_bytes)
-    rows = predict_inputs(model, list_inputs(target), limits, settings.max_batch_size)
+    rows = predict_inputs(model, list_inputs(target), limits, settings.max_batch_size, explain)
     if str(out) == "-":
         typer.echo(json.dumps(rows, indent=2))
     else:

@@ -175,6 +175,11 @@ class TritonConfig(Section):
         True, description="onnxruntime's TensorRT accelerator on GPU instances (FP16 below)"
     )
     tensorrt_fp16: bool = Field(True, description="TensorRT builds FP16 engines")
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="the graph the repository serves: fp32 (model.onnx) or int8 (the version's "
+        "INT8 graph; TensorRT builds INT8 engines from its Q/DQ scales)",
+    )
     tensorrt_workspace_mb: int = Field(1024, ge=64, description="TensorRT's builder workspace")
 
     @model_validator(mode="after")

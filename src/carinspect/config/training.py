@@ -107,7 +107,11 @@ class TrainConfig(Section):
     min_lr: float = Field(1e-5, ge=0.0)
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
     clip_grad: float | None = Field(1.0, gt=0.0, description="max gradient norm; null: off")
-    amp: bool = Field(True, description="mixed precision on CUDA (bf16 if supported); off on CPU")
+    amp: bool = Field(
+        True,
+        description="mixed precision: bf16 on GPUs and on CPUs with AVX-512 BF16 or AMX, "
+        "fp16 on older GPUs, fp32 on other CPUs",
+    )
     channels_last: bool = False
     compile: bool = False
     ema: bool = False

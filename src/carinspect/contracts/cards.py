@@ -98,6 +98,27 @@ class McDropout(Contract):
     max_abs_diff: float = Field(0.0, ge=0.0, description="head vs model with no dropout")
 
 
+class Explain(Contract):
+    """Whether the graph explains its answers: the class activation map output, or why not.
+
+    ``output`` (N, classes of all tasks side by side, h, w): each class's evidence at each
+    position of the last feature map, its mean over positions the class's logit less the
+    classifier's bias; ``grid`` is (h, w). Without it, ``unavailable`` says why.
+    """
+
+    output: str | None = None
+    grid: list[int] | None = Field(None, min_length=2, max_length=2)
+    unavailable: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Explain:
+        if (self.output is None) == (self.unavailable is None):
+            raise ValueError("explain takes an output (with its grid) or a reason, not both")
+        if self.output is not None and self.grid is None:
+            raise ValueError(f"explain.output {self.output!r} has no grid")
+        return self
+
+
 class ModelCard(Contract):
     """model.json: what a model needs beside its ONNX graph.
 
@@ -118,6 +139,7 @@ class ModelCard(Contract):
     parity: dict[str, Parity] = Field(default_factory=dict)
     int8: PrecisionGate | None = Field(None, description="export.quantize: int8's gate figures")
     mc_dropout: McDropout | None = None
+    explain: Explain | None = Field(None, description="class activation maps (None: older card)")
     lineage: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -142,6 +164,10 @@ class ModelCard(Contract):
             raise ValueError(
                 f"mc_dropout.features {self.mc_dropout.features!r} is not among the outputs "
                 f"{self.outputs}"
+            )
+        if self.explain is not None and self.explain.output not in (None, *self.outputs):
+            raise ValueError(
+                f"explain.output {self.explain.output!r} is not among the outputs {self.outputs}"
             )
         side = self.preprocess.img_size
         if self.input.shape[1:] != [3, side, side]:

@@ -100,6 +100,8 @@ class EvaluateDir(StageDir):
     verdict = _File("verdict.json")  # the model against the baseline: register reads it
     mistakes = _File("mistakes.csv")  # wrong and least certain test photos, by original name
     mistakes_sheet = _File("figures/mistakes.png")  # their contact sheet
+    # the wrong ones with the heatmap of the answer on each (models with class activation maps)
+    mistakes_explained = _File("figures/mistakes_explained.png")
     confusion = _File("plots/confusion.csv")  # test-split pairs, for `dvc plots`
 
 

@@ -3,6 +3,7 @@
 INPUT = "input"
 OUTPUTS = ("logits", "probabilities")  # one task; several add one probabilities output per task
 FEATURES = "features"  # pooled pre-logits, output when the model can do MC dropout
+CAM = "cam"  # class activation maps, output when the model ends in average pooling
 MASK = "mask"  # the MC dropout head's second input: a dropout mask (scaled by 1/keep)
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from carinspect.contracts.onnx_names import FEATURES, INPUT, MASK, OUTPUTS, task_output
+from carinspect.contracts.onnx_names import CAM, FEATURES, INPUT, MASK, OUTPUTS, task_output
+from carinspect.modeling.explain import class_maps
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ class _WithProbabilities(nn.Module):
 
     Several heads: one softmax per block of outputs, each at its own temperature. With
     ``features``, the pooled pre-logits are an output too (what the MC dropout head takes), and
-    the logits are computed from them by the classifier, as the model itself does.
+    the logits are computed from them by the classifier, as the model itself does. With
+    ``explain``, the class activation maps of every class are the last output.
     """
 
     def __init__(
@@ -38,21 +40,27 @@ class _WithProbabilities(nn.Module):
         temperatures: list[float],
         slices: list[slice] | None,
         features: bool = False,
+        explain: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.slices = slices or [slice(None)]
         self.features = features
+        self.explain = explain
         self.temperature: torch.Tensor
         self.register_buffer("temperature", torch.tensor([float(t) for t in temperatures]))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if not self.features:
+        if not self.features and not self.explain:
             logits = self.model(x)
             return (logits, *_softmaxes(logits, self.temperature, self.slices))
-        pooled = pre_logits(self.model, x)
-        logits = self.model.get_classifier()(pooled)  # type: ignore[operator]
-        return (logits, *_softmaxes(logits, self.temperature, self.slices), pooled)
+        feats = self.model.forward_features(x)  # type: ignore[operator]
+        pooled = self.model.forward_head(feats, pre_logits=True)  # type: ignore[operator]
+        classifier = self.model.get_classifier()  # type: ignore[operator]
+        logits = classifier(pooled)
+        out = (logits, *_softmaxes(logits, self.temperature, self.slices))
+        out += (pooled,) if self.features else ()
+        return out + ((class_maps(classifier, feats),) if self.explain else ())
 
 
 class _DropoutHead(nn.Module):
@@ -162,16 +170,19 @@ def export_onnx(
     path: Path,
     heads: list[Head] | None = None,
     features: bool = False,
+    explain: bool = False,
 ) -> None:
     """Export with torch's default (dynamo) exporter, weights inside the file, batch axis dynamic.
 
     ``heads``: a multi-task model's tasks (``temperature`` is then unused); the graph gives
     each task's probabilities as its own output, named by :func:`task_output`. ``features``:
-    the pooled pre-logits are the last output (for :func:`export_dropout_head`).
+    the pooled pre-logits are an output (for :func:`export_dropout_head`). ``explain``: the
+    class activation maps are the last output (:mod:`carinspect.modeling.explain`; only for a
+    model it finds them in).
     """
     temperatures, slices = _heads(heads, temperature)
-    wrapped = _WithProbabilities(model.eval(), temperatures, slices, features).eval()
-    outputs = output_names(heads) + ([FEATURES] if features else [])
+    wrapped = _WithProbabilities(model.eval(), temperatures, slices, features, explain).eval()
+    outputs = output_names(heads) + ([FEATURES] if features else []) + ([CAM] if explain else [])
     batch = torch.export.Dim("batch", min=1, max=4096)
     example = torch.randn(2, 3, img_size, img_size)
     _save(wrapped, (example,), path, ([INPUT], outputs), opset, ({0: batch},))

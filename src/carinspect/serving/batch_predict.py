@@ -16,8 +16,9 @@ import numpy as np
 
 from carinspect.data.decoding.images import ImageError, ImageLimits
 from carinspect.errors import InputError
-from carinspect.io import write_json_atomic, write_text_atomic
-from carinspect.serving.inference import answer, prepare
+from carinspect.evaluation.heatmap import png
+from carinspect.io import write_bytes_atomic, write_json_atomic, write_text_atomic
+from carinspect.serving.inference import answer, prepare, shown_class
 from carinspect.serving.loaded import LoadedModel
 from carinspect.serving.observers import AnsweredPhoto, DriftObserver
 
@@ -61,33 +62,71 @@ def _chunks(items: list[tuple[str, Reader]], size: int) -> Iterator[list[tuple[s
 
 
 def predict_inputs(
-    model: LoadedModel, items: list[tuple[str, Reader]], limits: ImageLimits, batch_size: int
+    model: LoadedModel,
+    items: list[tuple[str, Reader]],
+    limits: ImageLimits,
+    batch_size: int,
+    explain: Path | None = None,
 ) -> list[dict[str, Any]]:
     """One row per input, in order: an answer, or ``error`` and ``detail``.
 
     When the model keeps a drift window, every answered photo goes into it, as in serving.
+    ``explain``: a folder that gets each answered photo with the heatmap of its label laid on
+    it (one PNG per task), named in the row's ``explanation``.
     """
+    if explain is not None and model.unexplained is not None:
+        raise InputError(f"--explain: {model.unexplained}")
     rows: list[dict[str, Any]] = []
     drift = DriftObserver()  # the photos into the model's window, as in serving
     for chunk in _chunks(items, batch_size):
         good: list[tuple[int, np.ndarray, dict[str, float] | None]] = []
+        kept: dict[int, bytes] = {}  # explaining: the chunk's uploads, to draw the maps on
         start = len(rows)
         for name, read in chunk:
             try:
-                good.append((len(rows), *prepare(read(), model, limits)))
+                data = read()
+                good.append((len(rows), *prepare(data, model, limits)))
+                if explain is not None:
+                    kept[len(rows)] = data
                 rows.append({"path": name})
             except ImageError as err:
                 rows.append({"path": name, "error": err.reason, "detail": err.detail})
             except OSError as err:
                 rows.append({"path": name, "error": "unreadable", "detail": str(err)})
         if good:
-            scores = model.infer(np.stack([p for _, p, _ in good]))
+            scores = model.infer(np.stack([p for _, p, _ in good]), explain is not None)
             for (index, _, stats), photo in zip(good, scores, strict=True):
                 got = answer(model, photo)
-                rows[index].update(got.body)
-                drift.observe(AnsweredPhoto(b"", rows[index]["path"], model, photo, stats, got))
+                row = rows[index]
+                row.update(got.body)
+                if explain is not None and photo.maps is not None:
+                    _explain_to(explain, index, kept.pop(index), row, model, photo.maps, limits)
+                drift.observe(AnsweredPhoto(b"", row["path"], model, photo, stats, got))
         assert len(rows) == start + len(chunk)
     return rows
+
+
+def _explain_to(
+    folder: Path, index: int, data: bytes, row: dict[str, Any], model: LoadedModel,
+    maps: np.ndarray, limits: ImageLimits,
+) -> None:  # fmt: skip
+    """The photo (longest side 512) with each task's heatmap on it, written beside the others."""
+    from carinspect.data.decoding.images import open_image
+    from carinspect.evaluation.heatmap import heatmap, overlay
+
+    photo = open_image(data, limits).decode().image
+    photo.thumbnail((512, 512))
+    answers = row.get("tasks") or {model.tasks[0].name: row}
+    for task in model.tasks:
+        got = answers[task.name]
+        shown = shown_class(got, task.classes)
+        cam = maps[task.columns][task.classes.index(shown)]
+        suffix = f".{task.name}" if model.multitask else ""
+        path = folder / f"{index:05d}_{Path(row['path']).stem}{suffix}.png"
+        folder.mkdir(parents=True, exist_ok=True)
+        picture = overlay(photo, heatmap(cam, photo.width, photo.height, model.spec))
+        write_bytes_atomic(path, png(picture))
+        got["explanation"] = {"label": shown, "file": str(path)}
 
 
 def label_counts(model: LoadedModel, rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:

@@ -45,6 +45,7 @@ class _Item:
     future: asyncio.Future[PhotoScores]
     queued_at: float
     timing: BatchTiming | None = None
+    explain: bool = False
 
 
 class Batcher:
@@ -93,16 +94,21 @@ class Batcher:
             self._coming -= 1
 
     def enqueue(
-        self, pixels: np.ndarray, model: LoadedModel, timing: BatchTiming | None = None
+        self,
+        pixels: np.ndarray,
+        model: LoadedModel,
+        timing: BatchTiming | None = None,
+        explain: bool = False,
     ) -> asyncio.Future[PhotoScores]:
         """Queue one preprocessed image (3, H, W); the future resolves to its scores.
 
-        ``timing``, when given, is filled in with its batch's start, end and size.
+        ``timing``, when given, is filled in with its batch's start, end and size. ``explain``:
+        its batch fetches the class activation maps too (for every photo in it).
         """
         if self._queue is None:
             raise RuntimeError("batcher is not running")
         future: asyncio.Future[PhotoScores] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(pixels, model, future, time.perf_counter(), timing))
+        self._queue.put_nowait(_Item(pixels, model, future, time.perf_counter(), timing, explain))
         return future
 
     async def submit(self, pixels: np.ndarray, model: LoadedModel) -> PhotoScores:
@@ -139,10 +145,10 @@ class Batcher:
             return
         started = time.perf_counter()
         waits = [started - i.queued_at for i in live]
-        model = live[0].model
+        model, explain = live[0].model, any(i.explain for i in live)
 
         def infer() -> Scores:  # the stack copies megabytes: keep it off the event loop too
-            return model.infer(np.stack([i.pixels for i in live]))
+            return model.infer(np.stack([i.pixels for i in live]), explain)
 
         try:
             scores = await asyncio.get_running_loop().run_in_executor(self._executor, infer)

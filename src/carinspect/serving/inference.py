@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from carinspect.data.decoding.images import ImageLimits, OpenedImage, open_image
 from carinspect.data.loading.preprocess import preprocess
 from carinspect.drift.profile import photo_stats
 from carinspect.evaluation.decision import UNCERTAIN, decide_from_spec
+from carinspect.evaluation.heatmap import heatmap, png
 from carinspect.serving.loaded import LoadedModel, PhotoScores
 
 UNCERTAIN_LABEL = "uncertain"
@@ -82,13 +84,16 @@ class Answer:
     labels: dict[str, str]
 
 
-def answer(model: LoadedModel, scores: PhotoScores) -> Answer:
+def answer(model: LoadedModel, scores: PhotoScores, size: tuple[int, int] | None = None) -> Answer:
     """The answer for one photo's scores (:meth:`LoadedModel.infer`).
 
     One task: label, confidence, probabilities and rule at the top level (the seed service's
     shape). Several: the same four under ``tasks``, keyed by task name. With MC dropout on,
     each answer gains ``uncertainty``: the mean and spread of the sampled probabilities (the
     label still comes from the deterministic ones, which the decision rule was tuned on).
+    With the class activation maps in ``scores`` and the photo's ``size`` (width, height, as
+    served), each answer gains ``explanation``: the heatmap of its label (of the top class
+    when the answer is uncertain).
     """
     which = {"name": model.ref.name, "version": model.version, "alias": model.ref.alias}
     answers = {}
@@ -101,8 +106,30 @@ def answer(model: LoadedModel, scores: PhotoScores) -> Answer:
                 "mean": {c: round(float(v), 6) for c, v in zip(t.classes, mean, strict=True)},
                 "std": {c: round(float(v), 6) for c, v in zip(t.classes, std, strict=True)},
             }
+        if scores.maps is not None and size is not None:
+            got["explanation"] = explanation(scores.maps[t.columns], t.classes, got, model, size)
         answers[t.name] = got
     labels = {name: str(got["label"]) for name, got in answers.items()}
     if not model.multitask:
         return Answer({**answers[model.tasks[0].name], "model": which}, labels)
     return Answer({"tasks": answers, "model": which}, labels)
+
+
+def shown_class(got: dict[str, Any], classes: list[str]) -> str:
+    """The class an answer's heatmap shows: its label, or the top class of an uncertain one."""
+    label = str(got["label"])
+    if label in classes:
+        return label
+    probabilities: dict[str, float] = got["probabilities"]
+    return max(probabilities, key=lambda c: probabilities[c])
+
+
+def explanation(
+    maps: np.ndarray, classes: list[str], got: dict[str, Any], model: LoadedModel,
+    size: tuple[int, int],
+) -> dict[str, Any]:  # fmt: skip
+    """The heatmap of the class a task answered: a PNG (base64) aligned with the photo."""
+    shown = shown_class(got, classes)
+    image = heatmap(maps[classes.index(shown)], size[0], size[1], model.spec)
+    return {"label": shown, "width": image.width, "height": image.height,
+            "heatmap_png": base64.b64encode(png(image)).decode("ascii")}  # fmt: skip

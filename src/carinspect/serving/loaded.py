@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from carinspect.contracts.onnx_names import FEATURES, INPUT, MASK, OUTPUTS
+from carinspect.contracts.onnx_names import CAM, FEATURES, INPUT, MASK, OUTPUTS
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.drift.profile import EMBEDDING, DriftWindow, EmbeddingRef
 from carinspect.errors import InputError
@@ -107,6 +107,7 @@ class PhotoScores:
     mc_mean: np.ndarray | None = None  # MC dropout: the sampled probabilities' mean
     mc_std: np.ndarray | None = None  # and their standard deviation
     distance: float | None = None  # embedding distance to the reference's training photos
+    maps: np.ndarray | None = None  # asked to explain: every class's activation map (K, h, w)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Scores:
     mc_mean: np.ndarray | None = None  # (n, classes), with MC dropout
     mc_std: np.ndarray | None = None
     distance: np.ndarray | None = None  # (n,), with an embedding reference
+    maps: np.ndarray | None = None  # (n, classes, h, w), asked to explain
 
     def __len__(self) -> int:
         return len(self.probs)
@@ -127,6 +129,7 @@ class Scores:
             None if self.mc_mean is None else self.mc_mean[i],
             None if self.mc_std is None else self.mc_std[i],
             None if self.distance is None else float(self.distance[i]),
+            None if self.maps is None else self.maps[i],
         )
 
     def __iter__(self) -> Iterator[PhotoScores]:
@@ -177,19 +180,39 @@ class LoadedModel:
             return first
         return np.concatenate(out, axis=1)
 
-    def infer(self, batch: np.ndarray) -> Scores:
+    @property
+    def unexplained(self) -> str | None:
+        """Why this version cannot explain its answers (None: it can, with its ``cam`` output)."""
+        explain = self.meta.get("explain") or {}
+        if explain.get("output") == CAM:
+            return None
+        why = explain.get("unavailable") or "it was exported before explanations existed"
+        name = self.meta.get("name", "the model")
+        return (
+            f"version {self.version or self.ref.uri} ({name}) has no class activation maps: {why}"
+        )
+
+    def infer(self, batch: np.ndarray, explain: bool = False) -> Scores:
         """What :func:`carinspect.serving.inference.answer` reads, for a float32 NCHW batch.
 
         The probabilities; with MC dropout also the sampled mean and spread; with an embedding
-        reference also each photo's embedding distance (the graph's features, run once).
+        reference also each photo's embedding distance (the graph's features, run once); with
+        ``explain`` (a model that has them) every class's activation map.
         """
-        if self.mc is None and self.embedding is None:
+        extra = [FEATURES] if self.mc is not None or self.embedding is not None else []
+        extra += [CAM] if explain and self.unexplained is None else []
+        if not extra:
             return Scores(self.probabilities(batch))
-        *probs, features = self.session.run([*self.outputs, FEATURES], {INPUT: batch})
+        found = self.session.run([*self.outputs, *extra], {INPUT: batch})
+        n = len(self.outputs)
+        probs, rest = found[:n], dict(zip(extra, found[n:], strict=True))
         joined = probs[0] if len(probs) == 1 else np.concatenate(probs, axis=1)
-        mean, std = self.mc.summary(features) if self.mc is not None else (None, None)
-        distance = self.embedding.distances(features) if self.embedding is not None else None
-        return Scores(joined, mean, std, distance)
+        mean = std = distance = None
+        if self.mc is not None:
+            mean, std = self.mc.summary(rest[FEATURES])
+        if self.embedding is not None:
+            distance = self.embedding.distances(rest[FEATURES])
+        return Scores(joined, mean, std, distance, rest.get(CAM))
 
     def drift_of(self, scores: PhotoScores) -> dict[str, float]:
         """The drift statistics in a photo's scores (the embedding distance, if any)."""

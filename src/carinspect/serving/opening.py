@@ -31,6 +31,8 @@ from carinspect.serving.loaded import (
 from carinspect.serving.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
+# the providers that run an INT8 (Q/DQ) graph in INT8
+INT8_PROVIDERS = ("CPUExecutionProvider", "TensorrtExecutionProvider")
 
 
 def apply_overrides(decision: dict[str, Any], settings: ServeSettings) -> dict[str, Any]:
@@ -62,12 +64,14 @@ def resolve_providers(setting: str) -> tuple[list[str], bool]:
     return wanted, True
 
 
-def provider_options(wanted: list[str], settings: ServeSettings) -> list[Any]:
+def provider_options(wanted: list[str], settings: ServeSettings, int8: bool = False) -> list[Any]:
     """``wanted`` as onnxruntime's providers argument, with the TensorRT provider's options.
 
     TensorRT builds an engine per model on first load (minutes for a large model): it is cached
     under ORT_TRT_CACHE_DIR (or MODEL_CACHE_DIR/tensorrt), keyed by model, so a restarted pod
-    reuses it. FP16 engines only with ORT_TRT_FP16.
+    reuses it. FP16 engines only with ORT_TRT_FP16. ``int8``: the graph is the INT8 one, whose
+    Q/DQ nodes carry the scales, so TensorRT builds INT8 kernels from them (no calibration
+    table) and keeps the float parts in FP16 or FP32 as asked.
     """
     out: list[Any] = []
     for name in wanted:
@@ -80,6 +84,7 @@ def provider_options(wanted: list[str], settings: ServeSettings) -> list[Any]:
                 "trt_timing_cache_enable": True,
                 "trt_timing_cache_path": str(cache),
                 "trt_fp16_enable": settings.ort_trt_fp16,
+                "trt_int8_enable": int8,
             }
             out.append((name, options))
         else:
@@ -113,7 +118,9 @@ def _mc_sampler(
     )
 
 
-def read_meta(folder: Path, precision: str = "fp32") -> tuple[Path, ModelCard]:
+def read_meta(
+    folder: Path, precision: str = "fp32", provider: str = "CPUExecutionProvider"
+) -> tuple[Path, ModelCard]:
     """The graph to serve and the validated model.json of a downloaded or local model folder.
 
     ``precision``: fp32 (model.onnx), int8 (the INT8 graph export kept: refused when the
@@ -135,12 +142,16 @@ def read_meta(folder: Path, precision: str = "fp32") -> tuple[Path, ModelCard]:
         card = read_card(meta_path)
     except ContractError as err:
         raise ModelLoadError(str(err)) from None
-    return _graph(folder, card, precision) or onnx_path, card
+    return _graph(folder, card, precision, provider) or onnx_path, card
 
 
-def _graph(folder: Path, card: ModelCard, precision: str) -> Path | None:
-    """The INT8 graph when ``precision`` asks for it and the version has one; else None."""
-    if precision == "fp32":
+def _graph(folder: Path, card: ModelCard, precision: str, provider: str) -> Path | None:
+    """The INT8 graph when ``precision`` asks for it and the version has one; else None.
+
+    ``auto`` takes it only on the providers that run it in INT8: the CPU's and TensorRT.
+    CUDA's runs a Q/DQ graph by dequantizing, slower than the FP32 graph.
+    """
+    if precision == "fp32" or (precision == "auto" and provider not in INT8_PROVIDERS):
         return None
     name = card.files.get("int8")
     found = next((p for p in (folder / name, folder / "extra_files" / name) if p.is_file()),
@@ -160,8 +171,9 @@ def open_model(
     """Open ``folder`` as a servable model: session, provider check, warm-up."""
     import onnxruntime as ort
 
-    onnx_path, card = read_meta(folder, settings.model_precision)
     wanted, required = resolve_providers(settings.ort_providers)
+    onnx_path, card = read_meta(folder, settings.model_precision, wanted[0])
+    int8 = onnx_path.name == card.files.get("int8")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = settings.inference_threads
@@ -174,8 +186,9 @@ def open_model(
     def open_session(path: Path) -> Any:
         try:
             return ort.InferenceSession(
-                str(path), sess_options=opts, providers=provider_options(wanted, settings)
-            )
+                str(path), sess_options=opts,
+                providers=provider_options(wanted, settings, int8 and path == onnx_path),
+            )  # fmt: skip
         except Exception as err:  # onnxruntime raises its own exception types
             raise ModelLoadError(f"{path}: onnxruntime cannot open it: {err}") from err
 
@@ -195,7 +208,7 @@ def open_model(
             f"found inputs {inputs} and outputs {outputs}"
         )
     mc = _mc_sampler(folder, card, settings, open_session)
-    precision = "int8" if onnx_path.name == card.files.get("int8") else "fp32"
+    precision = "int8" if int8 else "fp32"
     return model_from_session(ref, version, folder, card, session, active, settings, mc, precision)
 
 

@@ -29,6 +29,18 @@ def _absent(value: object) -> bool:
     return value is None
 
 
+class Explanation(BaseModel):
+    """Where the model found its answer (``?explain=true``): a class activation map."""
+
+    label: str = Field(description="the class whose evidence the map shows (the answer's label)")
+    width: int = Field(description="heatmap width: the photo's aspect ratio, longest side 128")
+    height: int
+    heatmap_png: str = Field(
+        description="base64 PNG, gray + alpha: brighter is stronger evidence; transparent where "
+        "the model did not look (cropped away). Scaled to the photo's size it lies on it"
+    )
+
+
 class TaskAnswer(BaseModel):
     """One task's answer: what a single-task prediction gives, and each task of a multi-task one."""
 
@@ -40,6 +52,9 @@ class TaskAnswer(BaseModel):
     thresholds: dict[str, Any] = Field(description="the decision rule applied")
     uncertainty: Uncertainty | None = Field(
         None, exclude_if=_absent, description="only with MC dropout on (MC_SAMPLES)"
+    )
+    explanation: Explanation | None = Field(
+        None, exclude_if=_absent, description="only when asked (?explain=true)"
     )
 
 

@@ -159,25 +159,28 @@ class Service:
         return model
 
     async def predict(
-        self, data: bytes, filename: str | None, client: str | None = None
+        self, data: bytes, filename: str | None, client: str | None = None, explain: bool = False
     ) -> AnyPrediction:
         """Decode and preprocess off the event loop, then wait for a batch slot.
 
         ``client`` (the request's client key) picks the canary's side when CANARY_PERCENT is on.
+        ``explain``: each answer gets the heatmap of its label (422 for a model without maps).
         """
         started = time.perf_counter()
         model = self.model()
         canary = self.second.canary(client) if self.second is not None else None
         model = canary or model
         side = "canary" if canary is not None else "champion"
+        if explain and model.unexplained is not None:
+            raise HTTPException(422, f"explain=true: {model.unexplained}")
         timing = BatchTiming()
         with self.batcher.incoming():  # the collector waits for this image while it decodes
-            pixels, stats = await self._pixels(data, model, filename)
+            pixels, stats, size = await self._pixels(data, model, filename)
             queued = time.perf_counter()
-            future = self.batcher.enqueue(pixels, model, timing)
+            future = self.batcher.enqueue(pixels, model, timing, explain)
         try:
             scores = await future
-            reply = answer(model, scores)
+            reply = answer(model, scores, size if explain else None)
         except Exception as err:  # the batcher logged the traceback once for the whole batch
             self.metrics.answers.labels(side, model.version or "", "error").inc()
             raise HTTPException(
@@ -205,15 +208,17 @@ class Service:
 
     async def _pixels(
         self, data: bytes, model: LoadedModel, filename: str | None
-    ) -> tuple[Any, dict[str, float] | None]:
-        """The upload preprocessed for ``model``, and its drift statistics if the model keeps any.
+    ) -> tuple[Any, dict[str, float] | None, tuple[int, int]]:
+        """The upload preprocessed for ``model``, its drift statistics and its size as served.
 
-        Both are computed on the decoding pool, off the event loop.
+        The statistics only if the model keeps any; the size is (width, height) with the EXIF
+        orientation applied. Computed on the decoding pool, off the event loop.
         """
         try:
             opened = await self._in_pool(opened_for, data, model, self.limits)
             async with self.decode_memory.hold(opened.cost, self.settings.queue_wait_s):
-                return await self._in_pool(finish, opened, model)
+                pixels, stats = await self._in_pool(finish, opened, model)
+                return pixels, stats, (opened.width, opened.height)
         except ImageError as err:
             status = IMAGE_STATUS.get(err.reason, 422)
             raise HTTPException(status, f"{filename or 'upload'}: {err}") from err

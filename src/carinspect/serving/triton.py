@@ -3,8 +3,9 @@
 Layout, as Triton and KServe's ONNX runtime (Triton, protocol v2) read it::
 
     OUT/<model_name>/config.pbtxt      inputs/outputs, dynamic batching, instance groups,
-                                       the onnxruntime backend, optionally TensorRT FP16
-    OUT/<model_name>/<version>/model.onnx
+                                       the onnxruntime backend, optionally TensorRT
+                                       (FP16 engines, or INT8 from the INT8 graph)
+    OUT/<model_name>/<version>/model.onnx   the FP32 graph, or the INT8 one (triton.precision)
     OUT/<model_name>/model.json        the card: preprocessing, classes, decision rules
     OUT/<model_name>/labels.txt        one task: class names (Triton's classification extension)
 
@@ -109,8 +110,10 @@ def model_config(card: ModelCard, onnx_path: Path, cfg: TritonConfig) -> str:
         f"instance_group [\n  {{\n    count: {cfg.instance_count}\n    kind: {cfg.instance_kind}\n  }}\n]",
     ]
     if cfg.tensorrt and cfg.instance_kind != "KIND_CPU":
+        mode = "FP16" if cfg.tensorrt_fp16 else "FP32"
         params = {
-            "precision_mode": "FP16" if cfg.tensorrt_fp16 else "FP32",
+            # the INT8 graph's Q/DQ nodes carry its scales: no calibration table
+            "precision_mode": "INT8" if cfg.precision == "int8" else mode,
             "max_workspace_size_bytes": str(cfg.tensorrt_workspace_mb * 1024 * 1024),
             "trt_engine_cache_enable": "1",
             "trt_engine_cache_path": f"/tmp/triton-trt-cache/{cfg.model_name}",
@@ -134,6 +137,14 @@ def write_repository(
     repository entry as it was.
     """
     onnx_path = folder / card.files.get("fp32", ExportDir.ONNX)
+    if cfg.precision == "int8":
+        if "int8" not in card.files:
+            why = (
+                "its INT8 graph missed the gate at export" if card.int8 and not card.int8.passed
+                else "it was exported without one (export.quantize: int8)"
+            )  # fmt: skip
+            raise TritonError(f"{folder}: triton.precision is int8, but {why}")
+        onnx_path = folder / card.files["int8"]
     if not onnx_path.is_file():
         raise TritonError(f"{folder}: {onnx_path.name} not found")
     config = model_config(card, onnx_path, cfg)

@@ -169,7 +169,8 @@ def run(
         write_json_atomic(tmp.verdict, verdict.model_dump(mode="json"))
         write_text_atomic(tmp.predictions, _predictions(tasks, logits, labels, result, paths))
         _plots(tmp, tasks, result, cfg)
-        _mistakes(tmp, tasks, result, labels["test"], paths["test"], Path(ingest_dir))
+        shown = _mistakes(tmp, tasks, result, labels["test"], paths["test"], Path(ingest_dir))
+        _explained(tmp, model, spec, tasks, shown, Path(ingest_dir))
     if run_id:
         runs.append_to_run(
             settings, run_id, metrics, "eval.", out, "evaluation",
@@ -311,8 +312,11 @@ def _mistakes(
     test_labels: np.ndarray,
     test_paths: list[str],
     ingest_dir: Path,
-) -> None:
-    """mistakes.csv and figures/mistakes.png: wrong and uncertain test photos, by source name."""
+) -> list[list[Any]]:
+    """mistakes.csv and figures/mistakes.png: wrong and uncertain test photos, by source name.
+
+    Returns the rows (task, kind, source, path, label, answer, probability, margin).
+    """
     sources = {r.path: r.source for r in read_manifest(IngestDir(ingest_dir).manifest)}
     rows: list[list[Any]] = []
     for t, task in enumerate(tasks):
@@ -341,6 +345,48 @@ def _mistakes(
     captions = [f"{Path(r[2]).name}\n{r[4]} -> {r[5]} {float(r[6]):.2f}" for r in shown]
     wrong = [r[1] == "wrong" for r in shown]
     mistakes.contact_sheet(blobs, captions, wrong, out.mistakes_sheet)
+    return rows
+
+
+def _explained(
+    out: EvaluateDir,
+    model: Any,
+    spec: PreprocessSpec,
+    tasks: list[TaskSpec],
+    rows: list[list[Any]],
+    ingest_dir: Path,
+) -> None:
+    """figures/mistakes_explained.png: each wrong test photo with the heatmap of its answer.
+
+    Only for a model with class activation maps (:mod:`carinspect.modeling.explain`); the
+    maps come from the checkpoint here, as the exported graph computes them.
+    """
+    import torch
+    from PIL import Image
+
+    from carinspect.data.loading.preprocess import preprocess
+    from carinspect.evaluation.heatmap import heatmap, overlay, png
+    from carinspect.modeling.explain import cam_unavailable, class_maps
+
+    why = cam_unavailable(model, spec.img_size)
+    if why is not None:
+        logger.info("no %s: %s", out.mistakes_explained.name, why)
+        return
+    wrong = [r for r in rows if r[1] == "wrong"][: mistakes.SHEET_MAX]
+    blobs = open_store(ingest_dir).read_many([ingest_dir / r[3] for r in wrong])
+    offsets = dict(zip([t.name for t in tasks], task_slices(tasks), strict=True))
+    pictures = []
+    for row, blob in zip(wrong, blobs, strict=True):
+        with Image.open(io.BytesIO(bytes(blob))) as im:
+            photo = im.convert("RGB")
+        x = torch.from_numpy(preprocess(photo, spec))[None].to(next(model.parameters()).device)
+        with torch.no_grad():
+            maps = class_maps(model.get_classifier(), model.forward_features(x))[0].cpu()
+        task = next(t for t in tasks if t.name == row[0])
+        cam = maps[offsets[task.name]][task.classes.index(row[5])].numpy()
+        pictures.append(png(overlay(photo, heatmap(cam, photo.width, photo.height, spec))))
+    captions = [f"{Path(r[2]).name}\n{r[4]} -> {r[5]} {float(r[6]):.2f}" for r in wrong]
+    mistakes.contact_sheet(pictures, captions, [True] * len(wrong), out.mistakes_explained)
 
 
 def _ece(probs: np.ndarray, labels: np.ndarray, cfg: EvaluateConfig) -> float:

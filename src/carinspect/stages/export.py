@@ -19,6 +19,11 @@ classifier alone: serving can then sample the dropout (``MC_SAMPLES``) for an un
 figure. The head with a mask of ones must give the
 model's probabilities within ``export.max_abs_diff``.
 
+A model that ends in average pooling and one linear classifier (resnets, efficientnets) also
+gives each class's activation map (output ``cam``, :mod:`carinspect.modeling.explain`): serving
+turns it into a heatmap on request. The maps must average back to the graph's logits on the
+parity photos; model.json's ``explain`` names the output and its grid, or why there is none.
+
 Several tasks: the graph has one probabilities output per task (each at its task's temperature),
 model.json lists the tasks, and the parity check covers every task (the largest difference, and
 the flips summed over tasks).
@@ -39,7 +44,7 @@ from carinspect.config import ExportConfig, Settings
 from carinspect.contracts.cards import parse_card
 from carinspect.contracts.checkpoint import Checkpoint, model_section
 from carinspect.contracts.folders import ExportDir, IngestDir
-from carinspect.contracts.onnx_names import FEATURES, INPUT, MASK, OUTPUTS, task_output
+from carinspect.contracts.onnx_names import CAM, FEATURES, INPUT, MASK, OUTPUTS, task_output
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.rules import parse_rule, read_rule
 from carinspect.contracts.tasks import MISSING, TaskSpec, task_slices, tasks_of_checkpoint
@@ -50,6 +55,7 @@ from carinspect.errors import InputError
 from carinspect.evaluation.decision import decide_from_spec
 from carinspect.io import staged_dir, write_json_atomic
 from carinspect.modeling.checkpoint import load_checkpoint, model_from_checkpoint
+from carinspect.modeling.explain import cam_unavailable
 from carinspect.modeling.onnx_export import (
     Head,
     export_dropout_head,
@@ -268,7 +274,11 @@ def run(
     heads = [Head(a.name, a.outputs, a.temperature) for a in answers] if len(tasks) > 1 else None
     model = model_from_checkpoint(state)
     separable = head_is_separable(model, spec.img_size)
-    graph = _Graph(model, answers, heads, spec.img_size, cfg.opset, separable)
+    unexplained = cam_unavailable(model, spec.img_size)
+    if unexplained:
+        logger.info("model %s: no class activation maps: %s", model_section(state)["name"],
+                    unexplained)  # fmt: skip
+    graph = _Graph(model, answers, heads, spec.img_size, cfg.opset, separable, not unexplained)
     batch = _parity_batch(splits, ingest_dir, tasks, spec, cfg.parity_images)
     with torch.no_grad():
         torch_logits = model(torch.from_numpy(batch)).numpy()
@@ -276,6 +286,9 @@ def run(
     with staged_dir(Path(out)) as staged:
         tmp = ExportDir(staged)
         files, figures = _fp32(cfg, graph, tmp, batch, torch_logits)
+        explain = (
+            _explain(cfg, graph, tmp, batch) if graph.explain else {"unavailable": unexplained}
+        )
         mc = _mc_head(cfg, graph, tmp, batch, _dropout_rate(state, separable))
         if mc is not None:
             files["mc_head"] = tmp.MC_HEAD
@@ -296,8 +309,10 @@ def run(
                 "shape": ["batch", 3, spec.img_size, spec.img_size],
                 "dtype": "float32",
             },
-            "outputs": output_names(heads) + ([FEATURES] if separable else []),
+            "outputs": output_names(heads) + ([FEATURES] if separable else [])
+            + ([CAM] if graph.explain else []),
             "mc_dropout": mc,
+            "explain": explain,
             "opset": cfg.opset,
             "files": files,
             "parity": figures,
@@ -333,6 +348,7 @@ class _Graph:
     img_size: int
     opset: int
     separable: bool  # the classifier is a function of the pooled features (features output)
+    explain: bool  # the model ends in average pooling: class activation maps (cam output)
 
 
 def _parity_batch(
@@ -353,7 +369,7 @@ def _fp32(
     """model.onnx, refused unless self-contained and equal to the checkpoint on ``batch``."""
     export_onnx(
         graph.model, graph.answers[0].temperature, graph.img_size, graph.opset, tmp.onnx,
-        graph.heads, graph.separable,
+        graph.heads, graph.separable, graph.explain,
     )  # fmt: skip
     if not file_is_self_contained(tmp.onnx):
         raise ExportError(f"{tmp.ONNX} refers to external weight files")
@@ -365,6 +381,26 @@ def _fp32(
             "decision flip(s) (limit 0); the model was not exported"
         )
     return {"fp32": tmp.ONNX}, {"fp32": fp32}
+
+
+def _explain(cfg: ExportConfig, graph: _Graph, tmp: ExportDir, batch: np.ndarray) -> dict[str, Any]:
+    """model.json's explain entry, once the graph's maps average back to its logits on ``batch``.
+
+    A class's map is its evidence at each position; the mean over positions plus the
+    classifier's bias is the logit. If the graph's maps do not give its own logits, they do not
+    explain its answers, and the model is not exported.
+    """
+    sess = session(tmp.onnx)
+    logits, maps = sess.run([OUTPUTS[0], CAM], {INPUT: batch.astype(np.float32)})
+    bias = graph.model.get_classifier().bias  # type: ignore[operator]
+    offset = 0.0 if bias is None else bias.detach().numpy()
+    diff = float(np.abs(maps.mean(axis=(2, 3)) + offset - logits).max())
+    if diff > cfg.max_abs_diff * 10:
+        raise ExportError(
+            f"the class activation maps average to logits {diff:.2e} away from the graph's own "
+            f"(limit {cfg.max_abs_diff * 10:.0e}); the model was not exported"
+        )
+    return {"output": CAM, "grid": list(maps.shape[2:])}
 
 
 def _mc_head(

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from carinspect.config import EarlyStoppingConfig, TrainConfig
 from carinspect.contracts.tasks import MISSING, TaskSpec, task_slices
+from carinspect.training.cpu import bf16_in_hardware
 from carinspect.training.distributed import DistInfo, all_sum, average_gradients, gather_lists
 
 
@@ -36,15 +37,25 @@ def cosine_with_warmup(
 
 @dataclass
 class Precision:
-    """Autocast settings: bf16 where CUDA supports it, fp16 with a scaler otherwise, off on CPU."""
+    """Autocast settings: bf16 where the device computes it natively, else fp16 or fp32.
+
+    fp16 with a scaler on GPUs without bf16; fp32 on a CPU without AVX-512 BF16 or AMX (where
+    bf16 is emulated and slower) and with ``train.amp: false``.
+    """
 
     dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
 
     @classmethod
-    def choose(cls, enabled: bool, device: torch.device) -> Precision:
-        """Pick the precision for ``device``."""
-        if not enabled or device.type != "cuda":
+    def choose(
+        cls, enabled: bool, device: torch.device, flags: frozenset[str] | None = None
+    ) -> Precision:
+        """Pick the precision for ``device`` (``flags``: the CPU's, read from it when not given)."""
+        if not enabled:
+            return cls(None, None)
+        if device.type == "cpu":
+            return cls(torch.bfloat16, None) if bf16_in_hardware(flags) else cls(None, None)
+        if device.type != "cuda":
             return cls(None, None)
         if torch.cuda.is_bf16_supported():
             return cls(torch.bfloat16, None)

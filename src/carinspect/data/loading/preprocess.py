@@ -30,6 +30,22 @@ def _resize(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def seen_box(width: int, height: int, spec: PreprocessSpec) -> tuple[float, float, float, float]:
+    """The part of a ``width`` x ``height`` photo the network sees: (left, top, right, bottom).
+
+    As fractions of the photo's sides. ``squash`` sees all of it; ``crop`` the centre square
+    that :func:`_resize` cuts out (the same rounding). A map over the network's input lies on
+    this box of the photo.
+    """
+    if spec.resize == "squash":
+        return 0.0, 0.0, 1.0, 1.0
+    size, scaled = spec.img_size, round(spec.img_size / spec.crop_pct)
+    ratio = scaled / min(width, height)
+    w, h = max(scaled, round(width * ratio)), max(scaled, round(height * ratio))
+    left, top = (w - size) // 2, (h - size) // 2
+    return left / w, top / h, (left + size) / w, (top + size) / h
+
+
 def preprocess(img: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """RGB image (PIL or HxWx3 uint8) -> float32 array of shape (3, img_size, img_size)."""
     if isinstance(img, np.ndarray):

@@ -29,14 +29,29 @@ from carinspect.serving.uploads import EndpointOnly, files_in, upload_body
 from carinspect.serving.urlfetch import UrlFetchError, fetch
 
 uploads = APIRouter(route_class=EndpointOnly, tags=["predict"])
+EXPLAIN = {"parameters": [{
+    "name": "explain", "in": "query", "required": False, "schema": {"type": "boolean"},
+    "description": "each answer gets a heatmap of where the model found its label (a model "
+    "without class activation maps answers 422, naming why)",
+}]}  # fmt: skip
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def _explain(request: Request) -> bool:
+    """The ``explain`` query parameter; anything but a boolean is a 422 naming it."""
+    value = request.query_params.get("explain", "false").strip().lower()
+    if value not in TRUE + FALSE:
+        raise HTTPException(422, f"explain={value!r}: expected true or false")
+    return value in TRUE
 
 
 @uploads.post(
-    "/predict", response_model=AnyPrediction, openapi_extra=upload_body("file", many=False) | BEARER
+    "/predict", response_model=AnyPrediction,
+    openapi_extra=upload_body("file", many=False) | BEARER | EXPLAIN,
 )  # fmt: skip
 @uploads.post(
     "/predict/file", response_model=AnyPrediction, summary="Predict (the seed API's path)",
-    openapi_extra=upload_body("file", many=False) | BEARER,
+    openapi_extra=upload_body("file", many=False) | BEARER | EXPLAIN,
 )  # fmt: skip
 async def predict(request: Request) -> Response:
     """One image (multipart field ``file``): label, confidence, probabilities.
@@ -46,13 +61,14 @@ async def predict(request: Request) -> Response:
     """
     service = await service_of(request)
     check_key(service, request.headers.get("authorization"))
+    explain = _explain(request)
     (part,) = await files_in(request, "file", most=1)
-    return _json(await service.predict(part.data, part.filename, _client_key(request)))
+    return _json(await service.predict(part.data, part.filename, _client_key(request), explain))
 
 
 @uploads.post(
     "/predict/batch", response_model=BatchPrediction,
-    openapi_extra=upload_body("files", many=True) | BEARER,
+    openapi_extra=upload_body("files", many=True) | BEARER | EXPLAIN,
 )  # fmt: skip
 async def predict_batch(request: Request) -> Response:
     """Several images (multipart field ``files``, at most MAX_BATCH_FILES), in order.
@@ -63,9 +79,10 @@ async def predict_batch(request: Request) -> Response:
     started = time.perf_counter()
     service = await service_of(request)
     check_key(service, request.headers.get("authorization"))
+    explain = _explain(request)
     files = await files_in(request, "files", most=service.settings.max_batch_files)
     results = await asyncio.gather(
-        *(service.predict(f.data, f.filename, _client_key(request)) for f in files),
+        *(service.predict(f.data, f.filename, _client_key(request), explain) for f in files),
         return_exceptions=True,
     )
     answers: list[Prediction | MultiTaskPrediction | BatchItemError] = []
