@@ -42,6 +42,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -79,7 +80,7 @@ end
 local prepared = {}
 init = function(args)
   for i = 1, #bodies do
-    prepared[i] = wrk.format("POST", "/predict",
+    prepared[i] = wrk.format("POST", "%(path)s",
       {["Content-Type"] = "multipart/form-data; boundary=%(boundary)s"}, bodies[i])
   end
 end
@@ -130,14 +131,40 @@ def phone_photos(images: list[bytes], size: tuple[int, int]) -> list[bytes]:
     return out
 
 
-def wrk_script(images: list[bytes], where: Path) -> Path:
-    """The multipart bodies of ``images`` and the wrk script that posts them in turn."""
+def wrk_script(images: list[bytes], where: Path, path: str = "/predict") -> Path:
+    """The multipart bodies of ``images`` and the wrk script that posts them in turn to ``path``."""
     _bodies(images, where)
-    script = where / "post.lua"
-    script.write_text(
-        LUA % {"n": len(images), "dir": str(where), "boundary": BOUNDARY, "quantiles": QUANTILES}
-    )
+    script = where / f"post{re.sub(r'[^A-Za-z0-9]+', '_', path)}.lua"
+    script.write_text(LUA % {"n": len(images), "dir": str(where), "boundary": BOUNDARY,
+                             "quantiles": QUANTILES, "path": path})  # fmt: skip
     return script
+
+
+def turns(
+    sides: dict[str, tuple[dict[str, str], Path]], rounds: int, seconds: int, concurrency: int = 32
+) -> dict[str, list[dict[str, Any]]]:
+    """Each side's own `carinspect serve` (its env), driven by wrk with its script, in turns.
+
+    A fresh server per side and round, warmed by a 3-second burst first (the first burst of
+    ``concurrency`` uploads is not steady state); the machine's drift hits every side alike.
+    Prints each round's req/s, p50 and p99; returns the runs by side.
+    """
+    cli = str(Path(sys.executable).parent / "carinspect")
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for r in range(rounds):
+        for side, (env, script) in sides.items():
+            port = _free_port()
+            proc = _start([cli, "serve", "--port", str(port)], env, port)
+            try:
+                drive(port, script, concurrency, 3)
+                run = drive(port, script, concurrency, seconds)
+            finally:
+                _stop(proc)
+            assert run["failed"] == 0, (side, run["failed"])
+            runs[side].append(run)
+            print(f"round {r + 1} {side:>14s}: {run['rps']:7.1f} req/s  p50 {run['p50']:6.1f} ms  "
+                  f"p99 {run['p99']:6.1f} ms", flush=True)  # fmt: skip
+    return runs
 
 
 def _bodies(images: list[bytes], where: Path) -> None:

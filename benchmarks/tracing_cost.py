@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_throughput import ROOT, _free_port, _images, _start, _stop, drive, wrk_script
+from serve_throughput import ROOT, _images, turns, wrk_script
 
 
 class _Collector(BaseHTTPRequestHandler):
@@ -60,24 +60,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     script = wrk_script(_images(args.images, args.count), work)
     base = {"MODEL_URI": str(args.model), "MODEL_CACHE_DIR": str(work / "cache")}
-    sides = {"off": {}, "traced": {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}}
-    rps: dict[str, list[float]] = {k: [] for k in sides}
-    tails: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
-    cli = str(Path(sys.executable).parent / "carinspect")
-    for r in range(args.rounds):
-        for side, env in sides.items():
-            port = _free_port()
-            proc = _start([cli, "serve", "--port", str(port)], {**base, **env}, port)
-            try:
-                drive(port, script, 32, 3)  # warm: the first burst of 32 is not steady state
-                run = drive(port, script, 32, args.seconds)
-            finally:
-                _stop(proc)
-            assert run["failed"] == 0, (side, run["failed"])
-            rps[side].append(run["rps"])
-            tails[side].append((run["p50"], run["p99"]))
-            print(f"round {r + 1} {side:6s}: {run['rps']:7.1f} req/s  p50 {run['p50']:6.1f} ms  "
-                  f"p99 {run['p99']:6.1f} ms")  # fmt: skip
+    sides = {"off": (base, script),
+             "traced": ({**base, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}, script)}  # fmt: skip
+    runs = turns(sides, args.rounds, args.seconds)
+    rps = {side: [run["rps"] for run in found] for side, found in runs.items()}
     collector.shutdown()
     assert _Collector.exports > 0, "the traced server sent no spans"
     off, traced = statistics.median(rps["off"]), statistics.median(rps["traced"])
