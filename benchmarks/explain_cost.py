@@ -11,29 +11,19 @@ drift hits both alike. Prints req/s (median of the rounds), p50 and p99 of each 
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_throughput import ROOT, _images, turns, wrk_script
+from serve_throughput import ROOT, _images, turn_args, turns, wrk_script
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = turn_args(__doc__)
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "export")
-    ap.add_argument(
-        "--images", type=Path, default=ROOT.parent / "shared" / "data" / "car-integrity-indrive"
-    )
-    ap.add_argument("--count", type=int, default=64)
-    ap.add_argument("--seconds", type=int, default=20, help="per server and round, at 32")
-    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install wrk")
     card = args.model / "model.json"
     if not card.is_file() or '"output": "cam"' not in card.read_text():
         sys.exit(f"{args.model}: no model with class activation maps (run scripts/main.sh)")

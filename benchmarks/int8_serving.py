@@ -13,9 +13,7 @@ export (this measures speed; benchmarks/int8.py counts the decisions that differ
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -26,7 +24,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from int8 import _cpu
-from serve_throughput import ROOT, _images, phone_photos, turns, wrk_script
+from serve_throughput import ROOT, _images, phone_photos, turn_args, turns, wrk_script
 
 
 def _export_int8(params: Path, work: Path) -> Path:
@@ -43,7 +41,8 @@ def _export_int8(params: Path, work: Path) -> Path:
          "--calibration", str(models / "evaluate" / "calibration.json"),
          "--threshold", str(models / "threshold" / "threshold.json"),
          "--ingest", str(ROOT / "data" / "ingest"),
-         "--splits", str(ROOT / "data" / "split" / "splits.csv"), "--out", str(out)],
+         "--splits", str(ROOT / "data" / "split" / "splits.csv"), "--out", str(out),
+         "--run", str(work / "no-run.json")],  # not the main job's MLflow run
         check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     gate = json.loads((out / "model.json").read_text())["int8"]
@@ -54,17 +53,9 @@ def _export_int8(params: Path, work: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = turn_args(__doc__)
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    ap.add_argument(
-        "--images", type=Path, default=ROOT.parent / "shared" / "data" / "car-integrity-indrive"
-    )
-    ap.add_argument("--count", type=int, default=64)
-    ap.add_argument("--seconds", type=int, default=20, help="per server and round, at 32")
-    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install wrk")
     if not (ROOT / "models" / "train" / "best.pt").is_file():
         sys.exit("no models/train/best.pt: run scripts/main.sh first")
     print(f"CPU: {_cpu()}")

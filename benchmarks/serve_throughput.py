@@ -140,6 +140,19 @@ def wrk_script(images: list[bytes], where: Path, path: str = "/predict") -> Path
     return script
 
 
+def turn_args(doc: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that serves the same photos two ways in turns (:func:`turns`)."""
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" /
+                    "car-integrity-indrive")  # fmt: skip
+    ap.add_argument("--count", type=int, default=64)
+    ap.add_argument("--seconds", type=int, default=20, help="per server and round, at 32")
+    ap.add_argument("--rounds", type=int, default=3)
+    return ap
+
+
 def turns(
     sides: dict[str, tuple[dict[str, str], Path]], rounds: int, seconds: int, concurrency: int = 32
 ) -> dict[str, list[dict[str, Any]]]:

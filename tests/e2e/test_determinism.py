@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO_ROOT
 from tests.docs.shape import first_mismatch, matches
@@ -98,3 +99,23 @@ def test_two_clones_train_the_same_weights_and_print_the_readme_figures(tmp_path
     assert low <= test["accuracy"] <= high, (
         f"test accuracy {test['accuracy']} is outside the range the README states [{low}, {high}]"
     )
+
+    # bf16 (train.amp on a CPU that has it, as both clones trained) against fp32 on the same
+    # data: within the tolerance docs/determinism.md states
+    from carinspect.training.cpu import bf16_in_hardware
+
+    if not bf16_in_hardware():
+        return  # both clones trained in fp32 here: nothing to compare
+    params = yaml.safe_load((clones[1] / "params.yaml").read_text())
+    params["train"]["amp"] = False
+    (clones[1] / "fp32.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "carinspect"), "train", "--params", "fp32.yaml",
+         "--ingest", "data/ingest", "--splits", "data/split/splits.csv", "--out", "fp32"],
+        cwd=clones[1], env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    f1 = [json.loads((path / "metrics.json").read_text())["val_macro_f1"]
+          for path in (clones[0] / "models" / "train", clones[1] / "fp32")]  # fmt: skip
+    assert abs(f1[0] - f1[1]) <= 0.02, f"val macro-F1 bf16 {f1[0]} vs fp32 {f1[1]}"

@@ -3,13 +3,16 @@
 import base64
 import io
 import json
+import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 from PIL import Image
 
+from tests.conftest import VENV_BIN
 from tests.serving.conftest import Server, image_bytes
 
 
@@ -64,3 +67,29 @@ def test_a_model_without_maps_refuses_to_explain_naming_why(
     r = _post(s, "?explain=true")
     assert r.status_code == 422
     assert "has no class activation maps: it was exported before" in r.json()["detail"]
+
+
+def test_predict_explain_draws_each_answer_on_its_photo(
+    tmp_path: Path, upstream: dict[str, Path]
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "front.jpg").write_bytes(image_bytes(size=(90, 60)))
+    (photos / "side.png").write_bytes(image_bytes("PNG", size=(40, 80)))
+    (photos / "notes.txt").write_text("not a photo")
+    env = {**os.environ, "MODEL_URI": str(upstream["export"])}
+    out, heat = tmp_path / "preds.json", tmp_path / "heatmaps"
+    done = subprocess.run(
+        [str(VENV_BIN / "carinspect"), "predict", str(photos), "--out", str(out), "--explain",
+         str(heat)], env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "3 inputs, 1 unusable" in done.stdout and f"heatmaps in {heat}" in done.stdout
+    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+    assert "explanation" not in rows["notes.txt"]
+    for name, size in (("front.jpg", (90, 60)), ("side.png", (40, 80))):
+        explanation = rows[name]["explanation"]
+        assert explanation["label"] in ("clean", "dirty")
+        with Image.open(explanation["file"]) as drawn:  # the photo, the map laid on it
+            assert drawn.size == size and drawn.mode == "RGB"
+    assert sorted(p.name for p in heat.iterdir()) == ["00000_front.png", "00002_side.png"]
