@@ -12,6 +12,7 @@ from carinspect.modeling.checkpoint import load_checkpoint
 from carinspect.modeling.factory import ModelError
 from carinspect.stages import train
 from carinspect.stages.train import TrainError
+from carinspect.training.cpu import bf16_in_hardware
 from tests.conftest import VENV_BIN, Prepared, tiny_params
 
 METRIC_COLUMNS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr")
@@ -77,6 +78,11 @@ def test_one_epoch_through_the_cli(
     run = the_only_run(sqlite_tracking)
     assert run.info.run_id == run_info["run_id"] == state["mlflow_run_id"]
     check_run(run, epochs=1)
+    # train.amp: bf16 on a CPU that has it, with the precision gate's figure; fp32 elsewhere
+    bf16 = bf16_in_hardware()
+    assert run.data.tags["precision"] == ("bf16" if bf16 else "fp32")
+    assert ("amp_flip_rate" in metrics) == bf16 and metrics.get("amp_flip_rate", 0) <= 0.05
+    assert ("amp_flip_rate" in run.data.metrics) == bf16
 
 
 def test_resume_reaches_the_same_result(
@@ -114,7 +120,9 @@ def test_ddp_two_cpu_processes(tmp_path: Path, prepared: Prepared, sqlite_tracki
     # rank 0's per-epoch progress, once per epoch (not once per rank)
     assert out.stderr.count("carinspect.stages.train: epoch 1/2: loss") == 1, out.stderr
     assert out.stderr.count("carinspect.stages.train: epoch 2/2: loss") == 1, out.stderr
-    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["epochs_run"] == 2
+    ddp_metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert ddp_metrics["epochs_run"] == 2
+    assert ("amp_flip_rate" in ddp_metrics) == bf16_in_hardware()  # gathered over both ranks
     state = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     mlflow.set_tracking_uri(sqlite_tracking)

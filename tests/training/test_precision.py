@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from carinspect.contracts.tasks import TaskSpec
 from carinspect.training.cpu import bf16_in_hardware, cpu_flags
-from carinspect.training.loop import Precision
+from carinspect.training.loop import Precision, precision_flips
 
 CPU = torch.device("cpu")
 SAPPHIRE_RAPIDS = frozenset({"avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"})
@@ -50,3 +51,19 @@ def test_bf16_autocast_runs_a_training_step_in_bf16_with_fp32_weights() -> None:
     assert hidden.dtype == torch.bfloat16
     out.float().sum().backward()
     assert all(p.dtype == torch.float32 and p.grad is not None for p in model.parameters())
+
+
+def test_answers_that_bf16_rounding_changes_are_counted_against_fp32() -> None:
+    # two logits 2^-10 apart: fp32 tells them apart, bf16's 8-bit mantissa rounds them equal
+    model = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0], [1.0 + 2**-10]]))
+    loader = [(torch.ones(3, 1), torch.zeros(3, dtype=torch.long)),
+              (torch.full((2, 1), 2.0), torch.zeros(2, dtype=torch.long))]  # fmt: skip
+    task = TaskSpec(name="cleanliness", classes=["clean", "dirty"])
+    bf16 = Precision(torch.bfloat16, None)
+    assert precision_flips(model, loader, CPU, bf16, [task]) == (5, 5)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0], [1.5]]))  # far apart: no answer changes
+    assert precision_flips(model, loader, CPU, bf16, [task]) == (0, 5)
+    assert precision_flips(model, loader, CPU, Precision(None, None), [task]) == (0, 5)

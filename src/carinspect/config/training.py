@@ -112,6 +112,13 @@ class TrainConfig(Section):
         description="mixed precision: bf16 on GPUs and on CPUs with AVX-512 BF16 or AMX, "
         "fp16 on older GPUs, fp32 on other CPUs",
     )
+    amp_max_flip_rate: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="mixed precision's gate: share of val answers of the best checkpoint that may "
+        "differ between the training precision and fp32 (what the exported graph computes)",
+    )
     channels_last: bool = False
     compile: bool = False
     ema: bool = False

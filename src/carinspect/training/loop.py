@@ -312,6 +312,30 @@ def task_metrics(logits: np.ndarray, labels: np.ndarray, tasks: list[TaskSpec]) 
     return out
 
 
+def precision_flips(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    precision: Precision,
+    tasks: list[TaskSpec],
+    channels_last: bool = False,
+) -> tuple[int, int]:
+    """Val answers (top class per task) that differ between the training precision and fp32.
+
+    The best epoch is picked on val figures computed at the training precision, while the
+    exported graph runs the same weights in fp32. Where the two arithmetics answer many photos
+    differently, those figures do not describe the model that is deployed. Returns (differing,
+    answers), summed over ranks.
+    """
+    low, _ = predict_logits(model, loader, device, precision, channels_last)
+    full, _ = predict_logits(model, loader, device, Precision(None, None), channels_last)
+    differ = sum(
+        int((low[:, s].argmax(1) != full[:, s].argmax(1)).sum()) for s in task_slices(tasks)
+    )
+    counts = gather_lists([(differ, len(low) * len(tasks))])
+    return sum(d for d, _ in counts), sum(n for _, n in counts)
+
+
 def evaluate(
     model: nn.Module, loader: Any, ctx: StepContext, tasks: list[TaskSpec]
 ) -> dict[str, float]:

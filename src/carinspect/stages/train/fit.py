@@ -18,10 +18,12 @@ from carinspect.contracts.folders import TrainDir
 from carinspect.contracts.preprocess import PreprocessSpec
 from carinspect.contracts.tasks import MISSING, TaskSpec, num_outputs, task_slices
 from carinspect.data.loading.dataset import Sample, load_task_split, sample_labels
+from carinspect.modeling.checkpoint import load_checkpoint
 from carinspect.modeling.factory import build_model
 from carinspect.modeling.losses import MultiTaskLoss, build_task_loss
 from carinspect.stages.train.inputs import (
     EpochHook,
+    TrainError,
     TrainInputs,
     TrainResult,
     ingest_short_side,
@@ -40,6 +42,7 @@ from carinspect.training.loop import (
     StepContext,
     cosine_with_warmup,
     evaluate,
+    precision_flips,
     train_one_epoch,
 )
 from carinspect.training.resume import data_digest
@@ -267,7 +270,44 @@ class _Epochs:
             history=tuple(state.history),
             stopped_by_hook=self.hooked,
         )
+        if finished and self.ctx.precision.dtype is not None:
+            result = replace(result, metrics={**result.metrics, **self._precision_gate()})
         if self.info.primary:
             digest = write_outputs(inputs, result, state.history, finished)
             result = replace(result, weights_sha256=digest)
         return result
+
+    def _precision_gate(self) -> dict[str, float]:
+        """The best checkpoint's val answers at the training precision against fp32.
+
+        Refuses the training (``train.amp_max_flip_rate``) when too many differ: its val
+        figures, computed in bf16 or fp16, would not describe the fp32 model that is exported.
+        """
+        cfg, state = self.inputs.train, self.state
+        unwrap(state.eval_model).load_state_dict(
+            load_checkpoint(TrainDir(self.inputs.out).best)["model"]
+        )
+        ctx = self.ctx
+        differ, answers = precision_flips(
+            state.eval_model,
+            self.data.val,
+            ctx.device,
+            ctx.precision,
+            state.tasks,
+            ctx.channels_last,
+        )
+        rate = differ / max(answers, 1)
+        name = self.ctx.precision.name
+        figures = {"amp_flip_rate": round(rate, 6)}
+        if self.info.primary:
+            runs.log_metrics(figures, None)
+        if rate > cfg.amp_max_flip_rate:
+            raise TrainError(
+                f"{name} training: {differ} of {answers} val answers of the best checkpoint "
+                f"differ between {name} and fp32 arithmetic ({rate:.1%}, limit "
+                f"train.amp_max_flip_rate {cfg.amp_max_flip_rate:.1%}): its val figures do not "
+                "describe the fp32 model export writes; train with train.amp: false"
+            )
+        logger.info("%s: %d of %d val answers differ from fp32 (%.1f%%, limit %.1f%%)", name,
+                    differ, answers, 100 * rate, 100 * cfg.amp_max_flip_rate)  # fmt: skip
+        return figures
