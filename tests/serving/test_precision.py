@@ -11,6 +11,7 @@ from carinspect.contracts.cards import read_card
 from carinspect.contracts.onnx_names import CAM
 from carinspect.data.decoding.images import ImageLimits
 from carinspect.data.intake.demo import demo_files
+from carinspect.modeling.quantize import tensorrt_refuses
 from carinspect.serving.inference import answer, pixels_for
 from carinspect.serving.loaded import ModelLoadError, ModelRef
 from carinspect.serving.opening import open_model, provider_options, read_meta
@@ -110,3 +111,36 @@ def test_the_int8_graph_keeps_the_maps_and_triton_carries_it(
     with pytest.raises(TritonError, match=r"exported without one \(export.quantize: int8\)"):
         write_repository(plain, read_card(plain / "model.json"),
                          TritonConfig(precision="int8"), tmp_path / "repo2")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def asymmetric(tmp_path_factory: pytest.TempPathFactory, upstream: dict[str, Path],
+               prepared: Prepared) -> Path:  # fmt: skip
+    out = tmp_path_factory.mktemp("int8-asymmetric") / "export"
+    cfg = ExportConfig(quantize="int8", int8_symmetric=False, int8_max_flip_rate=1.0,
+                       int8_max_recall_drop=1.0)  # fmt: skip
+    run_export(cfg, upstream, prepared, out)
+    return out
+
+
+def test_an_asymmetric_int8_graph_is_kept_off_tensorrt_naming_why(
+    with_int8: Path, asymmetric: Path, tmp_path: Path
+) -> None:
+    # the default graph: every zero point 0, as TensorRT takes it
+    assert read_card(with_int8 / "model.json").int8.tensorrt is None  # type: ignore[union-attr]
+    assert tensorrt_refuses(with_int8 / "model.int8.onnx") is None
+    card = read_card(asymmetric / "model.json")
+    why = card.int8.tensorrt  # type: ignore[union-attr]
+    assert why is not None and "zero point other than 0" in why and "int8_symmetric" in why
+    assert _open(asymmetric, "int8").precision == "int8"  # the CPU runs it
+    trt = ServeSettings(MODEL_URI=str(asymmetric), MODEL_PRECISION="int8",
+                        ORT_PROVIDERS="TensorrtExecutionProvider,CPUExecutionProvider",
+                        MODEL_CACHE_DIR=tmp_path)  # fmt: skip
+    with pytest.raises(ModelLoadError, match=r"on TensorRT: model\.int8\.onnx: .* zero point"):
+        open_model(ModelRef.parse(str(asymmetric)), None, asymmetric, trt)
+    with pytest.raises(TritonError, match="TensorRT takes symmetric INT8 only"):
+        write_repository(asymmetric, card, TritonConfig(precision="int8"), tmp_path / "repo")
+    cpu = TritonConfig(precision="int8", instance_kind="KIND_CPU")  # no TensorRT there
+    assert (
+        write_repository(asymmetric, card, cpu, tmp_path / "repo") / "1" / "model.onnx"
+    ).is_file()

@@ -110,6 +110,11 @@ class ExportConfig(Section):
     int8_calibration_images: int = Field(
         256, ge=8, le=5000, description="train photos the activation ranges are calibrated on"
     )
+    int8_symmetric: bool = Field(
+        True,
+        description="INT8: every zero point 0, activations too: what TensorRT takes (GPU nodes "
+        "and Triton); false: asymmetric activations, a few percent faster on CPUs only",
+    )
     int8_max_flip_rate: float = Field(
         0.01, ge=0.0, le=1.0, description="INT8: share of val decisions allowed to differ from FP32"
     )

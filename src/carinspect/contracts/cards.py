@@ -55,6 +55,10 @@ class PrecisionGate(Contract):
     worst_recall_drop: float
     ece_fp32: float = Field(ge=0.0)
     ece: float = Field(ge=0.0)
+    tensorrt: str | None = Field(
+        None, description="why TensorRT would refuse the graph (asymmetric zero points); None: "
+        "it takes it (or the card predates the check)",
+    )  # fmt: skip
     max_flip_rate: float
     max_recall_drop: float
     passed: bool
@@ -173,6 +177,12 @@ class ModelCard(Contract):
         if self.input.shape[1:] != [3, side, side]:
             raise ValueError(f"input shape {self.input.shape} does not match img_size {side}")
         return self
+
+    def why_no_int8(self) -> str:
+        """Why the card lists no INT8 graph: it missed its gate, or none was made."""
+        if self.int8 is not None and not self.int8.passed:
+            return "its INT8 graph missed the gate at export"
+        return "it was exported without one (export.quantize: int8)"
 
     def _check_tasks(self, tasks: list[TaskCard]) -> None:
         if self.classes is not None or self.decision is not None:

@@ -22,8 +22,14 @@ from carinspect.contracts.onnx_names import INPUT
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Relu", "MaxPool", "AveragePool"]
 
 
-def quantize_int8(fp32: Path, out: Path, batches: Iterable[np.ndarray]) -> Path:
-    """Write the INT8 (QDQ) version of ``fp32`` to ``out``, calibrated on ``batches`` (NCHW)."""
+def quantize_int8(
+    fp32: Path, out: Path, batches: Iterable[np.ndarray], symmetric: bool = True
+) -> Path:
+    """Write the INT8 (QDQ) version of ``fp32`` to ``out``, calibrated on ``batches`` (NCHW).
+
+    ``symmetric``: every zero point 0, activations too, which is what TensorRT accepts (it
+    refuses a Q/DQ graph with any other zero point); the CPU runs either.
+    """
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -47,5 +53,31 @@ def quantize_int8(fp32: Path, out: Path, batches: Iterable[np.ndarray]) -> Path:
             str(prepared), str(out), _Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             op_types_to_quantize=QUANTIZED_OPS,
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
         )  # fmt: skip
     return Path(out)
+
+
+def tensorrt_refuses(graph: Path) -> str | None:
+    """Why TensorRT would not build INT8 engines from this Q/DQ graph, or None when it would.
+
+    TensorRT takes only symmetric quantization: every QuantizeLinear and DequantizeLinear zero
+    point 0 (it stops at the first other one). Checked here, where it costs a file read, not on
+    a GPU node after minutes of engine building.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(graph))
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        zero = constants.get(node.input[2])
+        if zero is not None and np.any(numpy_helper.to_array(zero) != 0):
+            return (
+                f"{graph.name}: {node.op_type} {node.name!r} has a zero point other than 0 "
+                "(asymmetric activations); TensorRT takes symmetric INT8 only: export with "
+                "export.int8_symmetric: true"
+            )
+    return None

@@ -157,11 +157,7 @@ def _graph(folder: Path, card: ModelCard, precision: str, provider: str) -> Path
     found = next((p for p in (folder / name, folder / "extra_files" / name) if p.is_file()),
                  None) if name else None  # fmt: skip
     if found is None and precision == "int8":
-        why = (
-            "its INT8 graph missed the gate at export" if card.int8 and not card.int8.passed
-            else "it was exported without one (export.quantize: int8)"
-        )  # fmt: skip
-        raise ModelLoadError(f"{folder}: MODEL_PRECISION=int8, but {why}")
+        raise ModelLoadError(f"{folder}: MODEL_PRECISION=int8, but {card.why_no_int8()}")
     return found
 
 
@@ -174,6 +170,12 @@ def open_model(
     wanted, required = resolve_providers(settings.ort_providers)
     onnx_path, card = read_meta(folder, settings.model_precision, wanted[0])
     int8 = onnx_path.name == card.files.get("int8")
+    if int8 and wanted[0] == "TensorrtExecutionProvider" and card.int8 and card.int8.tensorrt:
+        # onnxruntime would hand the graph to CUDA or the CPU instead, silently
+        raise ModelLoadError(
+            f"{folder}: MODEL_PRECISION={settings.model_precision} on TensorRT: "
+            f"{card.int8.tensorrt}"
+        )
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = settings.inference_threads

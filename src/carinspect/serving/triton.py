@@ -26,6 +26,7 @@ from carinspect.contracts.cards import ModelCard
 from carinspect.contracts.folders import ExportDir
 from carinspect.contracts.onnx_names import INPUT, OUTPUTS
 from carinspect.errors import InputError
+from carinspect.modeling.quantize import tensorrt_refuses
 
 CONFIG = "config.pbtxt"
 LABELS = "labels.txt"
@@ -139,14 +140,14 @@ def write_repository(
     onnx_path = folder / card.files.get("fp32", ExportDir.ONNX)
     if cfg.precision == "int8":
         if "int8" not in card.files:
-            why = (
-                "its INT8 graph missed the gate at export" if card.int8 and not card.int8.passed
-                else "it was exported without one (export.quantize: int8)"
-            )  # fmt: skip
-            raise TritonError(f"{folder}: triton.precision is int8, but {why}")
+            raise TritonError(f"{folder}: triton.precision is int8, but {card.why_no_int8()}")
         onnx_path = folder / card.files["int8"]
     if not onnx_path.is_file():
         raise TritonError(f"{folder}: {onnx_path.name} not found")
+    if cfg.precision == "int8" and cfg.tensorrt and cfg.instance_kind != "KIND_CPU":
+        refused = tensorrt_refuses(onnx_path)
+        if refused is not None:
+            raise TritonError(f"{folder}: triton.tensorrt with triton.precision int8: {refused}")
     config = model_config(card, onnx_path, cfg)
     target = out / cfg.model_name
     tmp = out / f".{cfg.model_name}.tmp"

@@ -25,7 +25,7 @@ from carinspect.data.loading.dataset import Sample, dataset_for, load_task_split
 from carinspect.evaluation.decision import decide_from_spec
 from carinspect.evaluation.metrics import expected_calibration_error
 from carinspect.modeling.onnx_export import ort_probabilities, session
-from carinspect.modeling.quantize import quantize_int8
+from carinspect.modeling.quantize import quantize_int8, tensorrt_refuses
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +56,12 @@ def int8_graph(
 ) -> dict[str, Any]:
     """model.int8.onnx beside tmp's FP32 graph if it passes the gate; the card's figures."""
     train = load_task_split(splits, ingest_dir, "train", tasks)[: cfg.int8_calibration_images]
-    quantize_int8(tmp.onnx, tmp.onnx_int8, _batches(train, spec, ingest_dir))
+    quantize_int8(tmp.onnx, tmp.onnx_int8, _batches(train, spec, ingest_dir), cfg.int8_symmetric)
     val = load_task_split(splits, ingest_dir, "val", tasks)
     figures = gate(cfg, tmp.onnx, tmp.onnx_int8, answers, val, spec, ingest_dir)
     if figures["passed"]:
         logger.info("INT8 graph kept: %s", describe(figures))
-        return {**figures, "file": tmp.ONNX_INT8}
+        return {**figures, "file": tmp.ONNX_INT8, "tensorrt": tensorrt_refuses(tmp.onnx_int8)}
     tmp.onnx_int8.unlink()
     logger.warning("INT8 graph not written, it missed its gate: %s", describe(figures))
     return {**figures, "file": None}
