@@ -2,10 +2,12 @@
 
 The model's FP32 graph (an export folder: model.onnx + model.json) is quantized as
 `export.quantize: int8` does it (onnxruntime static QDQ, per-channel weights, the head in FP32),
-calibrated on half of the photos through the served preprocessing; both graphs then answer the
-other half, batch 32, in turns (``--rounds``) with the server's session settings, and the
-decisions of the two are compared with the model's own rule. Prints images/s of each, the ratio
-(goal >= 2x) and the share of decisions that differ (goal <= 1%), with the CPU's name and flags.
+calibrated on half of the photos through the served preprocessing, twice: symmetric (the default,
+what TensorRT takes) and with asymmetric activations (``export.int8_symmetric: false``). The
+graphs then answer the other half, batch 32, in turns (``--rounds``) with the server's session
+settings, and their decisions are compared with FP32's under the model's own rule. Prints
+images/s of each, the ratios (goal >= 2x) and the share of decisions that differ from FP32 (goal
+<= 1%), with the CPU's name and flags.
 
     python benchmarks/int8.py [--model models/export] [--images DIR] [--count 256]
 """
@@ -76,28 +78,33 @@ def main() -> None:
     half = len(photos) // 2
     calibration, held = np.stack(photos[:half]), np.stack(photos[half:])
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        for f in args.model.iterdir():
-            if f.is_file():
-                (folder / f.name).write_bytes(f.read_bytes())
-        quantize_int8(args.model / "model.onnx", folder / "model.onnx",
-                      (calibration[i : i + 32] for i in range(0, half, 32)))  # fmt: skip
-        int8 = open_model(ModelRef.parse(str(folder)), None, folder, settings)
+        models = {"fp32": fp32}
+        for name, symmetric in (("int8", True), ("int8 asymmetric", False)):
+            folder = Path(tmp) / name.replace(" ", "_")
+            folder.mkdir()
+            for f in args.model.iterdir():
+                if f.is_file():
+                    (folder / f.name).write_bytes(f.read_bytes())
+            quantize_int8(args.model / "model.onnx", folder / "model.onnx",
+                          (calibration[i : i + 32] for i in range(0, half, 32)), symmetric)  # fmt: skip
+            models[name] = open_model(ModelRef.parse(str(folder)), None, folder, settings)
         batch = held[:32]
-        rates: dict[str, list[float]] = {"fp32": [], "int8": []}
+        rates: dict[str, list[float]] = {name: [] for name in models}
         for _ in range(args.rounds):
-            for name, model in (("fp32", fp32), ("int8", int8)):
+            for name, model in models.items():
                 rates[name].append(_rate(model, batch, args.seconds))
         decided = {}
-        for name, model in (("fp32", fp32), ("int8", int8)):
+        for name, model in models.items():
             scores = [model.infer(held[i : i + 32]) for i in range(0, len(held), 32)]
             decided[name] = [answer(model, s).labels for group in scores for s in group]
-    differ = sum(a != b for a, b in zip(decided["fp32"], decided["int8"], strict=True))
-    f, q = statistics.median(rates["fp32"]), statistics.median(rates["int8"])
+    f = statistics.median(rates["fp32"])
     print(f"{_cpu()}; model {args.model} ({fp32.meta['name']}, {fp32.spec.img_size} px)")
-    print(f"batch 32, median of {args.rounds} rounds: FP32 {f:.1f} images/s, INT8 {q:.1f} images/s")
-    print(f"INT8 / FP32 = {q / f:.2f}x (goal >= 2x); decisions that differ: {differ} of "
-          f"{len(held)} ({differ / len(held):.2%}, goal <= 1%)")  # fmt: skip
+    print(f"batch 32, median of {args.rounds} rounds: FP32 {f:.1f} images/s")
+    for name in ("int8", "int8 asymmetric"):
+        q = statistics.median(rates[name])
+        differ = sum(a != b for a, b in zip(decided["fp32"], decided[name], strict=True))
+        print(f"{name}: {q:.1f} images/s, {q / f:.2f}x FP32 (goal >= 2x); decisions that differ: "
+              f"{differ} of {len(held)} ({differ / len(held):.2%}, goal <= 1%)")  # fmt: skip
 
 
 if __name__ == "__main__":
