@@ -96,7 +96,8 @@ def test_export_has_one_output_per_task_and_serving_answers_each(two_tasks: Path
     assert card.classes is None and card.decision is None
     sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    assert names == ["logits", "probabilities_cleanliness", "probabilities_damage", "features"]
+    assert names == ["logits", "probabilities_cleanliness", "probabilities_damage", "features",
+                     "cam"]  # fmt: skip
     assert card.parity["fp32"].decision_flips == 0 and card.parity["fp32"].max_abs_diff < 1e-4
 
     server = start_server(two_tasks, {"MODEL_URI": str(folder)})
@@ -117,6 +118,14 @@ def test_export_has_one_output_per_task_and_serving_answers_each(two_tasks: Path
         offline = model.probabilities(pixels_for(data, model, ImageLimits())[None])[0]
         served = [body["tasks"][t.name]["probabilities"][c] for t in model.tasks for c in t.classes]
         assert served == pytest.approx(offline.tolist(), abs=1e-5)
+
+        # explained: each task's answer with the heatmap of its own label
+        explained = httpx.post(server.url + "/predict?explain=true",
+                               files={"file": ("car.png", data, "image/png")}).json()  # fmt: skip
+        for task in TASKS:
+            got = explained["tasks"][task]
+            assert got["explanation"]["label"] in body["tasks"][task]["probabilities"]
+            assert got["explanation"]["heatmap_png"]
 
         files = [("files", (f"{i}.png", data, "image/png")) for i in range(2)]
         batch = httpx.post(server.url + "/predict/batch", files=files).json()
