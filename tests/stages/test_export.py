@@ -210,7 +210,7 @@ def test_an_int8_graph_that_misses_its_gate_is_not_written_and_says_why(
 ) -> None:  # fmt: skip
     from carinspect.stages import export_int8
 
-    def certain(fp32: Path, out: Path, batches: object) -> Path:
+    def certain(fp32: Path, out: Path, batches: object, symmetric: bool) -> Path:
         """A planted "quantized" graph that calls every photo dirty, certain of it (the
         two-epoch model calls every val photo clean)."""
         model = onnx.load(str(fp32))
