@@ -1,20 +1,30 @@
 """MODEL_PRECISION: which graph of a version answers (the INT8 graph export kept, or FP32)."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from carinspect.config import DemoConfig, ExportConfig, TritonConfig
 from carinspect.contracts.cards import read_card
-from carinspect.contracts.onnx_names import CAM
+from carinspect.contracts.onnx_names import CAM, INPUT
 from carinspect.data.decoding.images import ImageLimits
 from carinspect.data.intake.demo import demo_files
 from carinspect.modeling.quantize import tensorrt_refuses
 from carinspect.serving.inference import answer, pixels_for
 from carinspect.serving.loaded import ModelLoadError, ModelRef
-from carinspect.serving.opening import open_model, provider_options, read_meta
+from carinspect.serving.opening import (
+    INT8_WORTH,
+    _seconds,
+    open_model,
+    provider_options,
+    read_meta,
+)
 from carinspect.serving.settings import ServeSettings
 from carinspect.serving.triton import TritonError, write_repository
 from tests.conftest import Prepared
@@ -36,8 +46,8 @@ def _open(folder: Path, precision: str):  # type: ignore[no-untyped-def]
     return open_model(ModelRef.parse(str(folder)), None, folder, settings)
 
 
-def test_auto_serves_the_int8_graph_and_fp32_the_float_one(with_int8: Path) -> None:
-    int8, fp32 = _open(with_int8, "auto"), _open(with_int8, "fp32")
+def test_int8_serves_the_int8_graph_and_fp32_the_float_one(with_int8: Path) -> None:
+    int8, fp32 = _open(with_int8, "int8"), _open(with_int8, "fp32")
     assert (int8.precision, fp32.precision) == ("int8", "fp32")
     gate = json.loads((with_int8 / "model.json").read_text())["int8"]
     photos = [f.make() for f in demo_files(DemoConfig(per_class=10, seed=3, broken=False))]
@@ -69,6 +79,38 @@ def test_int8_is_refused_for_a_version_without_one_naming_why(
     (plain / "model.json").write_text(json.dumps(card))
     with pytest.raises(ModelLoadError, match="its INT8 graph missed the gate at export"):
         _open(plain, "int8")
+
+
+def test_auto_takes_int8_on_a_cpu_only_where_it_is_faster_there(
+    with_int8: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="carinspect.serving.opening"):
+        chosen = _open(with_int8, "auto").precision
+    line = next(r.getMessage() for r in caplog.records if "MODEL_PRECISION=auto" in r.getMessage())
+    speedup = float(re.search(r"runs a batch of \d+ ([\d.]+)x as fast", line).group(1))  # type: ignore[union-attr]
+    assert chosen == ("int8" if speedup >= INT8_WORTH else "fp32"), line
+
+
+def test_timing_tells_a_heavy_graph_from_a_light_one(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    def chain(path: Path, matmuls: int) -> object:
+        weight = numpy_helper.from_array(np.eye(256, dtype=np.float32) * 0.5, "w")
+        nodes = [helper.make_node("MatMul", [f"x{i}" if i else INPUT, "w"], [f"x{i + 1}"])
+                 for i in range(matmuls)]  # fmt: skip
+        nodes.append(helper.make_node("Identity", [f"x{matmuls}"], ["probabilities"]))
+        graph = helper.make_graph(
+            nodes, "chain", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [None, 256])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 256])],
+            [weight],
+        )  # fmt: skip
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+        onnx.save(model, str(path))
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    feeds = {INPUT: np.ones((64, 256), np.float32)}
+    light, heavy = chain(tmp_path / "light.onnx", 1), chain(tmp_path / "heavy.onnx", 60)
+    assert _seconds(heavy, feeds, ["probabilities"]) > 5 * _seconds(light, feeds, ["probabilities"])
 
 
 def test_auto_takes_int8_only_where_the_provider_runs_it_in_int8(with_int8: Path) -> None:

@@ -227,7 +227,8 @@ class ServeSettings(BaseSettings):
         "auto", validation_alias="MODEL_PRECISION",
         description="which graph of the version answers: int8 (the INT8 graph export kept when "
         "it passed its gate against FP32; refused for a version without one), fp32, or auto "
-        "(the INT8 graph when the version has one)",
+        "(the INT8 graph when the version has one and, on a CPU, it runs at least 1.1x as fast "
+        "as FP32 there, timed at load; on TensorRT always; on CUDA alone never)",
     )  # fmt: skip
     rollout_follow: bool = Field(
         True, validation_alias="ROLLOUT_FOLLOW",
