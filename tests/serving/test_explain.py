@@ -93,3 +93,22 @@ def test_predict_explain_draws_each_answer_on_its_photo(
         with Image.open(explanation["file"]) as drawn:  # the photo, the map laid on it
             assert drawn.size == size and drawn.mode == "RGB"
     assert sorted(p.name for p in heat.iterdir()) == ["00000_front.png", "00002_side.png"]
+
+
+def test_predict_explain_draws_a_phone_photo_at_512_px(
+    tmp_path: Path, upstream: dict[str, Path]
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    phone = Image.linear_gradient("L").resize((4000, 3000)).convert("RGB")
+    phone.save(photos / "phone.jpg", quality=90)
+    env = {**os.environ, "MODEL_URI": str(upstream["export"])}
+    out, heat = tmp_path / "preds.json", tmp_path / "heatmaps"
+    done = subprocess.run(
+        [str(VENV_BIN / "carinspect"), "predict", str(photos), "--out", str(out), "--explain",
+         str(heat)], env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())
+    with Image.open(row["explanation"]["file"]) as drawn:  # reduced in the decoder, then drawn
+        assert drawn.size == (512, 384)

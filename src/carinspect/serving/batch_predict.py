@@ -23,6 +23,7 @@ from carinspect.serving.loaded import LoadedModel
 from carinspect.serving.observers import AnsweredPhoto, DriftObserver
 
 Reader = Callable[[], bytes]
+DRAWN = 512  # --explain: the longest side of a photo drawn with its heatmap
 
 
 def list_inputs(target: str) -> list[tuple[str, Reader]]:
@@ -110,12 +111,13 @@ def _explain_to(
     folder: Path, index: int, data: bytes, row: dict[str, Any], model: LoadedModel,
     maps: np.ndarray, limits: ImageLimits,
 ) -> None:  # fmt: skip
-    """The photo (longest side 512) with each task's heatmap on it, written beside the others."""
+    """The photo (longest side DRAWN) with each task's heatmap on it, beside the others."""
     from carinspect.data.decoding.images import open_image
     from carinspect.evaluation.heatmap import heatmap, overlay
 
-    photo = open_image(data, limits).decode().image
-    photo.thumbnail((512, 512))
+    # reduced in the decoder: a 12-megapixel phone photo is not decoded whole to draw 512 px
+    photo = open_image(data, limits, DRAWN).decode().image
+    photo.thumbnail((DRAWN, DRAWN))
     answers = row.get("tasks") or {model.tasks[0].name: row}
     for task in model.tasks:
         got = answers[task.name]

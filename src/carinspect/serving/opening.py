@@ -201,7 +201,7 @@ def open_model(
 
     session = open_session(onnx_path)
     if int8 and settings.model_precision == "auto" and wanted[0] == "CPUExecutionProvider":
-        fp32_path = folder / card.files.get("fp32", ExportDir.ONNX)
+        fp32_path = folder / ExportDir.ONNX  # the FP32 graph read_meta falls back to
         fp32 = open_session(fp32_path)
         feeds = _timing_batch(card.preprocess.img_size, settings.max_batch_size)
         outputs = [t.output for t in card.task_cards]
