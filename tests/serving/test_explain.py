@@ -69,6 +69,19 @@ def test_a_model_without_maps_refuses_to_explain_naming_why(
     assert "has no class activation maps: it was exported before" in r.json()["detail"]
 
 
+def _predict_explain(
+    photos: Path, out: Path, heat: Path, model: Path
+) -> subprocess.CompletedProcess[str]:
+    """`carinspect predict PHOTOS --out OUT --explain HEAT` with MODEL_URI=model, succeeded."""
+    done = subprocess.run(
+        [str(VENV_BIN / "carinspect"), "predict", str(photos), "--out", str(out), "--explain",
+         str(heat)], env={**os.environ, "MODEL_URI": str(model)}, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_predict_explain_draws_each_answer_on_its_photo(
     tmp_path: Path, upstream: dict[str, Path]
 ) -> None:
@@ -77,13 +90,8 @@ def test_predict_explain_draws_each_answer_on_its_photo(
     (photos / "front.jpg").write_bytes(image_bytes(size=(90, 60)))
     (photos / "side.png").write_bytes(image_bytes("PNG", size=(40, 80)))
     (photos / "notes.txt").write_text("not a photo")
-    env = {**os.environ, "MODEL_URI": str(upstream["export"])}
     out, heat = tmp_path / "preds.json", tmp_path / "heatmaps"
-    done = subprocess.run(
-        [str(VENV_BIN / "carinspect"), "predict", str(photos), "--out", str(out), "--explain",
-         str(heat)], env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    done = _predict_explain(photos, out, heat, upstream["export"])
     assert "3 inputs, 1 unusable" in done.stdout and f"heatmaps in {heat}" in done.stdout
     rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
     assert "explanation" not in rows["notes.txt"]
@@ -102,13 +110,8 @@ def test_predict_explain_draws_a_phone_photo_at_512_px(
     photos.mkdir()
     phone = Image.linear_gradient("L").resize((4000, 3000)).convert("RGB")
     phone.save(photos / "phone.jpg", quality=90)
-    env = {**os.environ, "MODEL_URI": str(upstream["export"])}
     out, heat = tmp_path / "preds.json", tmp_path / "heatmaps"
-    done = subprocess.run(
-        [str(VENV_BIN / "carinspect"), "predict", str(photos), "--out", str(out), "--explain",
-         str(heat)], env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    _predict_explain(photos, out, heat, upstream["export"])
     (row,) = json.loads(out.read_text())
     with Image.open(row["explanation"]["file"]) as drawn:  # reduced in the decoder, then drawn
         assert drawn.size == (512, 384)
